@@ -1,0 +1,85 @@
+/** Publishes run events to JetStream with `Nats-Msg-Id = event.id` (exactly-once in the stream). */
+import type { JetStreamClient, JetStreamManager, StreamConfig } from 'nats';
+import { DiscardPolicy, JSONCodec, RetentionPolicy, StorageType, nanos } from 'nats';
+import {
+  ALL_EVENTS_SUBJECT,
+  EVENT_STREAM,
+  eventEnvelopeSchema,
+  runEventSubject,
+  type EventEnvelope,
+} from '../../contracts';
+import type { EventActivities, PublishResult } from '../types';
+import type { Logger } from 'pino';
+
+const codec = JSONCodec<EventEnvelope>();
+
+export interface StreamLimits {
+  maxAgeDays: number;
+  maxBytes: number;
+  duplicateWindowSeconds: number;
+}
+
+export const DEFAULT_STREAM_LIMITS: StreamLimits = {
+  maxAgeDays: 30,
+  maxBytes: 10 * 1024 * 1024 * 1024,
+  duplicateWindowSeconds: 300,
+};
+
+/** Creates or updates the event stream; safe to call at every worker start. */
+export async function ensureEventStream(
+  jsm: JetStreamManager,
+  limits: StreamLimits = DEFAULT_STREAM_LIMITS,
+): Promise<void> {
+  const config: Partial<StreamConfig> & { name: string } = {
+    name: EVENT_STREAM,
+    subjects: [ALL_EVENTS_SUBJECT],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    discard: DiscardPolicy.Old,
+    max_age: nanos(limits.maxAgeDays * 24 * 3600 * 1000),
+    max_bytes: limits.maxBytes,
+    duplicate_window: nanos(limits.duplicateWindowSeconds * 1000),
+    num_replicas: 1,
+  };
+  try {
+    await jsm.streams.info(EVENT_STREAM);
+  } catch {
+    await jsm.streams.add(config);
+    return;
+  }
+  const { storage: _storage, ...updatable } = config;
+  void _storage;
+  await jsm.streams.update(EVENT_STREAM, updatable);
+}
+
+export function createEventActivities(deps: { js: JetStreamClient; logger: Logger }): EventActivities {
+  return {
+    async publishEvents({ events }): Promise<PublishResult> {
+      const acks: PublishResult['acks'] = [];
+      // Sequential on purpose: order by seq within a run is part of the contract.
+      for (const raw of events) {
+        const event = eventEnvelopeSchema.parse(raw);
+        const subject = runEventSubject(event.user_id, event.run_id, event.event_type);
+        const ack = await deps.js.publish(subject, codec.encode(event), {
+          msgID: event.id,
+          expect: { streamName: EVENT_STREAM },
+          timeout: 10_000,
+        });
+        acks.push({ id: event.id, streamSeq: ack.seq, duplicate: ack.duplicate });
+      }
+      const first = events[0];
+      if (first) {
+        deps.logger.debug(
+          {
+            event: 'events.published',
+            runId: first.run_id,
+            count: events.length,
+            lastSeq: events[events.length - 1]?.seq,
+          },
+          'events published',
+        );
+      }
+      return { acks };
+    },
+  };
+}

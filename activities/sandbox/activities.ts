@@ -1,0 +1,285 @@
+/** Sandbox activities: worktree + container per run, commands in lanes, commit or discard, teardown. */
+import { execFile } from 'node:child_process';
+import { mkdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import type { Logger } from 'pino';
+import { isValidId, type CommandOutcome, type VerifierOutcome } from '../../contracts';
+import type { VerifierCatalog } from '../verifiers/catalog';
+import type {
+  CommitInput,
+  CommitResult,
+  CreateSandboxInput,
+  DestroyInput,
+  ExecInput,
+  SandboxActivities,
+  SandboxHandle,
+  VerifyInput,
+} from '../types';
+import type { SandboxDriver, SandboxLabels } from './driver';
+import { branchExists, git, resolveCommit, resolveRepo } from './git';
+
+const execFileAsync = promisify(execFile);
+
+export interface SandboxDeps {
+  driver: SandboxDriver;
+  verifiers: VerifierCatalog;
+  /** Directory holding run worktrees (`<dataDir>/worktrees`). */
+  worktreeRoot: string;
+  hostId: string;
+  /** This host's task queue, returned by create so later steps run here. */
+  hostQueue: string;
+  image: string;
+  /** uid:gid that owns worktrees while a sandbox uses them (when the worker runs as root). */
+  sandboxUser: string;
+  logger: Logger;
+}
+
+/** Everything the host keeps about one sandbox, derived from its id alone (so any retry finds it). */
+interface SandboxRecord {
+  runId: string;
+  worktree: string;
+  branch: string;
+  container: string;
+}
+
+export function runBranch(runId: string): string {
+  return `choiros/run/${runId}`;
+}
+
+function assertId(kind: string, value: string): void {
+  if (!isValidId(value)) {
+    throw ApplicationFailure.create({
+      type: 'invalid_sandbox_request',
+      message: `${kind} ${JSON.stringify(value)} is not a valid id`,
+      nonRetryable: true,
+    });
+  }
+}
+
+export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
+  const { driver, logger } = deps;
+  const record = (sandboxId: string): SandboxRecord => {
+    assertId('sandboxId', sandboxId);
+    return {
+      runId: sandboxId,
+      worktree: join(deps.worktreeRoot, sandboxId),
+      branch: runBranch(sandboxId),
+      container: `choiros-run-${sandboxId}`,
+    };
+  };
+
+  const heartbeatingOptions = (timeoutSeconds: number) => {
+    const ctx = Context.current();
+    return {
+      timeoutMs: timeoutSeconds * 1000,
+      signal: ctx.cancellationSignal,
+      onProgress: (p: { outputBytes: number; elapsedMs: number }) => ctx.heartbeat(p),
+    };
+  };
+
+  return {
+    async createSandbox(input: CreateSandboxInput): Promise<SandboxHandle> {
+      for (const [k, v] of Object.entries({
+        runId: input.runId,
+        tenant: input.tenant,
+        userId: input.userId,
+        workItemId: input.workItemId,
+      })) {
+        assertId(k, v);
+      }
+      const rec = record(input.runId);
+      const log = logger.child({ runId: input.runId, workItemId: input.workItemId });
+      const imageId = await driver.imageId();
+      const repo = await resolveRepo(input.repo);
+      const baseCommit = await resolveCommit(repo, input.baseRef);
+      await mkdir(deps.worktreeRoot, { recursive: true });
+
+      const exists = await stat(rec.worktree).then(
+        () => true,
+        () => false,
+      );
+      if (!exists) {
+        // A retry after a crash may find the branch without the worktree: reuse it only at the base commit.
+        if (await branchExists(repo, rec.branch)) {
+          await git(['branch', '-D', '--end-of-options', rec.branch], { cwd: repo, safeDirs: [repo] });
+        }
+        await git(['worktree', 'prune'], { cwd: repo, safeDirs: [repo] });
+        await git(
+          ['worktree', 'add', '--no-track', '-b', rec.branch, '--end-of-options', rec.worktree, baseCommit],
+          {
+            cwd: repo,
+            safeDirs: [repo],
+          },
+        );
+        if (process.getuid?.() === 0) {
+          // The sandbox runs as an unprivileged user; it must own the worktree to write to it.
+          await execFileAsync('chown', ['-R', '--', deps.sandboxUser, rec.worktree]);
+        }
+      }
+      await driver.createExecutionSandbox({
+        name: rec.container,
+        workspace: rec.worktree,
+        labels: {
+          tenant: input.tenant,
+          userId: input.userId,
+          runId: input.runId,
+          workItemId: input.workItemId,
+          lane: 'execution',
+        },
+      });
+      log.info(
+        {
+          event: 'sandbox.created',
+          worktree: rec.worktree,
+          branch: rec.branch,
+          baseCommit,
+          container: rec.container,
+        },
+        'sandbox created',
+      );
+      return {
+        sandboxId: input.runId,
+        hostId: deps.hostId,
+        hostQueue: deps.hostQueue,
+        branch: rec.branch,
+        baseCommit,
+        image: deps.image,
+        imageId,
+      };
+    },
+
+    async execInSandbox(input: ExecInput): Promise<CommandOutcome> {
+      const rec = record(input.sandboxId);
+      const log = logger.child({ runId: rec.runId });
+      log.info(
+        { event: 'sandbox.exec.start', argv0: input.argv[0], args: input.argv.length },
+        'executing work item',
+      );
+      const outcome = await driver.exec(rec.container, input.argv, heartbeatingOptions(input.timeoutSeconds));
+      log.info(
+        {
+          event: 'sandbox.exec.done',
+          exitCode: outcome.exitCode,
+          timedOut: outcome.timedOut,
+          durationMs: outcome.durationMs,
+        },
+        'work item executed',
+      );
+      return outcome;
+    },
+
+    async runVerifier(input: VerifyInput): Promise<VerifierOutcome> {
+      const rec = record(input.sandboxId);
+      assertId('verifierId', input.verifierId);
+      const spec = deps.verifiers.get(input.verifierId);
+      if (!spec) {
+        // Ids are checked at request time; the allow-list changed since. Report, never run unlisted commands.
+        return {
+          id: input.verifierId,
+          result: 'error',
+          exitCode: -1,
+          timedOut: false,
+          durationMs: 0,
+          outputTail: `verifier ${input.verifierId} is not in the allow-list`,
+          outputSha256: '',
+          outputBytes: 0,
+        };
+      }
+      const log = logger.child({ runId: rec.runId, verifierId: spec.id });
+      for (const k of ['tenant', 'userId', 'workItemId'] as const) assertId(k, input.owner[k]);
+      const labels: SandboxLabels = { ...input.owner, runId: rec.runId, lane: 'verifier' };
+      const outcome = await driver.runVerifier(
+        { name: `choiros-verify-${rec.runId}-${spec.id}`, workspace: rec.worktree, argv: spec.argv, labels },
+        heartbeatingOptions(spec.timeoutSeconds),
+      );
+      const result = outcome.timedOut ? 'timeout' : outcome.exitCode === 0 ? 'pass' : 'fail';
+      log.info(
+        { event: 'verifier.done', result, exitCode: outcome.exitCode, durationMs: outcome.durationMs },
+        'verifier finished',
+      );
+      return { ...outcome, id: spec.id, result };
+    },
+
+    async commitSandbox(input: CommitInput): Promise<CommitResult> {
+      const rec = record(input.sandboxId);
+      const opts = { cwd: rec.worktree, safeDirs: [rec.worktree] };
+      const head = (await git(['rev-parse', 'HEAD'], opts)).stdout.trim();
+      const status = (await git(['status', '--porcelain=v1', '-z', '--untracked-files=all'], opts)).stdout;
+      const changedPaths = status
+        .split('\0')
+        .filter((e) => e.length > 3)
+        .map((e) => e.slice(3));
+      if (changedPaths.length === 0) {
+        // A retried commit finds its own earlier commit: HEAD already moved past the base.
+        const parents = (await git(['rev-list', '--parents', '-n', '1', 'HEAD'], opts)).stdout
+          .trim()
+          .split(' ');
+        const subject = (await git(['log', '-1', '--format=%s', 'HEAD'], opts)).stdout.trim();
+        if (parents.length > 1 && subject === input.message.split('\n')[0]) {
+          const files = (await git(['diff-tree', '--no-commit-id', '--name-only', '-r', '-z', 'HEAD'], opts))
+            .stdout;
+          return { branch: rec.branch, commit: head, changedPaths: files.split('\0').filter(Boolean) };
+        }
+      }
+      await git(['add', '--all', '--', '.'], opts);
+      await git(
+        [
+          '-c',
+          'user.name=ChoirOS',
+          '-c',
+          'user.email=runs@choiros.invalid',
+          'commit',
+          '--allow-empty',
+          '--no-verify',
+          '--author',
+          `${input.authorName} <${input.authorEmail}>`,
+          '-m',
+          input.message,
+        ],
+        opts,
+      );
+      const commit = (await git(['rev-parse', 'HEAD'], opts)).stdout.trim();
+      logger.info(
+        { event: 'sandbox.commit', runId: rec.runId, commit, changed: changedPaths.length },
+        'run committed',
+      );
+      return { branch: rec.branch, commit, changedPaths };
+    },
+
+    async destroySandbox(input: DestroyInput): Promise<{ removed: string[] }> {
+      const rec = record(input.sandboxId);
+      const removed: string[] = [];
+      if (await driver.remove(rec.container)) removed.push('container');
+      const repo = await resolveRepo(input.repo).catch(() => undefined);
+      const present = await stat(rec.worktree).then(
+        () => true,
+        () => false,
+      );
+      if (present) {
+        if (repo) {
+          await git(['worktree', 'remove', '--force', '--end-of-options', rec.worktree], {
+            cwd: repo,
+            safeDirs: [repo, rec.worktree],
+          }).catch(() => undefined);
+        }
+        await rm(rec.worktree, { recursive: true, force: true });
+        removed.push('worktree');
+      }
+      if (repo) {
+        await git(['worktree', 'prune'], { cwd: repo, safeDirs: [repo] });
+        if (!input.keepBranch && (await branchExists(repo, rec.branch))) {
+          await git(['branch', '-D', '--end-of-options', rec.branch], { cwd: repo, safeDirs: [repo] });
+          removed.push('branch');
+        }
+      }
+      logger.info(
+        { event: 'sandbox.destroyed', runId: rec.runId, removed, keptBranch: input.keepBranch },
+        'sandbox destroyed',
+      );
+      return { removed };
+    },
+  };
+}

@@ -1,0 +1,220 @@
+/** Docker sandbox driver (dockerode): locked-down containers, argv only, bounded output, hard timeouts. */
+import type Docker from 'dockerode';
+import { ApplicationFailure } from '@temporalio/common';
+import type { CommandOutcome } from '../../contracts';
+import { BoundedOutput } from './output';
+import type { CommandOptions, SandboxDriver, SandboxLabels } from './driver';
+
+export interface DockerDriverOptions {
+  image: string;
+  /** `uid:gid` the sandbox processes run as; never root. */
+  user: string;
+  memoryBytes: number;
+  nanoCpus: number;
+  pidsLimit: number;
+  tmpfsSizeMb: number;
+  /** Extra labels on every container (e.g. the host id). */
+  extraLabels?: Record<string, string>;
+}
+
+/** Label keys; the `choiros.managed` label marks everything this platform owns. */
+export const LABELS = {
+  managed: 'choiros.managed',
+  tenant: 'choiros.tenant',
+  userId: 'choiros.user-id',
+  runId: 'choiros.run-id',
+  workItemId: 'choiros.work-item-id',
+  lane: 'choiros.lane',
+} as const;
+
+const PROGRESS_INTERVAL_MS = 5_000;
+
+function isNotFound(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && (err as { statusCode?: number }).statusCode === 404;
+}
+
+function isConflict(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && (err as { statusCode?: number }).statusCode === 409;
+}
+
+export class DockerSandboxDriver implements SandboxDriver {
+  constructor(
+    private readonly docker: Docker,
+    private readonly opts: DockerDriverOptions,
+  ) {}
+
+  async imageId(): Promise<string> {
+    try {
+      const info = await this.docker.getImage(this.opts.image).inspect();
+      return info.Id;
+    } catch (err) {
+      if (isNotFound(err)) {
+        throw ApplicationFailure.create({
+          type: 'sandbox_image_missing',
+          message: `sandbox image ${this.opts.image} is not on this Docker engine (npm start / npm test build it)`,
+          nonRetryable: true,
+        });
+      }
+      throw err;
+    }
+  }
+
+  private labels(l: SandboxLabels): Record<string, string> {
+    return {
+      ...(this.opts.extraLabels ?? {}),
+      [LABELS.managed]: 'true',
+      [LABELS.tenant]: l.tenant,
+      [LABELS.userId]: l.userId,
+      [LABELS.runId]: l.runId,
+      [LABELS.workItemId]: l.workItemId,
+      [LABELS.lane]: l.lane,
+    };
+  }
+
+  /** The locked-down host config shared by both lanes. */
+  private hostConfig(workspace: string, readOnlyWorkspace: boolean): Docker.HostConfig {
+    return {
+      Binds: [`${workspace}:/workspace:${readOnlyWorkspace ? 'ro' : 'rw'}`],
+      NetworkMode: 'none',
+      CapDrop: ['ALL'],
+      SecurityOpt: ['no-new-privileges'],
+      ReadonlyRootfs: true,
+      Tmpfs: { '/tmp': `rw,noexec,nosuid,size=${this.opts.tmpfsSizeMb}m` },
+      PidsLimit: this.opts.pidsLimit,
+      Memory: this.opts.memoryBytes,
+      MemorySwap: this.opts.memoryBytes,
+      NanoCpus: this.opts.nanoCpus,
+      AutoRemove: false,
+    };
+  }
+
+  async createExecutionSandbox(spec: {
+    name: string;
+    workspace: string;
+    labels: SandboxLabels;
+  }): Promise<void> {
+    try {
+      await this.docker.createContainer({
+        name: spec.name,
+        Image: this.opts.image,
+        // An idle PID 1 that keeps the sandbox alive between execs.
+        Cmd: ['sleep', '2147483647'],
+        User: this.opts.user,
+        WorkingDir: '/workspace',
+        Env: ['HOME=/tmp', 'PATH=/usr/local/bin:/usr/bin:/bin'],
+        Labels: this.labels(spec.labels),
+        NetworkDisabled: true,
+        HostConfig: this.hostConfig(spec.workspace, false),
+      });
+    } catch (err) {
+      // A retried create finds the container it made before.
+      if (!isConflict(err)) throw err;
+    }
+    const container = this.docker.getContainer(spec.name);
+    const info = await container.inspect();
+    if (!info.State.Running) await container.start();
+  }
+
+  async exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome> {
+    const container = this.docker.getContainer(name);
+    const exec = await container.exec({
+      Cmd: argv,
+      AttachStdout: true,
+      AttachStderr: true,
+      AttachStdin: false,
+      Tty: false,
+      WorkingDir: '/workspace',
+      User: this.opts.user,
+    });
+    const stream = await exec.start({ hijack: true, stdin: false });
+    const output = new BoundedOutput();
+    const sink = output.writable();
+    this.docker.modem.demuxStream(stream, sink, sink);
+    // A timed-out or cancelled command takes its whole container down: nothing keeps running.
+    const killContainer = async (): Promise<void> => {
+      await container.kill().catch(() => undefined);
+    };
+    const result = await this.supervise(stream, output, opts, killContainer);
+    const inspected = await exec.inspect();
+    return { ...result, exitCode: result.timedOut ? 124 : (inspected.ExitCode ?? 137) };
+  }
+
+  async runVerifier(
+    spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels },
+    opts: CommandOptions,
+  ): Promise<CommandOutcome> {
+    await this.remove(spec.name); // a retried attempt starts clean
+    const container = await this.docker.createContainer({
+      name: spec.name,
+      Image: this.opts.image,
+      Cmd: spec.argv,
+      User: this.opts.user,
+      WorkingDir: '/workspace',
+      Env: ['HOME=/tmp', 'PATH=/usr/local/bin:/usr/bin:/bin'],
+      Labels: this.labels(spec.labels),
+      NetworkDisabled: true,
+      HostConfig: this.hostConfig(spec.workspace, true),
+    });
+    try {
+      const stream = await container.attach({ stream: true, stdout: true, stderr: true });
+      const output = new BoundedOutput();
+      const sink = output.writable();
+      this.docker.modem.demuxStream(stream, sink, sink);
+      await container.start();
+      const kill = async (): Promise<void> => {
+        await container.kill().catch(() => undefined);
+      };
+      const result = await this.supervise(stream, output, opts, kill);
+      const waited = (await container.wait()) as { StatusCode?: number };
+      return { ...result, exitCode: result.timedOut ? 124 : (waited.StatusCode ?? 137) };
+    } finally {
+      await container.remove({ force: true }).catch(() => undefined);
+    }
+  }
+
+  async remove(name: string): Promise<boolean> {
+    try {
+      await this.docker.getContainer(name).remove({ force: true });
+      return true;
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw err;
+    }
+  }
+
+  /** Waits for the output stream to end, enforcing the timeout and cancellation, reporting progress. */
+  private async supervise(
+    stream: NodeJS.ReadableStream,
+    output: BoundedOutput,
+    opts: CommandOptions,
+    kill: () => Promise<void>,
+  ): Promise<Omit<CommandOutcome, 'exitCode'>> {
+    const started = Date.now();
+    let timedOut = false;
+    const ended = new Promise<void>((resolve, reject) => {
+      stream.on('end', () => resolve());
+      stream.on('close', () => resolve());
+      stream.on('error', (e: Error) => reject(e));
+    });
+    const timer = setTimeout(() => {
+      timedOut = true;
+      void kill();
+    }, opts.timeoutMs);
+    const progress = setInterval(() => {
+      opts.onProgress?.({ outputBytes: output.bytes, elapsedMs: Date.now() - started });
+    }, PROGRESS_INTERVAL_MS);
+    const onAbort = (): void => {
+      void kill();
+    };
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await ended;
+    } finally {
+      clearTimeout(timer);
+      clearInterval(progress);
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+    if (opts.signal?.aborted) throw opts.signal.reason ?? new Error('cancelled');
+    return { timedOut, durationMs: Date.now() - started, ...output.finish() };
+  }
+}

@@ -1,0 +1,35 @@
+/** The sandbox driver interface: what the run activities need from an isolation technology. */
+import type { CommandOutcome } from '../../contracts';
+
+/** Labels put on every container the platform creates, so a sweeper can find orphans. */
+export interface SandboxLabels {
+  tenant: string;
+  userId: string;
+  runId: string;
+  workItemId: string;
+  lane: 'execution' | 'verifier';
+}
+
+export interface CommandOptions {
+  timeoutMs: number;
+  /** Called every few seconds while the command runs (activities heartbeat from it). */
+  onProgress?: (p: { outputBytes: number; elapsedMs: number }) => void;
+  /** Aborting kills the command and its container. */
+  signal?: AbortSignal;
+}
+
+export interface SandboxDriver {
+  /** Identifier of the image sandboxes run; throws `sandbox_image_missing` when absent. */
+  imageId(): Promise<string>;
+  /** Starts (or finds, on a retry) the long-lived execution-lane container for a run. */
+  createExecutionSandbox(spec: { name: string; workspace: string; labels: SandboxLabels }): Promise<void>;
+  /** Runs argv in the execution-lane container, in /workspace. */
+  exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome>;
+  /** Runs argv in a fresh, network-less verifier-lane container with the workspace mounted read-only. */
+  runVerifier(
+    spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels },
+    opts: CommandOptions,
+  ): Promise<CommandOutcome>;
+  /** Removes a container if it exists; true when something was removed. */
+  remove(name: string): Promise<boolean>;
+}

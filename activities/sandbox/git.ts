@@ -1,0 +1,116 @@
+/** Git operations for run worktrees, through argv (never a shell) with option injection closed off. */
+import { execFile } from 'node:child_process';
+import { stat } from 'node:fs/promises';
+import { ApplicationFailure } from '@temporalio/common';
+
+export interface GitResult {
+  stdout: string;
+  stderr: string;
+}
+
+export class GitError extends Error {
+  override readonly name = 'GitError';
+  constructor(
+    message: string,
+    readonly exitCode: number | null,
+    readonly stderr: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Runs git with a fixed, sanitised environment. `safeDirs` are trusted explicitly: worktrees are
+ * owned by the sandbox user, and git refuses repositories owned by someone else otherwise.
+ */
+export function git(
+  args: string[],
+  opts: { cwd: string; safeDirs?: string[]; timeoutMs?: number },
+): Promise<GitResult> {
+  const safe = (opts.safeDirs ?? []).flatMap((d) => ['-c', `safe.directory=${d}`]);
+  const fullArgs = [...safe, '-c', 'core.hooksPath=/dev/null', '-c', 'commit.gpgsign=false', ...args];
+  return new Promise((resolve, reject) => {
+    execFile(
+      'git',
+      fullArgs,
+      {
+        cwd: opts.cwd,
+        timeout: opts.timeoutMs ?? 120_000,
+        maxBuffer: 16 * 1024 * 1024,
+        env: {
+          PATH: process.env.PATH ?? '/usr/bin:/bin',
+          HOME: process.env.HOME ?? '/tmp',
+          GIT_TERMINAL_PROMPT: '0',
+          GIT_CONFIG_NOSYSTEM: '1',
+          LC_ALL: 'C',
+        },
+      },
+      (err, stdout, stderr) => {
+        if (err) {
+          const code = typeof err.code === 'number' ? err.code : null;
+          reject(new GitError(`git ${args[0] ?? ''} failed: ${stderr.trim() || err.message}`, code, stderr));
+          return;
+        }
+        resolve({ stdout, stderr });
+      },
+    );
+  });
+}
+
+/** Resolves `repo` to the top level of a git repository, or fails non-retryably with `repo_not_found`. */
+export async function resolveRepo(repo: string): Promise<string> {
+  try {
+    const s = await stat(repo);
+    if (!s.isDirectory()) throw new Error('not a directory');
+    const { stdout } = await git(['rev-parse', '--show-toplevel'], { cwd: repo, safeDirs: [repo] });
+    return stdout.trim();
+  } catch (err) {
+    throw ApplicationFailure.create({
+      type: 'repo_not_found',
+      message: `repository ${repo} is not a git repository on this host`,
+      nonRetryable: true,
+      cause: err instanceof Error ? err : undefined,
+    });
+  }
+}
+
+/** Resolves a ref to a full commit sha, or fails non-retryably with `ref_not_found`. */
+export async function resolveCommit(repo: string, ref: string): Promise<string> {
+  try {
+    const { stdout } = await git(
+      ['rev-parse', '--verify', '--quiet', '--end-of-options', `${ref}^{commit}`],
+      {
+        cwd: repo,
+        safeDirs: [repo],
+      },
+    );
+    const sha = stdout.trim();
+    if (!/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(sha)) throw new Error(`unexpected rev-parse output ${sha}`);
+    return sha;
+  } catch (err) {
+    throw ApplicationFailure.create({
+      type: 'ref_not_found',
+      message: `ref ${ref} does not name a commit in ${repo}`,
+      nonRetryable: true,
+      cause: err instanceof Error ? err : undefined,
+    });
+  }
+}
+
+export async function branchExists(repo: string, branch: string): Promise<boolean> {
+  try {
+    await git(['show-ref', '--verify', '--quiet', `refs/heads/${branch}`], { cwd: repo, safeDirs: [repo] });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Lists registered worktree paths of `repo`. */
+export async function listWorktrees(repo: string): Promise<string[]> {
+  const { stdout } = await git(['worktree', 'list', '--porcelain'], { cwd: repo, safeDirs: [repo] });
+  return stdout
+    .split('\n')
+    .filter((l) => l.startsWith('worktree '))
+    .map((l) => l.slice('worktree '.length));
+}

@@ -1,0 +1,79 @@
+/** Activity input/output shapes and the activity interfaces workflows import with `import type`. */
+import type { CommandOutcome, EventEnvelope, VerifierOutcome } from '../contracts';
+
+export interface CreateSandboxInput {
+  runId: string;
+  tenant: string;
+  userId: string;
+  workItemId: string;
+  repo: string;
+  baseRef: string;
+}
+
+export interface SandboxHandle {
+  sandboxId: string;
+  hostId: string;
+  /** Host-specific task queue: every later sandbox activity of this run goes there. */
+  hostQueue: string;
+  branch: string;
+  baseCommit: string;
+  image: string;
+  imageId: string;
+}
+
+export interface ExecInput {
+  sandboxId: string;
+  argv: string[];
+  timeoutSeconds: number;
+}
+
+/** Who a sandbox belongs to; put on container labels. Comes from the workflow input only. */
+export interface SandboxOwner {
+  tenant: string;
+  userId: string;
+  workItemId: string;
+}
+
+export interface VerifyInput {
+  sandboxId: string;
+  verifierId: string;
+  owner: SandboxOwner;
+}
+
+export interface CommitInput {
+  sandboxId: string;
+  message: string;
+  authorName: string;
+  authorEmail: string;
+}
+
+export interface CommitResult {
+  branch: string;
+  commit: string;
+  changedPaths: string[];
+}
+
+export interface DestroyInput {
+  sandboxId: string;
+  /** The run's repository, to remove the worktree registration and branch even if the worktree is gone. */
+  repo: string;
+  /** Keep the run branch (the run committed); otherwise it is deleted with the worktree. */
+  keepBranch: boolean;
+}
+
+export interface SandboxActivities {
+  createSandbox(input: CreateSandboxInput): Promise<SandboxHandle>;
+  execInSandbox(input: ExecInput): Promise<CommandOutcome>;
+  runVerifier(input: VerifyInput): Promise<VerifierOutcome>;
+  commitSandbox(input: CommitInput): Promise<CommitResult>;
+  destroySandbox(input: DestroyInput): Promise<{ removed: string[] }>;
+}
+
+export interface PublishResult {
+  /** Stream sequence of each event, in the order given. */
+  acks: { id: string; streamSeq: number; duplicate: boolean }[];
+}
+
+export interface EventActivities {
+  publishEvents(input: { events: EventEnvelope[] }): Promise<PublishResult>;
+}

@@ -1,0 +1,153 @@
+/** Builds the Express app without listening: tests drive it with supertest, main.ts listens. */
+import express, { type NextFunction, type Request, type Response } from 'express';
+import type { Logger } from 'pino';
+import { randomUUID } from 'node:crypto';
+import { AppError, idSchema, runRequestSchema, type VerifierSpec } from '../contracts';
+import { authenticate, principalOf, requireScope } from './auth/middleware';
+import type { TokenVerifier } from './auth/token-verifier';
+import { errorMiddleware, validationError } from './errors';
+import type { RunService } from './runs/service';
+
+export interface ReadinessCheck {
+  name: string;
+  check: () => Promise<void>;
+}
+
+export interface AppDeps {
+  verifyToken: TokenVerifier;
+  runs: RunService;
+  /** Verifier allow-list lookup, to reject unknown ids at request time. */
+  verifiers: { get(id: string): VerifierSpec | undefined };
+  readiness: ReadinessCheck[];
+  logger: Logger;
+}
+
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
+const BODY_LIMIT = '256kb';
+
+type Handler = (req: Request, res: Response) => Promise<void>;
+const route =
+  (h: Handler) =>
+  (req: Request, res: Response, next: NextFunction): void => {
+    h(req, res).catch(next);
+  };
+
+export function createApp(deps: AppDeps): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', false);
+
+  app.use((req, res, next) => {
+    const incoming = req.header('x-request-id');
+    const requestId = incoming && /^[A-Za-z0-9._-]{1,128}$/.test(incoming) ? incoming : randomUUID();
+    res.locals.requestId = requestId;
+    res.setHeader('X-Request-Id', requestId);
+    const started = Date.now();
+    res.on('finish', () => {
+      deps.logger.info(
+        {
+          event: 'http.request',
+          requestId,
+          method: req.method,
+          path: req.path,
+          status: res.statusCode,
+          ms: Date.now() - started,
+          runId: res.locals.runId as string | undefined,
+        },
+        'request',
+      );
+    });
+    next();
+  });
+
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+
+  app.get(
+    '/readyz',
+    route(async (_req, res) => {
+      const checks: Record<string, { ok: boolean; error?: string }> = {};
+      await Promise.all(
+        deps.readiness.map(async (r) => {
+          try {
+            await r.check();
+            checks[r.name] = { ok: true };
+          } catch (err) {
+            checks[r.name] = { ok: false, error: err instanceof Error ? err.message : String(err) };
+          }
+        }),
+      );
+      const ready = Object.values(checks).every((c) => c.ok);
+      res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not_ready', checks });
+    }),
+  );
+
+  const v1 = express.Router();
+  v1.use(authenticate(deps.verifyToken));
+
+  v1.post(
+    '/runs',
+    requireScope('runs:write'),
+    (req, _res, next) => {
+      if (!req.is('application/json')) {
+        return next(new AppError('unsupported_media_type', 'send the run request as application/json'));
+      }
+      next();
+    },
+    express.json({ limit: BODY_LIMIT, strict: true }),
+    route(async (req, res) => {
+      const principal = principalOf(res);
+      const key = req.header('idempotency-key');
+      if (key !== undefined && !IDEMPOTENCY_KEY.test(key)) {
+        throw new AppError('validation_failed', 'Idempotency-Key must be 1-255 visible ASCII characters', {
+          errors: [{ field: 'Idempotency-Key', message: 'must be 1-255 visible ASCII characters' }],
+        });
+      }
+      const parsed = runRequestSchema.safeParse(req.body);
+      if (!parsed.success) throw validationError(parsed.error);
+      const unknown = parsed.data.workItem.requiredVerifiers.filter((id) => !deps.verifiers.get(id));
+      if (unknown.length > 0) {
+        throw new AppError('unknown_verifier', `unknown verifier id(s): ${unknown.join(', ')}`, {
+          errors: unknown.map((id) => ({
+            field: 'workItem.requiredVerifiers',
+            message: `unknown verifier ${id}`,
+          })),
+        });
+      }
+      if (parsed.data.workItem.requiredVerifiers.length === 0) {
+        throw new AppError(
+          'validation_failed',
+          'workItem.requiredVerifiers: at least one verifier is needed to verify a run',
+          {
+            errors: [
+              {
+                field: 'workItem.requiredVerifiers',
+                message: 'at least one verifier is needed to verify a run',
+              },
+            ],
+          },
+        );
+      }
+      const view = await deps.runs.start(principal, parsed.data, key);
+      res.locals.runId = view.runId;
+      res.status(201).location(`/v1/runs/${view.runId}`).json(view);
+    }),
+  );
+
+  v1.get(
+    '/runs/:runId',
+    requireScope('runs:read'),
+    route(async (req, res) => {
+      const runId = idSchema.safeParse(req.params.runId);
+      if (!runId.success) throw validationError(runId.error, 'runId');
+      res.locals.runId = runId.data;
+      res.json(await deps.runs.get(principalOf(res), runId.data));
+    }),
+  );
+
+  app.use('/v1', v1);
+  app.use((req, _res, next) => next(new AppError('not_found', `no route for ${req.method} ${req.path}`)));
+  app.use(errorMiddleware(deps.logger));
+  return app;
+}

@@ -1,0 +1,67 @@
+/** API configuration: parsed once from the environment at start, with a default and a doc line per key. */
+import { resolve } from 'node:path';
+import { z } from 'zod';
+
+const algorithms = z
+  .string()
+  .default('RS256,ES256,EdDSA')
+  .transform((s) =>
+    s
+      .split(',')
+      .map((a) => a.trim())
+      .filter(Boolean),
+  )
+  .pipe(
+    z
+      .array(
+        z.enum(['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA']),
+      )
+      .min(1, 'at least one algorithm; never none, never HS*'),
+  );
+
+export const apiConfigSchema = z.object({
+  /** Port the HTTP API listens on. */
+  API_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  /** Interface the HTTP API binds to. */
+  API_HOST: z.string().min(1).default('127.0.0.1'),
+  /** Temporal frontend address (host:port). */
+  TEMPORAL_ADDRESS: z.string().min(1).default('127.0.0.1:7233'),
+  /** Temporal namespace. */
+  TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
+  /** NATS server URL(s), comma-separated. */
+  NATS_URL: z.string().min(1).default('nats://127.0.0.1:4222'),
+  /** Path of the API's NATS credentials file; none for an open server. */
+  NATS_CREDS: z.string().optional(),
+  /** Expected `iss` of access tokens (an OIDC issuer URL). Required. */
+  AUTH_ISSUER: z.string().url(),
+  /** Expected `aud` of access tokens. */
+  AUTH_AUDIENCE: z.string().min(1).default('choiros-api'),
+  /** JWKS URL; default: discovered from `${AUTH_ISSUER}/.well-known/openid-configuration`. */
+  AUTH_JWKS_URL: z.string().url().optional(),
+  /** Accepted signature algorithms, comma-separated (asymmetric only). */
+  AUTH_ALGORITHMS: algorithms,
+  /** Claim that carries the tenant. */
+  AUTH_TENANT_CLAIM: z.string().min(1).default('tenant'),
+  /** Tenant of tokens without the tenant claim. */
+  AUTH_DEFAULT_TENANT: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{1,64}$/)
+    .default('default'),
+  /** Allowed clock skew for exp/nbf, in seconds (at most 60). */
+  AUTH_CLOCK_TOLERANCE_SECONDS: z.coerce.number().int().min(0).max(60).default(30),
+  /** The verifier allow-list (YAML), used to reject unknown verifier ids at request time. */
+  CHOIROS_VERIFIERS_FILE: z.string().min(1).default('infra/verifiers.yaml'),
+  /** pino log level. */
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+});
+
+export type ApiConfig = z.output<typeof apiConfigSchema> & { verifiersFile: string };
+
+export function loadApiConfig(env: NodeJS.ProcessEnv): ApiConfig {
+  const parsed = apiConfigSchema.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
+    throw new Error(`invalid API configuration:\n${lines.join('\n')}`);
+  }
+  return { ...parsed.data, verifiersFile: resolve(parsed.data.CHOIROS_VERIFIERS_FILE) };
+}

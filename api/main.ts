@@ -1,0 +1,90 @@
+/** API process entrypoint: loads config, connects to Temporal and NATS, listens, drains on SIGTERM/SIGINT. */
+import { readFile } from 'node:fs/promises';
+import type { Server } from 'node:http';
+import { Client, Connection } from '@temporalio/client';
+import { connect, credsAuthenticator, type NatsConnection } from 'nats';
+import pino from 'pino';
+import { readFile as readText } from 'node:fs/promises';
+import { parseVerifierFile } from '../contracts';
+import { createApp } from './app';
+import { createTokenVerifier } from './auth/token-verifier';
+import { loadApiConfig } from './config';
+import { createTemporalRunService } from './runs/service';
+
+async function main(): Promise<void> {
+  const config = loadApiConfig(process.env);
+  const logger = pino({ level: config.LOG_LEVEL, base: { service: 'choiros-api' } });
+  let connection: Connection | undefined;
+  let nats: NatsConnection | undefined;
+  let server: Server | undefined;
+  try {
+    connection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
+    const client = new Client({ connection, namespace: config.TEMPORAL_NAMESPACE });
+    nats = await connect({
+      servers: config.NATS_URL.split(','),
+      name: 'choiros-api',
+      authenticator: config.NATS_CREDS ? credsAuthenticator(await readFile(config.NATS_CREDS)) : undefined,
+      maxReconnectAttempts: -1,
+    });
+    const natsConn = nats;
+    const temporalConn = connection;
+    const verifiers = parseVerifierFile(await readText(config.verifiersFile, 'utf8'), config.verifiersFile);
+    const app = createApp({
+      verifyToken: createTokenVerifier({
+        issuer: config.AUTH_ISSUER,
+        audience: config.AUTH_AUDIENCE,
+        jwksUrl: config.AUTH_JWKS_URL,
+        algorithms: config.AUTH_ALGORITHMS,
+        clockToleranceSeconds: config.AUTH_CLOCK_TOLERANCE_SECONDS,
+        tenantClaim: config.AUTH_TENANT_CLAIM,
+        defaultTenant: config.AUTH_DEFAULT_TENANT,
+      }),
+      runs: createTemporalRunService({ client, logger }),
+      verifiers,
+      readiness: [
+        {
+          name: 'temporal',
+          check: async () => {
+            await temporalConn.healthService.check({});
+          },
+        },
+        {
+          name: 'nats',
+          check: async () => {
+            if (natsConn.isClosed()) throw new Error('connection closed');
+            await natsConn.rtt();
+          },
+        },
+      ],
+      logger,
+    });
+    const listening = app.listen(config.API_PORT, config.API_HOST);
+    server = listening;
+    await new Promise<void>((resolve, reject) => {
+      listening.once('listening', () => resolve());
+      listening.once('error', reject);
+    });
+    logger.info(
+      { event: 'api.started', port: config.API_PORT, host: config.API_HOST, issuer: config.AUTH_ISSUER },
+      'API listening',
+    );
+    await new Promise<void>((resolve) => {
+      const stop = (signal: string): void => {
+        logger.info({ event: 'api.shutdown', signal }, 'shutting down: draining connections');
+        listening.close(() => resolve());
+        listening.closeIdleConnections();
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+    });
+  } finally {
+    server?.closeAllConnections();
+    await nats?.drain().catch(() => undefined);
+    await connection?.close().catch(() => undefined);
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`api: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,215 @@
+/** Starts and reads runs through the Temporal client; enforces idempotency and ownership. */
+import { createHash, randomUUID } from 'node:crypto';
+import {
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowNotFoundError,
+  type Client,
+  type WorkflowExecutionDescription,
+} from '@temporalio/client';
+import type { Logger } from 'pino';
+import {
+  AppError,
+  SEARCH_ATTRIBUTES,
+  TASK_QUEUES,
+  WORKFLOW_TYPES,
+  canonicalJson,
+  isValidId,
+  runStatusSchema,
+  runViewQuery,
+  type Mood,
+  type Principal,
+  type RunRequest,
+  type RunView,
+  type RunWorkflowInput,
+} from '../../contracts';
+
+export interface RunService {
+  start(principal: Principal, request: RunRequest, idempotencyKey: string | undefined): Promise<RunView>;
+  get(principal: Principal, runId: string): Promise<RunView>;
+}
+
+/** Workflow id = run id, derived from tenant, user and idempotency key: a retried request is the same run. */
+export function deriveRunId(tenant: string, userId: string, idempotencyKey: string): string {
+  const digest = createHash('sha256').update(`${tenant}\0${userId}\0${idempotencyKey}`).digest('hex');
+  return `run-${digest.slice(0, 32)}`;
+}
+
+/** What the memo holds: enough to describe a run even when no worker answers queries. */
+interface RunMemo {
+  requestHash: string;
+  requestedAt: number;
+  summary: {
+    repo: string;
+    baseRef: string;
+    mood: Mood;
+    workItemId: string;
+    description: string;
+    riskTier: string;
+    execute: string;
+  };
+}
+
+const QUERY_TIMEOUT_MS = 3000;
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('timeout')), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(t);
+        reject(e instanceof Error ? e : new Error(String(e)));
+      },
+    );
+  });
+}
+
+export function createTemporalRunService(deps: { client: Client; logger: Logger }): RunService {
+  const { client, logger } = deps;
+
+  const describeOwned = async (
+    principal: Principal,
+    runId: string,
+  ): Promise<WorkflowExecutionDescription> => {
+    const notFound = new AppError('not_found', `run ${runId} does not exist`);
+    if (!isValidId(runId)) throw notFound;
+    let desc: WorkflowExecutionDescription;
+    try {
+      desc = await client.workflow.getHandle(runId).describe();
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) throw notFound;
+      throw err;
+    }
+    const owner = desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.userId);
+    const tenant = desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant);
+    // Someone else's run answers exactly like a run that does not exist.
+    if (desc.type !== WORKFLOW_TYPES.run || owner !== principal.userId || tenant !== principal.tenant)
+      throw notFound;
+    return desc;
+  };
+
+  const fallbackView = (desc: WorkflowExecutionDescription): RunView => {
+    const memo = desc.memo as unknown as RunMemo;
+    const sa = runStatusSchema.safeParse(desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.runStatus));
+    let status = sa.success ? sa.data : 'created';
+    let error: RunView['error'];
+    if (desc.status.name === 'CANCELLED') status = 'cancelled';
+    if (['FAILED', 'TERMINATED', 'TIMED_OUT'].includes(desc.status.name)) {
+      status = 'failed';
+      error = {
+        code: `workflow_${desc.status.name.toLowerCase()}`,
+        message: `the run's workflow ended ${desc.status.name}`,
+      };
+    }
+    return {
+      runId: desc.workflowId,
+      status,
+      tenant: desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant) ?? '',
+      userId: desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.userId) ?? '',
+      mood: memo.summary.mood,
+      repo: memo.summary.repo,
+      baseRef: memo.summary.baseRef,
+      workItem: {
+        id: memo.summary.workItemId,
+        description: memo.summary.description,
+        riskTier: memo.summary.riskTier,
+      },
+      verifiers: [],
+      createdAt: new Date(memo.requestedAt).toISOString(),
+      ...(desc.closeTime ? { finishedAt: desc.closeTime.toISOString() } : {}),
+      ...(error ? { error } : {}),
+      events: { emitted: 0, published: 0 },
+    };
+  };
+
+  const viewOf = async (desc: WorkflowExecutionDescription): Promise<RunView> => {
+    const handle = client.workflow.getHandle(desc.workflowId, desc.runId);
+    if (desc.status.name === 'COMPLETED') return (await handle.result()) as RunView;
+    try {
+      return await withTimeout(handle.query(runViewQuery), QUERY_TIMEOUT_MS);
+    } catch (err) {
+      // No worker answered (yet): describe the run from its memo and search attributes.
+      logger.debug({ runId: desc.workflowId, err }, 'run view query failed; using memo');
+      return fallbackView(desc);
+    }
+  };
+
+  return {
+    async start(principal, request, idempotencyKey) {
+      const key = idempotencyKey ?? randomUUID();
+      const runId = deriveRunId(principal.tenant, principal.userId, key);
+      const workItem = { ...request.workItem, id: request.workItem.id ?? `wi-${runId.slice(4, 28)}` };
+      const requestHash = createHash('sha256').update(canonicalJson(request)).digest('hex');
+      const requestedAt = Date.now();
+      const input: RunWorkflowInput = {
+        runId,
+        tenant: principal.tenant,
+        userId: principal.userId,
+        request: { ...request, workItem },
+        requestHash,
+        requestedAt,
+      };
+      const memo: RunMemo = {
+        requestHash,
+        requestedAt,
+        summary: {
+          repo: request.repo,
+          baseRef: request.baseRef,
+          mood: request.mood,
+          workItemId: workItem.id,
+          description: workItem.description.slice(0, 500),
+          riskTier: workItem.riskTier,
+          execute: workItem.execute.join(' ').slice(0, 500),
+        },
+      };
+      try {
+        await client.workflow.start(WORKFLOW_TYPES.run, {
+          workflowId: runId,
+          taskQueue: TASK_QUEUES.orchestration,
+          args: [input],
+          workflowIdConflictPolicy: 'USE_EXISTING',
+          workflowIdReusePolicy: 'REJECT_DUPLICATE',
+          memo: memo as unknown as Record<string, unknown>,
+          typedSearchAttributes: [
+            { key: SEARCH_ATTRIBUTES.tenant, value: principal.tenant },
+            { key: SEARCH_ATTRIBUTES.userId, value: principal.userId },
+            { key: SEARCH_ATTRIBUTES.runStatus, value: 'created' },
+            { key: SEARCH_ATTRIBUTES.mood, value: request.mood },
+            { key: SEARCH_ATTRIBUTES.repo, value: request.repo },
+          ],
+          staticSummary: `${principal.userId}: ${workItem.description.split('\n')[0]?.slice(0, 120) ?? ''}`,
+          staticDetails: `repo ${request.repo} @ ${request.baseRef}, mood ${request.mood}, execute \`${memo.summary.execute}\`, verifiers ${workItem.requiredVerifiers.join(', ') || '(none)'}`,
+        });
+      } catch (err) {
+        // A closed run with the same key: the retried request is answered with that run.
+        if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+      }
+      const desc = await describeOwned(principal, runId);
+      const existing = desc.memo as unknown as RunMemo | undefined;
+      if (existing?.requestHash !== requestHash) {
+        throw new AppError(
+          'idempotency_key_reused',
+          `Idempotency-Key was already used for run ${runId} with a different request body`,
+        );
+      }
+      logger.info(
+        {
+          event: 'run.start',
+          runId,
+          tenant: principal.tenant,
+          userId: principal.userId,
+          workItemId: workItem.id,
+        },
+        'run started',
+      );
+      return viewOf(desc);
+    },
+
+    async get(principal, runId) {
+      return viewOf(await describeOwned(principal, runId));
+    },
+  };
+}

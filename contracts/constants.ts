@@ -1,0 +1,32 @@
+/** Task queues, search attributes and other constants every process agrees on. */
+import { defineSearchAttributeKey } from '@temporalio/common';
+
+/** Task queues (design.md, "Work items and runs"). */
+export const TASK_QUEUES = {
+  orchestration: 'choiros-orchestration',
+  sandbox: 'choiros-sandbox',
+  build: 'choiros-build',
+} as const;
+
+/** Per-host sandbox queue: sandbox activities run on the host that holds the sandbox. */
+export function hostSandboxQueue(hostId: string): string {
+  return `${TASK_QUEUES.sandbox}-${hostId}`;
+}
+
+/** Custom search attributes the platform registers on the Temporal namespace (all Keyword). */
+export const SEARCH_ATTRIBUTES = {
+  tenant: defineSearchAttributeKey('ChoirTenant', 'KEYWORD'),
+  userId: defineSearchAttributeKey('ChoirUserId', 'KEYWORD'),
+  runStatus: defineSearchAttributeKey('ChoirRunStatus', 'KEYWORD'),
+  mood: defineSearchAttributeKey('ChoirMood', 'KEYWORD'),
+  repo: defineSearchAttributeKey('ChoirRepo', 'KEYWORD'),
+} as const;
+
+/** Names of the custom search attributes, for registration (`temporal server start-dev --search-attribute`). */
+export const SEARCH_ATTRIBUTE_NAMES = Object.values(SEARCH_ATTRIBUTES).map((k) => k.name);
+
+/** JetStream stream that holds every event (design.md, "Events and NATS"). */
+export const EVENT_STREAM = 'CHOIROS_EVENTS';
+
+/** Workflow type names, so the API can start workflows by name without importing workflow code. */
+export const WORKFLOW_TYPES = { run: 'runWorkflow' } as const;

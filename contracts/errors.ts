@@ -1,0 +1,80 @@
+/** Stable error codes shared by the API, activities and workflows, and the one AppError base class. */
+
+/** Every error code the platform emits. Extend, never rename: clients switch on these. */
+export const ERROR_CODES = [
+  'validation_failed',
+  'unauthenticated',
+  'forbidden',
+  'not_found',
+  'conflict',
+  'idempotency_key_reused',
+  'payload_too_large',
+  'unsupported_media_type',
+  'unknown_verifier',
+  'service_unavailable',
+  'internal',
+  // Activity failure types (ApplicationFailure.type); deterministic, a retry will not fix them.
+  'repo_not_found',
+  'ref_not_found',
+  'sandbox_image_missing',
+  'invalid_sandbox_request',
+] as const;
+
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+/** HTTP status for each code that can reach the API. */
+export const HTTP_STATUS_BY_CODE: Record<ErrorCode, number> = {
+  validation_failed: 400,
+  unauthenticated: 401,
+  forbidden: 403,
+  not_found: 404,
+  conflict: 409,
+  idempotency_key_reused: 409,
+  payload_too_large: 413,
+  unsupported_media_type: 415,
+  unknown_verifier: 400,
+  service_unavailable: 503,
+  internal: 500,
+  repo_not_found: 400,
+  ref_not_found: 400,
+  sandbox_image_missing: 503,
+  invalid_sandbox_request: 400,
+};
+
+/** Short human titles for problem+json `title`. */
+export const TITLE_BY_CODE: Record<ErrorCode, string> = {
+  validation_failed: 'Request validation failed',
+  unauthenticated: 'Authentication required',
+  forbidden: 'Insufficient permissions',
+  not_found: 'Not found',
+  conflict: 'Conflict',
+  idempotency_key_reused: 'Idempotency key reused with a different request',
+  payload_too_large: 'Payload too large',
+  unsupported_media_type: 'Unsupported media type',
+  unknown_verifier: 'Unknown verifier',
+  service_unavailable: 'Service unavailable',
+  internal: 'Internal error',
+  repo_not_found: 'Repository not found',
+  ref_not_found: 'Git ref not found',
+  sandbox_image_missing: 'Sandbox image missing',
+  invalid_sandbox_request: 'Invalid sandbox request',
+};
+
+/** One field-level problem, as reported in a 400's `errors` list. */
+export interface FieldError {
+  /** Dotted path of the offending field, e.g. `workItem.execute`. */
+  field: string;
+  message: string;
+}
+
+/** Base error with a literal code, so `switch (err.code)` narrows. */
+export class AppError extends Error {
+  override readonly name: string = 'AppError';
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly options: { cause?: unknown; errors?: FieldError[]; headers?: Record<string, string> } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+  }
+}

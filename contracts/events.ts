@@ -1,0 +1,84 @@
+/** Event envelope (a superset of the ChoirOS v0 envelope), event types and NATS subject builders. */
+import { z } from 'zod';
+import { ID_PATTERN, idSchema } from './ids';
+
+export const EVENT_SCHEMA_VERSION = 1;
+
+/** Event types the orchestrator emits. v0 names where one fits, new `run.*`/`sandbox.*` otherwise. */
+export const EVENT_TYPES = [
+  'run.created',
+  'note.status',
+  'sandbox.created',
+  'sandbox.destroyed',
+  'run.execution.completed',
+  'receipt.verifier.attestations',
+  'receipt.commit',
+  'run.discarded',
+  'run.failed',
+  'run.completed',
+] as const;
+export type EventType = (typeof EVENT_TYPES)[number];
+
+/** Lower-case, dot-delimited: the v0 naming rule for every event type. */
+export const EVENT_TYPE_PATTERN = /^[a-z0-9]+(\.[a-z0-9_]+)*$/;
+
+export const EVENT_SOURCES = ['user', 'agent', 'system'] as const;
+
+export const eventEnvelopeSchema = z
+  .object({
+    schema_version: z.literal(EVENT_SCHEMA_VERSION),
+    id: z.string().regex(/^[A-Za-z0-9_-]{1,64}:[0-9]+$/),
+    timestamp: z.number().int().nonnegative(),
+    user_id: idSchema,
+    source: z.enum(EVENT_SOURCES),
+    event_type: z.string().regex(EVENT_TYPE_PATTERN),
+    payload: z.record(z.string(), z.unknown()),
+    tenant: idSchema,
+    run_id: idSchema,
+    work_item_id: idSchema.optional(),
+    seq: z.number().int().positive(),
+  })
+  .strict();
+export type EventEnvelope = z.infer<typeof eventEnvelopeSchema>;
+
+/** Deterministic event id: a retried publish is the same event. */
+export function eventId(runId: string, seq: number): string {
+  return `${runId}:${seq}`;
+}
+
+function assertSubjectToken(kind: string, value: string): void {
+  if (!ID_PATTERN.test(value)) {
+    throw new Error(`${kind} ${JSON.stringify(value)} is not a valid subject token`);
+  }
+}
+
+/** `choiros.<userId>.run.<runId>.<event_type>` */
+export function runEventSubject(userId: string, runId: string, eventType: string): string {
+  assertSubjectToken('userId', userId);
+  assertSubjectToken('runId', runId);
+  if (!EVENT_TYPE_PATTERN.test(eventType))
+    throw new Error(`event type ${JSON.stringify(eventType)} is invalid`);
+  return `choiros.${userId}.run.${runId}.${eventType}`;
+}
+
+/** Every event of one run: `choiros.<userId>.run.<runId>.>` */
+export function runEventsFilter(userId: string, runId: string): string {
+  assertSubjectToken('userId', userId);
+  assertSubjectToken('runId', runId);
+  return `choiros.${userId}.run.${runId}.>`;
+}
+
+/** A user's own prefix, the only subjects that user may subscribe to: `choiros.<userId>.>` */
+export function userSubjectPrefix(userId: string): string {
+  assertSubjectToken('userId', userId);
+  return `choiros.${userId}.>`;
+}
+
+/** Per-user inbox prefix, so replies to one user are not visible to another (a shared `_INBOX.>` leaks). */
+export function userInboxPrefix(userId: string): string {
+  assertSubjectToken('userId', userId);
+  return `_INBOX_${userId}`;
+}
+
+/** Every subject in the event stream. */
+export const ALL_EVENTS_SUBJECT = 'choiros.>';

@@ -1,0 +1,9 @@
+/** The shared language of the platform. Pure: no Node APIs, no I/O. */
+export * from './ids';
+export * from './errors';
+export * from './constants';
+export * from './run';
+export * from './events';
+export * from './verifiers';
+export * from './workflow-defs';
+export * from './canonical';

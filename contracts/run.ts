@@ -1,0 +1,157 @@
+/** Run request, work item, run status and the workflow's input/output shapes. */
+import { z } from 'zod';
+import { idSchema, refSchema } from './ids';
+
+/** Moods: deterministic policy bundles (domain.md §1). */
+export const MOODS = [
+  'CALM',
+  'CURIOUS',
+  'SKEPTICAL',
+  'PARANOID',
+  'BOLD',
+  'CONTRITE',
+  'PETTY',
+  'DEFERENTIAL',
+] as const;
+export const moodSchema = z.enum(MOODS);
+export type Mood = z.infer<typeof moodSchema>;
+
+export const RISK_TIERS = ['low', 'medium', 'high'] as const;
+export const riskTierSchema = z.enum(RISK_TIERS);
+
+/** Run states, in the order a run moves through them (design.md, "Work items and runs"). */
+export const RUN_STATUSES = [
+  'created',
+  'running',
+  'verifying',
+  'awaiting_approval',
+  'committed',
+  'discarded',
+  'failed',
+  'cancelled',
+] as const;
+export const runStatusSchema = z.enum(RUN_STATUSES);
+export type RunStatus = z.infer<typeof runStatusSchema>;
+
+/** States a run never leaves. */
+export const TERMINAL_STATUSES: readonly RunStatus[] = ['committed', 'discarded', 'failed', 'cancelled'];
+export function isTerminalStatus(s: RunStatus): boolean {
+  return TERMINAL_STATUSES.includes(s);
+}
+
+/** One argv element: no NUL bytes, bounded length. Commands are argv arrays, never shell strings. */
+const argSchema = z
+  .string()
+  .max(4096, 'argument longer than 4096 characters')
+  .refine((a) => !a.includes('\0'), 'argument contains a NUL byte');
+
+/** A command as an argv array. */
+export const argvSchema = z
+  .array(argSchema)
+  .min(1, 'must have at least one element')
+  .max(256, 'must have at most 256 elements')
+  .refine((argv) => (argv[0] ?? '').length > 0, 'first element (the program) must not be empty');
+
+/** The work item as given inline in a run request. */
+export const workItemInputSchema = z
+  .object({
+    id: idSchema.optional(),
+    description: z.string().trim().min(1, 'must not be empty').max(20_000),
+    execute: argvSchema,
+    requiredVerifiers: z.array(idSchema).max(32).default([]),
+    riskTier: riskTierSchema.default('low'),
+    acceptanceCriteria: z.array(z.string().min(1).max(2000)).max(50).default([]),
+  })
+  .strict();
+export type WorkItemInput = z.input<typeof workItemInputSchema>;
+export type WorkItem = z.output<typeof workItemInputSchema> & { id: string };
+
+/**
+ * Repository of a run. The foundation accepts absolute local paths; git URLs arrive with the
+ * sandboxes issue (bare mirror cache), and until then are refused with a clear message.
+ */
+export const repoSchema = z
+  .string()
+  .min(1)
+  .max(1024)
+  .refine((r) => !r.includes('\0'), 'contains a NUL byte')
+  .refine(
+    (r) => r.startsWith('/'),
+    'must be an absolute path to a local git repository (git URLs are not supported yet)',
+  )
+  .refine((r) => !r.split('/').includes('..'), 'must not contain ".." segments');
+
+/** `POST /v1/runs` body (design.md, "Interfaces that other tools rely on"). */
+export const runRequestSchema = z
+  .object({
+    repo: repoSchema,
+    baseRef: refSchema.default('main'),
+    mood: moodSchema.default('CALM'),
+    workItem: workItemInputSchema,
+  })
+  .strict();
+export type RunRequestInput = z.input<typeof runRequestSchema>;
+export type RunRequest = z.output<typeof runRequestSchema>;
+
+/** Who started the run: the verified principal, never ids from the request body. */
+export interface Principal {
+  tenant: string;
+  userId: string;
+  scopes: string[];
+  tokenId?: string;
+}
+
+/** Input of `runWorkflow`. Identity travels with the work. */
+export interface RunWorkflowInput {
+  runId: string;
+  tenant: string;
+  userId: string;
+  request: RunRequest & { workItem: WorkItem };
+  /** sha256 of the canonical request; lets the API tell a retried request from a reused key. */
+  requestHash: string;
+  /** Epoch ms when the API accepted the request. */
+  requestedAt: number;
+}
+
+export const VERIFIER_RESULTS = ['pass', 'fail', 'error', 'timeout'] as const;
+export type VerifierResult = (typeof VERIFIER_RESULTS)[number];
+
+/** What one command did in the sandbox; output is bounded to a tail. */
+export interface CommandOutcome {
+  exitCode: number;
+  timedOut: boolean;
+  durationMs: number;
+  /** Last bytes of combined stdout/stderr (bounded). */
+  outputTail: string;
+  /** sha256 of the full output. */
+  outputSha256: string;
+  outputBytes: number;
+}
+
+/** Result of one verifier in a run. */
+export interface VerifierOutcome extends CommandOutcome {
+  id: string;
+  result: VerifierResult;
+}
+
+/** The run as the API reports it (`GET /v1/runs/:runId`). */
+export interface RunView {
+  runId: string;
+  status: RunStatus;
+  tenant: string;
+  userId: string;
+  mood: Mood;
+  repo: string;
+  baseRef: string;
+  workItem: { id: string; description: string; riskTier: string };
+  branch?: string;
+  commit?: string;
+  baseCommit?: string;
+  execution?: CommandOutcome;
+  verifiers: VerifierOutcome[];
+  createdAt: string;
+  startedAt?: string;
+  finishedAt?: string;
+  error?: { code: string; message: string };
+  events: { emitted: number; published: number };
+}

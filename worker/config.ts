@@ -1,0 +1,68 @@
+/** Worker configuration: parsed once from the environment at start, with a default and a doc line per key. */
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
+import { z } from 'zod';
+
+const hostIdDefault = (): string =>
+  hostname()
+    .replace(/[^A-Za-z0-9_-]/g, '-')
+    .slice(0, 40) || 'local';
+
+export const workerConfigSchema = z.object({
+  /** Temporal frontend address (host:port). */
+  TEMPORAL_ADDRESS: z.string().min(1).default('127.0.0.1:7233'),
+  /** Temporal namespace. */
+  TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
+  /** NATS server URL(s), comma-separated. */
+  NATS_URL: z.string().min(1).default('nats://127.0.0.1:4222'),
+  /** Path of the worker's NATS credentials file (JWT + nkey seed); none for an open server. */
+  NATS_CREDS: z.string().optional(),
+  /** Directory for worktrees and other worker state. */
+  CHOIROS_DATA_DIR: z.string().min(1).default('.data'),
+  /** The verifier allow-list (YAML). Platform configuration, never read from a run's worktree. */
+  CHOIROS_VERIFIERS_FILE: z.string().min(1).default('infra/verifiers.yaml'),
+  /** Image sandboxes run in. */
+  CHOIROS_SANDBOX_IMAGE: z.string().min(1).default('choiros-sandbox:local'),
+  /** This host's id: names the host-specific sandbox task queue `choiros-sandbox-<id>`. */
+  CHOIROS_HOST_ID: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{1,40}$/)
+    .default(hostIdDefault),
+  /** uid:gid sandbox processes run as (never root). */
+  CHOIROS_SANDBOX_USER: z
+    .string()
+    .regex(/^[1-9][0-9]*:[1-9][0-9]*$/, 'must be uid:gid, not root')
+    .default('10001:10001'),
+  /** Memory limit per sandbox container in MiB (swap is not allowed beyond it). */
+  CHOIROS_SANDBOX_MEMORY_MB: z.coerce.number().int().min(16).max(65536).default(512),
+  /** CPU limit per sandbox container (cores, fractional allowed). */
+  CHOIROS_SANDBOX_CPUS: z.coerce.number().min(0.1).max(64).default(1),
+  /** Process limit per sandbox container. */
+  CHOIROS_SANDBOX_PIDS: z.coerce.number().int().min(8).max(65536).default(256),
+  /** Maximum age of events in the JetStream stream, in days. */
+  CHOIROS_EVENTS_MAX_AGE_DAYS: z.coerce.number().int().min(1).max(3650).default(30),
+  /** Maximum size of the event stream in bytes. */
+  CHOIROS_EVENTS_MAX_BYTES: z.coerce
+    .number()
+    .int()
+    .min(1024 * 1024)
+    .default(10 * 1024 * 1024 * 1024),
+  /** pino log level. */
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+});
+
+export type WorkerConfig = z.output<typeof workerConfigSchema> & { dataDir: string; verifiersFile: string };
+
+/** Parses the environment; throws one message listing every bad variable. */
+export function loadWorkerConfig(env: NodeJS.ProcessEnv): WorkerConfig {
+  const parsed = workerConfigSchema.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
+    throw new Error(`invalid worker configuration:\n${lines.join('\n')}`);
+  }
+  return {
+    ...parsed.data,
+    dataDir: resolve(parsed.data.CHOIROS_DATA_DIR),
+    verifiersFile: resolve(parsed.data.CHOIROS_VERIFIERS_FILE),
+  };
+}

@@ -1,0 +1,101 @@
+/** Builds the worker set of one process: orchestration (workflows + event flush), sandbox and host queues. */
+import { join } from 'node:path';
+import { Worker, type NativeConnection, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import type Docker from 'dockerode';
+import type { NatsConnection } from 'nats';
+import type { Logger } from 'pino';
+import { TASK_QUEUES, hostSandboxQueue } from '../contracts';
+import { createEventActivities, ensureEventStream } from '../activities/events/publisher';
+import { createSandboxActivities } from '../activities/sandbox/activities';
+import { DockerSandboxDriver } from '../activities/sandbox/docker-driver';
+import { loadVerifierCatalog } from '../activities/verifiers/catalog';
+import type { CreateSandboxInput } from '../activities/types';
+import type { WorkerConfig } from './config';
+
+export interface WorkerSet {
+  workers: Worker[];
+  /** Resolves when every worker has stopped (after `shutdown()`), rejects if one crashes. */
+  run(): Promise<void>;
+  shutdown(): void;
+}
+
+export async function createWorkerSet(opts: {
+  config: WorkerConfig;
+  connection: NativeConnection;
+  nats: NatsConnection;
+  docker: Docker;
+  logger: Logger;
+  /** Pre-bundled workflow code (tests bundle once); otherwise bundled from `workflows/`. */
+  workflowBundle?: WorkflowBundleWithSourceMap;
+}): Promise<WorkerSet> {
+  const { config, logger } = opts;
+  const hostQueue = hostSandboxQueue(config.CHOIROS_HOST_ID);
+  const jsm = await opts.nats.jetstreamManager();
+  await ensureEventStream(jsm, {
+    maxAgeDays: config.CHOIROS_EVENTS_MAX_AGE_DAYS,
+    maxBytes: config.CHOIROS_EVENTS_MAX_BYTES,
+    duplicateWindowSeconds: 300,
+  });
+  const verifiers = await loadVerifierCatalog(config.verifiersFile);
+  const driver = new DockerSandboxDriver(opts.docker, {
+    image: config.CHOIROS_SANDBOX_IMAGE,
+    user: config.CHOIROS_SANDBOX_USER,
+    memoryBytes: config.CHOIROS_SANDBOX_MEMORY_MB * 1024 * 1024,
+    nanoCpus: Math.round(config.CHOIROS_SANDBOX_CPUS * 1e9),
+    pidsLimit: config.CHOIROS_SANDBOX_PIDS,
+    tmpfsSizeMb: 64,
+    extraLabels: { 'choiros.host-id': config.CHOIROS_HOST_ID },
+  });
+  const sandboxActivities = createSandboxActivities({
+    driver,
+    verifiers,
+    worktreeRoot: join(config.dataDir, 'worktrees'),
+    hostId: config.CHOIROS_HOST_ID,
+    hostQueue,
+    image: config.CHOIROS_SANDBOX_IMAGE,
+    sandboxUser: config.CHOIROS_SANDBOX_USER,
+    logger: logger.child({ component: 'sandbox' }),
+  });
+  const eventActivities = createEventActivities({
+    js: opts.nats.jetstream(),
+    logger: logger.child({ component: 'events' }),
+  });
+  const common = { connection: opts.connection, namespace: config.TEMPORAL_NAMESPACE };
+  const workflowSource = opts.workflowBundle
+    ? { workflowBundle: opts.workflowBundle }
+    : { workflowsPath: require.resolve('../workflows') };
+
+  const workers = await Promise.all([
+    Worker.create({
+      ...common,
+      ...workflowSource,
+      taskQueue: TASK_QUEUES.orchestration,
+      activities: eventActivities,
+    }),
+    Worker.create({
+      ...common,
+      taskQueue: TASK_QUEUES.sandbox,
+      activities: { createSandbox: (input: CreateSandboxInput) => sandboxActivities.createSandbox(input) },
+    }),
+    Worker.create({ ...common, taskQueue: hostQueue, activities: sandboxActivities }),
+  ]);
+  logger.info(
+    {
+      event: 'worker.ready',
+      queues: [TASK_QUEUES.orchestration, TASK_QUEUES.sandbox, hostQueue],
+      verifiers: verifiers.ids(),
+    },
+    'workers created',
+  );
+  return {
+    workers,
+    async run() {
+      await Promise.all(workers.map((w) => w.run()));
+    },
+    shutdown() {
+      for (const w of workers) {
+        if (w.getState() === 'RUNNING') w.shutdown();
+      }
+    },
+  };
+}
