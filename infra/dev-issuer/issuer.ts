@@ -56,8 +56,8 @@ export async function serveDevIssuer(opts: { key: DevIssuerKey; host: string; po
   server: Server;
   close: () => Promise<void>;
 }> {
-  const issuer = `http://${opts.host}:${opts.port}`;
-  const jwksUrl = `${issuer}/.well-known/jwks.json`;
+  let issuer = '';
+  let jwksUrl = '';
   const server = createServer((req, res) => {
     const send = (status: number, body: unknown): void => {
       res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'max-age=60' });
@@ -75,6 +75,11 @@ export async function serveDevIssuer(opts: { key: DevIssuerKey; host: string; po
     server.once('error', reject);
     server.listen(opts.port, opts.host, () => resolve());
   });
+  // Port 0 picks a free port; the issuer URL names the real one.
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : opts.port;
+  issuer = `http://${opts.host}:${port}`;
+  jwksUrl = `${issuer}/.well-known/jwks.json`;
   return {
     issuer,
     jwksUrl,

@@ -1,0 +1,216 @@
+/** Integration-test helpers: real connections to the services the global setup started, test workers, the API. */
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join, resolve } from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import {
+  DefaultLogger,
+  NativeConnection,
+  Runtime,
+  bundleWorkflowCode,
+  type WorkflowBundleWithSourceMap,
+} from '@temporalio/worker';
+import Docker from 'dockerode';
+import { connect, credsAuthenticator, type NatsConnection } from 'nats';
+import pino from 'pino';
+import { parseVerifierFile } from '../../contracts';
+import { createApp } from '../../api/app';
+import { createTokenVerifier } from '../../api/auth/token-verifier';
+import { createTemporalRunService } from '../../api/runs/service';
+import {
+  DEV_AUDIENCE,
+  loadOrCreateDevKey,
+  mintDevToken,
+  serveDevIssuer,
+  type DevTokenClaims,
+} from '../../infra/dev-issuer/issuer';
+import { loadWorkerConfig } from '../../worker/config';
+import { createWorkerSet, type WorkerSet } from '../../worker/workers';
+
+export const ROOT = resolve(__dirname, '../..');
+export const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'warn' });
+
+// Quiet SDK logs in tests (worker state changes), unless asked for.
+Runtime.install({ logger: new DefaultLogger(process.env.TEST_LOG_LEVEL === 'debug' ? 'DEBUG' : 'WARN') });
+
+function need(name: string): string {
+  const v = process.env[name];
+  if (!v)
+    throw new Error(
+      `${name} is not set: integration tests must run through jest's integration project (global setup)`,
+    );
+  return v;
+}
+
+export const env = {
+  temporalAddress: () => need('CHOIROS_TEST_TEMPORAL_ADDRESS'),
+  natsUrl: () => need('CHOIROS_TEST_NATS_URL'),
+  workerCreds: () => process.env.CHOIROS_TEST_NATS_WORKER_CREDS,
+  apiCreds: () => process.env.CHOIROS_TEST_NATS_API_CREDS,
+  natsAuthDir: () => need('CHOIROS_TEST_NATS_AUTH_DIR'),
+  workDir: () => need('CHOIROS_TEST_WORK_DIR'),
+  sandboxImage: () => need('CHOIROS_TEST_SANDBOX_IMAGE'),
+};
+
+export async function connectNats(credsFile: string | undefined, name: string): Promise<NatsConnection> {
+  return connect({
+    servers: env.natsUrl(),
+    name,
+    authenticator: credsFile ? credsAuthenticator(await readFile(credsFile)) : undefined,
+  });
+}
+
+/** Polls `fn` until `until(value)` holds; fails with the last value after `timeoutMs`. */
+export async function poll<T>(
+  fn: () => Promise<T>,
+  until: (v: T) => boolean,
+  timeoutMs = 60_000,
+  intervalMs = 250,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: T | undefined;
+  for (;;) {
+    last = await fn();
+    if (until(last)) return last;
+    if (Date.now() > deadline) throw new Error(`poll timed out; last value: ${JSON.stringify(last)}`);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+/** A git repository with one commit on `main`, in a fresh temp dir. */
+export async function makeGitRepo(
+  files: Record<string, string> = { 'README.md': 'hello\n' },
+): Promise<{ path: string; head: string }> {
+  const path = await mkdtemp(join(env.workDir(), 'repo-'));
+  const g = (...args: string[]): string =>
+    execFileSync('git', ['-c', 'user.name=Test', '-c', 'user.email=test@example.invalid', ...args], {
+      cwd: path,
+      encoding: 'utf8',
+    }).trim();
+  g('init', '-q', '-b', 'main');
+  for (const [name, content] of Object.entries(files)) await writeFile(join(path, name), content);
+  g('add', '.');
+  g('commit', '-qm', 'initial');
+  return { path, head: g('rev-parse', 'HEAD') };
+}
+
+export function git(repo: string, ...args: string[]): string {
+  return execFileSync('git', ['-c', `safe.directory=*`, ...args], { cwd: repo, encoding: 'utf8' }).trim();
+}
+
+let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
+/** Bundles the workflows once per test file. */
+export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
+  bundle ??= bundleWorkflowCode({
+    workflowsPath: require.resolve('../../workflows'),
+    logger: { trace() {}, debug() {}, info() {}, warn() {}, error() {}, log() {} },
+  });
+  return bundle;
+}
+
+export interface TestWorker {
+  set: WorkerSet;
+  running: Promise<void>;
+  dataDir: string;
+  stop(): Promise<void>;
+}
+
+/** Starts the real worker set against the test services, with its own host id and data dir. */
+export async function startTestWorker(hostId: string): Promise<TestWorker> {
+  const dataDir = await mkdtemp(join(env.workDir(), `data-${hostId}-`));
+  const config = loadWorkerConfig({
+    TEMPORAL_ADDRESS: env.temporalAddress(),
+    NATS_URL: env.natsUrl(),
+    CHOIROS_DATA_DIR: dataDir,
+    CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
+    CHOIROS_SANDBOX_IMAGE: env.sandboxImage(),
+    CHOIROS_HOST_ID: hostId,
+    LOG_LEVEL: 'warn',
+  });
+  const connection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });
+  const nats = await connectNats(env.workerCreds(), `test-worker-${hostId}`);
+  const set = await createWorkerSet({
+    config,
+    connection,
+    nats,
+    docker: new Docker(),
+    logger,
+    workflowBundle: await workflowBundle(),
+  });
+  const running = set.run();
+  return {
+    set,
+    running,
+    dataDir,
+    async stop() {
+      set.shutdown();
+      await running;
+      await nats.drain();
+      await connection.close();
+    },
+  };
+}
+
+export interface TestApi {
+  url: string;
+  client: Client;
+  token(claims?: Partial<DevTokenClaims>): Promise<string>;
+  issuer: string;
+  stop(): Promise<void>;
+}
+
+/** The real API app (real jose verification against a dev issuer over HTTP, real Temporal client). */
+export async function startTestApi(): Promise<TestApi> {
+  const keyDir = await mkdtemp(join(env.workDir(), 'issuer-'));
+  const key = await loadOrCreateDevKey(keyDir);
+  const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
+  const issuerUrl = issuer.issuer;
+  const connection = await Connection.connect({ address: env.temporalAddress() });
+  const client = new Client({ connection });
+  const nats = await connectNats(env.apiCreds(), 'test-api');
+  const verifiers = parseVerifierFile(
+    await readFile(join(ROOT, 'test/fixtures/verifiers.yaml'), 'utf8'),
+    'test verifiers',
+  );
+  const app = createApp({
+    verifyToken: createTokenVerifier({
+      issuer: issuerUrl,
+      audience: DEV_AUDIENCE,
+      algorithms: ['ES256'],
+      clockToleranceSeconds: 5,
+      tenantClaim: 'tenant',
+      defaultTenant: 'default',
+    }),
+    runs: createTemporalRunService({ client, logger }),
+    verifiers,
+    readiness: [
+      { name: 'temporal', check: async () => void (await connection.healthService.check({})) },
+      { name: 'nats', check: async () => void (await nats.rtt()) },
+    ],
+    logger,
+  });
+  const server: Server = await new Promise((res) => {
+    const s = app.listen(0, '127.0.0.1', () => res(s));
+  });
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return {
+    url,
+    client,
+    issuer: issuerUrl,
+    token: (claims = {}) =>
+      mintDevToken(
+        key,
+        { issuer: issuerUrl, audience: DEV_AUDIENCE },
+        { sub: 'alice', tenant: 'acme', ...claims },
+      ),
+    async stop() {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+      await issuer.close();
+      await nats.drain();
+      await connection.close();
+    },
+  };
+}
