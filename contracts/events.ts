@@ -10,6 +10,7 @@ export const EVENT_TYPES = [
   'note.status',
   'sandbox.created',
   'sandbox.destroyed',
+  'sandbox.destroy.failed',
   'run.execution.completed',
   'receipt.verifier.attestations',
   'receipt.commit',

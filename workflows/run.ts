@@ -43,6 +43,16 @@ function hostActivities(hostQueue: string, timeoutSeconds: number) {
   });
 }
 
+/** Cleanup keeps retrying while the host may come back, then gives up to the orphan sweeper. */
+function destroyOn(hostQueue: string) {
+  return proxyActivities<SandboxActivities>({
+    taskQueue: hostQueue,
+    startToCloseTimeout: '2 minutes',
+    scheduleToCloseTimeout: '30 minutes',
+    retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds' },
+  });
+}
+
 const EXECUTE_TIMEOUT_SECONDS = 600;
 const VERIFIER_ACTIVITY_BOUND_SECONDS = 3600;
 
@@ -96,6 +106,8 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
 
   let sandbox: SandboxHandle | undefined;
   let cancellation: Error | undefined;
+  // Decided by the steps below, applied after cleanup.
+  let outcome: { status: RunStatus; stage: string } = { status: 'failed', stage: 'created' };
   try {
     sandbox = await createSandbox({
       runId,
@@ -140,7 +152,7 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
           ? `the work item's command timed out after ${EXECUTE_TIMEOUT_SECONDS}s`
           : `the work item's command exited with code ${execution.exitCode}`,
       };
-      setStatus('failed', 'execute');
+      outcome = { status: 'failed', stage: 'execute' };
     } else {
       setStatus('verifying', 'verify');
       const verify = hostActivities(sandbox.hostQueue, VERIFIER_ACTIVITY_BOUND_SECONDS);
@@ -154,19 +166,19 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
           }),
         ),
       );
-      for (const outcome of outcomes) {
-        view.verifiers.push(outcome);
+      for (const result of outcomes) {
+        view.verifiers.push(result);
         events.emit('receipt.verifier.attestations', {
           run_id: runId,
           attestation: {
-            verifier_id: outcome.id,
-            result: outcome.result,
-            exit_code: outcome.exitCode,
-            timed_out: outcome.timedOut,
-            duration_ms: outcome.durationMs,
-            output_sha256: outcome.outputSha256,
-            output_bytes: outcome.outputBytes,
-            output_tail: outcome.outputTail,
+            verifier_id: result.id,
+            result: result.result,
+            exit_code: result.exitCode,
+            timed_out: result.timedOut,
+            duration_ms: result.durationMs,
+            output_sha256: result.outputSha256,
+            output_bytes: result.outputBytes,
+            output_tail: result.outputTail,
           },
         });
       }
@@ -189,7 +201,7 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
           changed_paths: commit.changedPaths,
           verifier_ids: outcomes.map((o) => o.id),
         });
-        setStatus('committed', 'commit');
+        outcome = { status: 'committed', stage: 'commit' };
       } else {
         view.error = {
           code: 'verification_failed',
@@ -203,26 +215,28 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
           reason: 'verification_failed',
           failed: failed.map((f) => f.id),
         });
-        setStatus('discarded', 'verify');
+        outcome = { status: 'discarded', stage: 'verify' };
       }
     }
   } catch (err) {
     if (isCancellation(err)) {
       cancellation = err as Error;
-      setStatus('cancelled', 'cancel');
+      outcome = { status: 'cancelled', stage: view.status };
     } else {
       view.error = describeFailure(err);
       events.emit('run.failed', { run_id: runId, error: view.error });
-      setStatus('failed', view.status);
+      outcome = { status: 'failed', stage: view.status };
     }
-  } finally {
-    if (sandbox) {
-      const handle = sandbox;
-      const keepBranch = view.status === 'committed';
-      // Destroy always, also on failure and cancellation.
-      await CancellationScope.nonCancellable(async () => {
-        const destroy = hostActivities(handle.hostQueue, 60);
-        const removed = await destroy.destroySandbox({
+  }
+
+  // Destroy always, also on failure and cancellation; the terminal status is set only afterwards,
+  // so a client that sees it knows nothing of the run is left on the host.
+  const keepBranch = outcome.status === 'committed';
+  if (sandbox) {
+    const handle = sandbox;
+    await CancellationScope.nonCancellable(async () => {
+      try {
+        const removed = await destroyOn(handle.hostQueue).destroySandbox({
           sandboxId: handle.sandboxId,
           repo: request.repo,
           keepBranch,
@@ -232,22 +246,22 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
           removed: removed.removed,
           kept_branch: keepBranch,
         });
-      });
-    }
-    if (!keepsBranch(view.status)) delete view.branch;
+      } catch (err) {
+        // The host stayed unreachable for the whole cleanup budget: record it; the orphan sweeper finishes the job.
+        log.warn('sandbox cleanup failed', { runId, error: describeFailure(err) });
+        events.emit('sandbox.destroy.failed', { sandbox_id: handle.sandboxId, error: describeFailure(err) });
+      }
+    });
   }
-
+  if (!keepBranch) delete view.branch;
   view.finishedAt = new Date().toISOString();
+  setStatus(outcome.status, outcome.stage);
   events.emit('run.completed', { run_id: runId, status: view.status, error: view.error ?? null });
   await events.close();
   view.events = { emitted: events.emittedCount, published: events.publishedCount };
   // Rethrown so Temporal records the execution as Canceled, after cleanup and the final flush.
   if (cancellation !== undefined) throw cancellation;
   return view;
-}
-
-function keepsBranch(status: RunStatus): boolean {
-  return status === 'committed';
 }
 
 function describeFailure(err: unknown): { code: string; message: string } {

@@ -4,6 +4,8 @@
  * network-less container, events land in NATS JetStream, and the API reports the result.
  */
 import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import Docker from 'dockerode';
 import { JSONCodec, type NatsConnection } from 'nats';
@@ -15,6 +17,7 @@ import {
   type RunView,
 } from '../../contracts';
 import {
+  ROOT,
   connectNats,
   env,
   git,
@@ -62,7 +65,22 @@ async function getRun(runId: string, token?: string): Promise<{ status: number; 
   return { status: res.status, body: (await res.json()) as RunView };
 }
 
-async function waitTerminal(runId: string): Promise<RunView> {
+/**
+ * With CHOIROS_RECORD_HISTORIES=1, terminal runs are saved as replay fixtures
+ * (test/fixtures/histories/<name>.json), which the replay test runs in every `npm test`.
+ */
+async function recordHistory(runId: string, name: string): Promise<void> {
+  if (process.env.CHOIROS_RECORD_HISTORIES !== '1') return;
+  // The CLI's JSON export is the format the SDK replayer reads (historyFromJSON).
+  const json = execFileSync(
+    process.env.CHOIROS_TEMPORAL_BIN ?? 'temporal',
+    ['workflow', 'show', '--workflow-id', runId, '--output', 'json', '--address', env.temporalAddress()],
+    { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
+  );
+  await writeFile(join(ROOT, 'test/fixtures/histories', `${name}.json`), json);
+}
+
+async function waitTerminal(runId: string, recordAs?: string): Promise<RunView> {
   const { body } = await poll(
     () => getRun(runId),
     (r) =>
@@ -70,6 +88,7 @@ async function waitTerminal(runId: string): Promise<RunView> {
       r.body.events.published === r.body.events.emitted,
     120_000,
   );
+  if (recordAs) await recordHistory(runId, recordAs);
   return body;
 }
 
@@ -123,7 +142,7 @@ describe('a run through the API', () => {
     const again = (await (await post(body, { key: 'happy-1' })).json()) as RunView;
     expect(again.runId).toBe(started.runId);
 
-    const view = await waitTerminal(started.runId);
+    const view = await waitTerminal(started.runId, 'run-committed');
     expect(view.status).toBe('committed');
     expect(view.execution?.exitCode).toBe(0);
     expect(view.verifiers.map((v) => [v.id, v.result, v.exitCode])).toEqual([
@@ -202,7 +221,7 @@ describe('a run through the API', () => {
     );
     expect(res.status).toBe(201);
     const { runId } = (await res.json()) as RunView;
-    const view = await waitTerminal(runId);
+    const view = await waitTerminal(runId, 'run-discarded');
     expect(view.status).toBe('discarded');
     const failing = view.verifiers.find((v) => v.id === 'V-FAILS');
     expect(failing).toMatchObject({ result: 'fail', exitCode: 3 });
@@ -221,7 +240,7 @@ describe('a run through the API', () => {
     const repo = await makeGitRepo();
     const res = await post(request(repo.path, ['sh', '-c', 'echo broken >&2; exit 7'], ['V-RESULT-FILE']));
     const { runId } = (await res.json()) as RunView;
-    const view = await waitTerminal(runId);
+    const view = await waitTerminal(runId, 'run-execution-failed');
     expect(view.status).toBe('failed');
     expect(view.execution).toMatchObject({ exitCode: 7 });
     expect(view.execution?.outputTail).toContain('broken');
@@ -233,7 +252,7 @@ describe('a run through the API', () => {
   test('when the repository does not exist, then the run fails with repo_not_found and no retry storm', async () => {
     const res = await post(request('/nonexistent/repo', ['true'], ['V-RESULT-FILE']));
     const { runId } = (await res.json()) as RunView;
-    const view = await waitTerminal(runId);
+    const view = await waitTerminal(runId, 'run-repo-not-found');
     expect(view.status).toBe('failed');
     expect(view.error?.code).toBe('repo_not_found');
   });
