@@ -1,8 +1,10 @@
 /** Starts and reads runs through the Temporal client; enforces idempotency and ownership. */
 import { createHash, randomUUID } from 'node:crypto';
 import {
+  ServiceError,
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
+  isGrpcServiceError,
   type Client,
   type WorkflowExecutionDescription,
 } from '@temporalio/client';
@@ -50,6 +52,29 @@ interface RunMemo {
 }
 
 const QUERY_TIMEOUT_MS = 3000;
+
+/** gRPC UNAVAILABLE (14) and DEADLINE_EXCEEDED (4): Temporal cannot be reached right now. */
+const UNREACHABLE_CODES = new Set([4, 14]);
+
+/** Maps "Temporal is unreachable" to a 503 the client can retry; everything else passes through. */
+export function mapTemporalError(err: unknown): unknown {
+  const cause = err instanceof ServiceError && err.cause ? err.cause : err;
+  if (isGrpcServiceError(cause) && UNREACHABLE_CODES.has(cause.code)) {
+    return new AppError('service_unavailable', 'the workflow service is unavailable; retry later', {
+      cause: err,
+      headers: { 'Retry-After': '5' },
+    });
+  }
+  return err;
+}
+
+async function guarded<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw mapTemporalError(err);
+  }
+}
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -138,78 +163,81 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
   };
 
   return {
-    async start(principal, request, idempotencyKey) {
-      const key = idempotencyKey ?? randomUUID();
-      const runId = deriveRunId(principal.tenant, principal.userId, key);
-      const workItem = { ...request.workItem, id: request.workItem.id ?? `wi-${runId.slice(4, 28)}` };
-      const requestHash = createHash('sha256').update(canonicalJson(request)).digest('hex');
-      const requestedAt = Date.now();
-      const input: RunWorkflowInput = {
+    start: (principal, request, idempotencyKey) => guarded(() => start(principal, request, idempotencyKey)),
+    get: (principal, runId) => guarded(async () => viewOf(await describeOwned(principal, runId))),
+  };
+
+  async function start(
+    principal: Principal,
+    request: RunRequest,
+    idempotencyKey: string | undefined,
+  ): Promise<RunView> {
+    const key = idempotencyKey ?? randomUUID();
+    const runId = deriveRunId(principal.tenant, principal.userId, key);
+    const workItem = { ...request.workItem, id: request.workItem.id ?? `wi-${runId.slice(4, 28)}` };
+    const requestHash = createHash('sha256').update(canonicalJson(request)).digest('hex');
+    const requestedAt = Date.now();
+    const input: RunWorkflowInput = {
+      runId,
+      tenant: principal.tenant,
+      userId: principal.userId,
+      request: { ...request, workItem },
+      requestHash,
+      requestedAt,
+    };
+    const memo: RunMemo = {
+      requestHash,
+      requestedAt,
+      summary: {
+        repo: request.repo,
+        baseRef: request.baseRef,
+        mood: request.mood,
+        workItemId: workItem.id,
+        description: workItem.description.slice(0, 500),
+        riskTier: workItem.riskTier,
+        execute: workItem.execute.join(' ').slice(0, 500),
+      },
+    };
+    try {
+      await client.workflow.start(WORKFLOW_TYPES.run, {
+        workflowId: runId,
+        taskQueue: TASK_QUEUES.orchestration,
+        args: [input],
+        workflowIdConflictPolicy: 'USE_EXISTING',
+        workflowIdReusePolicy: 'REJECT_DUPLICATE',
+        memo: memo as unknown as Record<string, unknown>,
+        typedSearchAttributes: [
+          { key: SEARCH_ATTRIBUTES.tenant, value: principal.tenant },
+          { key: SEARCH_ATTRIBUTES.userId, value: principal.userId },
+          { key: SEARCH_ATTRIBUTES.runStatus, value: 'created' },
+          { key: SEARCH_ATTRIBUTES.mood, value: request.mood },
+          { key: SEARCH_ATTRIBUTES.repo, value: request.repo },
+        ],
+        staticSummary: `${principal.userId}: ${workItem.description.split('\n')[0]?.slice(0, 120) ?? ''}`,
+        staticDetails: `repo ${request.repo} @ ${request.baseRef}, mood ${request.mood}, execute \`${memo.summary.execute}\`, verifiers ${workItem.requiredVerifiers.join(', ') || '(none)'}`,
+      });
+    } catch (err) {
+      // A closed run with the same key: the retried request is answered with that run.
+      if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+    }
+    const desc = await describeOwned(principal, runId);
+    const existing = desc.memo as unknown as RunMemo | undefined;
+    if (existing?.requestHash !== requestHash) {
+      throw new AppError(
+        'idempotency_key_reused',
+        `Idempotency-Key was already used for run ${runId} with a different request body`,
+      );
+    }
+    logger.info(
+      {
+        event: 'run.start',
         runId,
         tenant: principal.tenant,
         userId: principal.userId,
-        request: { ...request, workItem },
-        requestHash,
-        requestedAt,
-      };
-      const memo: RunMemo = {
-        requestHash,
-        requestedAt,
-        summary: {
-          repo: request.repo,
-          baseRef: request.baseRef,
-          mood: request.mood,
-          workItemId: workItem.id,
-          description: workItem.description.slice(0, 500),
-          riskTier: workItem.riskTier,
-          execute: workItem.execute.join(' ').slice(0, 500),
-        },
-      };
-      try {
-        await client.workflow.start(WORKFLOW_TYPES.run, {
-          workflowId: runId,
-          taskQueue: TASK_QUEUES.orchestration,
-          args: [input],
-          workflowIdConflictPolicy: 'USE_EXISTING',
-          workflowIdReusePolicy: 'REJECT_DUPLICATE',
-          memo: memo as unknown as Record<string, unknown>,
-          typedSearchAttributes: [
-            { key: SEARCH_ATTRIBUTES.tenant, value: principal.tenant },
-            { key: SEARCH_ATTRIBUTES.userId, value: principal.userId },
-            { key: SEARCH_ATTRIBUTES.runStatus, value: 'created' },
-            { key: SEARCH_ATTRIBUTES.mood, value: request.mood },
-            { key: SEARCH_ATTRIBUTES.repo, value: request.repo },
-          ],
-          staticSummary: `${principal.userId}: ${workItem.description.split('\n')[0]?.slice(0, 120) ?? ''}`,
-          staticDetails: `repo ${request.repo} @ ${request.baseRef}, mood ${request.mood}, execute \`${memo.summary.execute}\`, verifiers ${workItem.requiredVerifiers.join(', ') || '(none)'}`,
-        });
-      } catch (err) {
-        // A closed run with the same key: the retried request is answered with that run.
-        if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
-      }
-      const desc = await describeOwned(principal, runId);
-      const existing = desc.memo as unknown as RunMemo | undefined;
-      if (existing?.requestHash !== requestHash) {
-        throw new AppError(
-          'idempotency_key_reused',
-          `Idempotency-Key was already used for run ${runId} with a different request body`,
-        );
-      }
-      logger.info(
-        {
-          event: 'run.start',
-          runId,
-          tenant: principal.tenant,
-          userId: principal.userId,
-          workItemId: workItem.id,
-        },
-        'run started',
-      );
-      return viewOf(desc);
-    },
-
-    async get(principal, runId) {
-      return viewOf(await describeOwned(principal, runId));
-    },
-  };
+        workItemId: workItem.id,
+      },
+      'run started',
+    );
+    return viewOf(desc);
+  }
 }
