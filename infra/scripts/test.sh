@@ -12,5 +12,6 @@ echo "[test] typecheck" >&2
 npx tsc --noEmit -p tsconfig.json
 echo "[test] lint" >&2
 npx eslint --max-warnings 0 .
+npx prettier --check --log-level warn .
 echo "[test] jest" >&2
 exec npx jest --ci "$@"

@@ -12,7 +12,14 @@ describe('run ids', () => {
     const a = deriveRunId('acme', 'alice', 'k1');
     expect(a).toMatch(/^run-[0-9a-f]{32}$/);
     expect(deriveRunId('acme', 'alice', 'k1')).toBe(a);
-    expect(new Set([a, deriveRunId('acme', 'bob', 'k1'), deriveRunId('globex', 'alice', 'k1'), deriveRunId('acme', 'alice', 'k2')]).size).toBe(4);
+    expect(
+      new Set([
+        a,
+        deriveRunId('acme', 'bob', 'k1'),
+        deriveRunId('globex', 'alice', 'k1'),
+        deriveRunId('acme', 'alice', 'k2'),
+      ]).size,
+    ).toBe(4);
   });
 
   test('when fields would concatenate the same, then the ids still differ', () => {
@@ -21,12 +28,15 @@ describe('run ids', () => {
 });
 
 describe('Temporal errors', () => {
-  test.each([14, 4])('when the service answers gRPC code %d, then it maps to 503 service_unavailable with Retry-After', (code) => {
-    const mapped = mapTemporalError(new ServiceError('down', { cause: grpcError(code) }));
-    expect(mapped).toBeInstanceOf(AppError);
-    expect((mapped as AppError).code).toBe('service_unavailable');
-    expect((mapped as AppError).options.headers?.['Retry-After']).toBe('5');
-  });
+  test.each([14, 4])(
+    'when the service answers gRPC code %d, then it maps to 503 service_unavailable with Retry-After',
+    (code) => {
+      const mapped = mapTemporalError(new ServiceError('down', { cause: grpcError(code) }));
+      expect(mapped).toBeInstanceOf(AppError);
+      expect((mapped as AppError).code).toBe('service_unavailable');
+      expect((mapped as AppError).options.headers?.['Retry-After']).toBe('5');
+    },
+  );
 
   test('when the error is anything else, then it passes through unchanged', () => {
     const other = grpcError(3);
