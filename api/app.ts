@@ -6,6 +6,8 @@ import { AppError, idSchema, runRequestSchema, type VerifierSpec } from '../cont
 import { authenticate, principalOf, requireScope } from './auth/middleware';
 import type { TokenVerifier } from './auth/token-verifier';
 import { errorMiddleware, validationError } from './errors';
+import type { RunEventSource } from './events/source';
+import type { UserNatsCredentials } from './nats/credentials';
 import type { RunService } from './runs/service';
 
 export interface ReadinessCheck {
@@ -19,6 +21,12 @@ export interface AppDeps {
   /** Verifier allow-list lookup, to reject unknown ids at request time. */
   verifiers: { get(id: string): VerifierSpec | undefined };
   readiness: ReadinessCheck[];
+  /** A run's events from JetStream, for SSE. */
+  events: RunEventSource;
+  /** Mints a user's short-lived NATS credentials; absent when the account key is not configured. */
+  natsCredentials?: { servers: string[]; mint(userId: string): Promise<UserNatsCredentials> };
+  /** SSE comment heartbeat interval. */
+  sseHeartbeatMs?: number;
   logger: Logger;
 }
 
@@ -139,10 +147,58 @@ export function createApp(deps: AppDeps): express.Express {
     '/runs/:runId',
     requireScope('runs:read'),
     route(async (req, res) => {
-      const runId = idSchema.safeParse(req.params.runId);
-      if (!runId.success) throw validationError(runId.error, 'runId');
-      res.locals.runId = runId.data;
-      res.json(await deps.runs.get(principalOf(res), runId.data));
+      const runId = parseRunId(req.params.runId);
+      res.locals.runId = runId;
+      res.json(await deps.runs.get(principalOf(res), runId));
+    }),
+  );
+
+  v1.post(
+    '/runs/:runId/cancel',
+    requireScope('runs:write'),
+    route(async (req, res) => {
+      const runId = parseRunId(req.params.runId);
+      res.locals.runId = runId;
+      res.status(202).json(await deps.runs.cancel(principalOf(res), runId));
+    }),
+  );
+
+  v1.get(
+    '/runs/:runId/events',
+    requireScope('runs:read'),
+    route(async (req, res) => {
+      const principal = principalOf(res);
+      const runId = parseRunId(req.params.runId);
+      res.locals.runId = runId;
+      const afterSeq = parseLastEventId(
+        req.header('last-event-id') ??
+          (typeof req.query.lastEventId === 'string' ? req.query.lastEventId : undefined),
+        runId,
+      );
+      await deps.runs.get(principal, runId); // ownership: someone else's run is a 404 before any byte is sent
+      await streamEvents(req, res, deps, principal.userId, runId, afterSeq);
+    }),
+  );
+
+  v1.post(
+    '/nats/credentials',
+    requireScope('runs:read'),
+    route(async (_req, res) => {
+      if (!deps.natsCredentials)
+        throw new AppError('service_unavailable', 'NATS credentials are not configured on this gateway');
+      const principal = principalOf(res);
+      const c = await deps.natsCredentials.mint(principal.userId);
+      res.setHeader('Cache-Control', 'no-store');
+      res.json({
+        servers: deps.natsCredentials.servers,
+        user_id: principal.userId,
+        subject_prefix: c.subjectPrefix,
+        inbox_prefix: c.inboxPrefix,
+        jwt: c.jwt,
+        seed: c.seed,
+        creds: c.creds,
+        expires_at: new Date(c.expiresAt * 1000).toISOString(),
+      });
     }),
   );
 
@@ -150,4 +206,65 @@ export function createApp(deps: AppDeps): express.Express {
   app.use((req, _res, next) => next(new AppError('not_found', `no route for ${req.method} ${req.path}`)));
   app.use(errorMiddleware(deps.logger));
   return app;
+}
+
+function parseRunId(raw: unknown): string {
+  const runId = idSchema.safeParse(raw);
+  if (!runId.success) throw validationError(runId.error, 'runId');
+  return runId.data;
+}
+
+/** `Last-Event-ID` is an event id `<runId>:<seq>`; events after that seq are sent. */
+function parseLastEventId(raw: string | undefined, runId: string): number {
+  if (raw === undefined || raw === '') return 0;
+  const m = /^([A-Za-z0-9_-]{1,64}):([0-9]{1,9})$/.exec(raw);
+  if (!m || m[1] !== runId) {
+    throw new AppError(
+      'validation_failed',
+      `Last-Event-ID must be an event id of run ${runId} (<runId>:<seq>)`,
+      {
+        errors: [{ field: 'Last-Event-ID', message: 'must be <runId>:<seq> of this run' }],
+      },
+    );
+  }
+  return Number(m[2]);
+}
+
+/** Server-sent events: `id` = event id (resumable), `event` = event type, `data` = the envelope. */
+async function streamEvents(
+  req: Request,
+  res: Response,
+  deps: AppDeps,
+  userId: string,
+  runId: string,
+  afterSeq: number,
+): Promise<void> {
+  const abort = new AbortController();
+  req.on('close', () => abort.abort());
+  res.writeHead(200, {
+    'Content-Type': 'text/event-stream; charset=utf-8',
+    'Cache-Control': 'no-cache, no-transform',
+    Connection: 'keep-alive',
+    'X-Accel-Buffering': 'no',
+  });
+  res.write('retry: 2000\n: connected\n\n');
+  const heartbeat = setInterval(() => res.write(': ping\n\n'), deps.sseHeartbeatMs ?? 15_000);
+  let sent = 0;
+  try {
+    for await (const event of deps.events.stream(userId, runId, afterSeq, abort.signal)) {
+      res.write(`id: ${event.id}\nevent: ${event.event_type}\ndata: ${JSON.stringify(event)}\n\n`);
+      sent += 1;
+    }
+  } catch (err) {
+    if (!abort.signal.aborted) {
+      deps.logger.warn({ event: 'sse.error', runId, err }, 'event stream failed');
+      res.write(
+        `event: error\ndata: ${JSON.stringify({ code: 'service_unavailable', detail: 'event stream interrupted; reconnect with Last-Event-ID' })}\n\n`,
+      );
+    }
+  } finally {
+    clearInterval(heartbeat);
+    deps.logger.info({ event: 'sse.closed', runId, afterSeq, sent }, 'event stream closed');
+    res.end();
+  }
 }

@@ -32,6 +32,12 @@ export const apiConfigSchema = z.object({
   NATS_URL: z.string().min(1).default('nats://127.0.0.1:4222'),
   /** Path of the API's NATS credentials file; none for an open server. */
   NATS_CREDS: z.string().optional(),
+  /** File holding the NATS account seed that signs users' short-lived credentials (`POST /v1/nats/credentials`). */
+  NATS_ACCOUNT_SEED_FILE: z.string().optional(),
+  /** Lifetime of users' NATS credentials, in seconds. */
+  NATS_USER_CREDS_TTL_SECONDS: z.coerce.number().int().min(30).max(86_400).default(900),
+  /** NATS URL(s) handed to clients with their credentials; default NATS_URL. */
+  NATS_CLIENT_URL: z.string().optional(),
   /** Expected `iss` of access tokens (an OIDC issuer URL). Required. */
   AUTH_ISSUER: z.string().url(),
   /** Expected `aud` of access tokens. */

@@ -9,6 +9,8 @@ import { parseVerifierFile } from '../contracts';
 import { createApp } from './app';
 import { createTokenVerifier } from './auth/token-verifier';
 import { loadApiConfig } from './config';
+import { createJetStreamEventSource } from './events/source';
+import { mintUserCreds } from './nats/credentials';
 import { createTemporalRunService } from './runs/service';
 
 async function main(): Promise<void> {
@@ -29,7 +31,20 @@ async function main(): Promise<void> {
     const natsConn = nats;
     const temporalConn = connection;
     const verifiers = parseVerifierFile(await readText(config.verifiersFile, 'utf8'), config.verifiersFile);
+    const accountSeed = config.NATS_ACCOUNT_SEED_FILE
+      ? (await readText(config.NATS_ACCOUNT_SEED_FILE, 'utf8')).trim()
+      : undefined;
     const app = createApp({
+      events: createJetStreamEventSource(natsConn),
+      ...(accountSeed
+        ? {
+            natsCredentials: {
+              servers: (config.NATS_CLIENT_URL ?? config.NATS_URL).split(','),
+              mint: (userId: string) =>
+                mintUserCreds(accountSeed, userId, config.NATS_USER_CREDS_TTL_SECONDS),
+            },
+          }
+        : {}),
       verifyToken: createTokenVerifier({
         issuer: config.AUTH_ISSUER,
         audience: config.AUTH_AUDIENCE,

@@ -5,7 +5,11 @@ import type Docker from 'dockerode';
 import type { NatsConnection } from 'nats';
 import type { Logger } from 'pino';
 import { TASK_QUEUES, hostSandboxQueue } from '../contracts';
-import { createEventActivities, ensureEventStream } from '../activities/events/publisher';
+import {
+  createEventActivities,
+  ensureEventStream,
+  type EventActivityDeps,
+} from '../activities/events/publisher';
 import { createSandboxActivities } from '../activities/sandbox/activities';
 import { DockerSandboxDriver } from '../activities/sandbox/docker-driver';
 import { loadVerifierCatalog } from '../activities/verifiers/catalog';
@@ -25,6 +29,8 @@ export async function createWorkerSet(opts: {
   nats: NatsConnection;
   docker: Docker;
   logger: Logger;
+  /** Test-only fault injection into event publishing (see createEventActivities). */
+  eventFaults?: EventActivityDeps['beforePublish'];
   /** Pre-bundled workflow code (tests bundle once); otherwise bundled from `workflows/`. */
   workflowBundle?: WorkflowBundleWithSourceMap;
 }): Promise<WorkerSet> {
@@ -59,6 +65,7 @@ export async function createWorkerSet(opts: {
   const eventActivities = createEventActivities({
     js: opts.nats.jetstream(),
     logger: logger.child({ component: 'events' }),
+    beforePublish: opts.eventFaults,
   });
   const common = { connection: opts.connection, namespace: config.TEMPORAL_NAMESPACE };
   const workflowSource = opts.workflowBundle

@@ -10,6 +10,7 @@ import {
 } from '../../contracts';
 import type { EventActivities, PublishResult } from '../types';
 import type { Logger } from 'pino';
+import { Context } from '@temporalio/activity';
 
 const codec = JSONCodec<EventEnvelope>();
 
@@ -52,13 +53,24 @@ export async function ensureEventStream(
   await jsm.streams.update(EVENT_STREAM, updatable);
 }
 
-export function createEventActivities(deps: { js: JetStreamClient; logger: Logger }): EventActivities {
+export interface EventActivityDeps {
+  js: JetStreamClient;
+  logger: Logger;
+  /**
+   * Fault injection for tests of at-least-once publishing: called before each publish with the
+   * activity attempt; throwing fails the attempt mid-batch, as a crash or a NATS error would.
+   */
+  beforePublish?: (event: EventEnvelope, attempt: number) => void;
+}
+
+export function createEventActivities(deps: EventActivityDeps): EventActivities {
   return {
     async publishEvents({ events }): Promise<PublishResult> {
       const acks: PublishResult['acks'] = [];
       // Sequential on purpose: order by seq within a run is part of the contract.
       for (const raw of events) {
         const event = eventEnvelopeSchema.parse(raw);
+        deps.beforePublish?.(event, Context.current().info.attempt);
         const subject = runEventSubject(event.user_id, event.run_id, event.event_type);
         const ack = await deps.js.publish(subject, codec.encode(event), {
           msgID: event.id,

@@ -28,6 +28,8 @@ import {
 export interface RunService {
   start(principal: Principal, request: RunRequest, idempotencyKey: string | undefined): Promise<RunView>;
   get(principal: Principal, runId: string): Promise<RunView>;
+  /** Requests cancellation; the run cleans up its sandbox and ends `cancelled`. Idempotent. */
+  cancel(principal: Principal, runId: string): Promise<RunView>;
 }
 
 /** Workflow id = run id, derived from tenant, user and idempotency key: a retried request is the same run. */
@@ -165,6 +167,15 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
   return {
     start: (principal, request, idempotencyKey) => guarded(() => start(principal, request, idempotencyKey)),
     get: (principal, runId) => guarded(async () => viewOf(await describeOwned(principal, runId))),
+    cancel: (principal, runId) =>
+      guarded(async () => {
+        const desc = await describeOwned(principal, runId);
+        if (desc.status.name === 'RUNNING') {
+          await client.workflow.getHandle(runId).cancel();
+          logger.info({ event: 'run.cancel', runId, userId: principal.userId }, 'run cancellation requested');
+        }
+        return viewOf(await describeOwned(principal, runId));
+      }),
   };
 
   async function start(

@@ -7,7 +7,6 @@ import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { encodeAccount, encodeOperator, encodeUser, fmtCreds } from 'nats-jwt';
 import { createAccount, createOperator, createUser, fromSeed, type KeyPair } from 'nkeys.js';
-import { userInboxPrefix, userSubjectPrefix } from '../../contracts';
 
 export interface NatsAuthMaterial {
   operatorJwt: string;
@@ -114,30 +113,4 @@ export async function mintServiceCreds(auth: NatsAuthMaterial, name: 'worker' | 
   const user = createUser();
   const jwt = await encodeUser(`choiros-${name}`, user, accountKey(auth), {});
   return new TextDecoder().decode(fmtCreds(jwt, user));
-}
-
-/**
- * Short-lived credentials for one end user: subscribe to `choiros.<userId>.>` and their own inbox
- * prefix, publish nothing (so no JetStream API either: history goes through the gateway).
- */
-export async function mintUserCreds(
-  auth: NatsAuthMaterial,
-  userId: string,
-  ttlSeconds: number,
-): Promise<{ creds: string; expiresAt: number; subjectPrefix: string; inboxPrefix: string }> {
-  const user = createUser();
-  const expiresAt = Math.floor(Date.now() / 1000) + ttlSeconds;
-  const subjectPrefix = userSubjectPrefix(userId);
-  const inboxPrefix = userInboxPrefix(userId);
-  const jwt = await encodeUser(
-    `user-${userId}`,
-    user,
-    accountKey(auth),
-    {
-      pub: { allow: [], deny: ['>'] },
-      sub: { allow: [subjectPrefix, `${inboxPrefix}.>`], deny: [] },
-    },
-    { exp: expiresAt },
-  );
-  return { creds: new TextDecoder().decode(fmtCreds(jwt, user)), expiresAt, subjectPrefix, inboxPrefix };
 }

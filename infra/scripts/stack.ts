@@ -134,6 +134,7 @@ async function main(): Promise<void> {
     let natsUrl = process.env.NATS_URL;
     let workerCreds = process.env.NATS_CREDS;
     let apiCreds = process.env.NATS_CREDS;
+    let accountSeedFile = process.env.NATS_ACCOUNT_SEED_FILE;
     if (!natsUrl) {
       const bin = process.env.CHOIROS_NATS_SERVER_BIN;
       if (!bin) throw new Error('nats-server is missing (npm run provision installs it)');
@@ -155,6 +156,7 @@ async function main(): Promise<void> {
       natsUrl = n.url;
       workerCreds = n.workerCredsFile;
       apiCreds = n.apiCredsFile;
+      accountSeedFile = n.accountSeedFile;
     }
 
     // Identity: the configured issuer, or the local dev issuer.
@@ -209,6 +211,7 @@ async function main(): Promise<void> {
         ...serviceEnv,
         ...authEnv,
         ...(apiCreds ? { NATS_CREDS: apiCreds } : {}),
+        ...(accountSeedFile ? { NATS_ACCOUNT_SEED_FILE: accountSeedFile } : {}),
         AUTH_ISSUER: authIssuer,
         API_PORT: String(apiPort),
       },

@@ -8,6 +8,8 @@ export interface NatsServer {
   url: string;
   workerCredsFile: string;
   apiCredsFile: string;
+  /** The account seed file; the gateway signs users' credentials with it. */
+  accountSeedFile: string;
   auth: NatsAuthMaterial;
   process: ManagedProcess;
 }
@@ -41,5 +43,12 @@ export async function startNatsServer(opts: {
     logFile: join(opts.logDir, 'nats.log'),
   });
   await waitFor('nats-server', () => portOpen(opts.host, opts.port), { timeoutMs: 30_000, proc });
-  return { url: `nats://${opts.host}:${opts.port}`, workerCredsFile, apiCredsFile, auth, process: proc };
+  return {
+    url: `nats://${opts.host}:${opts.port}`,
+    workerCredsFile,
+    apiCredsFile,
+    accountSeedFile: join(authDir, 'choiros-account.seed'),
+    auth,
+    process: proc,
+  };
 }

@@ -15,9 +15,11 @@ import {
 import Docker from 'dockerode';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import pino from 'pino';
-import { parseVerifierFile } from '../../contracts';
+import { parseVerifierFile, type EventEnvelope } from '../../contracts';
 import { createApp } from '../../api/app';
 import { createTokenVerifier } from '../../api/auth/token-verifier';
+import { createJetStreamEventSource } from '../../api/events/source';
+import { mintUserCreds } from '../../api/nats/credentials';
 import { createTemporalRunService } from '../../api/runs/service';
 import {
   DEV_AUDIENCE,
@@ -118,11 +120,18 @@ export interface TestWorker {
 }
 
 /** Starts the real worker set against the test services, with its own host id and data dir. */
-export async function startTestWorker(hostId: string): Promise<TestWorker> {
+export async function startTestWorker(
+  hostId: string,
+  opts: {
+    natsUrl?: string;
+    natsCreds?: string;
+    eventFaults?: (event: EventEnvelope, attempt: number) => void;
+  } = {},
+): Promise<TestWorker> {
   const dataDir = await mkdtemp(join(env.workDir(), `data-${hostId}-`));
   const config = loadWorkerConfig({
     TEMPORAL_ADDRESS: env.temporalAddress(),
-    NATS_URL: env.natsUrl(),
+    NATS_URL: opts.natsUrl ?? env.natsUrl(),
     CHOIROS_DATA_DIR: dataDir,
     CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
     CHOIROS_SANDBOX_IMAGE: env.sandboxImage(),
@@ -130,7 +139,15 @@ export async function startTestWorker(hostId: string): Promise<TestWorker> {
     LOG_LEVEL: 'warn',
   });
   const connection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });
-  const nats = await connectNats(env.workerCreds(), `test-worker-${hostId}`);
+  const nats = await connect({
+    servers: config.NATS_URL,
+    name: `test-worker-${hostId}`,
+    authenticator: credsAuthenticator(
+      await readFile(opts.natsCreds ?? need('CHOIROS_TEST_NATS_WORKER_CREDS')),
+    ),
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 500,
+  });
   const set = await createWorkerSet({
     config,
     connection,
@@ -138,6 +155,7 @@ export async function startTestWorker(hostId: string): Promise<TestWorker> {
     docker: new Docker(),
     logger,
     workflowBundle: await workflowBundle(),
+    eventFaults: opts.eventFaults,
   });
   const running = set.run();
   return {
@@ -184,6 +202,17 @@ export async function startTestApi(): Promise<TestApi> {
       defaultTenant: 'default',
     }),
     runs: createTemporalRunService({ client, logger }),
+    events: createJetStreamEventSource(nats),
+    natsCredentials: {
+      servers: [env.natsUrl()],
+      mint: async (userId: string) =>
+        mintUserCreds(
+          (await readFile(join(env.natsAuthDir(), 'choiros-account.seed'), 'utf8')).trim(),
+          userId,
+          300,
+        ),
+    },
+    sseHeartbeatMs: 1000,
     verifiers,
     readiness: [
       { name: 'temporal', check: async () => void (await connection.healthService.check({})) },

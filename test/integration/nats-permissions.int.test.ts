@@ -5,19 +5,17 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
-import { mintUserCreds, type NatsAuthMaterial } from '../../infra/nats/auth';
+import { mintUserCreds } from '../../api/nats/credentials';
 import { connectNats, env } from '../helpers/integration';
 
 let worker: NatsConnection;
-let auth: NatsAuthMaterial;
+let accountSeed: string;
 
 beforeAll(async () => {
   worker = await connectNats(env.workerCreds(), 'perm-worker');
   const dir = env.natsAuthDir();
   // The account seed is the only secret needed to mint user credentials.
-  auth = {
-    accountSeed: (await readFile(join(dir, 'choiros-account.seed'), 'utf8')).trim(),
-  } as NatsAuthMaterial;
+  accountSeed = (await readFile(join(dir, 'choiros-account.seed'), 'utf8')).trim();
 });
 
 afterAll(async () => {
@@ -25,7 +23,7 @@ afterAll(async () => {
 });
 
 async function connectUser(userId: string, ttlSeconds = 60): Promise<{ nc: NatsConnection }> {
-  const { creds } = await mintUserCreds(auth, userId, ttlSeconds);
+  const { creds } = await mintUserCreds(accountSeed, userId, ttlSeconds);
   const nc = await connect({
     servers: env.natsUrl(),
     authenticator: credsAuthenticator(new TextEncoder().encode(creds)),
@@ -83,7 +81,7 @@ describe('NATS permissions', () => {
   });
 
   test('when credentials have expired, then the connection is refused', async () => {
-    const { creds } = await mintUserCreds(auth, 'alice', -10);
+    const { creds } = await mintUserCreds(accountSeed, 'alice', -10);
     await expect(
       connect({
         servers: env.natsUrl(),

@@ -53,6 +53,9 @@ const fakeRuns: RunService = {
     if (runId === 'run-abc' && principal.userId === 'alice') return buildView({ runId });
     throw new AppError('not_found', `run ${runId} does not exist`);
   },
+  async cancel(principal, runId) {
+    return this.get(principal, runId);
+  },
 };
 
 const goodBody = {
@@ -82,6 +85,11 @@ beforeAll(async () => {
     runs: fakeRuns,
     verifiers: new VerifierCatalog([{ id: 'V-1', description: 'one', argv: ['true'], timeoutSeconds: 10 }]),
     readiness: [],
+    events: {
+      stream: () => {
+        throw new Error('not used in these tests');
+      },
+    },
     logger,
   });
 });

@@ -1,0 +1,90 @@
+/**
+ * Re-publishes a run's events from its Temporal history, the source of truth: every event a run
+ * emitted is in the input of a `publishEvents` activity it scheduled. Only events missing from the
+ * stream are published, in seq order, so running it twice or on an intact run changes nothing.
+ */
+import type { Client } from '@temporalio/client';
+import { defaultPayloadConverter } from '@temporalio/common';
+import { JSONCodec, type JetStreamClient } from 'nats';
+import {
+  EVENT_STREAM,
+  eventEnvelopeSchema,
+  runEventSubject,
+  runEventsFilter,
+  type EventEnvelope,
+} from '../../contracts';
+
+/** The events recorded in a run's workflow history, unique by id, in seq order. */
+export async function eventsFromHistory(client: Client, runId: string): Promise<EventEnvelope[]> {
+  const history = await client.workflow.getHandle(runId).fetchHistory();
+  const byId = new Map<string, EventEnvelope>();
+  for (const e of history.events ?? []) {
+    const scheduled = e.activityTaskScheduledEventAttributes;
+    if (scheduled?.activityType?.name !== 'publishEvents') continue;
+    const payload = scheduled.input?.payloads?.[0];
+    if (!payload) continue;
+    const input = defaultPayloadConverter.fromPayload<{ events: unknown[] }>(payload);
+    for (const raw of input.events) {
+      const event = eventEnvelopeSchema.parse(raw);
+      byId.set(event.id, event);
+    }
+  }
+  return [...byId.values()].sort((a, b) => a.seq - b.seq);
+}
+
+/** Seqs of a run's events currently in the stream. */
+export async function seqsInStream(js: JetStreamClient, userId: string, runId: string): Promise<Set<number>> {
+  const codec = JSONCodec<{ seq?: number }>();
+  const seqs = new Set<number>();
+  const consumer = await js.consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(userId, runId) });
+  for (;;) {
+    const batch = await consumer.fetch({ max_messages: 500, expires: 1000 });
+    let got = 0;
+    let pending = 0;
+    for await (const m of batch) {
+      got += 1;
+      pending = m.info.pending;
+      const seq = codec.decode(m.data).seq;
+      if (typeof seq === 'number') seqs.add(seq);
+      if (pending === 0) break;
+    }
+    if (got === 0 || pending === 0) return seqs;
+  }
+}
+
+export interface RepublishReport {
+  runId: string;
+  inHistory: number;
+  alreadyInStream: number;
+  republished: number;
+}
+
+export async function republishRunEvents(
+  deps: { client: Client; js: JetStreamClient },
+  runId: string,
+): Promise<RepublishReport> {
+  const events = await eventsFromHistory(deps.client, runId);
+  const first = events[0];
+  if (!first) return { runId, inHistory: 0, alreadyInStream: 0, republished: 0 };
+  const present = await seqsInStream(deps.js, first.user_id, runId);
+  const codec = JSONCodec<EventEnvelope>();
+  let republished = 0;
+  for (const event of events) {
+    if (present.has(event.seq)) continue;
+    const subject = runEventSubject(event.user_id, event.run_id, event.event_type);
+    let ack = await deps.js.publish(subject, codec.encode(event), {
+      msgID: event.id,
+      expect: { streamName: EVENT_STREAM },
+    });
+    if (ack.duplicate) {
+      // The id is still in the stream's duplicate window although the message is gone (deleted
+      // or purged): publish under a derived id; the envelope, its id and seq are unchanged.
+      ack = await deps.js.publish(subject, codec.encode(event), {
+        msgID: `${event.id}:republished`,
+        expect: { streamName: EVENT_STREAM },
+      });
+    }
+    if (!ack.duplicate) republished += 1;
+  }
+  return { runId, inHistory: events.length, alreadyInStream: present.size, republished };
+}

@@ -1,0 +1,44 @@
+/** Reads a run's events from JetStream for the gateway (the only way users get history). */
+import { JSONCodec, type NatsConnection } from 'nats';
+import { EVENT_STREAM, eventEnvelopeSchema, runEventsFilter, type EventEnvelope } from '../../contracts';
+
+export interface RunEventSource {
+  /**
+   * The run's events with `seq > afterSeq`, in order, live: waits for new ones and ends after
+   * `run.completed`, or when `signal` aborts.
+   */
+  stream(userId: string, runId: string, afterSeq: number, signal: AbortSignal): AsyncIterable<EventEnvelope>;
+}
+
+const codec = JSONCodec<unknown>();
+
+export function createJetStreamEventSource(nc: NatsConnection): RunEventSource {
+  return {
+    async *stream(userId, runId, afterSeq, signal) {
+      // An ordered consumer is ephemeral, server-side and flow-controlled; it vanishes with us.
+      const consumer = await nc
+        .jetstream()
+        .consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(userId, runId) });
+      const messages = await consumer.consume({ max_messages: 256 });
+      const stop = (): void => {
+        void messages.close();
+      };
+      signal.addEventListener('abort', stop, { once: true });
+      let expected = afterSeq + 1;
+      try {
+        for await (const m of messages) {
+          const parsed = eventEnvelopeSchema.safeParse(codec.decode(m.data));
+          if (!parsed.success) continue; // not ours to deliver; never crash a reader on one bad message
+          const event = parsed.data;
+          if (event.seq < expected) continue; // resumed past it, or a duplicate copy
+          expected = event.seq + 1;
+          yield event;
+          if (event.event_type === 'run.completed') return;
+        }
+      } finally {
+        signal.removeEventListener('abort', stop);
+        await messages.close();
+      }
+    },
+  };
+}
