@@ -125,12 +125,13 @@ export async function startTestWorker(
   opts: {
     natsUrl?: string;
     natsCreds?: string;
+    temporalAddress?: string;
     eventFaults?: (event: EventEnvelope, attempt: number) => void;
   } = {},
 ): Promise<TestWorker> {
   const dataDir = await mkdtemp(join(env.workDir(), `data-${hostId}-`));
   const config = loadWorkerConfig({
-    TEMPORAL_ADDRESS: env.temporalAddress(),
+    TEMPORAL_ADDRESS: opts.temporalAddress ?? env.temporalAddress(),
     NATS_URL: opts.natsUrl ?? env.natsUrl(),
     CHOIROS_DATA_DIR: dataDir,
     CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
@@ -180,12 +181,12 @@ export interface TestApi {
 }
 
 /** The real API app (real jose verification against a dev issuer over HTTP, real Temporal client). */
-export async function startTestApi(): Promise<TestApi> {
+export async function startTestApi(opts: { temporalAddress?: string } = {}): Promise<TestApi> {
   const keyDir = await mkdtemp(join(env.workDir(), 'issuer-'));
   const key = await loadOrCreateDevKey(keyDir);
   const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
   const issuerUrl = issuer.issuer;
-  const connection = await Connection.connect({ address: env.temporalAddress() });
+  const connection = await Connection.connect({ address: opts.temporalAddress ?? env.temporalAddress() });
   const client = new Client({ connection });
   const nats = await connectNats(env.apiCreds(), 'test-api');
   const verifiers = parseVerifierFile(

@@ -136,9 +136,7 @@ describe('server-sent events', () => {
 });
 
 describe('NATS credentials from the gateway', () => {
-  async function credsFor(
-    sub: string,
-  ): Promise<{
+  async function credsFor(sub: string): Promise<{
     creds: string;
     subject_prefix: string;
     inbox_prefix: string;
