@@ -7,3 +7,5 @@ export * from './events';
 export * from './verifiers';
 export * from './workflow-defs';
 export * from './canonical';
+export * from './event-payloads';
+export * from './schema-compat';

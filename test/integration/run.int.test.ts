@@ -12,6 +12,7 @@ import { JSONCodec, type NatsConnection } from 'nats';
 import {
   EVENT_STREAM,
   SEARCH_ATTRIBUTES,
+  knownEventSchema,
   runEventsFilter,
   type EventEnvelope,
   type RunView,
@@ -189,6 +190,9 @@ describe('a run through the API', () => {
       ]),
     );
     expect(types[types.length - 1]).toBe('run.completed');
+    // Every event matches the published schema of its type.
+    for (const e of events)
+      expect([e.event_type, knownEventSchema.safeParse(e).error?.issues ?? []]).toEqual([e.event_type, []]);
     const statuses = events.filter((e) => e.event_type === 'note.status').map((e) => e.payload.status);
     expect(statuses).toEqual(['running', 'verifying', 'committed']);
 

@@ -5,6 +5,7 @@ import {
   TASK_QUEUES,
   eventId,
   type EventEnvelope,
+  type EventPayload,
   type EventType,
 } from '../../contracts';
 import type { EventActivities } from '../../activities/types';
@@ -46,9 +47,10 @@ export class EventLog {
     return this.published;
   }
 
-  emit(
-    eventType: EventType,
-    payload: Record<string, unknown>,
+  /** Numbers and queues an event; the payload type is checked against its event type. */
+  emit<T extends EventType>(
+    eventType: T,
+    payload: EventPayload<T>,
     source: 'system' | 'agent' | 'user' = 'system',
   ): void {
     this.seq += 1;
