@@ -11,11 +11,11 @@ const isObj = (v: unknown): v is Json => typeof v === 'object' && v !== null && 
 /** Event-type branches of the union, keyed by their `event_type` const. */
 function branches(schema: Json): Map<string, Json> {
   const out = new Map<string, Json>();
-  const list = (schema.oneOf ?? schema.anyOf) as unknown;
+  const list = schema.oneOf ?? schema.anyOf;
   if (!Array.isArray(list)) return out;
   for (const b of list) {
     if (!isObj(b) || !isObj(b.properties)) continue;
-    const et = (b.properties as Json).event_type;
+    const et = b.properties.event_type;
     if (isObj(et) && typeof et.const === 'string') out.set(et.const, b);
   }
   return out;
