@@ -17,6 +17,8 @@ import {
   type TestWorker,
 } from '../helpers/integration';
 import { readSse } from '../helpers/sse';
+import { main as cli } from '../../api/cli/main';
+import Docker from 'dockerode';
 
 let api: TestApi;
 let worker: TestWorker;
@@ -253,5 +255,62 @@ describe('re-publishing from Temporal history', () => {
       (await republishRunEvents({ client: api.client, js: service.jetstream() }, runId)).republished,
     ).toBe(0);
     expect((await rawStreamEvents('alice', runId)).length).toBe(before.length);
+  });
+});
+
+describe('the choiros CLI', () => {
+  test('when a run is started with --watch, then events print live with a progress line and the exit code says committed', async () => {
+    const repo = await makeGitRepo();
+    const lines: string[] = [];
+    const code = await cli(
+      [
+        'runs',
+        'start',
+        '--repo',
+        repo.path,
+        '--verifier',
+        'V-RESULT-FILE',
+        '--watch',
+        '--',
+        'sh',
+        '-c',
+        'echo ok > RESULT.txt',
+      ],
+      { CHOIROS_API_URL: api.url, CHOIROS_TOKEN: await api.token() },
+      (l) => lines.push(l),
+    );
+    expect(code).toBe(0);
+    const text = lines.join('\n');
+    expect(text).toMatch(/^started run-[0-9a-f]{32}$/m);
+    expect(text).toMatch(/#1 .* run\.created/);
+    expect(text).toMatch(/note\.status running → verifying/);
+    expect(text).toMatch(/receipt\.verifier\.attestations V-RESULT-FILE: pass/);
+    expect(text).toMatch(/run\.completed committed\n {2}\[wi-[0-9a-f]+\] committed/);
+  });
+
+  test('when a running run is cancelled, then it ends cancelled, its container is gone and watch exits non-zero', async () => {
+    const token = await api.token();
+    const runId = await startRun(token, ['sleep', '60']);
+    await poll(
+      async () =>
+        (await (
+          await fetch(`${api.url}/v1/runs/${runId}`, { headers: { authorization: `Bearer ${token}` } })
+        ).json()) as RunView,
+      (v) => v.status === 'running',
+      60_000,
+    );
+    const out: string[] = [];
+    const envs = { CHOIROS_API_URL: api.url, CHOIROS_TOKEN: token };
+    expect(await cli(['runs', 'cancel', runId], envs, (l) => out.push(l))).toBe(0);
+    expect(await cli(['runs', 'watch', runId], envs, (l) => out.push(l))).toBe(1);
+    expect(out.join('\n')).toMatch(/run\.completed cancelled/);
+    const view = await waitDone(runId);
+    expect(view.status).toBe('cancelled');
+    const containers = await new Docker().listContainers({
+      all: true,
+      filters: { label: [`choiros.run-id=${runId}`] },
+    });
+    expect(containers).toEqual([]);
+    expect((await api.client.workflow.getHandle(runId).describe()).status.name).toBe('CANCELLED');
   });
 });

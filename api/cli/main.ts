@@ -1,0 +1,231 @@
+/**
+ * The `choiros` command line: a client of the HTTP API.
+ *   choiros runs start --repo <path> [--base-ref main] [--mood CALM] --verifier <ID>... [--description <text>]
+ *                      [--idempotency-key <key>] [--watch] -- <argv...>
+ *   choiros runs start --file request.json [--watch]
+ *   choiros runs status <runId>
+ *   choiros runs cancel <runId>
+ *   choiros runs watch <runId>        live events, a progress line per work item; exit 0 when committed
+ * Configuration: CHOIROS_API_URL (default http://127.0.0.1:8080) and CHOIROS_TOKEN, or --api / --token.
+ */
+import { readFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { isTerminalStatus, runStatusSchema, type EventEnvelope, type RunView } from '../../contracts';
+
+const USAGE = `usage:
+  choiros runs start --repo <path> [--base-ref <ref>] [--mood <MOOD>] --verifier <ID> [--verifier <ID>...]
+                     [--description <text>] [--idempotency-key <key>] [--watch] -- <command> [args...]
+  choiros runs start --file <request.json> [--idempotency-key <key>] [--watch]
+  choiros runs status <runId>
+  choiros runs cancel <runId>
+  choiros runs watch <runId>
+options: --api <url> (CHOIROS_API_URL), --token <jwt> (CHOIROS_TOKEN), --json (raw JSON output)`;
+
+class CliError extends Error {}
+
+interface Ctx {
+  api: string;
+  token: string;
+  json: boolean;
+  out: (line: string) => void;
+}
+
+async function call(ctx: Ctx, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<unknown> {
+  const res = await fetch(`${ctx.api}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${ctx.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  const parsed: unknown = text ? JSON.parse(text) : undefined;
+  if (!res.ok) {
+    const p = parsed as { code?: string; detail?: string } | undefined;
+    throw new CliError(`${method} ${path}: ${res.status} ${p?.code ?? ''} ${p?.detail ?? text}`.trim());
+  }
+  return parsed;
+}
+
+function summary(v: RunView): string {
+  const verifiers = v.verifiers.map((x) => `${x.id}=${x.result}`).join(' ');
+  return [
+    `run ${v.runId}: ${v.status}`,
+    `  work item ${v.workItem.id}: ${v.workItem.description.split('\n')[0] ?? ''}`,
+    `  repo ${v.repo} @ ${v.baseRef}${v.baseCommit ? ` (${v.baseCommit.slice(0, 12)})` : ''}, mood ${v.mood}`,
+    v.execution ? `  execute: exit ${v.execution.exitCode}${v.execution.timedOut ? ' (timed out)' : ''} in ${v.execution.durationMs} ms` : '',
+    verifiers ? `  verifiers: ${verifiers}` : '',
+    v.commit ? `  committed ${v.commit.slice(0, 12)} on ${v.branch ?? ''}` : '',
+    v.error ? `  error ${v.error.code}: ${v.error.message}` : '',
+  ]
+    .filter(Boolean)
+    .join('\n');
+}
+
+/** Follows a run's SSE stream, reconnecting with Last-Event-ID; returns the final status. */
+export async function watch(ctx: Ctx, runId: string): Promise<string> {
+  let lastId = '';
+  let finalStatus = '';
+  const progress = new Map<string, string>();
+  for (let attempt = 0; attempt < 30 && !finalStatus; attempt++) {
+    const res = await fetch(`${ctx.api}/v1/runs/${runId}/events`, {
+      headers: { authorization: `Bearer ${ctx.token}`, accept: 'text/event-stream', ...(lastId ? { 'last-event-id': lastId } : {}) },
+    }).catch(() => undefined);
+    if (!res) {
+      await new Promise((r) => setTimeout(r, 1000));
+      continue;
+    }
+    if (!res.ok || !res.body) {
+      const p = (await res.json().catch(() => ({}))) as { code?: string; detail?: string };
+      throw new CliError(`watch ${runId}: ${res.status} ${p.code ?? ''} ${p.detail ?? ''}`.trim());
+    }
+    const decoder = new TextDecoder();
+    let buffer = '';
+    try {
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        buffer += decoder.decode(chunk, { stream: true });
+        let idx: number;
+        while ((idx = buffer.indexOf('\n\n')) >= 0) {
+          const block = buffer.slice(0, idx);
+          buffer = buffer.slice(idx + 2);
+          const data = block
+            .split('\n')
+            .filter((l) => l.startsWith('data:'))
+            .map((l) => l.slice(5).trimStart())
+            .join('');
+          const id = block.split('\n').find((l) => l.startsWith('id:'))?.slice(3).trim();
+          if (!data) continue;
+          if (id) lastId = id;
+          const event = JSON.parse(data) as EventEnvelope;
+          if (ctx.json) ctx.out(data);
+          else ctx.out(describe(event, progress));
+          if (event.event_type === 'run.completed') finalStatus = String(event.payload.status);
+        }
+      }
+    } catch {
+      // Connection dropped: reconnect and resume after the last event seen.
+    }
+  }
+  if (!finalStatus) throw new CliError(`watch ${runId}: the event stream kept failing; try again`);
+  return finalStatus;
+}
+
+function describe(e: EventEnvelope, progress: Map<string, string>): string {
+  const p = e.payload;
+  const wi = e.work_item_id ?? e.run_id;
+  let detail = '';
+  switch (e.event_type) {
+    case 'note.status':
+      progress.set(wi, `${String(p.status)}`);
+      detail = `${String(p.previous)} → ${String(p.status)}`;
+      break;
+    case 'receipt.verifier.attestations': {
+      const a = p.attestation as { verifier_id?: string; result?: string; exit_code?: number };
+      detail = `${a.verifier_id ?? '?'}: ${a.result ?? '?'} (exit ${a.exit_code ?? '?'})`;
+      break;
+    }
+    case 'run.execution.completed':
+      detail = `exit ${String(p.exit_code)} in ${String(p.duration_ms)} ms`;
+      break;
+    case 'receipt.commit':
+      detail = `${String(p.commit).slice(0, 12)} on ${String(p.branch)}`;
+      break;
+    case 'run.failed':
+    case 'run.discarded':
+      detail = JSON.stringify(p.error ?? p.reason ?? '');
+      break;
+    case 'run.completed':
+      progress.set(wi, String(p.status));
+      detail = String(p.status);
+      break;
+    default:
+      detail = '';
+  }
+  const line = `#${e.seq} ${new Date(e.timestamp).toISOString()} ${e.event_type}${detail ? ` ${detail}` : ''}`;
+  return `${line}\n  [${wi}] ${progress.get(wi) ?? 'created'}`;
+}
+
+export async function main(argv: string[], env: NodeJS.ProcessEnv, out: (line: string) => void): Promise<number> {
+  const dashdash = argv.indexOf('--');
+  const args = dashdash >= 0 ? argv.slice(0, dashdash) : argv;
+  const command = dashdash >= 0 ? argv.slice(dashdash + 1) : [];
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      api: { type: 'string' },
+      token: { type: 'string' },
+      json: { type: 'boolean' },
+      repo: { type: 'string' },
+      'base-ref': { type: 'string' },
+      mood: { type: 'string' },
+      verifier: { type: 'string', multiple: true },
+      description: { type: 'string' },
+      'idempotency-key': { type: 'string' },
+      file: { type: 'string' },
+      watch: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help || positionals.length === 0) {
+    out(USAGE);
+    return values.help ? 0 : 2;
+  }
+  const token = values.token ?? env.CHOIROS_TOKEN;
+  if (!token) throw new CliError('no token: set CHOIROS_TOKEN or pass --token (npm run token -- --sub <user> makes a dev token)');
+  const ctx: Ctx = { api: (values.api ?? env.CHOIROS_API_URL ?? 'http://127.0.0.1:8080').replace(/\/$/, ''), token, json: values.json ?? false, out };
+  const [group, verb, runId] = positionals;
+  if (group !== 'runs') throw new CliError(`unknown command ${group ?? ''}\n${USAGE}`);
+  const needRun = (): string => {
+    if (!runId) throw new CliError(`runs ${verb ?? ''} needs a run id\n${USAGE}`);
+    return runId;
+  };
+  const exitFor = (status: string): number => (status === 'committed' ? 0 : 1);
+  switch (verb) {
+    case 'start': {
+      let body: unknown;
+      if (values.file) body = JSON.parse(await readFile(values.file, 'utf8'));
+      else {
+        if (!values.repo || command.length === 0) throw new CliError(`runs start needs --repo and a command after --\n${USAGE}`);
+        body = {
+          repo: values.repo,
+          ...(values['base-ref'] ? { baseRef: values['base-ref'] } : {}),
+          ...(values.mood ? { mood: values.mood } : {}),
+          workItem: {
+            description: values.description ?? command.join(' '),
+            execute: command,
+            requiredVerifiers: values.verifier ?? [],
+          },
+        };
+      }
+      const key = values['idempotency-key'];
+      const view = (await call(ctx, 'POST', '/v1/runs', body, key ? { 'idempotency-key': key } : {})) as RunView;
+      out(ctx.json ? JSON.stringify(view) : `started ${view.runId}`);
+      if (!values.watch) return 0;
+      return exitFor(await watch(ctx, view.runId));
+    }
+    case 'status': {
+      const view = (await call(ctx, 'GET', `/v1/runs/${encodeURIComponent(needRun())}`)) as RunView;
+      out(ctx.json ? JSON.stringify(view) : summary(view));
+      const status = runStatusSchema.parse(view.status);
+      return isTerminalStatus(status) ? exitFor(status) : 0;
+    }
+    case 'cancel': {
+      const view = (await call(ctx, 'POST', `/v1/runs/${encodeURIComponent(needRun())}/cancel`)) as RunView;
+      out(ctx.json ? JSON.stringify(view) : `cancellation requested for ${view.runId} (status ${view.status})`);
+      return 0;
+    }
+    case 'watch':
+      return exitFor(await watch(ctx, needRun()));
+    default:
+      throw new CliError(`unknown command runs ${verb ?? ''}\n${USAGE}`);
+  }
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2), process.env, (l) => process.stdout.write(`${l}\n`)).then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      process.stderr.write(`choiros: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exit(err instanceof CliError ? 2 : 1);
+    },
+  );
+}
