@@ -29,7 +29,9 @@ const nodeBuiltins = [
 ];
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'dist/', 'coverage/', '.data/', 'eslint.config.mjs', 'jest.config.js'] },
+  {
+    ignores: ['node_modules/', 'dist/', 'coverage/', '.data/', 'eslint.config.mjs', 'jest.config.js', 'bin/'],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

@@ -6,7 +6,11 @@ const path = require('node:path');
 const { pathToFileURL } = require('node:url');
 // Resolve tsx from this package, so the command works from any directory.
 const tsx = pathToFileURL(path.join(__dirname, '../node_modules/tsx/dist/loader.mjs')).href;
-const result = spawnSync(process.execPath, ['--import', tsx, path.join(__dirname, '../api/cli/main.ts'), ...process.argv.slice(2)], {
-  stdio: 'inherit',
-});
+const result = spawnSync(
+  process.execPath,
+  ['--import', tsx, path.join(__dirname, '../api/cli/main.ts'), ...process.argv.slice(2)],
+  {
+    stdio: 'inherit',
+  },
+);
 process.exit(result.status === null ? 1 : result.status);

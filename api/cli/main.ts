@@ -30,10 +30,20 @@ interface Ctx {
   out: (line: string) => void;
 }
 
-async function call(ctx: Ctx, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<unknown> {
+async function call(
+  ctx: Ctx,
+  method: string,
+  path: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+): Promise<unknown> {
   const res = await fetch(`${ctx.api}${path}`, {
     method,
-    headers: { authorization: `Bearer ${ctx.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+    headers: {
+      authorization: `Bearer ${ctx.token}`,
+      ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+      ...headers,
+    },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await res.text();
@@ -51,7 +61,9 @@ function summary(v: RunView): string {
     `run ${v.runId}: ${v.status}`,
     `  work item ${v.workItem.id}: ${v.workItem.description.split('\n')[0] ?? ''}`,
     `  repo ${v.repo} @ ${v.baseRef}${v.baseCommit ? ` (${v.baseCommit.slice(0, 12)})` : ''}, mood ${v.mood}`,
-    v.execution ? `  execute: exit ${v.execution.exitCode}${v.execution.timedOut ? ' (timed out)' : ''} in ${v.execution.durationMs} ms` : '',
+    v.execution
+      ? `  execute: exit ${v.execution.exitCode}${v.execution.timedOut ? ' (timed out)' : ''} in ${v.execution.durationMs} ms`
+      : '',
     verifiers ? `  verifiers: ${verifiers}` : '',
     v.commit ? `  committed ${v.commit.slice(0, 12)} on ${v.branch ?? ''}` : '',
     v.error ? `  error ${v.error.code}: ${v.error.message}` : '',
@@ -67,7 +79,11 @@ export async function watch(ctx: Ctx, runId: string): Promise<string> {
   const progress = new Map<string, string>();
   for (let attempt = 0; attempt < 30 && !finalStatus; attempt++) {
     const res = await fetch(`${ctx.api}/v1/runs/${runId}/events`, {
-      headers: { authorization: `Bearer ${ctx.token}`, accept: 'text/event-stream', ...(lastId ? { 'last-event-id': lastId } : {}) },
+      headers: {
+        authorization: `Bearer ${ctx.token}`,
+        accept: 'text/event-stream',
+        ...(lastId ? { 'last-event-id': lastId } : {}),
+      },
     }).catch(() => undefined);
     if (!res) {
       await new Promise((r) => setTimeout(r, 1000));
@@ -91,7 +107,11 @@ export async function watch(ctx: Ctx, runId: string): Promise<string> {
             .filter((l) => l.startsWith('data:'))
             .map((l) => l.slice(5).trimStart())
             .join('');
-          const id = block.split('\n').find((l) => l.startsWith('id:'))?.slice(3).trim();
+          const id = block
+            .split('\n')
+            .find((l) => l.startsWith('id:'))
+            ?.slice(3)
+            .trim();
           if (!data) continue;
           if (id) lastId = id;
           const event = JSON.parse(data) as EventEnvelope;
@@ -143,7 +163,11 @@ function describe(e: EventEnvelope, progress: Map<string, string>): string {
   return `${line}\n  [${wi}] ${progress.get(wi) ?? 'created'}`;
 }
 
-export async function main(argv: string[], env: NodeJS.ProcessEnv, out: (line: string) => void): Promise<number> {
+export async function main(
+  argv: string[],
+  env: NodeJS.ProcessEnv,
+  out: (line: string) => void,
+): Promise<number> {
   const dashdash = argv.indexOf('--');
   const args = dashdash >= 0 ? argv.slice(0, dashdash) : argv;
   const command = dashdash >= 0 ? argv.slice(dashdash + 1) : [];
@@ -170,8 +194,16 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, out: (line: s
     return values.help ? 0 : 2;
   }
   const token = values.token ?? env.CHOIROS_TOKEN;
-  if (!token) throw new CliError('no token: set CHOIROS_TOKEN or pass --token (npm run token -- --sub <user> makes a dev token)');
-  const ctx: Ctx = { api: (values.api ?? env.CHOIROS_API_URL ?? 'http://127.0.0.1:8080').replace(/\/$/, ''), token, json: values.json ?? false, out };
+  if (!token)
+    throw new CliError(
+      'no token: set CHOIROS_TOKEN or pass --token (npm run token -- --sub <user> makes a dev token)',
+    );
+  const ctx: Ctx = {
+    api: (values.api ?? env.CHOIROS_API_URL ?? 'http://127.0.0.1:8080').replace(/\/$/, ''),
+    token,
+    json: values.json ?? false,
+    out,
+  };
   const [group, verb, runId] = positionals;
   if (group !== 'runs') throw new CliError(`unknown command ${group ?? ''}\n${USAGE}`);
   const needRun = (): string => {
@@ -184,7 +216,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, out: (line: s
       let body: unknown;
       if (values.file) body = JSON.parse(await readFile(values.file, 'utf8'));
       else {
-        if (!values.repo || command.length === 0) throw new CliError(`runs start needs --repo and a command after --\n${USAGE}`);
+        if (!values.repo || command.length === 0)
+          throw new CliError(`runs start needs --repo and a command after --\n${USAGE}`);
         body = {
           repo: values.repo,
           ...(values['base-ref'] ? { baseRef: values['base-ref'] } : {}),
@@ -197,7 +230,13 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, out: (line: s
         };
       }
       const key = values['idempotency-key'];
-      const view = (await call(ctx, 'POST', '/v1/runs', body, key ? { 'idempotency-key': key } : {})) as RunView;
+      const view = (await call(
+        ctx,
+        'POST',
+        '/v1/runs',
+        body,
+        key ? { 'idempotency-key': key } : {},
+      )) as RunView;
       out(ctx.json ? JSON.stringify(view) : `started ${view.runId}`);
       if (!values.watch) return 0;
       return exitFor(await watch(ctx, view.runId));
@@ -210,7 +249,9 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, out: (line: s
     }
     case 'cancel': {
       const view = (await call(ctx, 'POST', `/v1/runs/${encodeURIComponent(needRun())}/cancel`)) as RunView;
-      out(ctx.json ? JSON.stringify(view) : `cancellation requested for ${view.runId} (status ${view.status})`);
+      out(
+        ctx.json ? JSON.stringify(view) : `cancellation requested for ${view.runId} (status ${view.status})`,
+      );
       return 0;
     }
     case 'watch':
