@@ -55,6 +55,35 @@ export const apiConfigSchema = z.object({
     .default('default'),
   /** Allowed clock skew for exp/nbf, in seconds (at most 60). */
   AUTH_CLOCK_TOLERANCE_SECONDS: z.coerce.number().int().min(0).max(60).default(30),
+  /** More trusted issuers, as JSON: [{"issuer": "...", "audience": "...", "jwksUrl": "..."?}]. */
+  AUTH_EXTRA_ISSUERS: z
+    .string()
+    .default('[]')
+    .transform((s, ctx) => {
+      try {
+        return JSON.parse(s) as unknown;
+      } catch {
+        ctx.addIssue({ code: 'custom', message: 'must be a JSON array' });
+        return z.NEVER;
+      }
+    })
+    .pipe(
+      z.array(
+        z
+          .object({
+            issuer: z.string().url(),
+            audience: z.string().min(1),
+            jwksUrl: z.string().url().optional(),
+          })
+          .strict(),
+      ),
+    ),
+  /** Required JWT `typ` header (e.g. at+jwt); unset accepts any. */
+  AUTH_TOKEN_TYP: z.string().min(1).optional(),
+  /** At most one JWKS fetch per this many seconds for tokens with an unknown key id. */
+  AUTH_JWKS_COOLDOWN_SECONDS: z.coerce.number().int().min(1).max(3600).default(30),
+  /** Cached signing keys older than this are refreshed in the background (seconds). */
+  AUTH_JWKS_MAX_AGE_SECONDS: z.coerce.number().int().min(10).max(86_400).default(600),
   /** The verifier allow-list (YAML), used to reject unknown verifier ids at request time. */
   CHOIROS_VERIFIERS_FILE: z.string().min(1).default('infra/verifiers.yaml'),
   /** pino log level. */

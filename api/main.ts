@@ -46,9 +46,15 @@ async function main(): Promise<void> {
           }
         : {}),
       verifyToken: createTokenVerifier({
-        issuer: config.AUTH_ISSUER,
-        audience: config.AUTH_AUDIENCE,
-        jwksUrl: config.AUTH_JWKS_URL,
+        issuers: [
+          { issuer: config.AUTH_ISSUER, audience: config.AUTH_AUDIENCE, jwksUrl: config.AUTH_JWKS_URL },
+          ...config.AUTH_EXTRA_ISSUERS,
+        ],
+        typ: config.AUTH_TOKEN_TYP,
+        jwksCooldownMs: config.AUTH_JWKS_COOLDOWN_SECONDS * 1000,
+        jwksMaxAgeMs: config.AUTH_JWKS_MAX_AGE_SECONDS * 1000,
+        onJwksError: (err) =>
+          logger.warn({ event: 'auth.jwks.error', err }, 'JWKS fetch failed; cached keys stay in use'),
         algorithms: config.AUTH_ALGORITHMS,
         clockToleranceSeconds: config.AUTH_CLOCK_TOLERANCE_SECONDS,
         tenantClaim: config.AUTH_TENANT_CLAIM,

@@ -93,8 +93,7 @@ async function main(): Promise<void> {
   const view = { runId, status: 'running', userId: 'bench', tenant: 'default' } as unknown as RunView;
   const app = createApp({
     verifyToken: createTokenVerifier({
-      issuer: issuer.issuer,
-      audience: DEV_AUDIENCE,
+      issuers: [{ issuer: issuer.issuer, audience: DEV_AUDIENCE }],
       algorithms: ['ES256'],
       clockToleranceSeconds: 5,
       tenantClaim: 'tenant',

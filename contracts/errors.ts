@@ -29,7 +29,7 @@ export const HTTP_STATUS_BY_CODE: Record<ErrorCode, number> = {
   forbidden: 403,
   not_found: 404,
   conflict: 409,
-  idempotency_key_reused: 409,
+  idempotency_key_reused: 422,
   payload_too_large: 413,
   unsupported_media_type: 415,
   unknown_verifier: 400,

@@ -1,48 +1,55 @@
-/** Verifies JWT access tokens with jose against the configured issuer's JWKS and builds the Principal. */
-import {
-  createRemoteJWKSet,
-  errors as joseErrors,
-  jwtVerify,
-  type JWTPayload,
-  type JWTVerifyGetKey,
-} from 'jose';
+/**
+ * Verifies JWT access tokens with jose and builds the Principal. Issuers are a fixed map
+ * issuer → (JWKS, audience) from configuration; keys are never fetched from a URL named in a token.
+ */
+import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
 import { AppError, isValidId, type Principal } from '../../contracts';
+import { JwksCache } from './jwks-cache';
 
-export interface TokenVerifierOptions {
+export interface IssuerConfig {
   issuer: string;
   audience: string;
-  /** When absent, discovered from `${issuer}/.well-known/openid-configuration`. */
+  /** When absent, discovered once from `${issuer}/.well-known/openid-configuration`. */
   jwksUrl?: string;
+}
+
+export interface TokenVerifierOptions {
+  issuers: IssuerConfig[];
   algorithms: string[];
   clockToleranceSeconds: number;
   tenantClaim: string;
   defaultTenant: string;
+  /** Required `typ` header (e.g. `at+jwt`), when configured. */
+  typ?: string;
   fetchTimeoutMs?: number;
+  /** At most one JWKS fetch per cooldown for unknown `kid`s. */
+  jwksCooldownMs?: number;
+  /** Cached keys older than this are refreshed in the background. */
+  jwksMaxAgeMs?: number;
+  onJwksError?: (err: unknown) => void;
 }
 
-export type TokenVerifier = (token: string) => Promise<Principal>;
+export interface TokenVerifier {
+  (token: string): Promise<Principal>;
+  /** JWKS fetches per issuer so far. */
+  jwksFetches(): Record<string, number>;
+}
 
 /** Largest bearer token we parse; anything bigger is refused unread. */
 export const MAX_TOKEN_LENGTH = 8192;
-
-const AUTH_FAILURE_CODES = new Set([
-  'ERR_JWT_EXPIRED',
-  'ERR_JWT_CLAIM_VALIDATION_FAILED',
-  'ERR_JWT_INVALID',
-  'ERR_JWS_INVALID',
-  'ERR_JWS_SIGNATURE_VERIFICATION_FAILED',
-  'ERR_JWKS_NO_MATCHING_KEY',
-  'ERR_JWKS_MULTIPLE_MATCHING_KEYS',
-  'ERR_JOSE_ALG_NOT_ALLOWED',
-  'ERR_JOSE_NOT_SUPPORTED',
-  'ERR_JWK_INVALID',
-]);
 
 function unauthenticated(cause?: unknown): AppError {
   // One detail for every failure: nothing that helps an attacker tell the cases apart.
   return new AppError('unauthenticated', 'the access token is missing, invalid or expired', {
     cause,
     headers: { 'WWW-Authenticate': 'Bearer error="invalid_token"' },
+  });
+}
+
+function unavailable(cause: unknown): AppError {
+  return new AppError('service_unavailable', 'the token issuer cannot be reached', {
+    cause,
+    headers: { 'Retry-After': '5' },
   });
 }
 
@@ -60,11 +67,11 @@ async function discoverJwksUrl(issuer: string, timeoutMs: number): Promise<strin
 function scopesOf(payload: JWTPayload): string[] {
   const out = new Set<string>();
   const add = (v: unknown): void => {
-    if (typeof v === 'string')
-      v.split(/\s+/)
-        .filter(Boolean)
-        .forEach((s) => out.add(s));
-    else if (Array.isArray(v)) v.filter((s): s is string => typeof s === 'string').forEach((s) => out.add(s));
+    if (typeof v === 'string') {
+      for (const s of v.split(/\s+/)) if (s) out.add(s);
+    } else if (Array.isArray(v)) {
+      for (const s of v) if (typeof s === 'string') out.add(s);
+    }
   };
   add(payload.scope);
   add(payload.scp);
@@ -72,42 +79,75 @@ function scopesOf(payload: JWTPayload): string[] {
   return [...out].sort();
 }
 
+interface IssuerState {
+  config: IssuerConfig;
+  cache: JwksCache;
+}
+
 export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
   const timeoutMs = opts.fetchTimeoutMs ?? 5000;
-  let keys: Promise<JWTVerifyGetKey> | undefined;
-  const getKeys = (): Promise<JWTVerifyGetKey> => {
-    keys ??= (async () => {
-      const jwksUrl = opts.jwksUrl ?? (await discoverJwksUrl(opts.issuer, timeoutMs));
-      return createRemoteJWKSet(new URL(jwksUrl), { timeoutDuration: timeoutMs, cooldownDuration: 30_000 });
-    })();
-    // A failed discovery is retried on the next request rather than cached forever.
-    keys.catch(() => {
-      keys = undefined;
+  if (opts.algorithms.some((a) => a === 'none' || a.startsWith('HS'))) {
+    throw new Error('AUTH_ALGORITHMS may not include none or HS* (asymmetric algorithms only)');
+  }
+  const issuers = new Map<string, IssuerState>();
+  for (const config of opts.issuers) {
+    let discovered: Promise<string> | undefined;
+    const jwksUrl = (): Promise<string> => {
+      if (config.jwksUrl) return Promise.resolve(config.jwksUrl);
+      discovered ??= discoverJwksUrl(config.issuer, timeoutMs).catch((err: unknown) => {
+        discovered = undefined; // retried on a later request, not cached as a failure
+        throw err;
+      });
+      return discovered;
+    };
+    issuers.set(config.issuer, {
+      config,
+      cache: new JwksCache({
+        jwksUrl,
+        fetchTimeoutMs: timeoutMs,
+        cooldownMs: opts.jwksCooldownMs ?? 30_000,
+        maxAgeMs: opts.jwksMaxAgeMs ?? 600_000,
+        onError: opts.onJwksError,
+      }),
     });
-    return keys;
-  };
+  }
 
-  return async (token: string): Promise<Principal> => {
+  const verify = async (token: string): Promise<Principal> => {
     if (token.length === 0 || token.length > MAX_TOKEN_LENGTH) throw unauthenticated();
-    let jwks: JWTVerifyGetKey;
+    let state: IssuerState | undefined;
+    let kid: string | undefined;
     try {
-      jwks = await getKeys();
+      const header = decodeProtectedHeader(token);
+      kid = typeof header.kid === 'string' && header.kid.length > 0 ? header.kid : undefined;
+      const iss = decodeJwt(token).iss;
+      state = typeof iss === 'string' ? issuers.get(iss) : undefined;
     } catch (err) {
-      throw new AppError('service_unavailable', 'the token issuer cannot be reached', { cause: err });
+      throw unauthenticated(err); // malformed base64 / JSON
     }
+    // A token must name its key and come from a configured issuer: no key guessing, no keys from token URLs.
+    if (!state || !kid) throw unauthenticated();
+    const { cache, config } = state;
     let payload: JWTPayload;
     try {
-      ({ payload } = await jwtVerify(token, jwks, {
-        issuer: opts.issuer,
-        audience: opts.audience,
-        algorithms: opts.algorithms,
-        clockTolerance: opts.clockToleranceSeconds,
-        requiredClaims: ['exp', 'sub'],
-      }));
+      ({ payload } = await jwtVerify(
+        token,
+        async (header) => {
+          const key = await cache.getKey(kid, header.alg);
+          if (!key) throw new joseErrors.JWKSNoMatchingKey();
+          return key;
+        },
+        {
+          issuer: config.issuer,
+          audience: config.audience,
+          algorithms: opts.algorithms,
+          clockTolerance: opts.clockToleranceSeconds,
+          requiredClaims: ['exp', 'sub'],
+          ...(opts.typ ? { typ: opts.typ } : {}),
+        },
+      ));
     } catch (err) {
-      if (err instanceof joseErrors.JOSEError && AUTH_FAILURE_CODES.has(err.code)) throw unauthenticated(err);
-      if (err instanceof joseErrors.JOSEError && err.code !== 'ERR_JWKS_TIMEOUT') throw unauthenticated(err);
-      throw new AppError('service_unavailable', 'the token issuer cannot be reached', { cause: err });
+      if (err instanceof joseErrors.JOSEError) throw unauthenticated(err);
+      throw unavailable(err);
     }
     const sub = payload.sub;
     if (!isValidId(sub)) throw unauthenticated();
@@ -121,4 +161,7 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
       tokenId: typeof payload.jti === 'string' ? payload.jti : undefined,
     };
   };
+  const verifier = verify as TokenVerifier;
+  verifier.jwksFetches = () => Object.fromEntries([...issuers].map(([iss, s]) => [iss, s.cache.fetches]));
+  return verifier;
 }

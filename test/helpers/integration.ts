@@ -195,8 +195,7 @@ export async function startTestApi(opts: { temporalAddress?: string } = {}): Pro
   );
   const app = createApp({
     verifyToken: createTokenVerifier({
-      issuer: issuerUrl,
-      audience: DEV_AUDIENCE,
+      issuers: [{ issuer: issuerUrl, audience: DEV_AUDIENCE }],
       algorithms: ['ES256'],
       clockToleranceSeconds: 5,
       tenantClaim: 'tenant',

@@ -261,12 +261,12 @@ describe('a run through the API', () => {
     expect(view.error?.code).toBe('repo_not_found');
   });
 
-  test('when the same Idempotency-Key comes with a different body, then 409 names the conflict', async () => {
+  test('when the same Idempotency-Key comes with a different body, then 422 names the conflict', async () => {
     const repo = await makeGitRepo();
     const first = await post(request(repo.path, ['true'], ['V-README-INTACT']), { key: 'conflict-1' });
     expect(first.status).toBe(201);
     const second = await post(request(repo.path, ['false'], ['V-README-INTACT']), { key: 'conflict-1' });
-    expect(second.status).toBe(409);
+    expect(second.status).toBe(422);
     expect(second.headers.get('content-type')).toContain('application/problem+json');
     expect(((await second.json()) as { code: string }).code).toBe('idempotency_key_reused');
     await waitTerminal(((await first.json()) as RunView).runId);
@@ -292,5 +292,35 @@ describe('a run through the API', () => {
       status: 'ready',
       checks: { temporal: { ok: true }, nats: { ok: true } },
     });
+  });
+});
+
+describe('idempotency under concurrency', () => {
+  test('when the same request with the same key arrives 8 times at once, then one workflow runs and all answers name it', async () => {
+    const repo = await makeGitRepo();
+    const body = request(repo.path, ['sh', '-c', 'echo done > RESULT.txt'], ['V-RESULT-FILE']);
+    const token = await api.token();
+    const answers = await Promise.all(
+      Array.from({ length: 8 }, () => post(body, { token, key: 'concurrent-1' })),
+    );
+    expect(answers.map((a) => a.status)).toEqual(Array(8).fill(201));
+    const ids = new Set(await Promise.all(answers.map(async (a) => ((await a.json()) as RunView).runId)));
+    expect(ids.size).toBe(1);
+    const [runId] = [...ids];
+    await waitTerminal(runId!);
+    const executions = await poll(
+      async () => {
+        const found: string[] = [];
+        for await (const w of api.client.workflow.list({ query: `WorkflowId = '${runId}'` }))
+          found.push(w.runId);
+        return found;
+      },
+      (f) => f.length > 0,
+      30_000,
+    );
+    expect(executions).toHaveLength(1);
+    // And once it has finished, the same key still answers with that run (a lost response is recoverable).
+    const late = await post(body, { token, key: 'concurrent-1' });
+    expect(((await late.json()) as RunView).runId).toBe(runId);
   });
 });

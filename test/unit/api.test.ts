@@ -75,8 +75,7 @@ beforeAll(async () => {
   issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
   app = createApp({
     verifyToken: createTokenVerifier({
-      issuer: issuer.issuer,
-      audience: DEV_AUDIENCE,
+      issuers: [{ issuer: issuer.issuer, audience: DEV_AUDIENCE }],
       algorithms: ['ES256', 'RS256', 'EdDSA'],
       clockToleranceSeconds: 30,
       tenantClaim: 'tenant',

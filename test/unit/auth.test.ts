@@ -1,0 +1,245 @@
+/**
+ * Token verification against a real JWKS over HTTP (loopback): the bad-token table, key
+ * rotation without restart, the refetch cooldown under a flood of unknown kids, and cached keys
+ * while the JWKS endpoint is down. Driven through the Express app, as clients see it.
+ */
+import { sign, type KeyObject } from 'node:crypto';
+import pino from 'pino';
+import request from 'supertest';
+import { SignJWT, base64url } from 'jose';
+import { AppError, VerifierCatalog, type RunView } from '../../contracts';
+import { createApp } from '../../api/app';
+import { createTokenVerifier, type TokenVerifier } from '../../api/auth/token-verifier';
+import type { RunService } from '../../api/runs/service';
+import { TestIssuer, makeKey, type TestKey } from '../helpers/jwks-server';
+
+const logger = pino({ level: 'silent' });
+const view = { runId: 'run-abc', status: 'running' } as unknown as RunView;
+const runs: RunService = {
+  start: () => Promise.resolve(view),
+  get: (p, runId) =>
+    runId === 'run-abc' && p.userId === 'alice'
+      ? Promise.resolve(view)
+      : Promise.reject(new AppError('not_found', 'x')),
+  cancel: () => Promise.resolve(view),
+};
+
+function appFor(verifier: TokenVerifier) {
+  return createApp({
+    verifyToken: verifier,
+    runs,
+    verifiers: new VerifierCatalog([]),
+    readiness: [],
+    events: {
+      stream: () => ({
+        [Symbol.asyncIterator]: () => ({ next: () => Promise.resolve({ done: true, value: undefined }) }),
+      }),
+    },
+    logger,
+  });
+}
+
+function verifierFor(issuer: TestIssuer, extra: { typ?: string; cooldownMs?: number } = {}): TokenVerifier {
+  return createTokenVerifier({
+    issuers: [{ issuer: issuer.url, audience: 'choiros-api' }],
+    algorithms: ['ES256', 'RS256'],
+    clockToleranceSeconds: 30,
+    tenantClaim: 'tenant',
+    defaultTenant: 'default',
+    fetchTimeoutMs: 1000,
+    jwksCooldownMs: extra.cooldownMs ?? 60_000,
+    ...(extra.typ ? { typ: extra.typ } : {}),
+  });
+}
+
+const get = (app: ReturnType<typeof appFor>, token: string) =>
+  request(app).get('/v1/runs/run-abc').set('authorization', `Bearer ${token}`);
+
+let issuer: TestIssuer;
+let es: TestKey;
+let rs: TestKey;
+
+beforeAll(async () => {
+  issuer = await new TestIssuer().start();
+  es = await makeKey('ES256');
+  rs = await makeKey('RS256');
+  issuer.published = [es, rs];
+});
+
+afterAll(async () => {
+  await issuer.stop();
+});
+
+describe('the bad-token table', () => {
+  const now = () => Math.floor(Date.now() / 1000);
+  const cases: [string, () => Promise<string>][] = [
+    [
+      'alg none',
+      async () =>
+        `${base64url.encode(JSON.stringify({ alg: 'none', kid: es.kid }))}.${base64url.encode(JSON.stringify({ sub: 'alice', iss: issuer.url, aud: 'choiros-api', exp: now() + 600 }))}.`,
+    ],
+    ['no exp', () => issuer.sign(es, { exp: null })],
+    [
+      'unknown crit header',
+      async () => {
+        // jose refuses to sign with an unknown crit, so sign by hand (ES256 = P-256 + SHA-256, IEEE P1363).
+        const header = base64url.encode(
+          JSON.stringify({ alg: 'ES256', kid: es.kid, crit: ['x-choiros'], 'x-choiros': true }),
+        );
+        const body = base64url.encode(
+          JSON.stringify({
+            sub: 'alice',
+            tenant: 'acme',
+            scope: 'runs:read',
+            iss: issuer.url,
+            aud: 'choiros-api',
+            exp: now() + 600,
+          }),
+        );
+        const sig = sign('sha256', Buffer.from(`${header}.${body}`), {
+          key: es.privateKey as KeyObject,
+          dsaEncoding: 'ieee-p1363',
+        });
+        return `${header}.${body}.${base64url.encode(sig)}`;
+      },
+    ],
+    [
+      'HS256 signed with the RSA public key',
+      async () => {
+        const secret = new TextEncoder().encode(JSON.stringify(rs.publicJwk));
+        return new SignJWT({ tenant: 'acme', scope: 'runs:read' })
+          .setProtectedHeader({ alg: 'HS256', kid: rs.kid })
+          .setIssuer(issuer.url)
+          .setAudience('choiros-api')
+          .setSubject('alice')
+          .setExpirationTime('10m')
+          .sign(secret);
+      },
+    ],
+    ['expired', () => issuer.sign(es, { exp: now() - 120 })],
+    ['nbf in the future beyond tolerance', () => issuer.sign(es, { claims: { nbf: now() + 300 } })],
+    ['wrong iss', () => issuer.sign(es, { claims: { iss: 'http://127.0.0.1:1/other' } })],
+    ['wrong aud', () => issuer.sign(es, { audience: 'someone-else' })],
+    ['missing kid', () => issuer.sign(es, { kid: null })],
+    ['unknown kid', () => issuer.sign(es, { kid: 'not-a-published-kid' })],
+    [
+      'tampered payload',
+      async () => {
+        const [h, p, s] = (await issuer.sign(es)).split('.');
+        const claims = JSON.parse(new TextDecoder().decode(base64url.decode(p!))) as Record<string, unknown>;
+        return [h, base64url.encode(JSON.stringify({ ...claims, sub: 'mallory' })), s].join('.');
+      },
+    ],
+    ['malformed base64', async () => 'eyJ!!!.###.$$$'],
+    ['oversized token', async () => `${await issuer.sign(es)}${'A'.repeat(9000)}`],
+  ];
+
+  test.each([
+    ['ES256', () => es],
+    ['RS256', () => rs],
+  ] as const)('when a valid %s token is sent, then 200 (the control)', async (_alg, key) => {
+    expect((await get(appFor(verifierFor(issuer)), await issuer.sign(key()))).status).toBe(200);
+  });
+
+  test.each(cases)('when the token has %s, then 401 problem+json', async (_name, make) => {
+    const res = await get(appFor(verifierFor(issuer)), await make());
+    expect(res.status).toBe(401);
+    expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+    expect(res.body.code).toBe('unauthenticated');
+    expect(res.body.detail).toBe('the access token is missing, invalid or expired');
+  });
+
+  test('when a typ is configured and the token has another, then 401; with the right typ, 200', async () => {
+    const app = appFor(verifierFor(issuer, { typ: 'at+jwt' }));
+    expect((await get(app, await issuer.sign(es))).status).toBe(401);
+    expect((await get(app, await issuer.sign(es, { header: { typ: 'at+jwt' } }))).status).toBe(200);
+  });
+
+  test('when a token has an unknown kid, then the JWKS is refetched exactly once before the 401', async () => {
+    const verifier = verifierFor(issuer, { cooldownMs: 50 });
+    const app = appFor(verifier);
+    expect((await get(app, await issuer.sign(es))).status).toBe(200);
+    await new Promise((r) => setTimeout(r, 60)); // past the cooldown of that first fetch
+    const before = issuer.jwksFetches;
+    expect((await get(app, await issuer.sign(es, { kid: 'unknown-kid' }))).status).toBe(401);
+    expect(issuer.jwksFetches - before).toBe(1);
+  });
+});
+
+describe('key rotation and the JWKS cache', () => {
+  test('when the issuer rotates to a new key, then new tokens verify without a restart and the rotated-out key is refused', async () => {
+    const local = await new TestIssuer().start();
+    const oldKey = await makeKey('ES256');
+    local.published = [oldKey];
+    const app = appFor(verifierFor(local, { cooldownMs: 50 }));
+    expect((await get(app, await local.sign(oldKey))).status).toBe(200);
+    const newKey = await makeKey('ES256');
+    local.published = [newKey];
+    await new Promise((r) => setTimeout(r, 60)); // past the refetch cooldown
+    expect((await get(app, await local.sign(newKey))).status).toBe(200);
+    expect((await get(app, await local.sign(oldKey))).status).toBe(401);
+    await local.stop();
+  });
+
+  test('when a flood of tokens with random kids arrives, then at most one JWKS fetch happens per cooldown', async () => {
+    const local = await new TestIssuer().start();
+    const key = await makeKey('ES256');
+    local.published = [key];
+    const app = appFor(verifierFor(local, { cooldownMs: 60_000 }));
+    expect((await get(app, await local.sign(key))).status).toBe(200);
+    const before = local.jwksFetches;
+    const statuses = await Promise.all(
+      Array.from(
+        { length: 50 },
+        async (_, i) =>
+          (await get(app, await local.sign(key, { kid: `random-${i}-${Math.random()}` }))).status,
+      ),
+    );
+    expect(new Set(statuses)).toEqual(new Set([401]));
+    expect(local.jwksFetches - before).toBeLessThanOrEqual(1);
+    await local.stop();
+  });
+
+  test('when the JWKS endpoint is down, then tokens signed by cached keys still verify', async () => {
+    const local = await new TestIssuer().start();
+    const key = await makeKey('RS256');
+    local.published = [key];
+    const app = appFor(
+      createTokenVerifier({
+        issuers: [{ issuer: local.url, audience: 'choiros-api', jwksUrl: `${local.url}/jwks` }],
+        algorithms: ['RS256'],
+        clockToleranceSeconds: 5,
+        tenantClaim: 'tenant',
+        defaultTenant: 'default',
+        fetchTimeoutMs: 500,
+        jwksCooldownMs: 10,
+        jwksMaxAgeMs: 10, // stale at once: a background refresh is attempted and fails
+      }),
+    );
+    expect((await get(app, await local.sign(key))).status).toBe(200);
+    local.up = false;
+    await new Promise((r) => setTimeout(r, 30));
+    for (let i = 0; i < 3; i++) expect((await get(app, await local.sign(key))).status).toBe(200);
+    await local.stop();
+  });
+
+  test('when the issuer has never been reachable, then 503 with Retry-After, not 401', async () => {
+    const local = await new TestIssuer().start();
+    const key = await makeKey('ES256');
+    local.up = false;
+    const res = await get(appFor(verifierFor(local)), await local.sign(key));
+    expect(res.status).toBe(503);
+    expect(res.headers['retry-after']).toBe('5');
+    await local.stop();
+  });
+
+  test('when a token names an issuer outside the configured map, then 401 and no fetch to that issuer', async () => {
+    const other = await new TestIssuer().start();
+    const key = await makeKey('ES256');
+    other.published = [key];
+    const res = await get(appFor(verifierFor(issuer)), await other.sign(key));
+    expect(res.status).toBe(401);
+    expect(other.jwksFetches).toBe(0);
+    await other.stop();
+  });
+});
