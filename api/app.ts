@@ -2,8 +2,8 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { randomUUID } from 'node:crypto';
-import { AppError, idSchema, runRequestSchema, type VerifierSpec } from '../contracts';
-import { authenticate, principalOf, requireScope } from './auth/middleware';
+import { AppError, idSchema, runListQuerySchema, runRequestSchema, type VerifierSpec } from '../contracts';
+import { authenticate, principalOf, requireAction } from './auth/middleware';
 import type { TokenVerifier } from './auth/token-verifier';
 import { errorMiddleware, validationError } from './errors';
 import type { RunEventSource } from './events/source';
@@ -96,7 +96,7 @@ export function createApp(deps: AppDeps): express.Express {
 
   v1.post(
     '/runs',
-    requireScope('runs:write'),
+    requireAction('runs.start'),
     (req, _res, next) => {
       if (!req.is('application/json')) {
         return next(new AppError('unsupported_media_type', 'send the run request as application/json'));
@@ -144,8 +144,18 @@ export function createApp(deps: AppDeps): express.Express {
   );
 
   v1.get(
+    '/runs',
+    requireAction('runs.list'),
+    route(async (req, res) => {
+      const query = runListQuerySchema.safeParse(req.query);
+      if (!query.success) throw validationError(query.error);
+      res.json(await deps.runs.list(principalOf(res), query.data));
+    }),
+  );
+
+  v1.get(
     '/runs/:runId',
-    requireScope('runs:read'),
+    requireAction('runs.read'),
     route(async (req, res) => {
       const runId = parseRunId(req.params.runId);
       res.locals.runId = runId;
@@ -155,7 +165,7 @@ export function createApp(deps: AppDeps): express.Express {
 
   v1.post(
     '/runs/:runId/cancel',
-    requireScope('runs:write'),
+    requireAction('runs.cancel'),
     route(async (req, res) => {
       const runId = parseRunId(req.params.runId);
       res.locals.runId = runId;
@@ -165,7 +175,7 @@ export function createApp(deps: AppDeps): express.Express {
 
   v1.get(
     '/runs/:runId/events',
-    requireScope('runs:read'),
+    requireAction('runs.watch'),
     route(async (req, res) => {
       const principal = principalOf(res);
       const runId = parseRunId(req.params.runId);
@@ -175,14 +185,14 @@ export function createApp(deps: AppDeps): express.Express {
           (typeof req.query.lastEventId === 'string' ? req.query.lastEventId : undefined),
         runId,
       );
-      await deps.runs.get(principal, runId); // ownership: someone else's run is a 404 before any byte is sent
+      await deps.runs.get(principal, runId, 'runs.watch'); // ownership: someone else's run is a 404 before any byte is sent
       await streamEvents(req, res, deps, principal.userId, runId, afterSeq);
     }),
   );
 
   v1.post(
     '/nats/credentials',
-    requireScope('runs:read'),
+    requireAction('nats.credentials'),
     route(async (_req, res) => {
       if (!deps.natsCredentials)
         throw new AppError('service_unavailable', 'NATS credentials are not configured on this gateway');

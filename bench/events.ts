@@ -103,6 +103,7 @@ async function main(): Promise<void> {
       start: () => Promise.resolve(view),
       get: () => Promise.resolve(view),
       cancel: () => Promise.resolve(view),
+      list: () => Promise.resolve({ runs: [] }),
     },
     verifiers: new VerifierCatalog([]),
     readiness: [],

@@ -134,6 +134,35 @@ export interface VerifierOutcome extends CommandOutcome {
   result: VerifierResult;
 }
 
+/** A run in a listing (`GET /v1/runs`): from visibility, without per-run queries. */
+export interface RunSummary {
+  runId: string;
+  status: RunStatus;
+  tenant: string;
+  userId: string;
+  mood: Mood;
+  repo: string;
+  workItem: { id: string; description: string };
+  createdAt: string;
+  closedAt?: string;
+}
+
+/** Query of `GET /v1/runs`. */
+export const runListQuerySchema = z
+  .object({
+    status: runStatusSchema.optional(),
+    pageSize: z.coerce.number().int().min(1).max(100).default(20),
+    pageToken: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]{1,4096}$/)
+      .optional(),
+    userId: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]{1,64}$/)
+      .optional(),
+  })
+  .strict();
+
 /** The run as the API reports it (`GET /v1/runs/:runId`). */
 export interface RunView {
   runId: string;

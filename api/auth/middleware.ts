@@ -2,9 +2,7 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { AppError, type Principal } from '../../contracts';
 import { MAX_TOKEN_LENGTH, type TokenVerifier } from './token-verifier';
-
-/** Permissions a token can carry (design.md, "Identity and authorisation"). */
-export type Scope = 'runs:write' | 'runs:read' | 'rebuild:write' | 'rebuild:approve';
+import { REQUIRED_SCOPE, authorize, type Action } from './policy';
 
 export function principalOf(res: Response): Principal {
   const p = res.locals.principal as Principal | undefined;
@@ -32,11 +30,11 @@ export function authenticate(verify: TokenVerifier): RequestHandler {
   };
 }
 
-export function requireScope(scope: Scope): RequestHandler {
+/** Refuses (403) a caller whose token lacks the action's scope; resource checks happen in the handler. */
+export function requireAction(action: Action): RequestHandler {
   return (_req, res, next) => {
-    const p = principalOf(res);
-    if (!p.scopes.includes(scope)) {
-      return next(new AppError('forbidden', `this operation needs the ${scope} scope`));
+    if (authorize(principalOf(res), action) === 'forbidden') {
+      return next(new AppError('forbidden', `this operation needs the ${REQUIRED_SCOPE[action]} scope`));
     }
     next();
   };

@@ -9,6 +9,9 @@ import {
   type WorkflowExecutionDescription,
 } from '@temporalio/client';
 import type { Logger } from 'pino';
+import { decodeTypedSearchAttributes } from '@temporalio/common/lib/converter/payload-search-attributes';
+import { defaultPayloadConverter } from '@temporalio/common';
+import { REQUIRED_SCOPE, authorize, isTenantAdmin, type Action } from '../auth/policy';
 import {
   AppError,
   SEARCH_ATTRIBUTES,
@@ -21,13 +24,30 @@ import {
   type Mood,
   type Principal,
   type RunRequest,
+  type RunStatus,
+  type RunSummary,
   type RunView,
   type RunWorkflowInput,
 } from '../../contracts';
 
+export interface RunListQuery {
+  status?: RunStatus;
+  pageSize: number;
+  pageToken?: string;
+  /** Tenant admins may list one user's runs; ignored for everyone else. */
+  userId?: string;
+}
+
+export interface RunListPage {
+  runs: RunSummary[];
+  nextPageToken?: string;
+}
+
 export interface RunService {
   start(principal: Principal, request: RunRequest, idempotencyKey: string | undefined): Promise<RunView>;
-  get(principal: Principal, runId: string): Promise<RunView>;
+  /** `action` is `runs.read` (default) or `runs.watch`: the same visibility rules. */
+  get(principal: Principal, runId: string, action?: 'runs.read' | 'runs.watch'): Promise<RunView>;
+  list(principal: Principal, query: RunListQuery): Promise<RunListPage>;
   /** Requests cancellation; the run cleans up its sandbox and ends `cancelled`. Idempotent. */
   cancel(principal: Principal, runId: string): Promise<RunView>;
 }
@@ -100,6 +120,7 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
   const describeOwned = async (
     principal: Principal,
     runId: string,
+    action: Action,
   ): Promise<WorkflowExecutionDescription> => {
     const notFound = new AppError('not_found', `run ${runId} does not exist`);
     if (!isValidId(runId)) throw notFound;
@@ -110,11 +131,14 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
       if (err instanceof WorkflowNotFoundError) throw notFound;
       throw err;
     }
-    const owner = desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.userId);
-    const tenant = desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant);
+    const ownerId = desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.userId) ?? '';
+    const tenant = desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant) ?? '';
+    if (desc.type !== WORKFLOW_TYPES.run) throw notFound;
     // Someone else's run answers exactly like a run that does not exist.
-    if (desc.type !== WORKFLOW_TYPES.run || owner !== principal.userId || tenant !== principal.tenant)
-      throw notFound;
+    const decision = authorize(principal, action, { tenant, ownerId });
+    if (decision === 'forbidden')
+      throw new AppError('forbidden', `this operation needs the ${REQUIRED_SCOPE[action]} scope`);
+    if (decision === 'not_found') throw notFound;
     return desc;
   };
 
@@ -166,17 +190,69 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
 
   return {
     start: (principal, request, idempotencyKey) => guarded(() => start(principal, request, idempotencyKey)),
-    get: (principal, runId) => guarded(async () => viewOf(await describeOwned(principal, runId))),
+    get: (principal, runId, action = 'runs.read') =>
+      guarded(async () => viewOf(await describeOwned(principal, runId, action))),
+    list: (principal, query) => guarded(() => list(principal, query)),
     cancel: (principal, runId) =>
       guarded(async () => {
-        const desc = await describeOwned(principal, runId);
+        const desc = await describeOwned(principal, runId, 'runs.cancel');
         if (desc.status.name === 'RUNNING') {
           await client.workflow.getHandle(runId).cancel();
           logger.info({ event: 'run.cancel', runId, userId: principal.userId }, 'run cancellation requested');
         }
-        return viewOf(await describeOwned(principal, runId));
+        return viewOf(await describeOwned(principal, runId, 'runs.read'));
       }),
   };
+
+  async function list(principal: Principal, query: RunListQuery): Promise<RunListPage> {
+    if (authorize(principal, 'runs.list') !== 'allow')
+      throw new AppError('forbidden', 'this operation needs the runs:read scope');
+    // Only the caller's runs, or (tenant admins) their tenant's; values are strict ids, safe to quote.
+    const clauses = [`WorkflowType = '${WORKFLOW_TYPES.run}'`, `ChoirTenant = '${principal.tenant}'`];
+    const userId =
+      query.userId && isTenantAdmin(principal)
+        ? query.userId
+        : isTenantAdmin(principal)
+          ? undefined
+          : principal.userId;
+    if (userId) clauses.push(`ChoirUserId = '${userId}'`);
+    if (query.status) clauses.push(`ChoirRunStatus = '${query.status}'`);
+    const res = await client.workflowService.listWorkflowExecutions({
+      namespace: client.options.namespace,
+      query: clauses.join(' AND '),
+      pageSize: query.pageSize,
+      nextPageToken: query.pageToken ? Buffer.from(query.pageToken, 'base64url') : undefined,
+    });
+    const runs: RunSummary[] = (res.executions ?? []).map((e) => {
+      const sa = decodeTypedSearchAttributes(e.searchAttributes?.indexedFields);
+      const memoField = e.memo?.fields?.summary;
+      const summary = memoField
+        ? defaultPayloadConverter.fromPayload<RunMemo['summary']>(memoField)
+        : undefined;
+      const requestedAt = e.memo?.fields?.requestedAt
+        ? defaultPayloadConverter.fromPayload<number>(e.memo.fields.requestedAt)
+        : undefined;
+      const status = runStatusSchema.safeParse(sa.get(SEARCH_ATTRIBUTES.runStatus));
+      return {
+        runId: e.execution?.workflowId ?? '',
+        status: status.success ? status.data : 'created',
+        tenant: sa.get(SEARCH_ATTRIBUTES.tenant) ?? '',
+        userId: sa.get(SEARCH_ATTRIBUTES.userId) ?? '',
+        mood: summary?.mood ?? 'CALM',
+        repo: sa.get(SEARCH_ATTRIBUTES.repo) ?? summary?.repo ?? '',
+        workItem: { id: summary?.workItemId ?? '', description: summary?.description ?? '' },
+        createdAt: new Date(requestedAt ?? Number(e.startTime?.seconds ?? 0) * 1000).toISOString(),
+        ...(e.closeTime?.seconds
+          ? { closedAt: new Date(Number(e.closeTime.seconds) * 1000).toISOString() }
+          : {}),
+      };
+    });
+    const token =
+      res.nextPageToken && res.nextPageToken.length > 0
+        ? Buffer.from(res.nextPageToken).toString('base64url')
+        : undefined;
+    return { runs, ...(token ? { nextPageToken: token } : {}) };
+  }
 
   async function start(
     principal: Principal,
@@ -231,7 +307,7 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
       // A closed run with the same key: the retried request is answered with that run.
       if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
     }
-    const desc = await describeOwned(principal, runId);
+    const desc = await describeOwned(principal, runId, 'runs.read');
     const existing = desc.memo as unknown as RunMemo | undefined;
     if (existing?.requestHash !== requestHash) {
       throw new AppError(

@@ -324,3 +324,80 @@ describe('idempotency under concurrency', () => {
     expect(((await late.json()) as RunView).runId).toBe(runId);
   });
 });
+
+describe('listing and cross-user access', () => {
+  test('when runs are listed, then each caller sees only their own (tenant admins their tenant), filtered and paginated', async () => {
+    const repo = await makeGitRepo();
+    const alice = await api.token({ sub: 'lister', tenant: 'acme' });
+    const ids: string[] = [];
+    for (const key of ['list-1', 'list-2']) {
+      const res = await post(request(repo.path, ['sh', '-c', 'echo done > RESULT.txt'], ['V-RESULT-FILE']), {
+        token: alice,
+        key,
+      });
+      ids.push(((await res.json()) as RunView).runId);
+    }
+    for (const id of ids)
+      await poll(
+        () => getRun(id, alice),
+        (r) => r.body.finishedAt !== undefined,
+        120_000,
+      );
+    const list = async (token: string, qs: string) =>
+      (await (
+        await fetch(`${api.url}/v1/runs?${qs}`, { headers: { authorization: `Bearer ${token}` } })
+      ).json()) as {
+        runs: { runId: string; userId: string; status: string }[];
+        nextPageToken?: string;
+      };
+    const mine = await poll(
+      () => list(alice, 'status=committed'),
+      (l) => ids.every((id) => l.runs.some((r) => r.runId === id)),
+      30_000,
+    );
+    expect(mine.runs.every((r) => r.userId === 'lister' && r.status === 'committed')).toBe(true);
+    const page1 = await list(alice, 'pageSize=1');
+    expect(page1.runs).toHaveLength(1);
+    expect(page1.nextPageToken).toBeDefined();
+    const page2 = await list(alice, `pageSize=1&pageToken=${page1.nextPageToken}`);
+    expect(page2.runs[0]?.runId).not.toBe(page1.runs[0]?.runId);
+    const bob = await list(await api.token({ sub: 'bob', tenant: 'acme' }), 'pageSize=100');
+    expect(bob.runs.some((r) => ids.includes(r.runId))).toBe(false);
+    const admin = await list(
+      await api.token({ sub: 'root', tenant: 'acme', scope: 'runs:read tenant:admin' }),
+      'userId=lister&pageSize=100',
+    );
+    expect(ids.every((id) => admin.runs.some((r) => r.runId === id))).toBe(true);
+    const otherTenantAdmin = await list(
+      await api.token({ sub: 'root', tenant: 'globex', scope: 'runs:read tenant:admin' }),
+      'pageSize=100',
+    );
+    expect(otherTenantAdmin.runs.some((r) => ids.includes(r.runId))).toBe(false);
+  });
+
+  test('when another user or tenant touches a run on any route, then 404 every time', async () => {
+    const repo = await makeGitRepo();
+    const res = await post(request(repo.path, ['sleep', '2'], ['V-README-INTACT']));
+    const { runId } = (await res.json()) as RunView;
+    for (const intruder of [
+      await api.token({ sub: 'bob', tenant: 'acme' }),
+      await api.token({ sub: 'alice', tenant: 'globex' }),
+    ]) {
+      const h = { authorization: `Bearer ${intruder}` };
+      expect((await fetch(`${api.url}/v1/runs/${runId}`, { headers: h })).status).toBe(404);
+      expect((await fetch(`${api.url}/v1/runs/${runId}/events`, { headers: h })).status).toBe(404);
+      expect((await fetch(`${api.url}/v1/runs/${runId}/cancel`, { method: 'POST', headers: h })).status).toBe(
+        404,
+      );
+    }
+    // A tenant admin may read but not cancel someone else's run.
+    const admin = {
+      authorization: `Bearer ${await api.token({ sub: 'root', tenant: 'acme', scope: 'runs:read runs:write tenant:admin' })}`,
+    };
+    expect((await fetch(`${api.url}/v1/runs/${runId}`, { headers: admin })).status).toBe(200);
+    expect(
+      (await fetch(`${api.url}/v1/runs/${runId}/cancel`, { method: 'POST', headers: admin })).status,
+    ).toBe(404);
+    expect((await waitTerminal(runId)).status).toBe('committed');
+  });
+});

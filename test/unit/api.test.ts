@@ -56,6 +56,9 @@ const fakeRuns: RunService = {
   async cancel(principal, runId) {
     return this.get(principal, runId);
   },
+  async list() {
+    return { runs: [] };
+  },
 };
 
 const goodBody = {

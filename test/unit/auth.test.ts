@@ -22,6 +22,7 @@ const runs: RunService = {
       ? Promise.resolve(view)
       : Promise.reject(new AppError('not_found', 'x')),
   cancel: () => Promise.resolve(view),
+  list: () => Promise.resolve({ runs: [] }),
 };
 
 function appFor(verifier: TokenVerifier) {

@@ -1,0 +1,46 @@
+/**
+ * The one authorisation policy of the gateway (HTTP and gRPC alike). Actions need a scope; run
+ * resources are visible to their owner, and read-only to their tenant's admins. A resource the
+ * caller may not see answers exactly like one that does not exist.
+ */
+import type { Principal } from '../../contracts';
+
+export type Action =
+  'runs.start' | 'runs.read' | 'runs.list' | 'runs.watch' | 'runs.cancel' | 'nats.credentials';
+
+export type Scope = 'runs:write' | 'runs:read' | 'rebuild:write' | 'rebuild:approve';
+
+/** Role (in `scope`/`roles`) that lets a user read every run of their own tenant. */
+export const TENANT_ADMIN_ROLE = 'tenant:admin';
+
+export const REQUIRED_SCOPE: Record<Action, Scope> = {
+  'runs.start': 'runs:write',
+  'runs.cancel': 'runs:write',
+  'runs.read': 'runs:read',
+  'runs.list': 'runs:read',
+  'runs.watch': 'runs:read',
+  'nats.credentials': 'runs:read',
+};
+
+const READ_ONLY: ReadonlySet<Action> = new Set(['runs.read', 'runs.list', 'runs.watch']);
+
+export interface RunResource {
+  tenant: string;
+  ownerId: string;
+}
+
+export type Decision = 'allow' | 'forbidden' | 'not_found';
+
+export function isTenantAdmin(p: Principal): boolean {
+  return p.scopes.includes(TENANT_ADMIN_ROLE);
+}
+
+/** Decides one action, optionally on one run. */
+export function authorize(principal: Principal, action: Action, resource?: RunResource): Decision {
+  if (!principal.scopes.includes(REQUIRED_SCOPE[action])) return 'forbidden';
+  if (!resource) return 'allow';
+  if (resource.tenant !== principal.tenant) return 'not_found';
+  if (resource.ownerId === principal.userId) return 'allow';
+  if (READ_ONLY.has(action) && isTenantAdmin(principal)) return 'allow';
+  return 'not_found';
+}

@@ -1,0 +1,35 @@
+/** The authorisation policy as a table. */
+import type { Principal } from '../../contracts';
+import { authorize, type Action, type Decision, type RunResource } from '../../api/auth/policy';
+
+const p = (userId: string, tenant: string, scopes: string[]): Principal => ({ userId, tenant, scopes });
+const alice = p('alice', 'acme', ['runs:read', 'runs:write']);
+const aliceReadOnly = p('alice', 'acme', ['runs:read']);
+const bob = p('bob', 'acme', ['runs:read', 'runs:write']);
+const admin = p('root', 'acme', ['runs:read', 'runs:write', 'tenant:admin']);
+const otherAdmin = p('root', 'globex', ['runs:read', 'runs:write', 'tenant:admin']);
+const alicesRun: RunResource = { tenant: 'acme', ownerId: 'alice' };
+const aliceInGlobex: RunResource = { tenant: 'globex', ownerId: 'alice' };
+
+const table: [string, Principal, Action, RunResource | undefined, Decision][] = [
+  ['owner reads', alice, 'runs.read', alicesRun, 'allow'],
+  ['owner watches', alice, 'runs.watch', alicesRun, 'allow'],
+  ['owner cancels', alice, 'runs.cancel', alicesRun, 'allow'],
+  ['owner without runs:write cancels', aliceReadOnly, 'runs.cancel', alicesRun, 'forbidden'],
+  ['start needs runs:write', aliceReadOnly, 'runs.start', undefined, 'forbidden'],
+  ['start with runs:write', alice, 'runs.start', undefined, 'allow'],
+  ['another user reads', bob, 'runs.read', alicesRun, 'not_found'],
+  ['another user cancels', bob, 'runs.cancel', alicesRun, 'not_found'],
+  ['another user watches', bob, 'runs.watch', alicesRun, 'not_found'],
+  ['same user id in another tenant', alice, 'runs.read', aliceInGlobex, 'not_found'],
+  ['tenant admin reads', admin, 'runs.read', alicesRun, 'allow'],
+  ['tenant admin watches', admin, 'runs.watch', alicesRun, 'allow'],
+  ['tenant admin cannot cancel', admin, 'runs.cancel', alicesRun, 'not_found'],
+  ["another tenant's admin reads", otherAdmin, 'runs.read', alicesRun, 'not_found'],
+  ['credentials need runs:read', p('x', 'acme', ['runs:write']), 'nats.credentials', undefined, 'forbidden'],
+  ['no scopes at all', p('x', 'acme', []), 'runs.list', undefined, 'forbidden'],
+];
+
+test.each(table)('when %s, then %s', (_name, principal, action, resource, expected) => {
+  expect(authorize(principal, action, resource)).toBe(expected);
+});
