@@ -9,6 +9,9 @@ import { errorMiddleware, validationError } from './errors';
 import type { RunEventSource } from './events/source';
 import type { UserNatsCredentials } from './nats/credentials';
 import type { RunService } from './runs/service';
+import { createApiMetrics, type ApiMetrics } from './metrics';
+import { openApiDocument } from './openapi';
+import type { RateLimiter } from './rate-limit';
 
 export interface ReadinessCheck {
   name: string;
@@ -25,6 +28,10 @@ export interface AppDeps {
   events: RunEventSource;
   /** Mints a user's short-lived NATS credentials; absent when the account key is not configured. */
   natsCredentials?: { servers: string[]; mint(userId: string): Promise<UserNatsCredentials> };
+  /** Per-principal request limits; none when absent. */
+  rateLimiter?: RateLimiter;
+  /** Prometheus metrics; a private registry when absent. */
+  metrics?: ApiMetrics;
   /** SSE comment heartbeat interval. */
   sseHeartbeatMs?: number;
   logger: Logger;
@@ -42,6 +49,8 @@ const route =
 
 export function createApp(deps: AppDeps): express.Express {
   const app = express();
+  const metrics = deps.metrics ?? createApiMetrics({ defaultMetrics: false });
+  const openapi = JSON.stringify(openApiDocument());
   app.disable('x-powered-by');
   app.set('trust proxy', false);
 
@@ -52,6 +61,14 @@ export function createApp(deps: AppDeps): express.Express {
     res.setHeader('X-Request-Id', requestId);
     const started = Date.now();
     res.on('finish', () => {
+      // Route templates, never raw paths: ids must not explode label cardinality.
+      const template = req.route
+        ? `${req.baseUrl}${String((req.route as { path: string }).path)}`
+        : 'unmatched';
+      metrics.requests.inc({ method: req.method, route: template, status: String(res.statusCode) });
+      metrics.duration.observe({ method: req.method, route: template }, (Date.now() - started) / 1000);
+      if (res.statusCode === 401 || res.statusCode === 403)
+        metrics.authFailures.inc({ code: String(res.statusCode) });
       deps.logger.info(
         {
           event: 'http.request',
@@ -91,8 +108,33 @@ export function createApp(deps: AppDeps): express.Express {
     }),
   );
 
+  app.get('/openapi.json', (_req, res) => {
+    res.type('application/json').send(openapi);
+  });
+
+  app.get(
+    '/metrics',
+    route(async (_req, res) => {
+      res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+    }),
+  );
+
   const v1 = express.Router();
   v1.use(authenticate(deps.verifyToken));
+  if (deps.rateLimiter) {
+    const limiter = deps.rateLimiter;
+    v1.use((_req, res, next) => {
+      const p = principalOf(res);
+      const wait = limiter.take(`${p.tenant}/${p.userId}`);
+      if (wait === 0) return next();
+      metrics.rateLimited.inc();
+      next(
+        new AppError('rate_limited', `too many requests; retry in ${wait}s`, {
+          headers: { 'Retry-After': String(wait) },
+        }),
+      );
+    });
+  }
 
   v1.post(
     '/runs',

@@ -20,6 +20,10 @@ const algorithms = z
   );
 
 export const apiConfigSchema = z.object({
+  /** Sustained requests per minute per principal (tenant/user) on /v1; 0 turns limiting off. */
+  API_RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(0).default(600),
+  /** Requests a principal may send at once before the per-minute rate applies. */
+  API_RATE_LIMIT_BURST: z.coerce.number().int().min(1).default(60),
   /** Port the HTTP API listens on. */
   API_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
   /** Interface the HTTP API binds to. */

@@ -12,6 +12,8 @@ import { loadApiConfig } from './config';
 import { createJetStreamEventSource } from './events/source';
 import { mintUserCreds } from './nats/credentials';
 import { createTemporalRunService } from './runs/service';
+import { createApiMetrics } from './metrics';
+import { RateLimiter } from './rate-limit';
 
 async function main(): Promise<void> {
   const config = loadApiConfig(process.env);
@@ -36,6 +38,15 @@ async function main(): Promise<void> {
       : undefined;
     const app = createApp({
       events: createJetStreamEventSource(natsConn),
+      metrics: createApiMetrics(),
+      ...(config.API_RATE_LIMIT_PER_MINUTE > 0
+        ? {
+            rateLimiter: new RateLimiter({
+              perMinute: config.API_RATE_LIMIT_PER_MINUTE,
+              burst: config.API_RATE_LIMIT_BURST,
+            }),
+          }
+        : {}),
       ...(accountSeed
         ? {
             natsCredentials: {

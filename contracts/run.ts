@@ -117,35 +117,43 @@ export const VERIFIER_RESULTS = ['pass', 'fail', 'error', 'timeout'] as const;
 export type VerifierResult = (typeof VERIFIER_RESULTS)[number];
 
 /** What one command did in the sandbox; output is bounded to a tail. */
-export interface CommandOutcome {
-  exitCode: number;
-  timedOut: boolean;
-  durationMs: number;
+export const commandOutcomeSchema = z.object({
+  exitCode: z.number().int(),
+  timedOut: z.boolean(),
+  durationMs: z.number().int().nonnegative(),
   /** Last bytes of combined stdout/stderr (bounded). */
-  outputTail: string;
+  outputTail: z.string(),
   /** sha256 of the full output. */
-  outputSha256: string;
-  outputBytes: number;
-}
+  outputSha256: z.string(),
+  outputBytes: z.number().int().nonnegative(),
+});
+export type CommandOutcome = z.infer<typeof commandOutcomeSchema>;
 
 /** Result of one verifier in a run. */
-export interface VerifierOutcome extends CommandOutcome {
-  id: string;
-  result: VerifierResult;
-}
+export const verifierOutcomeSchema = commandOutcomeSchema.extend({
+  id: z.string(),
+  result: z.enum(VERIFIER_RESULTS),
+});
+export type VerifierOutcome = z.infer<typeof verifierOutcomeSchema>;
 
 /** A run in a listing (`GET /v1/runs`): from visibility, without per-run queries. */
-export interface RunSummary {
-  runId: string;
-  status: RunStatus;
-  tenant: string;
-  userId: string;
-  mood: Mood;
-  repo: string;
-  workItem: { id: string; description: string };
-  createdAt: string;
-  closedAt?: string;
-}
+export const runSummarySchema = z.object({
+  runId: z.string(),
+  status: runStatusSchema,
+  tenant: z.string(),
+  userId: z.string(),
+  mood: moodSchema,
+  repo: z.string(),
+  workItem: z.object({ id: z.string(), description: z.string() }),
+  createdAt: z.string(),
+  closedAt: z.string().optional(),
+});
+export type RunSummary = z.infer<typeof runSummarySchema>;
+
+export const runListPageSchema = z.object({
+  runs: z.array(runSummarySchema),
+  nextPageToken: z.string().optional(),
+});
 
 /** Query of `GET /v1/runs`. */
 export const runListQuerySchema = z
@@ -164,23 +172,24 @@ export const runListQuerySchema = z
   .strict();
 
 /** The run as the API reports it (`GET /v1/runs/:runId`). */
-export interface RunView {
-  runId: string;
-  status: RunStatus;
-  tenant: string;
-  userId: string;
-  mood: Mood;
-  repo: string;
-  baseRef: string;
-  workItem: { id: string; description: string; riskTier: string };
-  branch?: string;
-  commit?: string;
-  baseCommit?: string;
-  execution?: CommandOutcome;
-  verifiers: VerifierOutcome[];
-  createdAt: string;
-  startedAt?: string;
-  finishedAt?: string;
-  error?: { code: string; message: string };
-  events: { emitted: number; published: number };
-}
+export const runViewSchema = z.object({
+  runId: z.string(),
+  status: runStatusSchema,
+  tenant: z.string(),
+  userId: z.string(),
+  mood: moodSchema,
+  repo: z.string(),
+  baseRef: z.string(),
+  workItem: z.object({ id: z.string(), description: z.string(), riskTier: z.string() }),
+  branch: z.string().optional(),
+  commit: z.string().optional(),
+  baseCommit: z.string().optional(),
+  execution: commandOutcomeSchema.optional(),
+  verifiers: z.array(verifierOutcomeSchema),
+  createdAt: z.string(),
+  startedAt: z.string().optional(),
+  finishedAt: z.string().optional(),
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
+  events: z.object({ emitted: z.number().int(), published: z.number().int() }),
+});
+export type RunView = z.infer<typeof runViewSchema>;

@@ -82,7 +82,7 @@ export class TestIssuer {
       .setProtectedHeader(header as { alg: string })
       .setIssuer(this.url)
       .setAudience(opts.audience ?? 'choiros-api')
-      .setSubject('alice')
+      .setSubject(opts.claims?.sub ?? 'alice')
       .setIssuedAt();
     if (opts.exp !== null) jwt = jwt.setExpirationTime(opts.exp ?? '10m');
     if (opts.claims?.iss) jwt = jwt.setIssuer(opts.claims.iss);

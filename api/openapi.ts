@@ -1,0 +1,201 @@
+/**
+ * The OpenAPI 3.1 document of the HTTP API, generated from the same zod schemas the routes
+ * validate with and the responses are typed by (contracts/), so the two cannot drift apart.
+ */
+import { z } from 'zod';
+import {
+  ERROR_CODES,
+  runListPageSchema,
+  runListQuerySchema,
+  runRequestSchema,
+  runViewSchema,
+} from '../contracts';
+
+const json = (schema: z.ZodType, io: 'input' | 'output' = 'output'): Record<string, unknown> =>
+  z.toJSONSchema(schema, { target: 'draft-2020-12', io, unrepresentable: 'any' });
+
+const problemSchema = z.object({
+  type: z.string(),
+  title: z.string(),
+  status: z.number().int(),
+  code: z.enum(ERROR_CODES),
+  detail: z.string(),
+  instance: z.string().optional(),
+  errors: z.array(z.object({ field: z.string(), message: z.string() })).optional(),
+});
+
+const natsCredentialsSchema = z.object({
+  servers: z.array(z.string()),
+  user_id: z.string(),
+  subject_prefix: z.string(),
+  inbox_prefix: z.string(),
+  jwt: z.string(),
+  seed: z.string(),
+  creds: z.string(),
+  expires_at: z.string(),
+});
+
+const readinessSchema = z.object({
+  status: z.enum(['ready', 'not_ready']),
+  checks: z.record(z.string(), z.object({ ok: z.boolean(), error: z.string().optional() })),
+});
+
+const problems = (...statuses: number[]): Record<string, unknown> =>
+  Object.fromEntries(
+    statuses.map((s) => [
+      String(s),
+      {
+        description: `problem (${s})`,
+        content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } },
+      },
+    ]),
+  );
+const ok = (description: string, ref: string, status = '200'): Record<string, unknown> => ({
+  [status]: {
+    description,
+    content: { 'application/json': { schema: { $ref: `#/components/schemas/${ref}` } } },
+  },
+});
+const runIdParam = {
+  name: 'runId',
+  in: 'path',
+  required: true,
+  schema: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,64}$' },
+};
+
+function queryParams(schema: z.ZodObject): Record<string, unknown>[] {
+  const js = json(schema, 'input') as { properties?: Record<string, unknown>; required?: string[] };
+  return Object.entries(js.properties ?? {}).map(([name, s]) => ({
+    name,
+    in: 'query',
+    required: js.required?.includes(name) ?? false,
+    schema: s,
+  }));
+}
+
+/** Every documented route, as `METHOD /path` with `{param}` placeholders. */
+export function documentedRoutes(doc = openApiDocument()): string[] {
+  const paths = doc.paths as Record<string, Record<string, unknown>>;
+  return Object.entries(paths).flatMap(([path, ops]) =>
+    Object.keys(ops).map((m) => `${m.toUpperCase()} ${path}`),
+  );
+}
+
+export function openApiDocument(): Record<string, unknown> {
+  const secured = { security: [{ bearer: [] }] };
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'ChoirOS Orchestrator API',
+      version: '1',
+      description:
+        'Start, read, watch and cancel verified code runs. Errors are RFC 9457 problem+json with a stable `code`.',
+    },
+    components: {
+      securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' } },
+      schemas: {
+        RunRequest: json(runRequestSchema, 'input'),
+        RunView: json(runViewSchema),
+        RunListPage: json(runListPageSchema),
+        NatsCredentials: json(natsCredentialsSchema),
+        Readiness: json(readinessSchema),
+        Problem: json(problemSchema),
+      },
+    },
+    paths: {
+      '/healthz': { get: { summary: 'Liveness', responses: { '200': { description: 'the process runs' } } } },
+      '/readyz': {
+        get: {
+          summary: 'Readiness: Temporal and NATS reachable',
+          responses: {
+            ...ok('ready', 'Readiness'),
+            '503': {
+              description: 'not ready',
+              content: { 'application/json': { schema: { $ref: '#/components/schemas/Readiness' } } },
+            },
+          },
+        },
+      },
+      '/openapi.json': {
+        get: { summary: 'This document', responses: { '200': { description: 'OpenAPI 3.1' } } },
+      },
+      '/metrics': {
+        get: {
+          summary: 'Prometheus metrics',
+          responses: { '200': { description: 'text exposition format' } },
+        },
+      },
+      '/v1/runs': {
+        post: {
+          ...secured,
+          summary: 'Start a run (scope runs:write)',
+          parameters: [
+            {
+              name: 'Idempotency-Key',
+              in: 'header',
+              required: false,
+              schema: { type: 'string', pattern: '^[\\x21-\\x7e]{1,255}$' },
+            },
+          ],
+          requestBody: {
+            required: true,
+            content: { 'application/json': { schema: { $ref: '#/components/schemas/RunRequest' } } },
+          },
+          responses: {
+            ...ok('the run (same Idempotency-Key, same run)', 'RunView', '201'),
+            ...problems(400, 401, 403, 413, 415, 422, 429, 503),
+          },
+        },
+        get: {
+          ...secured,
+          summary: "List the caller's runs (tenant admins: their tenant's), newest first (scope runs:read)",
+          parameters: queryParams(runListQuerySchema),
+          responses: { ...ok('a page of runs', 'RunListPage'), ...problems(400, 401, 403, 429) },
+        },
+      },
+      '/v1/runs/{runId}': {
+        get: {
+          ...secured,
+          summary: 'Read a run (scope runs:read)',
+          parameters: [runIdParam],
+          responses: { ...ok('the run', 'RunView'), ...problems(400, 401, 403, 404, 429) },
+        },
+      },
+      '/v1/runs/{runId}/cancel': {
+        post: {
+          ...secured,
+          summary: 'Cancel a run; its sandbox is cleaned up (scope runs:write)',
+          parameters: [runIdParam],
+          responses: {
+            ...ok('cancellation requested', 'RunView', '202'),
+            ...problems(400, 401, 403, 404, 429),
+          },
+        },
+      },
+      '/v1/runs/{runId}/events': {
+        get: {
+          ...secured,
+          summary: "The run's events as server-sent events, resumable with Last-Event-ID (scope runs:read)",
+          parameters: [
+            runIdParam,
+            { name: 'Last-Event-ID', in: 'header', required: false, schema: { type: 'string' } },
+          ],
+          responses: {
+            '200': {
+              description: 'text/event-stream; id = event id, event = event type, data = envelope',
+              content: { 'text/event-stream': { schema: { type: 'string' } } },
+            },
+            ...problems(400, 401, 403, 404, 429),
+          },
+        },
+      },
+      '/v1/nats/credentials': {
+        post: {
+          ...secured,
+          summary: 'Short-lived NATS credentials: subscribe to your own prefix only (scope runs:read)',
+          responses: { ...ok('credentials', 'NatsCredentials'), ...problems(401, 403, 429, 503) },
+        },
+      },
+    },
+  };
+}
