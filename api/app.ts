@@ -2,7 +2,8 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { randomUUID } from 'node:crypto';
-import { AppError, idSchema, runListQuerySchema, runRequestSchema, type VerifierSpec } from '../contracts';
+import { AppError, idSchema, runListQuerySchema, type VerifierSpec } from '../contracts';
+import { checkIdempotencyKey, parseRunRequest } from './runs/validate';
 import { authenticate, principalOf, requireAction } from './auth/middleware';
 import type { TokenVerifier } from './auth/token-verifier';
 import { errorMiddleware, validationError } from './errors';
@@ -37,7 +38,6 @@ export interface AppDeps {
   logger: Logger;
 }
 
-const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
 const BODY_LIMIT = '256kb';
 
 type Handler = (req: Request, res: Response) => Promise<void>;
@@ -149,37 +149,9 @@ export function createApp(deps: AppDeps): express.Express {
     route(async (req, res) => {
       const principal = principalOf(res);
       const key = req.header('idempotency-key');
-      if (key !== undefined && !IDEMPOTENCY_KEY.test(key)) {
-        throw new AppError('validation_failed', 'Idempotency-Key must be 1-255 visible ASCII characters', {
-          errors: [{ field: 'Idempotency-Key', message: 'must be 1-255 visible ASCII characters' }],
-        });
-      }
-      const parsed = runRequestSchema.safeParse(req.body);
-      if (!parsed.success) throw validationError(parsed.error);
-      const unknown = parsed.data.workItem.requiredVerifiers.filter((id) => !deps.verifiers.get(id));
-      if (unknown.length > 0) {
-        throw new AppError('unknown_verifier', `unknown verifier id(s): ${unknown.join(', ')}`, {
-          errors: unknown.map((id) => ({
-            field: 'workItem.requiredVerifiers',
-            message: `unknown verifier ${id}`,
-          })),
-        });
-      }
-      if (parsed.data.workItem.requiredVerifiers.length === 0) {
-        throw new AppError(
-          'validation_failed',
-          'workItem.requiredVerifiers: at least one verifier is needed to verify a run',
-          {
-            errors: [
-              {
-                field: 'workItem.requiredVerifiers',
-                message: 'at least one verifier is needed to verify a run',
-              },
-            ],
-          },
-        );
-      }
-      const view = await deps.runs.start(principal, parsed.data, key);
+      checkIdempotencyKey(key);
+      const runRequest = parseRunRequest(req.body, deps.verifiers);
+      const view = await deps.runs.start(principal, runRequest, key);
       res.locals.runId = view.runId;
       res.status(201).location(`/v1/runs/${view.runId}`).json(view);
     }),

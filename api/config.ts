@@ -26,6 +26,10 @@ export const apiConfigSchema = z.object({
   API_RATE_LIMIT_BURST: z.coerce.number().int().min(1).default(60),
   /** Port the HTTP API listens on. */
   API_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  /** Port of the gRPC API (choiros.v1.Runs); 0 turns it off. */
+  GRPC_PORT: z.coerce.number().int().min(0).max(65535).default(9090),
+  /** Interface the gRPC API binds to. */
+  GRPC_HOST: z.string().min(1).default('127.0.0.1'),
   /** Interface the HTTP API binds to. */
   API_HOST: z.string().min(1).default('127.0.0.1'),
   /** Temporal frontend address (host:port). */

@@ -1,19 +1,23 @@
-/** API process entrypoint: loads config, connects to Temporal and NATS, listens, drains on SIGTERM/SIGINT. */
+/**
+ * API process entrypoint: loads config, connects to Temporal and NATS, serves HTTP and gRPC with
+ * the same verifier, policy, run service and limits, and drains on SIGTERM/SIGINT.
+ */
 import { readFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
+import type * as grpc from '@grpc/grpc-js';
 import { Client, Connection } from '@temporalio/client';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import pino from 'pino';
-import { readFile as readText } from 'node:fs/promises';
 import { parseVerifierFile } from '../contracts';
 import { createApp } from './app';
 import { createTokenVerifier } from './auth/token-verifier';
 import { loadApiConfig } from './config';
 import { createJetStreamEventSource } from './events/source';
-import { mintUserCreds } from './nats/credentials';
-import { createTemporalRunService } from './runs/service';
+import { createGrpcServer, listenGrpc } from './grpc/server';
 import { createApiMetrics } from './metrics';
+import { mintUserCreds } from './nats/credentials';
 import { RateLimiter } from './rate-limit';
+import { createTemporalRunService } from './runs/service';
 
 async function main(): Promise<void> {
   const config = loadApiConfig(process.env);
@@ -21,8 +25,10 @@ async function main(): Promise<void> {
   let connection: Connection | undefined;
   let nats: NatsConnection | undefined;
   let server: Server | undefined;
+  let grpcServer: grpc.Server | undefined;
   try {
     connection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
+    const temporalConn = connection;
     const client = new Client({ connection, namespace: config.TEMPORAL_NAMESPACE });
     nats = await connect({
       servers: config.NATS_URL.split(','),
@@ -31,22 +37,39 @@ async function main(): Promise<void> {
       maxReconnectAttempts: -1,
     });
     const natsConn = nats;
-    const temporalConn = connection;
-    const verifiers = parseVerifierFile(await readText(config.verifiersFile, 'utf8'), config.verifiersFile);
+    const verifiers = parseVerifierFile(await readFile(config.verifiersFile, 'utf8'), config.verifiersFile);
     const accountSeed = config.NATS_ACCOUNT_SEED_FILE
-      ? (await readText(config.NATS_ACCOUNT_SEED_FILE, 'utf8')).trim()
+      ? (await readFile(config.NATS_ACCOUNT_SEED_FILE, 'utf8')).trim()
       : undefined;
+    const verifyToken = createTokenVerifier({
+      issuers: [
+        { issuer: config.AUTH_ISSUER, audience: config.AUTH_AUDIENCE, jwksUrl: config.AUTH_JWKS_URL },
+        ...config.AUTH_EXTRA_ISSUERS,
+      ],
+      typ: config.AUTH_TOKEN_TYP,
+      jwksCooldownMs: config.AUTH_JWKS_COOLDOWN_SECONDS * 1000,
+      jwksMaxAgeMs: config.AUTH_JWKS_MAX_AGE_SECONDS * 1000,
+      onJwksError: (err) =>
+        logger.warn({ event: 'auth.jwks.error', err }, 'JWKS fetch failed; cached keys stay in use'),
+      algorithms: config.AUTH_ALGORITHMS,
+      clockToleranceSeconds: config.AUTH_CLOCK_TOLERANCE_SECONDS,
+      tenantClaim: config.AUTH_TENANT_CLAIM,
+      defaultTenant: config.AUTH_DEFAULT_TENANT,
+    });
+    const runs = createTemporalRunService({ client, logger });
+    const events = createJetStreamEventSource(natsConn);
+    const rateLimiter =
+      config.API_RATE_LIMIT_PER_MINUTE > 0
+        ? new RateLimiter({ perMinute: config.API_RATE_LIMIT_PER_MINUTE, burst: config.API_RATE_LIMIT_BURST })
+        : undefined;
+
     const app = createApp({
-      events: createJetStreamEventSource(natsConn),
+      verifyToken,
+      runs,
+      events,
+      verifiers,
       metrics: createApiMetrics(),
-      ...(config.API_RATE_LIMIT_PER_MINUTE > 0
-        ? {
-            rateLimiter: new RateLimiter({
-              perMinute: config.API_RATE_LIMIT_PER_MINUTE,
-              burst: config.API_RATE_LIMIT_BURST,
-            }),
-          }
-        : {}),
+      ...(rateLimiter ? { rateLimiter } : {}),
       ...(accountSeed
         ? {
             natsCredentials: {
@@ -56,23 +79,6 @@ async function main(): Promise<void> {
             },
           }
         : {}),
-      verifyToken: createTokenVerifier({
-        issuers: [
-          { issuer: config.AUTH_ISSUER, audience: config.AUTH_AUDIENCE, jwksUrl: config.AUTH_JWKS_URL },
-          ...config.AUTH_EXTRA_ISSUERS,
-        ],
-        typ: config.AUTH_TOKEN_TYP,
-        jwksCooldownMs: config.AUTH_JWKS_COOLDOWN_SECONDS * 1000,
-        jwksMaxAgeMs: config.AUTH_JWKS_MAX_AGE_SECONDS * 1000,
-        onJwksError: (err) =>
-          logger.warn({ event: 'auth.jwks.error', err }, 'JWKS fetch failed; cached keys stay in use'),
-        algorithms: config.AUTH_ALGORITHMS,
-        clockToleranceSeconds: config.AUTH_CLOCK_TOLERANCE_SECONDS,
-        tenantClaim: config.AUTH_TENANT_CLAIM,
-        defaultTenant: config.AUTH_DEFAULT_TENANT,
-      }),
-      runs: createTemporalRunService({ client, logger }),
-      verifiers,
       readiness: [
         {
           name: 'temporal',
@@ -96,13 +102,31 @@ async function main(): Promise<void> {
       listening.once('listening', () => resolve());
       listening.once('error', reject);
     });
+    if (config.GRPC_PORT > 0) {
+      grpcServer = createGrpcServer({
+        verifyToken,
+        runs,
+        events,
+        verifiers,
+        ...(rateLimiter ? { rateLimiter } : {}),
+        logger,
+      });
+      await listenGrpc(grpcServer, config.GRPC_HOST, config.GRPC_PORT);
+    }
     logger.info(
-      { event: 'api.started', port: config.API_PORT, host: config.API_HOST, issuer: config.AUTH_ISSUER },
+      {
+        event: 'api.started',
+        port: config.API_PORT,
+        host: config.API_HOST,
+        grpcPort: config.GRPC_PORT || null,
+        issuer: config.AUTH_ISSUER,
+      },
       'API listening',
     );
     await new Promise<void>((resolve) => {
       const stop = (signal: string): void => {
         logger.info({ event: 'api.shutdown', signal }, 'shutting down: draining connections');
+        grpcServer?.tryShutdown(() => undefined);
         listening.close(() => resolve());
         listening.closeIdleConnections();
       };
@@ -111,6 +135,7 @@ async function main(): Promise<void> {
     });
   } finally {
     server?.closeAllConnections();
+    grpcServer?.forceShutdown();
     await nats?.drain().catch(() => undefined);
     await connection?.close().catch(() => undefined);
   }

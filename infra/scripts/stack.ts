@@ -189,6 +189,7 @@ async function main(): Promise<void> {
       CHOIROS_SANDBOX_IMAGE: image,
     };
     const apiPort = envInt('API_PORT', 8080);
+    const grpcPort = envInt('GRPC_PORT', 9090);
     say('starting the worker');
     const worker = startProcess({
       name: 'worker',
@@ -214,6 +215,7 @@ async function main(): Promise<void> {
         ...(accountSeedFile ? { NATS_ACCOUNT_SEED_FILE: accountSeedFile } : {}),
         AUTH_ISSUER: authIssuer,
         API_PORT: String(apiPort),
+        GRPC_PORT: String(grpcPort),
       },
     });
     started.push(api);
@@ -238,6 +240,7 @@ async function main(): Promise<void> {
     if (temporalUi) process.stdout.write(`TEMPORAL_UI_URL=${temporalUi}\n`);
     process.stdout.write(`TEMPORAL_ADDRESS=${temporalAddress}\n`);
     process.stdout.write(`NATS_URL=${natsUrl}\n`);
+    process.stdout.write(`GRPC_ADDRESS=127.0.0.1:${grpcPort}\n`);
     if (devToken) process.stdout.write(`DEV_TOKEN=${devToken}\n`);
     say(
       'try: curl -s -X POST "$API_URL/v1/runs" -H "Authorization: Bearer $DEV_TOKEN" -H "Content-Type: application/json" -d @request.json',

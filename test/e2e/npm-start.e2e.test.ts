@@ -40,6 +40,7 @@ test('when a user runs npm start, then the stack serves a run end to end and Ctr
     CHOIROS_NATS_PORT: await freePort(),
     CHOIROS_DEV_ISSUER_PORT: await freePort(),
     API_PORT: await freePort(),
+    GRPC_PORT: await freePort(),
   };
   const childEnv: NodeJS.ProcessEnv = { ...process.env, CHOIROS_DATA_DIR: dataDir };
   for (const [k, v] of Object.entries(ports)) childEnv[k] = String(v);

@@ -3,14 +3,13 @@
  * rotation without restart, the refetch cooldown under a flood of unknown kids, and cached keys
  * while the JWKS endpoint is down. Driven through the Express app, as clients see it.
  */
-import { sign, type KeyObject } from 'node:crypto';
 import pino from 'pino';
 import request from 'supertest';
-import { SignJWT, base64url } from 'jose';
 import { AppError, VerifierCatalog, type RunView } from '../../contracts';
 import { createApp } from '../../api/app';
 import { createTokenVerifier, type TokenVerifier } from '../../api/auth/token-verifier';
 import type { RunService } from '../../api/runs/service';
+import { badTokenCases } from '../helpers/bad-tokens';
 import { TestIssuer, makeKey, type TestKey } from '../helpers/jwks-server';
 
 const logger = pino({ level: 'silent' });
@@ -72,68 +71,7 @@ afterAll(async () => {
 });
 
 describe('the bad-token table', () => {
-  const now = () => Math.floor(Date.now() / 1000);
-  const cases: [string, () => Promise<string>][] = [
-    [
-      'alg none',
-      async () =>
-        `${base64url.encode(JSON.stringify({ alg: 'none', kid: es.kid }))}.${base64url.encode(JSON.stringify({ sub: 'alice', iss: issuer.url, aud: 'choiros-api', exp: now() + 600 }))}.`,
-    ],
-    ['no exp', () => issuer.sign(es, { exp: null })],
-    [
-      'unknown crit header',
-      async () => {
-        // jose refuses to sign with an unknown crit, so sign by hand (ES256 = P-256 + SHA-256, IEEE P1363).
-        const header = base64url.encode(
-          JSON.stringify({ alg: 'ES256', kid: es.kid, crit: ['x-choiros'], 'x-choiros': true }),
-        );
-        const body = base64url.encode(
-          JSON.stringify({
-            sub: 'alice',
-            tenant: 'acme',
-            scope: 'runs:read',
-            iss: issuer.url,
-            aud: 'choiros-api',
-            exp: now() + 600,
-          }),
-        );
-        const sig = sign('sha256', Buffer.from(`${header}.${body}`), {
-          key: es.privateKey as KeyObject,
-          dsaEncoding: 'ieee-p1363',
-        });
-        return `${header}.${body}.${base64url.encode(sig)}`;
-      },
-    ],
-    [
-      'HS256 signed with the RSA public key',
-      async () => {
-        const secret = new TextEncoder().encode(JSON.stringify(rs.publicJwk));
-        return new SignJWT({ tenant: 'acme', scope: 'runs:read' })
-          .setProtectedHeader({ alg: 'HS256', kid: rs.kid })
-          .setIssuer(issuer.url)
-          .setAudience('choiros-api')
-          .setSubject('alice')
-          .setExpirationTime('10m')
-          .sign(secret);
-      },
-    ],
-    ['expired', () => issuer.sign(es, { exp: now() - 120 })],
-    ['nbf in the future beyond tolerance', () => issuer.sign(es, { claims: { nbf: now() + 300 } })],
-    ['wrong iss', () => issuer.sign(es, { claims: { iss: 'http://127.0.0.1:1/other' } })],
-    ['wrong aud', () => issuer.sign(es, { audience: 'someone-else' })],
-    ['missing kid', () => issuer.sign(es, { kid: null })],
-    ['unknown kid', () => issuer.sign(es, { kid: 'not-a-published-kid' })],
-    [
-      'tampered payload',
-      async () => {
-        const [h, p, s] = (await issuer.sign(es)).split('.');
-        const claims = JSON.parse(new TextDecoder().decode(base64url.decode(p!))) as Record<string, unknown>;
-        return [h, base64url.encode(JSON.stringify({ ...claims, sub: 'mallory' })), s].join('.');
-      },
-    ],
-    ['malformed base64', async () => 'eyJ!!!.###.$$$'],
-    ['oversized token', async () => `${await issuer.sign(es)}${'A'.repeat(9000)}`],
-  ];
+  const cases = badTokenCases(() => ({ issuer, es, rs }));
 
   test.each([
     ['ES256', () => es],

@@ -1,0 +1,273 @@
+/**
+ * The gRPC front end (`choiros.v1.Runs`, contracts/proto/choiros/v1/runs.proto): the same token
+ * verification, rate limits, validation, run service and policy as the HTTP API; errors map to
+ * the matching gRPC status, with the stable error code in the `choiros-error-code` trailer.
+ */
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import type { Logger } from 'pino';
+import {
+  AppError,
+  idSchema,
+  runListQuerySchema,
+  type ErrorCode,
+  type Principal,
+  type RunSummary,
+  type RunView,
+  type VerifierSpec,
+} from '../../contracts';
+import { MAX_TOKEN_LENGTH, type TokenVerifier } from '../auth/token-verifier';
+import { REQUIRED_SCOPE, authorize, type Action } from '../auth/policy';
+import { validationError } from '../errors';
+import type { RunEventSource } from '../events/source';
+import type { RateLimiter } from '../rate-limit';
+import type { RunService } from '../runs/service';
+import { checkIdempotencyKey, parseRunRequest } from '../runs/validate';
+
+export const PROTO_FILE = join(__dirname, '../../contracts/proto/choiros/v1/runs.proto');
+
+export interface GrpcDeps {
+  verifyToken: TokenVerifier;
+  runs: RunService;
+  events: RunEventSource;
+  verifiers: { get(id: string): VerifierSpec | undefined };
+  rateLimiter?: RateLimiter;
+  logger: Logger;
+}
+
+const STATUS_BY_CODE: Partial<Record<ErrorCode, grpc.status>> = {
+  validation_failed: grpc.status.INVALID_ARGUMENT,
+  unknown_verifier: grpc.status.INVALID_ARGUMENT,
+  unauthenticated: grpc.status.UNAUTHENTICATED,
+  forbidden: grpc.status.PERMISSION_DENIED,
+  not_found: grpc.status.NOT_FOUND,
+  conflict: grpc.status.ALREADY_EXISTS,
+  idempotency_key_reused: grpc.status.FAILED_PRECONDITION,
+  rate_limited: grpc.status.RESOURCE_EXHAUSTED,
+  payload_too_large: grpc.status.RESOURCE_EXHAUSTED,
+  service_unavailable: grpc.status.UNAVAILABLE,
+};
+
+/** Loads the service definition (keepCase: field names as in the .proto). */
+export function loadRunsService(): grpc.ServiceDefinition {
+  const def = protoLoader.loadSync(PROTO_FILE, {
+    keepCase: true,
+    longs: Number,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  });
+  const pkg = grpc.loadPackageDefinition(def) as unknown as {
+    choiros: { v1: { Runs: grpc.ServiceClientConstructor } };
+  };
+  return pkg.choiros.v1.Runs.service;
+}
+
+function toServiceError(err: unknown, logger: Logger): Partial<grpc.ServiceError> {
+  const metadata = new grpc.Metadata();
+  if (err instanceof AppError) {
+    metadata.set('choiros-error-code', err.code);
+    const retry = err.options.headers?.['Retry-After'];
+    if (retry) metadata.set('retry-after', retry);
+    const detail = err.options.errors?.length ? `${err.message}` : err.message;
+    return { code: STATUS_BY_CODE[err.code] ?? grpc.status.INTERNAL, details: detail, metadata };
+  }
+  logger.error({ err }, 'unhandled gRPC error');
+  metadata.set('choiros-error-code', 'internal');
+  return { code: grpc.status.INTERNAL, details: 'an internal error occurred', metadata };
+}
+
+const str = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : undefined);
+
+function runToProto(v: RunView): Record<string, unknown> {
+  const outcome = (o: RunView['execution']) =>
+    o && {
+      exit_code: o.exitCode,
+      timed_out: o.timedOut,
+      duration_ms: o.durationMs,
+      output_tail: o.outputTail,
+      output_sha256: o.outputSha256,
+      output_bytes: o.outputBytes,
+    };
+  return {
+    run_id: v.runId,
+    status: v.status,
+    tenant: v.tenant,
+    user_id: v.userId,
+    mood: v.mood,
+    repo: v.repo,
+    base_ref: v.baseRef,
+    work_item_id: v.workItem.id,
+    description: v.workItem.description,
+    risk_tier: v.workItem.riskTier,
+    branch: v.branch ?? '',
+    commit: v.commit ?? '',
+    base_commit: v.baseCommit ?? '',
+    execution: outcome(v.execution),
+    verifiers: v.verifiers.map((x) => ({ id: x.id, result: x.result, outcome: outcome(x) })),
+    created_at: v.createdAt,
+    started_at: v.startedAt ?? '',
+    finished_at: v.finishedAt ?? '',
+    error: v.error,
+    events_emitted: v.events.emitted,
+    events_published: v.events.published,
+  };
+}
+
+function summaryToProto(s: RunSummary): Record<string, unknown> {
+  return {
+    run_id: s.runId,
+    status: s.status,
+    tenant: s.tenant,
+    user_id: s.userId,
+    mood: s.mood,
+    repo: s.repo,
+    work_item_id: s.workItem.id,
+    description: s.workItem.description,
+    created_at: s.createdAt,
+    closed_at: s.closedAt ?? '',
+  };
+}
+
+function parseRunId(raw: unknown): string {
+  const r = idSchema.safeParse(raw);
+  if (!r.success) throw validationError(r.error, 'run_id');
+  return r.data;
+}
+
+export function createGrpcServer(deps: GrpcDeps): grpc.Server {
+  const { logger } = deps;
+
+  /** Authenticates from metadata, applies the rate limit and the action's scope. */
+  const principalFor = async (metadata: grpc.Metadata, action: Action): Promise<Principal> => {
+    const header = metadata.get('authorization')[0];
+    const value = typeof header === 'string' ? header : '';
+    const match = value.length <= MAX_TOKEN_LENGTH + 7 ? /^Bearer ([A-Za-z0-9._~+/=-]+)$/.exec(value) : null;
+    if (!match?.[1]) throw new AppError('unauthenticated', 'the access token is missing, invalid or expired');
+    const principal = await deps.verifyToken(match[1]);
+    const wait = deps.rateLimiter?.take(`${principal.tenant}/${principal.userId}`) ?? 0;
+    if (wait > 0)
+      throw new AppError('rate_limited', `too many requests; retry in ${wait}s`, {
+        headers: { 'Retry-After': String(wait) },
+      });
+    if (authorize(principal, action) === 'forbidden')
+      throw new AppError('forbidden', `this operation needs the ${REQUIRED_SCOPE[action]} scope`);
+    return principal;
+  };
+
+  const unary =
+    <Req, Res>(name: string, fn: (req: Req, metadata: grpc.Metadata) => Promise<Res>) =>
+    (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>): void => {
+      const started = Date.now();
+      fn(call.request, call.metadata).then(
+        (res) => {
+          logger.info({ event: 'grpc.request', method: name, ms: Date.now() - started }, 'gRPC request');
+          callback(null, res);
+        },
+        (err: unknown) => {
+          const e = toServiceError(err, logger);
+          logger.info(
+            { event: 'grpc.request', method: name, status: e.code, ms: Date.now() - started },
+            'gRPC request',
+          );
+          callback(e, null);
+        },
+      );
+    };
+
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 256 * 1024 });
+  server.addService(loadRunsService(), {
+    StartRun: unary(
+      'StartRun',
+      async (
+        req: {
+          request?: { repo?: string; base_ref?: string; mood?: string; work_item?: Record<string, unknown> };
+          idempotency_key?: string;
+        },
+        md,
+      ) => {
+        const principal = await principalFor(md, 'runs.start');
+        const key = str(req.idempotency_key);
+        checkIdempotencyKey(key);
+        const r = req.request ?? {};
+        const wi = r.work_item ?? {};
+        const body = {
+          repo: r.repo,
+          ...(str(r.base_ref) ? { baseRef: r.base_ref } : {}),
+          ...(str(r.mood) ? { mood: r.mood } : {}),
+          workItem: {
+            ...(str(wi.id) ? { id: wi.id } : {}),
+            description: wi.description,
+            execute: wi.execute,
+            requiredVerifiers: wi.required_verifiers,
+            ...(str(wi.risk_tier) ? { riskTier: wi.risk_tier } : {}),
+            acceptanceCriteria: wi.acceptance_criteria,
+          },
+        };
+        return runToProto(await deps.runs.start(principal, parseRunRequest(body, deps.verifiers), key));
+      },
+    ),
+    GetRun: unary('GetRun', async (req: { run_id?: string }, md) => {
+      const principal = await principalFor(md, 'runs.read');
+      return runToProto(await deps.runs.get(principal, parseRunId(req.run_id), 'runs.read'));
+    }),
+    CancelRun: unary('CancelRun', async (req: { run_id?: string }, md) => {
+      const principal = await principalFor(md, 'runs.cancel');
+      return runToProto(await deps.runs.cancel(principal, parseRunId(req.run_id)));
+    }),
+    ListRuns: unary(
+      'ListRuns',
+      async (req: { status?: string; page_size?: number; page_token?: string; user_id?: string }, md) => {
+        const principal = await principalFor(md, 'runs.list');
+        const q = runListQuerySchema.safeParse({
+          ...(str(req.status) ? { status: req.status } : {}),
+          ...(req.page_size ? { pageSize: req.page_size } : {}),
+          ...(str(req.page_token) ? { pageToken: req.page_token } : {}),
+          ...(str(req.user_id) ? { userId: req.user_id } : {}),
+        });
+        if (!q.success) throw validationError(q.error);
+        const page = await deps.runs.list(principal, q.data);
+        return { runs: page.runs.map(summaryToProto), next_page_token: page.nextPageToken ?? '' };
+      },
+    ),
+    WatchRun: (call: grpc.ServerWritableStream<{ run_id?: string; after_seq?: number }, unknown>) => {
+      const abort = new AbortController();
+      call.on('cancelled', () => abort.abort());
+      void (async () => {
+        try {
+          const principal = await principalFor(call.metadata, 'runs.watch');
+          const runId = parseRunId(call.request.run_id);
+          await deps.runs.get(principal, runId, 'runs.watch');
+          for await (const e of deps.events.stream(
+            principal.userId,
+            runId,
+            Math.max(0, call.request.after_seq ?? 0),
+            abort.signal,
+          )) {
+            call.write({
+              ...e,
+              work_item_id: e.work_item_id ?? '',
+              payload_json: JSON.stringify(e.payload),
+              payload: undefined,
+            });
+          }
+          call.end();
+        } catch (err) {
+          // grpc-js ends a server stream with a status by emitting it as an error.
+          if (!abort.signal.aborted) call.emit('error', toServiceError(err, logger));
+        }
+      })();
+    },
+  });
+  return server;
+}
+
+/** Binds on host:port (plaintext; terminate TLS in front, as for HTTP) and returns the bound port. */
+export function listenGrpc(server: grpc.Server, host: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, bound) =>
+      err ? reject(err) : resolve(bound),
+    );
+  });
+}

@@ -1,0 +1,66 @@
+/** A promise-friendly client of `choiros.v1.Runs` for tests. */
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { PROTO_FILE } from '../../api/grpc/server';
+
+type Unary = (
+  req: unknown,
+  md: grpc.Metadata,
+  cb: (err: grpc.ServiceError | null, res: unknown) => void,
+) => void;
+
+export interface RunsClient {
+  call<T = Record<string, unknown>>(
+    method: 'StartRun' | 'GetRun' | 'ListRuns' | 'CancelRun',
+    req: unknown,
+    token?: string,
+  ): Promise<T>;
+  watch(req: { run_id: string; after_seq?: number }, token?: string): Promise<Record<string, unknown>[]>;
+  close(): void;
+}
+
+export function runsClient(address: string): RunsClient {
+  const def = protoLoader.loadSync(PROTO_FILE, {
+    keepCase: true,
+    longs: Number,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  });
+  const pkg = grpc.loadPackageDefinition(def) as unknown as {
+    choiros: { v1: { Runs: grpc.ServiceClientConstructor } };
+  };
+  const client = new pkg.choiros.v1.Runs(
+    address,
+    grpc.credentials.createInsecure(),
+  ) as unknown as grpc.Client & Record<string, Unary>;
+  const md = (token?: string): grpc.Metadata => {
+    const m = new grpc.Metadata();
+    if (token !== undefined) m.set('authorization', `Bearer ${token}`);
+    return m;
+  };
+  return {
+    call<T>(method: string, req: unknown, token?: string): Promise<T> {
+      return new Promise((resolve, reject) => {
+        const fn = client[method] as Unary;
+        fn.call(client, req, md(token), (err, res) => (err ? reject(err) : resolve(res as T)));
+      });
+    },
+    watch(req, token) {
+      return new Promise((resolve, reject) => {
+        const out: Record<string, unknown>[] = [];
+        const stream = (
+          client as unknown as {
+            WatchRun: (r: unknown, m: grpc.Metadata) => grpc.ClientReadableStream<Record<string, unknown>>;
+          }
+        ).WatchRun(req, md(token));
+        stream.on('data', (d: Record<string, unknown>) => out.push(d));
+        stream.on('end', () => resolve(out));
+        stream.on('error', reject);
+      });
+    },
+    close() {
+      client.close();
+    },
+  };
+}
