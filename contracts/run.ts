@@ -111,6 +111,8 @@ export interface RunWorkflowInput {
   requestHash: string;
   /** Epoch ms when the API accepted the request. */
   requestedAt: number;
+  /** The verified token that started the run (scopes and token id), for audit. */
+  startedBy?: { scopes: string[]; tokenId?: string };
 }
 
 export const VERIFIER_RESULTS = ['pass', 'fail', 'error', 'timeout'] as const;

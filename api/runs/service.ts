@@ -62,6 +62,8 @@ export function deriveRunId(tenant: string, userId: string, idempotencyKey: stri
 interface RunMemo {
   requestHash: string;
   requestedAt: number;
+  /** Token id (jti) of the request that started the run. */
+  startedByTokenId?: string;
   summary: {
     repo: string;
     baseRef: string;
@@ -271,10 +273,12 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
       request: { ...request, workItem },
       requestHash,
       requestedAt,
+      startedBy: { scopes: principal.scopes, ...(principal.tokenId ? { tokenId: principal.tokenId } : {}) },
     };
     const memo: RunMemo = {
       requestHash,
       requestedAt,
+      ...(principal.tokenId ? { startedByTokenId: principal.tokenId } : {}),
       summary: {
         repo: request.repo,
         baseRef: request.baseRef,

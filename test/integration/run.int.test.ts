@@ -203,6 +203,8 @@ describe('a run through the API', () => {
     expect(desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.runStatus)).toBe('committed');
     expect(desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.mood)).toBe('CALM');
     expect(desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.repo)).toBe(repo.path);
+    // The verified identity travels with the work: token id in the memo, scopes in the input.
+    expect(desc.memo?.startedByTokenId).toEqual(expect.stringMatching(/^[0-9a-f-]{36}$/));
     const found = await poll(
       async () => {
         const ids: string[] = [];
