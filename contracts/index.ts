@@ -7,3 +7,6 @@ export * from './events';
 export * from './verifiers';
 export * from './workflow-defs';
 export * from './canonical';
+export * from './sha256';
+export * from './glob';
+export * from './verifier-plan';
