@@ -10,3 +10,4 @@ export * from './canonical';
 export * from './sha256';
 export * from './glob';
 export * from './verifier-plan';
+export * from './verdict';

@@ -126,12 +126,35 @@ export interface CommandOutcome {
   /** sha256 of the full output. */
   outputSha256: string;
   outputBytes: number;
+  /** The kernel's OOM killer ended the command (memory limit). */
+  oomKilled?: boolean;
+  /** The output as stored in the artifact store (at most CHOIROS_MAX_LOG_BYTES of it). */
+  log?: StoredLog;
+}
+
+/** Where a command's output went: an artifact named by its sha256. */
+export interface StoredLog {
+  digest: string;
+  /** Bytes stored (≤ the bound). */
+  bytes: number;
+  /** True when the output exceeded the bound and only its head was stored. */
+  truncated: boolean;
 }
 
 /** Result of one verifier in a run. */
 export interface VerifierOutcome extends CommandOutcome {
   id: string;
   result: VerifierResult;
+  /** Digest of the verifier report (canonical JSON) in the artifact store; `npm run verdict -- <digest>` re-checks it. */
+  reportDigest?: string;
+}
+
+/** The verifier plan a run used (see verifier-plan.ts). */
+export interface RunPlanView {
+  planId: string;
+  verifierIds: string[];
+  unknownRequired: string[];
+  touchedPaths: string[];
 }
 
 /** The run as the API reports it (`GET /v1/runs/:runId`). */
@@ -148,6 +171,7 @@ export interface RunView {
   commit?: string;
   baseCommit?: string;
   execution?: CommandOutcome;
+  plan?: RunPlanView;
   verifiers: VerifierOutcome[];
   createdAt: string;
   startedAt?: string;

@@ -1,6 +1,6 @@
 /** Worker configuration: parsed once from the environment at start, with a default and a doc line per key. */
 import { hostname } from 'node:os';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { z } from 'zod';
 
 const hostIdDefault = (): string =>
@@ -19,6 +19,15 @@ export const workerConfigSchema = z.object({
   NATS_CREDS: z.string().optional(),
   /** Directory for worktrees and other worker state. */
   CHOIROS_DATA_DIR: z.string().min(1).default('.data'),
+  /** Content-addressed artifact store (command logs, verifier reports); default `<CHOIROS_DATA_DIR>/artifacts`. */
+  CHOIROS_ARTIFACTS_DIR: z.string().min(1).optional(),
+  /** Bytes of one command's output kept in the artifact store; beyond it output is hashed and counted only. */
+  CHOIROS_MAX_LOG_BYTES: z.coerce
+    .number()
+    .int()
+    .min(1024)
+    .max(1024 * 1024 * 1024)
+    .default(64 * 1024 * 1024),
   /** The verifier allow-list (YAML). Platform configuration, never read from a run's worktree. */
   CHOIROS_VERIFIERS_FILE: z.string().min(1).default('infra/verifiers.yaml'),
   /** Image sandboxes run in. */
@@ -51,7 +60,11 @@ export const workerConfigSchema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });
 
-export type WorkerConfig = z.output<typeof workerConfigSchema> & { dataDir: string; verifiersFile: string };
+export type WorkerConfig = z.output<typeof workerConfigSchema> & {
+  dataDir: string;
+  verifiersFile: string;
+  artifactsDir: string;
+};
 
 /** Parses the environment; throws one message listing every bad variable. */
 export function loadWorkerConfig(env: NodeJS.ProcessEnv): WorkerConfig {
@@ -60,9 +73,11 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv): WorkerConfig {
     const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
     throw new Error(`invalid worker configuration:\n${lines.join('\n')}`);
   }
+  const dataDir = resolve(parsed.data.CHOIROS_DATA_DIR);
   return {
     ...parsed.data,
-    dataDir: resolve(parsed.data.CHOIROS_DATA_DIR),
+    dataDir,
+    artifactsDir: resolve(parsed.data.CHOIROS_ARTIFACTS_DIR ?? join(dataDir, 'artifacts')),
     verifiersFile: resolve(parsed.data.CHOIROS_VERIFIERS_FILE),
   };
 }

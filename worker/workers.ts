@@ -6,6 +6,7 @@ import type { NatsConnection } from 'nats';
 import type { Logger } from 'pino';
 import { TASK_QUEUES, hostSandboxQueue } from '../contracts';
 import { createEventActivities, ensureEventStream } from '../activities/events/publisher';
+import { LocalArtifactStore } from '../activities/artifacts/local-store';
 import { createSandboxActivities } from '../activities/sandbox/activities';
 import { DockerSandboxDriver } from '../activities/sandbox/docker-driver';
 import { loadVerifierCatalog } from '../activities/verifiers/catalog';
@@ -54,6 +55,8 @@ export async function createWorkerSet(opts: {
     hostQueue,
     image: config.CHOIROS_SANDBOX_IMAGE,
     sandboxUser: config.CHOIROS_SANDBOX_USER,
+    artifacts: new LocalArtifactStore(config.artifactsDir),
+    maxLogBytes: config.CHOIROS_MAX_LOG_BYTES,
     logger: logger.child({ component: 'sandbox' }),
   });
   const eventActivities = createEventActivities({

@@ -1,4 +1,5 @@
 /** Docker sandbox driver (dockerode): locked-down containers, argv only, bounded output, hard timeouts. */
+import type { Writable } from 'node:stream';
 import type Docker from 'dockerode';
 import { ApplicationFailure } from '@temporalio/common';
 import type { CommandOutcome } from '../../contracts';
@@ -128,15 +129,48 @@ export class DockerSandboxDriver implements SandboxDriver {
     });
     const stream = await exec.start({ hijack: true, stdin: false });
     const output = new BoundedOutput();
-    const sink = output.writable();
+    const sink = output.writable(opts.output);
     this.docker.modem.demuxStream(stream, sink, sink);
     // A timed-out or cancelled command takes its whole container down: nothing keeps running.
     const killContainer = async (): Promise<void> => {
       await container.kill().catch(() => undefined);
     };
-    const result = await this.supervise(stream, output, opts, killContainer);
+    const result = await this.supervise(stream, sink, output, opts, killContainer);
     const inspected = await exec.inspect();
-    return { ...result, exitCode: result.timedOut ? 124 : (inspected.ExitCode ?? 137) };
+    const exitCode = result.timedOut ? 124 : (inspected.ExitCode ?? 137);
+    // Docker 20.10 sets State.OOMKilled only when PID 1 dies; an exec'd process killed by the
+    // OOM killer shows up in the container's cgroup counter instead.
+    const oomKilled = exitCode === 137 && !result.timedOut ? await this.cgroupOomKills(name) : 0;
+    return { ...result, exitCode, ...(oomKilled > 0 ? { oomKilled: true } : {}) };
+  }
+
+  /** Number of OOM kills in a running container's memory cgroup (v2 `memory.events` or v1 `memory.oom_control`). */
+  private async cgroupOomKills(name: string): Promise<number> {
+    const probe = new BoundedOutput(4096);
+    try {
+      const exec = await this.docker.getContainer(name).exec({
+        Cmd: [
+          'sh',
+          '-c',
+          'cat /sys/fs/cgroup/memory.events 2>/dev/null || cat /sys/fs/cgroup/memory/memory.oom_control',
+        ],
+        AttachStdout: true,
+        AttachStderr: false,
+        User: this.opts.user,
+      });
+      const stream = await exec.start({ hijack: true, stdin: false });
+      const sink = probe.writable();
+      this.docker.modem.demuxStream(stream, sink, sink);
+      await new Promise<void>((resolve) => {
+        stream.on('end', resolve);
+        stream.on('close', resolve);
+        stream.on('error', () => resolve());
+      });
+    } catch {
+      return 0;
+    }
+    const m = /^oom_kill (\d+)$/m.exec(probe.finish().outputTail);
+    return m ? Number(m[1]) : 0;
   }
 
   async runVerifier(
@@ -158,15 +192,20 @@ export class DockerSandboxDriver implements SandboxDriver {
     try {
       const stream = await container.attach({ stream: true, stdout: true, stderr: true });
       const output = new BoundedOutput();
-      const sink = output.writable();
+      const sink = output.writable(opts.output);
       this.docker.modem.demuxStream(stream, sink, sink);
       await container.start();
       const kill = async (): Promise<void> => {
         await container.kill().catch(() => undefined);
       };
-      const result = await this.supervise(stream, output, opts, kill);
+      const result = await this.supervise(stream, sink, output, opts, kill);
       const waited = (await container.wait()) as { StatusCode?: number };
-      return { ...result, exitCode: result.timedOut ? 124 : (waited.StatusCode ?? 137) };
+      const state = (await container.inspect()).State;
+      return {
+        ...result,
+        exitCode: result.timedOut ? 124 : (waited.StatusCode ?? 137),
+        ...(state.OOMKilled && !result.timedOut ? { oomKilled: true } : {}),
+      };
     } finally {
       await container.remove({ force: true }).catch(() => undefined);
     }
@@ -185,6 +224,7 @@ export class DockerSandboxDriver implements SandboxDriver {
   /** Waits for the output stream to end, enforcing the timeout and cancellation, reporting progress. */
   private async supervise(
     stream: NodeJS.ReadableStream,
+    sink: Writable,
     output: BoundedOutput,
     opts: CommandOptions,
     kill: () => Promise<void>,
@@ -214,6 +254,8 @@ export class DockerSandboxDriver implements SandboxDriver {
       clearInterval(progress);
       opts.signal?.removeEventListener('abort', onAbort);
     }
+    // Every demultiplexed chunk has reached the capture (and the tee) before it is summarised.
+    await new Promise<void>((resolve) => sink.end(() => resolve()));
     if (opts.signal?.aborted) throw opts.signal.reason ?? new Error('cancelled');
     return { timedOut, durationMs: Date.now() - started, ...output.finish() };
   }

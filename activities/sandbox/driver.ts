@@ -1,4 +1,5 @@
 /** The sandbox driver interface: what the run activities need from an isolation technology. */
+import type { Writable } from 'node:stream';
 import type { CommandOutcome } from '../../contracts';
 
 /** Labels put on every container the platform creates, so a sweeper can find orphans. */
@@ -16,6 +17,8 @@ export interface CommandOptions {
   onProgress?: (p: { outputBytes: number; elapsedMs: number }) => void;
   /** Aborting kills the command and its container. */
   signal?: AbortSignal;
+  /** Receives the full combined output as it arrives (e.g. an artifact writer); ended by the caller. */
+  output?: Writable;
 }
 
 export interface SandboxDriver {

@@ -114,3 +114,14 @@ export async function listWorktrees(repo: string): Promise<string[]> {
     .filter((l) => l.startsWith('worktree '))
     .map((l) => l.slice('worktree '.length));
 }
+
+/**
+ * Repository-relative paths a worktree changed against its HEAD: modified, added, deleted, both
+ * sides of a rename, and untracked files that are not ignored (what a commit would take).
+ */
+export async function touchedPaths(worktree: string): Promise<string[]> {
+  const opts = { cwd: worktree, safeDirs: [worktree] };
+  const changed = (await git(['diff', '--name-only', '--no-renames', '-z', 'HEAD', '--'], opts)).stdout;
+  const untracked = (await git(['ls-files', '--others', '--exclude-standard', '-z', '--'], opts)).stdout;
+  return [...new Set([...changed.split('\0'), ...untracked.split('\0')].filter(Boolean))].sort();
+}

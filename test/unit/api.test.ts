@@ -81,7 +81,15 @@ beforeAll(async () => {
     }),
     runs: fakeRuns,
     verifiers: new VerifierCatalog([
-      { id: 'V-1', description: 'one', argv: ['true'], timeoutSeconds: 10, scopes: [], moods: [], artifacts: [] },
+      {
+        id: 'V-1',
+        description: 'one',
+        argv: ['true'],
+        timeoutSeconds: 10,
+        scopes: [],
+        moods: [],
+        artifacts: [],
+      },
     ]),
     readiness: [],
     logger,
