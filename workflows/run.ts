@@ -187,7 +187,12 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
           reasons: plan.reasons,
           touched_paths: plan.touchedPaths,
         });
-        verifierIds = [...plan.verifierIds, ...plan.unknownRequired];
+        // Required ids keep the order the request gave them (the run view lists verifiers in it).
+        const required = new Set(workItem.requiredVerifiers);
+        verifierIds = [
+          ...new Set(workItem.requiredVerifiers),
+          ...plan.verifierIds.filter((id) => !required.has(id)),
+        ];
       }
       const outcomes: VerifierOutcome[] = await Promise.all(
         verifierIds.map((verifierId) =>
