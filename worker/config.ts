@@ -1,4 +1,5 @@
 /** Worker configuration: parsed once from the environment at start, with a default and a doc line per key. */
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
@@ -56,6 +57,12 @@ export const workerConfigSchema = z.object({
     .int()
     .min(1024 * 1024)
     .default(10 * 1024 * 1024 * 1024),
+  /**
+   * Secrets for the execution lane, by reference: `NAME=env:VAR` (the worker's variable VAR) or
+   * `NAME=file:/path`, comma-separated. Values reach only execution-lane containers as `NAME`;
+   * never the verifier lane, logs or events.
+   */
+  CHOIROS_SANDBOX_SECRETS: z.string().default(''),
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });
@@ -64,7 +71,37 @@ export type WorkerConfig = z.output<typeof workerConfigSchema> & {
   dataDir: string;
   verifiersFile: string;
   artifactsDir: string;
+  /** Resolved execution-lane secrets (name → value). Never log this object. */
+  secrets: Record<string, string>;
 };
+
+const SECRET_REF = /^([A-Za-z_][A-Za-z0-9_]{0,63})=(env|file):(.+)$/;
+
+/** Resolves `NAME=env:VAR` / `NAME=file:/path` references; errors name the reference, never a value. */
+export function resolveSecretRefs(spec: string, env: NodeJS.ProcessEnv): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const ref of spec
+    .split(',')
+    .map((r) => r.trim())
+    .filter(Boolean)) {
+    const m = SECRET_REF.exec(ref);
+    if (!m) throw new Error(`CHOIROS_SANDBOX_SECRETS: ${ref.split('=')[0]} is not NAME=env:VAR or NAME=file:/path`);
+    const [, name = '', kind, target = ''] = m;
+    let value: string | undefined;
+    if (kind === 'env') value = env[target];
+    else {
+      try {
+        value = readFileSync(target, 'utf8').replace(/\n$/, '');
+      } catch {
+        value = undefined;
+      }
+    }
+    if (value === undefined || value.includes('\0'))
+      throw new Error(`CHOIROS_SANDBOX_SECRETS: ${name} refers to ${kind}:${target}, which is unset or unreadable`);
+    out[name] = value;
+  }
+  return out;
+}
 
 /** Parses the environment; throws one message listing every bad variable. */
 export function loadWorkerConfig(env: NodeJS.ProcessEnv): WorkerConfig {
@@ -76,6 +113,7 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv): WorkerConfig {
   const dataDir = resolve(parsed.data.CHOIROS_DATA_DIR);
   return {
     ...parsed.data,
+    secrets: resolveSecretRefs(parsed.data.CHOIROS_SANDBOX_SECRETS, env),
     dataDir,
     artifactsDir: resolve(parsed.data.CHOIROS_ARTIFACTS_DIR ?? join(dataDir, 'artifacts')),
     verifiersFile: resolve(parsed.data.CHOIROS_VERIFIERS_FILE),

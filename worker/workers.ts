@@ -45,6 +45,7 @@ export async function createWorkerSet(opts: {
     nanoCpus: Math.round(config.CHOIROS_SANDBOX_CPUS * 1e9),
     pidsLimit: config.CHOIROS_SANDBOX_PIDS,
     tmpfsSizeMb: 64,
+    executionEnv: config.secrets,
     extraLabels: { 'choiros.host-id': config.CHOIROS_HOST_ID },
   });
   const sandboxActivities = createSandboxActivities({

@@ -14,6 +14,8 @@ export interface DockerDriverOptions {
   nanoCpus: number;
   pidsLimit: number;
   tmpfsSizeMb: number;
+  /** Environment of the execution lane only (resolved secrets); the verifier lane never gets it. */
+  executionEnv?: Record<string, string>;
   /** Extra labels on every container (e.g. the host id). */
   extraLabels?: Record<string, string>;
 }
@@ -28,7 +30,8 @@ export const LABELS = {
   lane: 'choiros.lane',
 } as const;
 
-const PROGRESS_INTERVAL_MS = 5_000;
+const PROGRESS_INTERVAL_MS = 1_000;
+const BASE_ENV = ['HOME=/tmp', 'PATH=/usr/local/bin:/usr/bin:/bin'];
 
 function isNotFound(err: unknown): boolean {
   return typeof err === 'object' && err !== null && (err as { statusCode?: number }).statusCode === 404;
@@ -102,7 +105,10 @@ export class DockerSandboxDriver implements SandboxDriver {
         Cmd: ['sleep', '2147483647'],
         User: this.opts.user,
         WorkingDir: '/workspace',
-        Env: ['HOME=/tmp', 'PATH=/usr/local/bin:/usr/bin:/bin'],
+        Env: [
+          ...BASE_ENV,
+          ...Object.entries(this.opts.executionEnv ?? {}).map(([k, v]) => `${k}=${v}`),
+        ],
         Labels: this.labels(spec.labels),
         NetworkDisabled: true,
         HostConfig: this.hostConfig(spec.workspace, false),
@@ -184,7 +190,7 @@ export class DockerSandboxDriver implements SandboxDriver {
       Cmd: spec.argv,
       User: this.opts.user,
       WorkingDir: '/workspace',
-      Env: ['HOME=/tmp', 'PATH=/usr/local/bin:/usr/bin:/bin'],
+      Env: [...BASE_ENV],
       Labels: this.labels(spec.labels),
       NetworkDisabled: true,
       HostConfig: this.hostConfig(spec.workspace, true),
