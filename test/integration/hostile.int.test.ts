@@ -54,8 +54,9 @@ function run<A extends unknown[], R>(fn: (...a: A) => Promise<R>, ...args: A): P
 }
 
 const exec = (argv: string[], timeoutSeconds = 30): Promise<CommandOutcome> =>
-  run(acts.execInSandbox, { sandboxId: runId, argv, timeoutSeconds });
-const verify = (verifierId: string) => run(acts.runVerifier, { sandboxId: runId, verifierId, owner });
+  run((i) => acts.execInSandbox(i), { sandboxId: runId, argv, timeoutSeconds });
+const verify = (verifierId: string) =>
+  run((i) => acts.runVerifier(i), { sandboxId: runId, verifierId, owner });
 
 beforeAll(async () => {
   dataDir = await mkdtemp(join(env.workDir(), 'data-hostile-'));
@@ -121,11 +122,11 @@ beforeAll(async () => {
     maxLogBytes: 1024 * 1024,
     logger: pino({ level: 'debug' }, sink),
   });
-  await run(acts.createSandbox, { runId, ...owner, repo, baseRef: 'main' });
+  await run((i) => acts.createSandbox(i), { runId, ...owner, repo, baseRef: 'main' });
 });
 
 afterAll(async () => {
-  if (acts) await run(acts.destroySandbox, { sandboxId: runId, repo, keepBranch: false });
+  if (acts) await run((i) => acts.destroySandbox(i), { sandboxId: runId, repo, keepBranch: false });
   // A peer whose container is gone never sends FIN; close() would wait for it forever.
   for (const sock of sockets) sock.destroy();
   await new Promise<void>((r) => (server ? server.close(() => r()) : r()));
