@@ -63,6 +63,10 @@ export const workerConfigSchema = z.object({
    * never the verifier lane, logs or events.
    */
   CHOIROS_SANDBOX_SECRETS: z.string().default(''),
+  /** Seconds between orphan sweeps (containers/worktrees of finished or unknown runs); 0 turns it off. */
+  CHOIROS_SWEEP_INTERVAL_SECONDS: z.coerce.number().int().min(0).max(86400).default(300),
+  /** Orphans younger than this many seconds are left alone. */
+  CHOIROS_SWEEP_GRACE_SECONDS: z.coerce.number().int().min(0).max(7 * 86400).default(600),
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });

@@ -1,5 +1,6 @@
 /** Builds the worker set of one process: orchestration (workflows + event flush), sandbox and host queues. */
 import { join } from 'node:path';
+import { Client, WorkflowNotFoundError } from '@temporalio/client';
 import { Worker, type NativeConnection, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import type Docker from 'dockerode';
 import type { NatsConnection } from 'nats';
@@ -7,6 +8,7 @@ import type { Logger } from 'pino';
 import { TASK_QUEUES, hostSandboxQueue } from '../contracts';
 import { createEventActivities, ensureEventStream } from '../activities/events/publisher';
 import { LocalArtifactStore } from '../activities/artifacts/local-store';
+import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
 import { createSandboxActivities } from '../activities/sandbox/activities';
 import { DockerSandboxDriver } from '../activities/sandbox/docker-driver';
 import { loadVerifierCatalog } from '../activities/verifiers/catalog';
@@ -46,7 +48,7 @@ export async function createWorkerSet(opts: {
     pidsLimit: config.CHOIROS_SANDBOX_PIDS,
     tmpfsSizeMb: 64,
     executionEnv: config.secrets,
-    extraLabels: { 'choiros.host-id': config.CHOIROS_HOST_ID },
+    extraLabels: { [HOST_LABEL]: config.CHOIROS_HOST_ID },
   });
   const sandboxActivities = createSandboxActivities({
     driver,
@@ -81,22 +83,61 @@ export async function createWorkerSet(opts: {
       taskQueue: TASK_QUEUES.sandbox,
       activities: { createSandbox: (input: CreateSandboxInput) => sandboxActivities.createSandbox(input) },
     }),
-    Worker.create({ ...common, taskQueue: hostQueue, activities: sandboxActivities }),
+    // Heartbeats reach the server within ~2 s (not 80% of the heartbeat timeout), so a
+    // cancelled run's command is killed and its sandbox removed within a few seconds.
+    Worker.create({
+      ...common,
+      taskQueue: hostQueue,
+      activities: sandboxActivities,
+      maxHeartbeatThrottleInterval: '2 seconds',
+    }),
   ]);
+  const client = new Client({ connection: opts.connection, namespace: config.TEMPORAL_NAMESPACE });
+  const runState = async (runId: string): Promise<RunState> => {
+    try {
+      const d = await client.workflow.getHandle(runId).describe();
+      return d.status.name === 'RUNNING' ? 'open' : 'closed';
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) return 'unknown';
+      throw err;
+    }
+  };
+  const sweeper =
+    config.CHOIROS_SWEEP_INTERVAL_SECONDS > 0
+      ? startSweeper(
+          {
+            docker: opts.docker,
+            hostId: config.CHOIROS_HOST_ID,
+            worktreeRoot: join(config.dataDir, 'worktrees'),
+            graceMs: config.CHOIROS_SWEEP_GRACE_SECONDS * 1000,
+            runState,
+            logger: logger.child({ component: 'sweeper' }),
+          },
+          config.CHOIROS_SWEEP_INTERVAL_SECONDS * 1000,
+        )
+      : undefined;
   logger.info(
     {
       event: 'worker.ready',
       queues: [TASK_QUEUES.orchestration, TASK_QUEUES.sandbox, hostQueue],
       verifiers: verifiers.ids(),
+      // Names only: secret values never reach a log line.
+      executionSecrets: Object.keys(config.secrets),
+      sweepIntervalSeconds: config.CHOIROS_SWEEP_INTERVAL_SECONDS,
     },
     'workers created',
   );
   return {
     workers,
     async run() {
-      await Promise.all(workers.map((w) => w.run()));
+      try {
+        await Promise.all(workers.map((w) => w.run()));
+      } finally {
+        await sweeper?.stop();
+      }
     },
     shutdown() {
+      void sweeper?.stop();
       for (const w of workers) {
         if (w.getState() === 'RUNNING') w.shutdown();
       }

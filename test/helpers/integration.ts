@@ -118,7 +118,10 @@ export interface TestWorker {
 }
 
 /** Starts the real worker set against the test services, with its own host id and data dir. */
-export async function startTestWorker(hostId: string): Promise<TestWorker> {
+export async function startTestWorker(
+  hostId: string,
+  extraEnv: Record<string, string> = {},
+): Promise<TestWorker> {
   const dataDir = await mkdtemp(join(env.workDir(), `data-${hostId}-`));
   const config = loadWorkerConfig({
     TEMPORAL_ADDRESS: env.temporalAddress(),
@@ -127,7 +130,10 @@ export async function startTestWorker(hostId: string): Promise<TestWorker> {
     CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
     CHOIROS_SANDBOX_IMAGE: env.sandboxImage(),
     CHOIROS_HOST_ID: hostId,
+    // Off unless a test asks: the Docker engine is shared with other test runs.
+    CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
     LOG_LEVEL: 'warn',
+    ...extraEnv,
   });
   const connection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });
   const nats = await connectNats(env.workerCreds(), `test-worker-${hostId}`);
