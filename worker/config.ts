@@ -31,6 +31,8 @@ export const workerConfigSchema = z.object({
     .default(64 * 1024 * 1024),
   /** The verifier allow-list (YAML). Platform configuration, never read from a run's worktree. */
   CHOIROS_VERIFIERS_FILE: z.string().min(1).default('infra/verifiers.yaml'),
+  /** Sandbox driver: `docker` (containers, the default) or `local` (host child processes; much weaker isolation). */
+  CHOIROS_SANDBOX_DRIVER: z.enum(['docker', 'local']).default('docker'),
   /** Image sandboxes run in. */
   CHOIROS_SANDBOX_IMAGE: z.string().min(1).default('choiros-sandbox:local'),
   /** This host's id: names the host-specific sandbox task queue `choiros-sandbox-<id>`. */
@@ -66,7 +68,12 @@ export const workerConfigSchema = z.object({
   /** Seconds between orphan sweeps (containers/worktrees of finished or unknown runs); 0 turns it off. */
   CHOIROS_SWEEP_INTERVAL_SECONDS: z.coerce.number().int().min(0).max(86400).default(300),
   /** Orphans younger than this many seconds are left alone. */
-  CHOIROS_SWEEP_GRACE_SECONDS: z.coerce.number().int().min(0).max(7 * 86400).default(600),
+  CHOIROS_SWEEP_GRACE_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(7 * 86400)
+    .default(600),
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });
@@ -89,7 +96,8 @@ export function resolveSecretRefs(spec: string, env: NodeJS.ProcessEnv): Record<
     .map((r) => r.trim())
     .filter(Boolean)) {
     const m = SECRET_REF.exec(ref);
-    if (!m) throw new Error(`CHOIROS_SANDBOX_SECRETS: ${ref.split('=')[0]} is not NAME=env:VAR or NAME=file:/path`);
+    if (!m)
+      throw new Error(`CHOIROS_SANDBOX_SECRETS: ${ref.split('=')[0]} is not NAME=env:VAR or NAME=file:/path`);
     const [, name = '', kind, target = ''] = m;
     let value: string | undefined;
     if (kind === 'env') value = env[target];
@@ -101,7 +109,9 @@ export function resolveSecretRefs(spec: string, env: NodeJS.ProcessEnv): Record<
       }
     }
     if (value === undefined || value.includes('\0'))
-      throw new Error(`CHOIROS_SANDBOX_SECRETS: ${name} refers to ${kind}:${target}, which is unset or unreadable`);
+      throw new Error(
+        `CHOIROS_SANDBOX_SECRETS: ${name} refers to ${kind}:${target}, which is unset or unreadable`,
+      );
     out[name] = value;
   }
   return out;

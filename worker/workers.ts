@@ -11,6 +11,8 @@ import { LocalArtifactStore } from '../activities/artifacts/local-store';
 import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
 import { createSandboxActivities } from '../activities/sandbox/activities';
 import { DockerSandboxDriver } from '../activities/sandbox/docker-driver';
+import type { SandboxDriver } from '../activities/sandbox/driver';
+import { LocalSandboxDriver } from '../activities/sandbox/local-driver';
 import { loadVerifierCatalog } from '../activities/verifiers/catalog';
 import type { CreateSandboxInput } from '../activities/types';
 import type { WorkerConfig } from './config';
@@ -40,16 +42,25 @@ export async function createWorkerSet(opts: {
     duplicateWindowSeconds: 300,
   });
   const verifiers = await loadVerifierCatalog(config.verifiersFile);
-  const driver = new DockerSandboxDriver(opts.docker, {
-    image: config.CHOIROS_SANDBOX_IMAGE,
-    user: config.CHOIROS_SANDBOX_USER,
-    memoryBytes: config.CHOIROS_SANDBOX_MEMORY_MB * 1024 * 1024,
-    nanoCpus: Math.round(config.CHOIROS_SANDBOX_CPUS * 1e9),
-    pidsLimit: config.CHOIROS_SANDBOX_PIDS,
-    tmpfsSizeMb: 64,
-    executionEnv: config.secrets,
-    extraLabels: { [HOST_LABEL]: config.CHOIROS_HOST_ID },
-  });
+  const driver: SandboxDriver =
+    config.CHOIROS_SANDBOX_DRIVER === 'local'
+      ? new LocalSandboxDriver({
+          stateDir: join(config.dataDir, 'local-sandboxes'),
+          user: config.CHOIROS_SANDBOX_USER,
+          path: '/usr/local/bin:/usr/bin:/bin',
+          executionEnv: config.secrets,
+          logger: logger.child({ component: 'sandbox' }),
+        })
+      : new DockerSandboxDriver(opts.docker, {
+          image: config.CHOIROS_SANDBOX_IMAGE,
+          user: config.CHOIROS_SANDBOX_USER,
+          memoryBytes: config.CHOIROS_SANDBOX_MEMORY_MB * 1024 * 1024,
+          nanoCpus: Math.round(config.CHOIROS_SANDBOX_CPUS * 1e9),
+          pidsLimit: config.CHOIROS_SANDBOX_PIDS,
+          tmpfsSizeMb: 64,
+          executionEnv: config.secrets,
+          extraLabels: { [HOST_LABEL]: config.CHOIROS_HOST_ID },
+        });
   const sandboxActivities = createSandboxActivities({
     driver,
     verifiers,

@@ -105,10 +105,7 @@ export class DockerSandboxDriver implements SandboxDriver {
         Cmd: ['sleep', '2147483647'],
         User: this.opts.user,
         WorkingDir: '/workspace',
-        Env: [
-          ...BASE_ENV,
-          ...Object.entries(this.opts.executionEnv ?? {}).map(([k, v]) => `${k}=${v}`),
-        ],
+        Env: [...BASE_ENV, ...Object.entries(this.opts.executionEnv ?? {}).map(([k, v]) => `${k}=${v}`)],
         Labels: this.labels(spec.labels),
         NetworkDisabled: true,
         HostConfig: this.hostConfig(spec.workspace, false),

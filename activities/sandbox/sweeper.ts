@@ -43,10 +43,16 @@ export async function sweepOrphans(deps: SweeperDeps): Promise<SweepResult> {
     return s;
   };
 
-  const containers = await deps.docker.listContainers({
-    all: true,
-    filters: { label: [`${LABELS.managed}=true`, `${HOST_LABEL}=${deps.hostId}`] },
-  });
+  // Without a reachable engine (e.g. the local driver) worktrees are still swept.
+  const containers = await deps.docker
+    .listContainers({
+      all: true,
+      filters: { label: [`${LABELS.managed}=true`, `${HOST_LABEL}=${deps.hostId}`] },
+    })
+    .catch((err: unknown) => {
+      deps.logger.debug({ event: 'sweeper.docker.unavailable', err }, 'no Docker engine to sweep');
+      return [];
+    });
   for (const c of containers) {
     const runId = c.Labels[LABELS.runId] ?? '';
     const name = (c.Names[0] ?? c.Id).replace(/^\//, '');
@@ -56,7 +62,10 @@ export async function sweepOrphans(deps: SweeperDeps): Promise<SweepResult> {
       if (state === 'open') continue;
       await deps.docker.getContainer(c.Id).remove({ force: true });
       result.containers.push(name);
-      deps.logger.info({ event: 'sweeper.container.removed', runId, container: name, state }, 'orphan removed');
+      deps.logger.info(
+        { event: 'sweeper.container.removed', runId, container: name, state },
+        'orphan removed',
+      );
     } catch (err) {
       deps.logger.warn({ event: 'sweeper.error', runId, container: name, err }, 'could not sweep container');
     }
@@ -90,9 +99,10 @@ async function removeWorktree(path: string): Promise<void> {
   if (m?.[1]) {
     // <repo>/.git/worktrees/<name> → <repo>/.git
     const commonDir = dirname(dirname(m[1].trim()));
-    await git(['--git-dir', commonDir, 'worktree', 'prune'], { cwd: dirname(commonDir), safeDirs: ['*'] }).catch(
-      () => undefined,
-    );
+    await git(['--git-dir', commonDir, 'worktree', 'prune'], {
+      cwd: dirname(commonDir),
+      safeDirs: ['*'],
+    }).catch(() => undefined);
   }
 }
 
