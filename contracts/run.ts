@@ -67,8 +67,21 @@ export type WorkItemInput = z.input<typeof workItemInputSchema>;
 export type WorkItem = z.output<typeof workItemInputSchema> & { id: string };
 
 /**
- * Repository of a run. The foundation accepts absolute local paths; git URLs arrive with the
- * sandboxes issue (bare mirror cache), and until then are refused with a clear message.
+ * Git URLs a run may name: `file:///abs/path` only for now (this machine reaches no git hosts;
+ * https/ssh need a credentials story first). Conservative characters, so nothing in it can be
+ * read by git as an option or a transport helper (`ext::`, a leading `-`).
+ */
+const GIT_URL_PATTERN = /^file:\/\/\/[A-Za-z0-9._~+/-]+$/;
+
+/** True for a repository URL the platform accepts (served through the bare mirror cache). */
+export function isGitUrl(repo: string): boolean {
+  return GIT_URL_PATTERN.test(repo) && !repo.slice('file://'.length).split('/').includes('..');
+}
+
+/**
+ * Repository of a run: an absolute local path (worktrees come straight from that repository, so
+ * the run branch lands in it) or a `file://` URL (worktrees come from a bare mirror under the
+ * worker's data dir, shared by every run of that URL; the run branch stays in the mirror).
  */
 export const repoSchema = z
   .string()
@@ -76,8 +89,8 @@ export const repoSchema = z
   .max(1024)
   .refine((r) => !r.includes('\0'), 'contains a NUL byte')
   .refine(
-    (r) => r.startsWith('/'),
-    'must be an absolute path to a local git repository (git URLs are not supported yet)',
+    (r) => r.startsWith('/') || isGitUrl(r),
+    'must be an absolute path to a local git repository or a file:/// URL',
   )
   .refine((r) => !r.split('/').includes('..'), 'must not contain ".." segments');
 

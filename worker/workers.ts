@@ -65,6 +65,7 @@ export async function createWorkerSet(opts: {
     driver,
     verifiers,
     worktreeRoot: join(config.dataDir, 'worktrees'),
+    mirrorRoot: join(config.dataDir, 'mirrors'),
     hostId: config.CHOIROS_HOST_ID,
     hostQueue,
     image: config.CHOIROS_SANDBOX_IMAGE,

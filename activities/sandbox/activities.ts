@@ -9,6 +9,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from 'pino';
 import {
   canonicalJson,
+  isGitUrl,
   isValidId,
   selectVerifierPlan,
   verdictOf,
@@ -32,6 +33,7 @@ import type {
 } from '../types';
 import type { SandboxDriver, SandboxLabels } from './driver';
 import { branchExists, git, resolveCommit, resolveRepo, touchedPaths } from './git';
+import { ensureMirror, mirrorPath } from './mirror';
 
 const execFileAsync = promisify(execFile);
 
@@ -40,6 +42,8 @@ export interface SandboxDeps {
   verifiers: VerifierCatalog;
   /** Directory holding run worktrees (`<dataDir>/worktrees`). */
   worktreeRoot: string;
+  /** Directory holding bare mirrors of repository URLs (`<dataDir>/mirrors`). */
+  mirrorRoot: string;
   hostId: string;
   /** This host's task queue, returned by create so later steps run here. */
   hostQueue: string;
@@ -125,7 +129,10 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       const rec = record(input.runId);
       const log = logger.child({ runId: input.runId, workItemId: input.workItemId });
       const imageId = await driver.imageId();
-      const repo = await resolveRepo(input.repo);
+      // URLs go through the shared bare mirror (refreshed here); local paths are used directly.
+      const repo = isGitUrl(input.repo)
+        ? await ensureMirror(deps.mirrorRoot, input.repo)
+        : await resolveRepo(input.repo);
       const baseCommit = await resolveCommit(repo, input.baseRef);
       await mkdir(deps.worktreeRoot, { recursive: true });
 
@@ -343,7 +350,12 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       const rec = record(input.sandboxId);
       const removed: string[] = [];
       if (await driver.remove(rec.container)) removed.push('container');
-      const repo = await resolveRepo(input.repo).catch(() => undefined);
+      const repo = isGitUrl(input.repo)
+        ? await stat(mirrorPath(deps.mirrorRoot, input.repo)).then(
+            () => mirrorPath(deps.mirrorRoot, input.repo),
+            () => undefined,
+          )
+        : await resolveRepo(input.repo).catch(() => undefined);
       const present = await stat(rec.worktree).then(
         () => true,
         () => false,

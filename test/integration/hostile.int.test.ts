@@ -114,6 +114,7 @@ beforeAll(async () => {
       ]),
     ]),
     worktreeRoot: join(dataDir, 'worktrees'),
+    mirrorRoot: join(dataDir, 'mirrors'),
     hostId: 'it-hostile',
     hostQueue: 'choiros-sandbox-it-hostile',
     image: env.sandboxImage(),

@@ -6,7 +6,7 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { WorkflowFailedError } from '@temporalio/client';
@@ -209,6 +209,58 @@ describe('artifacts', () => {
     const { writeFile } = await import('node:fs/promises');
     await writeFile(join(store, big.log!.digest.slice(0, 2), big.log!.digest), 'forged\n');
     expect(await verdict(big.reportDigest!)).toMatchObject({ code: 2, out: { result: 'error' } });
+  });
+});
+
+describe('bare mirror cache', () => {
+  test('when two runs name the same file:// URL, then both use one refreshed mirror and the origin is untouched', async () => {
+    const origin = await makeGitRepo();
+    const url = `file://${origin.path}`;
+    const first = await startRun(url, ['sh', '-c', 'echo one > RESULT.txt'], ['V-RESULT-FILE']);
+    const v1 = await waitTerminal(first);
+    expect(v1.status).toBe('committed');
+    expect(v1.baseCommit).toBe(origin.head);
+
+    // A new commit on the origin: the next run must see it (the mirror is fetched, not re-cloned).
+    git(
+      origin.path,
+      '-c',
+      'user.name=T',
+      '-c',
+      'user.email=t@example.invalid',
+      'commit',
+      '--allow-empty',
+      '-qm',
+      'second',
+    );
+    const head2 = git(origin.path, 'rev-parse', 'HEAD');
+    const second = await startRun(url, ['sh', '-c', 'echo two > RESULT.txt'], ['V-RESULT-FILE']);
+    const v2 = await waitTerminal(second);
+    expect(v2.status).toBe('committed');
+    expect(v2.baseCommit).toBe(head2);
+
+    const mirrors = await readdir(join(worker.dataDir, 'mirrors'));
+    expect(mirrors.filter((m) => m.endsWith('.git'))).toHaveLength(1);
+    const mirror = join(
+      worker.dataDir,
+      'mirrors',
+      mirrors.find((m) => m.endsWith('.git'))!,
+    );
+    // Both run branches live in the mirror, with the runs' changes; the origin has none of them.
+    expect(git(mirror, 'show', `choiros/run/${first}:RESULT.txt`)).toBe('one');
+    expect(git(mirror, 'show', `choiros/run/${second}:RESULT.txt`)).toBe('two');
+    expect(git(origin.path, 'branch', '--list', 'choiros/*')).toBe('');
+    expect(git(mirror, 'worktree', 'list')).not.toContain('worktrees/');
+  });
+
+  test('when the URL names no repository, then the run fails with repo_not_found', async () => {
+    const runId = await startRun(
+      `file://${env.workDir()}/no-such-repo-${suffix}`,
+      ['true'],
+      ['V-RESULT-FILE'],
+    );
+    const view = await waitTerminal(runId);
+    expect(view).toMatchObject({ status: 'failed', error: { code: 'repo_not_found' } });
   });
 });
 
