@@ -1,5 +1,12 @@
 /** Activity input/output shapes and the activity interfaces workflows import with `import type`. */
-import type { CommandOutcome, EventEnvelope, Mood, VerifierOutcome, VerifierPlan } from '../contracts';
+import type {
+  CommandOutcome,
+  EventEnvelope,
+  Mood,
+  NetworkPolicy,
+  VerifierOutcome,
+  VerifierPlan,
+} from '../contracts';
 
 export interface CreateSandboxInput {
   runId: string;
@@ -8,6 +15,8 @@ export interface CreateSandboxInput {
   workItemId: string;
   repo: string;
   baseRef: string;
+  /** Execution-lane network policy; absent means `none`. */
+  network?: NetworkPolicy;
 }
 
 export interface SandboxHandle {

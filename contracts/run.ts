@@ -94,12 +94,22 @@ export const repoSchema = z
   )
   .refine((r) => !r.split('/').includes('..'), 'must not contain ".." segments');
 
+/**
+ * Execution-lane network: `none` (no interface but loopback; the default) or `internal` (a Docker
+ * network of the run's own, with no route out; for service containers of the run). The verifier
+ * lane never has a network.
+ */
+export const NETWORK_POLICIES = ['none', 'internal'] as const;
+export const networkPolicySchema = z.enum(NETWORK_POLICIES);
+export type NetworkPolicy = z.infer<typeof networkPolicySchema>;
+
 /** `POST /v1/runs` body (design.md, "Interfaces that other tools rely on"). */
 export const runRequestSchema = z
   .object({
     repo: repoSchema,
     baseRef: refSchema.default('main'),
     mood: moodSchema.default('CALM'),
+    network: networkPolicySchema.optional(),
     workItem: workItemInputSchema,
   })
   .strict();

@@ -117,6 +117,7 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
       workItemId: workItem.id,
       repo: request.repo,
       baseRef: request.baseRef,
+      network: request.network ?? 'none',
     });
     view.branch = sandbox.branch;
     view.baseCommit = sandbox.baseCommit;

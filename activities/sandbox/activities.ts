@@ -168,6 +168,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
           workItemId: input.workItemId,
           lane: 'execution',
         },
+        network: input.network ?? 'none',
       });
       log.info(
         {
@@ -350,6 +351,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       const rec = record(input.sandboxId);
       const removed: string[] = [];
       if (await driver.remove(rec.container)) removed.push('container');
+      if (await driver.removeRunNetwork(rec.runId)) removed.push('network');
       const repo = isGitUrl(input.repo)
         ? await stat(mirrorPath(deps.mirrorRoot, input.repo)).then(
             () => mirrorPath(deps.mirrorRoot, input.repo),

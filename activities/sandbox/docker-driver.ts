@@ -2,7 +2,7 @@
 import type { Writable } from 'node:stream';
 import type Docker from 'dockerode';
 import { ApplicationFailure } from '@temporalio/common';
-import type { CommandOutcome } from '../../contracts';
+import type { CommandOutcome, NetworkPolicy } from '../../contracts';
 import { BoundedOutput } from './output';
 import type { CommandOptions, SandboxDriver, SandboxLabels } from './driver';
 
@@ -32,6 +32,11 @@ export const LABELS = {
 
 const PROGRESS_INTERVAL_MS = 1_000;
 const BASE_ENV = ['HOME=/tmp', 'PATH=/usr/local/bin:/usr/bin:/bin'];
+
+/** Name of a run's own network (policy `internal`). */
+export function runNetworkName(runId: string): string {
+  return `choiros-net-${runId}`;
+}
 
 function isNotFound(err: unknown): boolean {
   return typeof err === 'object' && err !== null && (err as { statusCode?: number }).statusCode === 404;
@@ -76,10 +81,10 @@ export class DockerSandboxDriver implements SandboxDriver {
   }
 
   /** The locked-down host config shared by both lanes. */
-  private hostConfig(workspace: string, readOnlyWorkspace: boolean): Docker.HostConfig {
+  private hostConfig(workspace: string, readOnlyWorkspace: boolean, networkMode = 'none'): Docker.HostConfig {
     return {
       Binds: [`${workspace}:/workspace:${readOnlyWorkspace ? 'ro' : 'rw'}`],
-      NetworkMode: 'none',
+      NetworkMode: networkMode,
       CapDrop: ['ALL'],
       SecurityOpt: ['no-new-privileges'],
       ReadonlyRootfs: true,
@@ -96,7 +101,10 @@ export class DockerSandboxDriver implements SandboxDriver {
     name: string;
     workspace: string;
     labels: SandboxLabels;
+    network?: NetworkPolicy;
   }): Promise<void> {
+    const internal = spec.network === 'internal';
+    if (internal) await this.ensureRunNetwork(spec.labels);
     try {
       await this.docker.createContainer({
         name: spec.name,
@@ -107,8 +115,12 @@ export class DockerSandboxDriver implements SandboxDriver {
         WorkingDir: '/workspace',
         Env: [...BASE_ENV, ...Object.entries(this.opts.executionEnv ?? {}).map(([k, v]) => `${k}=${v}`)],
         Labels: this.labels(spec.labels),
-        NetworkDisabled: true,
-        HostConfig: this.hostConfig(spec.workspace, false),
+        NetworkDisabled: !internal,
+        HostConfig: this.hostConfig(
+          spec.workspace,
+          false,
+          internal ? runNetworkName(spec.labels.runId) : 'none',
+        ),
       });
     } catch (err) {
       // A retried create finds the container it made before.
@@ -211,6 +223,37 @@ export class DockerSandboxDriver implements SandboxDriver {
       };
     } finally {
       await container.remove({ force: true }).catch(() => undefined);
+    }
+  }
+
+  /**
+   * The run's own network, labelled like its containers. `Internal` stops forwarding out of it,
+   * but the host would still answer on the bridge's gateway address (and so would every host
+   * service bound to 0.0.0.0 or another bridge); `inhibit_ipv4` leaves the host without an
+   * address on this bridge, so only the run's own containers are reachable.
+   */
+  private async ensureRunNetwork(labels: SandboxLabels): Promise<void> {
+    try {
+      await this.docker.createNetwork({
+        Name: runNetworkName(labels.runId),
+        Driver: 'bridge',
+        Internal: true,
+        CheckDuplicate: true,
+        Options: { 'com.docker.network.bridge.inhibit_ipv4': 'true' },
+        Labels: this.labels(labels),
+      });
+    } catch (err) {
+      if (!isConflict(err)) throw err; // a retried create finds the network it made before
+    }
+  }
+
+  async removeRunNetwork(runId: string): Promise<boolean> {
+    try {
+      await this.docker.getNetwork(runNetworkName(runId)).remove();
+      return true;
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw err;
     }
   }
 

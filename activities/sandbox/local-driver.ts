@@ -11,7 +11,8 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import type { Logger } from 'pino';
-import type { CommandOutcome } from '../../contracts';
+import { ApplicationFailure } from '@temporalio/common';
+import type { CommandOutcome, NetworkPolicy } from '../../contracts';
 import type { CommandOptions, SandboxDriver, SandboxLabels } from './driver';
 import { BoundedOutput } from './output';
 
@@ -44,6 +45,10 @@ export class LocalSandboxDriver implements SandboxDriver {
     return `local:node-${process.version}`;
   }
 
+  async removeRunNetwork(): Promise<boolean> {
+    return false;
+  }
+
   private stateFile(name: string): string {
     return join(this.opts.stateDir, `${name}.json`);
   }
@@ -52,7 +57,16 @@ export class LocalSandboxDriver implements SandboxDriver {
     name: string;
     workspace: string;
     labels: SandboxLabels;
+    network?: NetworkPolicy;
   }): Promise<void> {
+    if (spec.network === 'internal') {
+      throw ApplicationFailure.create({
+        type: 'invalid_sandbox_request',
+        message:
+          'network policy internal needs the docker driver (the local driver has no network isolation)',
+        nonRetryable: true,
+      });
+    }
     await mkdir(this.opts.stateDir, { recursive: true });
     await writeFile(
       this.stateFile(spec.name),

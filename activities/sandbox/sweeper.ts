@@ -24,6 +24,7 @@ export interface SweeperDeps {
 
 export interface SweepResult {
   containers: string[];
+  networks: string[];
   worktrees: string[];
 }
 
@@ -32,7 +33,7 @@ export const HOST_LABEL = 'choiros.host-id';
 /** One sweep. Never throws for a single resource: it logs and moves on. */
 export async function sweepOrphans(deps: SweeperDeps): Promise<SweepResult> {
   const now = deps.now?.() ?? Date.now();
-  const result: SweepResult = { containers: [], worktrees: [] };
+  const result: SweepResult = { containers: [], networks: [], worktrees: [] };
   const states = new Map<string, RunState>();
   const stateOf = async (runId: string): Promise<RunState> => {
     let s = states.get(runId);
@@ -68,6 +69,25 @@ export async function sweepOrphans(deps: SweeperDeps): Promise<SweepResult> {
       );
     } catch (err) {
       deps.logger.warn({ event: 'sweeper.error', runId, container: name, err }, 'could not sweep container');
+    }
+  }
+
+  // Networks after containers: a network with a container still attached cannot be removed.
+  const networks = await deps.docker
+    .listNetworks({ filters: { label: [`${LABELS.managed}=true`, `${HOST_LABEL}=${deps.hostId}`] } })
+    .catch(() => []);
+  for (const n of networks) {
+    const runId = n.Labels?.[LABELS.runId] ?? '';
+    const created = Date.parse((n as { Created?: string }).Created ?? '');
+    if (Number.isFinite(created) && now - created < deps.graceMs) continue;
+    try {
+      const state = isValidId(runId) ? await stateOf(runId) : 'unknown';
+      if (state === 'open') continue;
+      await deps.docker.getNetwork(n.Id).remove();
+      result.networks.push(n.Name);
+      deps.logger.info({ event: 'sweeper.network.removed', runId, network: n.Name, state }, 'orphan removed');
+    } catch (err) {
+      deps.logger.warn({ event: 'sweeper.error', runId, network: n.Name, err }, 'could not sweep network');
     }
   }
 

@@ -228,3 +228,59 @@ test('when a fork bomb runs, then it hits the pids limit, and the sandbox and th
   const after = (await docker.getContainer(`choiros-run-${runId}`).top()) as { Processes: unknown[] };
   expect(after.Processes.length).toBe(1);
 });
+
+describe('network policy internal', () => {
+  const netRun = `it-internal-${suffix}`;
+  afterAll(async () => {
+    await run((i) => acts.destroySandbox(i), { sandboxId: netRun, repo, keepBranch: false });
+    await expect(docker.getNetwork(`choiros-net-${netRun}`).inspect()).rejects.toMatchObject({
+      statusCode: 404,
+    });
+  });
+
+  test('when the run asks for internal, then its execution lane reaches its own network and nothing outside it', async () => {
+    await run((i) => acts.createSandbox(i), {
+      runId: netRun,
+      ...owner,
+      repo,
+      baseRef: 'main',
+      network: 'internal' as const,
+    });
+    const net = `choiros-net-${netRun}`;
+    expect(((await docker.getNetwork(net).inspect()) as { Internal: boolean }).Internal).toBe(true);
+
+    // A peer on the run's network (what service containers of a run would be).
+    const peer = await docker.createContainer({
+      name: `choiros-it-peer-${suffix}`,
+      Image: env.sandboxImage(),
+      Cmd: ['nc', '-l', '-p', '7000'],
+      Labels: { [LABELS.managed]: 'true', [LABELS.runId]: netRun },
+      HostConfig: { NetworkMode: net },
+    });
+    try {
+      await peer.start();
+      const peerIp = (
+        (await peer.inspect()) as { NetworkSettings: { Networks: Record<string, { IPAddress: string }> } }
+      ).NetworkSettings.Networks[net]?.IPAddress;
+      const before = connections.length;
+      const out = await run((i) => acts.execInSandbox(i), {
+        sandboxId: netRun,
+        argv: [
+          'sh',
+          '-c',
+          `ls /sys/class/net; echo from-run | nc -w 3 ${peerIp} 7000 && echo PEER-OK; echo out | nc -w 3 ${gateway} ${port} && echo OUTSIDE-OK; true`,
+        ],
+        timeoutSeconds: 30,
+      });
+      expect(out.outputTail).toContain('eth0');
+      expect(out.outputTail).toContain('PEER-OK');
+      expect(out.outputTail).not.toContain('OUTSIDE-OK');
+      expect(connections.length).toBe(before);
+      await peer.wait();
+      const logs = (await peer.logs({ stdout: true, stderr: true })).toString();
+      expect(logs).toContain('from-run');
+    } finally {
+      await peer.remove({ force: true });
+    }
+  });
+});
