@@ -48,7 +48,11 @@ export function git(
       (err, stdout, stderr) => {
         if (err) {
           const code = typeof err.code === 'number' ? err.code : null;
-          reject(new GitError(`git ${args[0] ?? ''} failed: ${stderr.trim() || err.message}`, code, stderr));
+          // Name the subcommand, not a leading `-c key=value` or `--git-dir <dir>`.
+          const sub =
+            args.find((a, i) => !a.startsWith('-') && args[i - 1] !== '-c' && args[i - 1] !== '--git-dir') ??
+            '';
+          reject(new GitError(`git ${sub} failed: ${stderr.trim() || err.message}`, code, stderr));
           return;
         }
         resolve({ stdout, stderr });

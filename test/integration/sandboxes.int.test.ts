@@ -3,10 +3,10 @@
  * paths, full output in the artifact store with `npm run verdict`, cancellation mid-command, and
  * the orphan sweeper.
  */
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir } from 'node:fs/promises';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { WorkflowFailedError } from '@temporalio/client';
@@ -114,6 +114,20 @@ describe('verifier plans', () => {
       ['V-CI-SCOPED', 'pass'],
       ['V-DOCS-SCOPED', 'pass'],
     ]);
+    // With CHOIROS_RECORD_HISTORIES=1 this run becomes a replay fixture of the patched plan path.
+    if (process.env.CHOIROS_RECORD_HISTORIES === '1') {
+      await poll(
+        () => getRun(runId),
+        (v) => v.events.published === v.events.emitted,
+        60_000,
+      );
+      const json = execFileSync(
+        process.env.CHOIROS_TEMPORAL_BIN ?? 'temporal',
+        ['workflow', 'show', '--workflow-id', runId, '--output', 'json', '--address', env.temporalAddress()],
+        { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
+      );
+      await writeFile(join(ROOT, 'test/fixtures/histories/run-verifier-plan.json'), json);
+    }
   });
 
   test('when a required verifier left the allow-list, then it is reported as error and the run is discarded', async () => {
@@ -206,7 +220,6 @@ describe('artifacts', () => {
     });
 
     // Tampering with the stored log turns the recomputed verdict into error.
-    const { writeFile } = await import('node:fs/promises');
     await writeFile(join(store, big.log!.digest.slice(0, 2), big.log!.digest), 'forged\n');
     expect(await verdict(big.reportDigest!)).toMatchObject({ code: 2, out: { result: 'error' } });
   });
