@@ -136,6 +136,16 @@ afterAll(async () => {
   expect(left).toEqual([]);
 });
 
+test('when the work item uses node and git, then both run under the lock-down', async () => {
+  const out = await exec([
+    'sh',
+    '-c',
+    'node -e "console.log(6*7)" && git --version && cd /tmp && git init -q r && cd r && echo x > f && git add f && git -c user.name=a -c user.email=a@example.invalid commit -qm m && git rev-list --count HEAD',
+  ]);
+  expect(out.exitCode).toBe(0);
+  expect(out.outputTail).toMatch(/^42\ngit version \S+\n1\n$/);
+});
+
 test('when a command allocates beyond the memory limit, then it is OOM-killed and reported as failed', async () => {
   const execHog = await exec(['tail', '/dev/zero']);
   expect(execHog).toMatchObject({ exitCode: 137, timedOut: false, oomKilled: true });
