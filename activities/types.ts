@@ -1,5 +1,12 @@
 /** Activity input/output shapes and the activity interfaces workflows import with `import type`. */
-import type { CommandOutcome, EventEnvelope, VerifierOutcome } from '../contracts';
+import type {
+  CommandOutcome,
+  EventEnvelope,
+  Mood,
+  NetworkPolicy,
+  VerifierOutcome,
+  VerifierPlan,
+} from '../contracts';
 
 export interface CreateSandboxInput {
   runId: string;
@@ -8,6 +15,8 @@ export interface CreateSandboxInput {
   workItemId: string;
   repo: string;
   baseRef: string;
+  /** Execution-lane network policy; absent means `none`. */
+  network?: NetworkPolicy;
 }
 
 export interface SandboxHandle {
@@ -40,6 +49,14 @@ export interface VerifyInput {
   owner: SandboxOwner;
 }
 
+export interface PlanInput {
+  sandboxId: string;
+  mood: Mood;
+  /** The work item's required verifier ids. */
+  required: string[];
+  riskTier: string;
+}
+
 export interface CommitInput {
   sandboxId: string;
   message: string;
@@ -65,6 +82,8 @@ export interface SandboxActivities {
   createSandbox(input: CreateSandboxInput): Promise<SandboxHandle>;
   execInSandbox(input: ExecInput): Promise<CommandOutcome>;
   runVerifier(input: VerifyInput): Promise<VerifierOutcome>;
+  /** Selects the verifier plan from the worktree's touched paths (selectVerifierPlan). */
+  planVerifiers(input: PlanInput): Promise<VerifierPlan>;
   commitSandbox(input: CommitInput): Promise<CommitResult>;
   destroySandbox(input: DestroyInput): Promise<{ removed: string[] }>;
 }

@@ -18,7 +18,10 @@ const outputFields = {
   output_sha256: sha256,
   output_bytes: z.number().int().nonnegative(),
   output_tail: z.string(),
+  /** Added in v1.1: the command was OOM-killed at the memory limit. */
+  oom_killed: z.boolean().optional(),
 };
+const storedLog = z.object({ digest: sha256, bytes: z.number().int().nonnegative(), truncated: z.boolean() });
 
 export const EVENT_PAYLOAD_SCHEMAS = {
   'run.created': z.object({
@@ -55,10 +58,26 @@ export const EVENT_PAYLOAD_SCHEMAS = {
     kept_branch: z.boolean(),
   }),
   'sandbox.destroy.failed': z.object({ sandbox_id: z.string(), error: failure }),
-  'run.execution.completed': z.object(outputFields),
+  'run.execution.completed': z.object({ ...outputFields, log: storedLog.nullable().optional() }),
+  'run.verifier.plan': z.object({
+    run_id: z.string(),
+    plan_id: sha256,
+    inputs_hash: sha256,
+    verifier_ids: z.array(z.string()),
+    unknown_required: z.array(z.string()),
+    reasons: z.record(z.string(), z.array(z.string())),
+    touched_paths: z.array(z.string()),
+  }),
   'receipt.verifier.attestations': z.object({
     run_id: z.string(),
-    attestation: z.object({ verifier_id: z.string(), result: z.enum(VERIFIER_RESULTS), ...outputFields }),
+    attestation: z.object({
+      verifier_id: z.string(),
+      result: z.enum(VERIFIER_RESULTS),
+      ...outputFields,
+      /** Added in v1.1: digests of the stored log and verifier report in the artifact store. */
+      artifact_hash: sha256.nullable().optional(),
+      report_hash: sha256.nullable().optional(),
+    }),
   }),
   'receipt.commit': z.object({
     run_id: z.string(),

@@ -9,3 +9,7 @@ export * from './workflow-defs';
 export * from './canonical';
 export * from './event-payloads';
 export * from './schema-compat';
+export * from './sha256';
+export * from './glob';
+export * from './verifier-plan';
+export * from './verdict';

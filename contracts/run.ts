@@ -67,8 +67,21 @@ export type WorkItemInput = z.input<typeof workItemInputSchema>;
 export type WorkItem = z.output<typeof workItemInputSchema> & { id: string };
 
 /**
- * Repository of a run. The foundation accepts absolute local paths; git URLs arrive with the
- * sandboxes issue (bare mirror cache), and until then are refused with a clear message.
+ * Git URLs a run may name: `file:///abs/path` only for now (this machine reaches no git hosts;
+ * https/ssh need a credentials story first). Conservative characters, so nothing in it can be
+ * read by git as an option or a transport helper (`ext::`, a leading `-`).
+ */
+const GIT_URL_PATTERN = /^file:\/\/\/[A-Za-z0-9._~+/-]+$/;
+
+/** True for a repository URL the platform accepts (served through the bare mirror cache). */
+export function isGitUrl(repo: string): boolean {
+  return GIT_URL_PATTERN.test(repo) && !repo.slice('file://'.length).split('/').includes('..');
+}
+
+/**
+ * Repository of a run: an absolute local path (worktrees come straight from that repository, so
+ * the run branch lands in it) or a `file://` URL (worktrees come from a bare mirror under the
+ * worker's data dir, shared by every run of that URL; the run branch stays in the mirror).
  */
 export const repoSchema = z
   .string()
@@ -76,10 +89,19 @@ export const repoSchema = z
   .max(1024)
   .refine((r) => !r.includes('\0'), 'contains a NUL byte')
   .refine(
-    (r) => r.startsWith('/'),
-    'must be an absolute path to a local git repository (git URLs are not supported yet)',
+    (r) => r.startsWith('/') || isGitUrl(r),
+    'must be an absolute path to a local git repository or a file:/// URL',
   )
   .refine((r) => !r.split('/').includes('..'), 'must not contain ".." segments');
+
+/**
+ * Execution-lane network: `none` (no interface but loopback; the default) or `internal` (a Docker
+ * network of the run's own, with no route out; for service containers of the run). The verifier
+ * lane never has a network.
+ */
+export const NETWORK_POLICIES = ['none', 'internal'] as const;
+export const networkPolicySchema = z.enum(NETWORK_POLICIES);
+export type NetworkPolicy = z.infer<typeof networkPolicySchema>;
 
 /** `POST /v1/runs` body (design.md, "Interfaces that other tools rely on"). */
 export const runRequestSchema = z
@@ -87,6 +109,7 @@ export const runRequestSchema = z
     repo: repoSchema,
     baseRef: refSchema.default('main'),
     mood: moodSchema.default('CALM'),
+    network: networkPolicySchema.optional(),
     workItem: workItemInputSchema,
   })
   .strict();
@@ -128,15 +151,41 @@ export const commandOutcomeSchema = z.object({
   /** sha256 of the full output. */
   outputSha256: z.string(),
   outputBytes: z.number().int().nonnegative(),
+  /** The kernel's OOM killer ended the command (memory limit). */
+  oomKilled: z.boolean().optional(),
+  /** The output as stored in the artifact store (at most CHOIROS_MAX_LOG_BYTES of it). */
+  log: z
+    .object({
+      digest: z.string(),
+      /** Bytes stored (≤ the bound). */
+      bytes: z.number().int().nonnegative(),
+      /** True when the output exceeded the bound and only its head was stored. */
+      truncated: z.boolean(),
+    })
+    .optional(),
 });
 export type CommandOutcome = z.infer<typeof commandOutcomeSchema>;
+
+/** Where a command's output went: an artifact named by its sha256. */
+export type StoredLog = NonNullable<CommandOutcome['log']>;
 
 /** Result of one verifier in a run. */
 export const verifierOutcomeSchema = commandOutcomeSchema.extend({
   id: z.string(),
   result: z.enum(VERIFIER_RESULTS),
+  /** Digest of the verifier report (canonical JSON) in the artifact store; `npm run verdict -- <digest>` re-checks it. */
+  reportDigest: z.string().optional(),
 });
 export type VerifierOutcome = z.infer<typeof verifierOutcomeSchema>;
+
+/** The verifier plan a run used (see verifier-plan.ts). */
+export const runPlanViewSchema = z.object({
+  planId: z.string(),
+  verifierIds: z.array(z.string()),
+  unknownRequired: z.array(z.string()),
+  touchedPaths: z.array(z.string()),
+});
+export type RunPlanView = z.infer<typeof runPlanViewSchema>;
 
 /** A run in a listing (`GET /v1/runs`): from visibility, without per-run queries. */
 export const runSummarySchema = z.object({
@@ -187,6 +236,7 @@ export const runViewSchema = z.object({
   commit: z.string().optional(),
   baseCommit: z.string().optional(),
   execution: commandOutcomeSchema.optional(),
+  plan: runPlanViewSchema.optional(),
   verifiers: z.array(verifierOutcomeSchema),
   createdAt: z.string(),
   startedAt: z.string().optional(),

@@ -1,6 +1,7 @@
 /** Worker configuration: parsed once from the environment at start, with a default and a doc line per key. */
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { z } from 'zod';
 
 const hostIdDefault = (): string =>
@@ -19,8 +20,19 @@ export const workerConfigSchema = z.object({
   NATS_CREDS: z.string().optional(),
   /** Directory for worktrees and other worker state. */
   CHOIROS_DATA_DIR: z.string().min(1).default('.data'),
+  /** Content-addressed artifact store (command logs, verifier reports); default `<CHOIROS_DATA_DIR>/artifacts`. */
+  CHOIROS_ARTIFACTS_DIR: z.string().min(1).optional(),
+  /** Bytes of one command's output kept in the artifact store; beyond it output is hashed and counted only. */
+  CHOIROS_MAX_LOG_BYTES: z.coerce
+    .number()
+    .int()
+    .min(1024)
+    .max(1024 * 1024 * 1024)
+    .default(64 * 1024 * 1024),
   /** The verifier allow-list (YAML). Platform configuration, never read from a run's worktree. */
   CHOIROS_VERIFIERS_FILE: z.string().min(1).default('infra/verifiers.yaml'),
+  /** Sandbox driver: `docker` (containers, the default) or `local` (host child processes; much weaker isolation). */
+  CHOIROS_SANDBOX_DRIVER: z.enum(['docker', 'local']).default('docker'),
   /** Image sandboxes run in. */
   CHOIROS_SANDBOX_IMAGE: z.string().min(1).default('choiros-sandbox:local'),
   /** This host's id: names the host-specific sandbox task queue `choiros-sandbox-<id>`. */
@@ -47,11 +59,63 @@ export const workerConfigSchema = z.object({
     .int()
     .min(1024 * 1024)
     .default(10 * 1024 * 1024 * 1024),
+  /**
+   * Secrets for the execution lane, by reference: `NAME=env:VAR` (the worker's variable VAR) or
+   * `NAME=file:/path`, comma-separated. Values reach only execution-lane containers as `NAME`;
+   * never the verifier lane, logs or events.
+   */
+  CHOIROS_SANDBOX_SECRETS: z.string().default(''),
+  /** Seconds between orphan sweeps (containers/worktrees of finished or unknown runs); 0 turns it off. */
+  CHOIROS_SWEEP_INTERVAL_SECONDS: z.coerce.number().int().min(0).max(86400).default(300),
+  /** Orphans younger than this many seconds are left alone. */
+  CHOIROS_SWEEP_GRACE_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(7 * 86400)
+    .default(600),
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });
 
-export type WorkerConfig = z.output<typeof workerConfigSchema> & { dataDir: string; verifiersFile: string };
+export type WorkerConfig = z.output<typeof workerConfigSchema> & {
+  dataDir: string;
+  verifiersFile: string;
+  artifactsDir: string;
+  /** Resolved execution-lane secrets (name → value). Never log this object. */
+  secrets: Record<string, string>;
+};
+
+const SECRET_REF = /^([A-Za-z_][A-Za-z0-9_]{0,63})=(env|file):(.+)$/;
+
+/** Resolves `NAME=env:VAR` / `NAME=file:/path` references; errors name the reference, never a value. */
+export function resolveSecretRefs(spec: string, env: NodeJS.ProcessEnv): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const ref of spec
+    .split(',')
+    .map((r) => r.trim())
+    .filter(Boolean)) {
+    const m = SECRET_REF.exec(ref);
+    if (!m)
+      throw new Error(`CHOIROS_SANDBOX_SECRETS: ${ref.split('=')[0]} is not NAME=env:VAR or NAME=file:/path`);
+    const [, name = '', kind, target = ''] = m;
+    let value: string | undefined;
+    if (kind === 'env') value = env[target];
+    else {
+      try {
+        value = readFileSync(target, 'utf8').replace(/\n$/, '');
+      } catch {
+        value = undefined;
+      }
+    }
+    if (value === undefined || value.includes('\0'))
+      throw new Error(
+        `CHOIROS_SANDBOX_SECRETS: ${name} refers to ${kind}:${target}, which is unset or unreadable`,
+      );
+    out[name] = value;
+  }
+  return out;
+}
 
 /** Parses the environment; throws one message listing every bad variable. */
 export function loadWorkerConfig(env: NodeJS.ProcessEnv): WorkerConfig {
@@ -60,9 +124,12 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv): WorkerConfig {
     const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
     throw new Error(`invalid worker configuration:\n${lines.join('\n')}`);
   }
+  const dataDir = resolve(parsed.data.CHOIROS_DATA_DIR);
   return {
     ...parsed.data,
-    dataDir: resolve(parsed.data.CHOIROS_DATA_DIR),
+    secrets: resolveSecretRefs(parsed.data.CHOIROS_SANDBOX_SECRETS, env),
+    dataDir,
+    artifactsDir: resolve(parsed.data.CHOIROS_ARTIFACTS_DIR ?? join(dataDir, 'artifacts')),
     verifiersFile: resolve(parsed.data.CHOIROS_VERIFIERS_FILE),
   };
 }

@@ -1,5 +1,6 @@
 /** Builds the worker set of one process: orchestration (workflows + event flush), sandbox and host queues. */
 import { join } from 'node:path';
+import { Client, WorkflowNotFoundError } from '@temporalio/client';
 import { Worker, type NativeConnection, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import type Docker from 'dockerode';
 import type { NatsConnection } from 'nats';
@@ -10,8 +11,12 @@ import {
   ensureEventStream,
   type EventActivityDeps,
 } from '../activities/events/publisher';
+import { LocalArtifactStore } from '../activities/artifacts/local-store';
+import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
 import { createSandboxActivities } from '../activities/sandbox/activities';
 import { DockerSandboxDriver } from '../activities/sandbox/docker-driver';
+import type { SandboxDriver } from '../activities/sandbox/driver';
+import { LocalSandboxDriver } from '../activities/sandbox/local-driver';
 import { loadVerifierCatalog } from '../activities/verifiers/catalog';
 import type { CreateSandboxInput } from '../activities/types';
 import type { WorkerConfig } from './config';
@@ -43,23 +48,36 @@ export async function createWorkerSet(opts: {
     duplicateWindowSeconds: 300,
   });
   const verifiers = await loadVerifierCatalog(config.verifiersFile);
-  const driver = new DockerSandboxDriver(opts.docker, {
-    image: config.CHOIROS_SANDBOX_IMAGE,
-    user: config.CHOIROS_SANDBOX_USER,
-    memoryBytes: config.CHOIROS_SANDBOX_MEMORY_MB * 1024 * 1024,
-    nanoCpus: Math.round(config.CHOIROS_SANDBOX_CPUS * 1e9),
-    pidsLimit: config.CHOIROS_SANDBOX_PIDS,
-    tmpfsSizeMb: 64,
-    extraLabels: { 'choiros.host-id': config.CHOIROS_HOST_ID },
-  });
+  const driver: SandboxDriver =
+    config.CHOIROS_SANDBOX_DRIVER === 'local'
+      ? new LocalSandboxDriver({
+          stateDir: join(config.dataDir, 'local-sandboxes'),
+          user: config.CHOIROS_SANDBOX_USER,
+          path: '/usr/local/bin:/usr/bin:/bin',
+          executionEnv: config.secrets,
+          logger: logger.child({ component: 'sandbox' }),
+        })
+      : new DockerSandboxDriver(opts.docker, {
+          image: config.CHOIROS_SANDBOX_IMAGE,
+          user: config.CHOIROS_SANDBOX_USER,
+          memoryBytes: config.CHOIROS_SANDBOX_MEMORY_MB * 1024 * 1024,
+          nanoCpus: Math.round(config.CHOIROS_SANDBOX_CPUS * 1e9),
+          pidsLimit: config.CHOIROS_SANDBOX_PIDS,
+          tmpfsSizeMb: 64,
+          executionEnv: config.secrets,
+          extraLabels: { [HOST_LABEL]: config.CHOIROS_HOST_ID },
+        });
   const sandboxActivities = createSandboxActivities({
     driver,
     verifiers,
     worktreeRoot: join(config.dataDir, 'worktrees'),
+    mirrorRoot: join(config.dataDir, 'mirrors'),
     hostId: config.CHOIROS_HOST_ID,
     hostQueue,
     image: config.CHOIROS_SANDBOX_IMAGE,
     sandboxUser: config.CHOIROS_SANDBOX_USER,
+    artifacts: new LocalArtifactStore(config.artifactsDir),
+    maxLogBytes: config.CHOIROS_MAX_LOG_BYTES,
     logger: logger.child({ component: 'sandbox' }),
   });
   const eventActivities = createEventActivities({
@@ -84,22 +102,61 @@ export async function createWorkerSet(opts: {
       taskQueue: TASK_QUEUES.sandbox,
       activities: { createSandbox: (input: CreateSandboxInput) => sandboxActivities.createSandbox(input) },
     }),
-    Worker.create({ ...common, taskQueue: hostQueue, activities: sandboxActivities }),
+    // Heartbeats reach the server within ~2 s (not 80% of the heartbeat timeout), so a
+    // cancelled run's command is killed and its sandbox removed within a few seconds.
+    Worker.create({
+      ...common,
+      taskQueue: hostQueue,
+      activities: sandboxActivities,
+      maxHeartbeatThrottleInterval: '2 seconds',
+    }),
   ]);
+  const client = new Client({ connection: opts.connection, namespace: config.TEMPORAL_NAMESPACE });
+  const runState = async (runId: string): Promise<RunState> => {
+    try {
+      const d = await client.workflow.getHandle(runId).describe();
+      return d.status.name === 'RUNNING' ? 'open' : 'closed';
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) return 'unknown';
+      throw err;
+    }
+  };
+  const sweeper =
+    config.CHOIROS_SWEEP_INTERVAL_SECONDS > 0
+      ? startSweeper(
+          {
+            docker: opts.docker,
+            hostId: config.CHOIROS_HOST_ID,
+            worktreeRoot: join(config.dataDir, 'worktrees'),
+            graceMs: config.CHOIROS_SWEEP_GRACE_SECONDS * 1000,
+            runState,
+            logger: logger.child({ component: 'sweeper' }),
+          },
+          config.CHOIROS_SWEEP_INTERVAL_SECONDS * 1000,
+        )
+      : undefined;
   logger.info(
     {
       event: 'worker.ready',
       queues: [TASK_QUEUES.orchestration, TASK_QUEUES.sandbox, hostQueue],
       verifiers: verifiers.ids(),
+      // Names only: secret values never reach a log line.
+      executionSecrets: Object.keys(config.secrets),
+      sweepIntervalSeconds: config.CHOIROS_SWEEP_INTERVAL_SECONDS,
     },
     'workers created',
   );
   return {
     workers,
     async run() {
-      await Promise.all(workers.map((w) => w.run()));
+      try {
+        await Promise.all(workers.map((w) => w.run()));
+      } finally {
+        await sweeper?.stop();
+      }
     },
     shutdown() {
+      void sweeper?.stop();
       for (const w of workers) {
         if (w.getState() === 'RUNNING') w.shutdown();
       }

@@ -5,6 +5,7 @@ import {
   CancellationScope,
   isCancellation,
   log,
+  patched,
   proxyActivities,
   setHandler,
   upsertSearchAttributes,
@@ -116,6 +117,7 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
       workItemId: workItem.id,
       repo: request.repo,
       baseRef: request.baseRef,
+      network: request.network ?? 'none',
     });
     view.branch = sandbox.branch;
     view.baseCommit = sandbox.baseCommit;
@@ -143,6 +145,8 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
       output_sha256: execution.outputSha256,
       output_bytes: execution.outputBytes,
       output_tail: execution.outputTail,
+      oom_killed: execution.oomKilled ?? false,
+      log: execution.log ?? null,
     });
 
     if (execution.exitCode !== 0 || execution.timedOut) {
@@ -150,15 +154,49 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
         code: execution.timedOut ? 'execution_timeout' : 'execution_failed',
         message: execution.timedOut
           ? `the work item's command timed out after ${EXECUTE_TIMEOUT_SECONDS}s`
-          : `the work item's command exited with code ${execution.exitCode}`,
+          : execution.oomKilled
+            ? `the work item's command was killed at the sandbox memory limit (exit ${execution.exitCode})`
+            : `the work item's command exited with code ${execution.exitCode}`,
       };
       outcome = { status: 'failed', stage: 'execute' };
     } else {
       setStatus('verifying', 'verify');
       const verify = hostActivities(sandbox.hostQueue, VERIFIER_ACTIVITY_BOUND_SECONDS);
       const handle = sandbox;
+      let verifierIds = workItem.requiredVerifiers;
+      if (patched('verifier-plan')) {
+        // The plan adds mood profiles and path-scoped verifiers; unknown required ids stay in the
+        // list so runVerifier reports each as `error` and the run is discarded, never silently passed.
+        const plan = await verify.planVerifiers({
+          sandboxId: handle.sandboxId,
+          mood: request.mood,
+          required: workItem.requiredVerifiers,
+          riskTier: workItem.riskTier,
+        });
+        view.plan = {
+          planId: plan.planId,
+          verifierIds: plan.verifierIds,
+          unknownRequired: plan.unknownRequired,
+          touchedPaths: plan.touchedPaths,
+        };
+        events.emit('run.verifier.plan', {
+          run_id: runId,
+          plan_id: plan.planId,
+          inputs_hash: plan.inputsHash,
+          verifier_ids: plan.verifierIds,
+          unknown_required: plan.unknownRequired,
+          reasons: plan.reasons,
+          touched_paths: plan.touchedPaths,
+        });
+        // Required ids keep the order the request gave them (the run view lists verifiers in it).
+        const required = new Set(workItem.requiredVerifiers);
+        verifierIds = [
+          ...new Set(workItem.requiredVerifiers),
+          ...plan.verifierIds.filter((id) => !required.has(id)),
+        ];
+      }
       const outcomes: VerifierOutcome[] = await Promise.all(
-        workItem.requiredVerifiers.map((verifierId) =>
+        verifierIds.map((verifierId) =>
           verify.runVerifier({
             sandboxId: handle.sandboxId,
             verifierId,
@@ -179,6 +217,9 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
             output_sha256: result.outputSha256,
             output_bytes: result.outputBytes,
             output_tail: result.outputTail,
+            oom_killed: result.oomKilled ?? false,
+            artifact_hash: result.log?.digest ?? null,
+            report_hash: result.reportDigest ?? null,
           },
         });
       }

@@ -2,11 +2,23 @@
 import { execFile } from 'node:child_process';
 import { mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Writable } from 'node:stream';
 import { promisify } from 'node:util';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from 'pino';
-import { isValidId, type CommandOutcome, type VerifierOutcome } from '../../contracts';
+import {
+  canonicalJson,
+  isGitUrl,
+  isValidId,
+  selectVerifierPlan,
+  verdictOf,
+  type CommandOutcome,
+  type VerifierOutcome,
+  type VerifierPlan,
+  type VerifierReport,
+} from '../../contracts';
+import type { ArtifactStore } from '../artifacts/store';
 import type { VerifierCatalog } from '../verifiers/catalog';
 import type {
   CommitInput,
@@ -14,12 +26,14 @@ import type {
   CreateSandboxInput,
   DestroyInput,
   ExecInput,
+  PlanInput,
   SandboxActivities,
   SandboxHandle,
   VerifyInput,
 } from '../types';
 import type { SandboxDriver, SandboxLabels } from './driver';
-import { branchExists, git, resolveCommit, resolveRepo } from './git';
+import { branchExists, git, resolveCommit, resolveRepo, touchedPaths } from './git';
+import { ensureMirror, mirrorPath } from './mirror';
 
 const execFileAsync = promisify(execFile);
 
@@ -28,12 +42,18 @@ export interface SandboxDeps {
   verifiers: VerifierCatalog;
   /** Directory holding run worktrees (`<dataDir>/worktrees`). */
   worktreeRoot: string;
+  /** Directory holding bare mirrors of repository URLs (`<dataDir>/mirrors`). */
+  mirrorRoot: string;
   hostId: string;
   /** This host's task queue, returned by create so later steps run here. */
   hostQueue: string;
   image: string;
   /** uid:gid that owns worktrees while a sandbox uses them (when the worker runs as root). */
   sandboxUser: string;
+  /** Where full command output (logs) and verifier reports go. */
+  artifacts: ArtifactStore;
+  /** At most this many bytes of one command's output are stored; the rest is counted, hashed and dropped. */
+  maxLogBytes: number;
   logger: Logger;
 }
 
@@ -80,6 +100,22 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
     };
   };
 
+  /** Runs `fn` with its output streaming into the artifact store; the outcome carries the stored log. */
+  const withStoredLog = async (
+    fn: (output: Writable) => Promise<CommandOutcome>,
+  ): Promise<CommandOutcome> => {
+    const writer = await deps.artifacts.writer({ maxBytes: deps.maxLogBytes });
+    let outcome: CommandOutcome;
+    try {
+      outcome = await fn(writer.stream);
+    } catch (err) {
+      await writer.abort();
+      throw err;
+    }
+    const log = await writer.finish();
+    return { ...outcome, log: { digest: log.digest, bytes: log.size, truncated: log.truncated } };
+  };
+
   return {
     async createSandbox(input: CreateSandboxInput): Promise<SandboxHandle> {
       for (const [k, v] of Object.entries({
@@ -93,7 +129,10 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       const rec = record(input.runId);
       const log = logger.child({ runId: input.runId, workItemId: input.workItemId });
       const imageId = await driver.imageId();
-      const repo = await resolveRepo(input.repo);
+      // URLs go through the shared bare mirror (refreshed here); local paths are used directly.
+      const repo = isGitUrl(input.repo)
+        ? await ensureMirror(deps.mirrorRoot, input.repo)
+        : await resolveRepo(input.repo);
       const baseCommit = await resolveCommit(repo, input.baseRef);
       await mkdir(deps.worktreeRoot, { recursive: true });
 
@@ -129,6 +168,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
           workItemId: input.workItemId,
           lane: 'execution',
         },
+        network: input.network ?? 'none',
       });
       log.info(
         {
@@ -158,13 +198,17 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
         { event: 'sandbox.exec.start', argv0: input.argv[0], args: input.argv.length },
         'executing work item',
       );
-      const outcome = await driver.exec(rec.container, input.argv, heartbeatingOptions(input.timeoutSeconds));
+      const outcome = await withStoredLog((output) =>
+        driver.exec(rec.container, input.argv, { ...heartbeatingOptions(input.timeoutSeconds), output }),
+      );
       log.info(
         {
           event: 'sandbox.exec.done',
           exitCode: outcome.exitCode,
           timedOut: outcome.timedOut,
+          oomKilled: outcome.oomKilled ?? false,
           durationMs: outcome.durationMs,
+          log: outcome.log,
         },
         'work item executed',
       );
@@ -191,16 +235,70 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       const log = logger.child({ runId: rec.runId, verifierId: spec.id });
       for (const k of ['tenant', 'userId', 'workItemId'] as const) assertId(k, input.owner[k]);
       const labels: SandboxLabels = { ...input.owner, runId: rec.runId, lane: 'verifier' };
-      const outcome = await driver.runVerifier(
-        { name: `choiros-verify-${rec.runId}-${spec.id}`, workspace: rec.worktree, argv: spec.argv, labels },
-        heartbeatingOptions(spec.timeoutSeconds),
+      const outcome = await withStoredLog((output) =>
+        driver.runVerifier(
+          {
+            name: `choiros-verify-${rec.runId}-${spec.id}`,
+            workspace: rec.worktree,
+            argv: spec.argv,
+            labels,
+          },
+          { ...heartbeatingOptions(spec.timeoutSeconds), output },
+        ),
       );
-      const result = outcome.timedOut ? 'timeout' : outcome.exitCode === 0 ? 'pass' : 'fail';
+      const result = verdictOf(outcome);
+      const storedLog = outcome.log ?? { digest: outcome.outputSha256, bytes: 0, truncated: true };
+      const report: VerifierReport = {
+        kind: 'choiros.verifier.report',
+        version: 1,
+        runId: rec.runId,
+        verifierId: spec.id,
+        argv: spec.argv,
+        timeoutSeconds: spec.timeoutSeconds,
+        exitCode: outcome.exitCode,
+        timedOut: outcome.timedOut,
+        oomKilled: outcome.oomKilled ?? false,
+        durationMs: Math.round(outcome.durationMs),
+        outputSha256: outcome.outputSha256,
+        outputBytes: outcome.outputBytes,
+        log: storedLog,
+      };
+      const stored = await deps.artifacts.put(Buffer.from(canonicalJson(report)));
       log.info(
-        { event: 'verifier.done', result, exitCode: outcome.exitCode, durationMs: outcome.durationMs },
+        {
+          event: 'verifier.done',
+          result,
+          exitCode: outcome.exitCode,
+          oomKilled: report.oomKilled,
+          durationMs: outcome.durationMs,
+          reportDigest: stored.digest,
+        },
         'verifier finished',
       );
-      return { ...outcome, id: spec.id, result };
+      return { ...outcome, id: spec.id, result, reportDigest: stored.digest };
+    },
+
+    async planVerifiers(input: PlanInput): Promise<VerifierPlan> {
+      const rec = record(input.sandboxId);
+      const paths = await touchedPaths(rec.worktree);
+      const plan = selectVerifierPlan(deps.verifiers, {
+        mood: input.mood,
+        required: input.required,
+        touchedPaths: paths,
+        riskTier: input.riskTier,
+      });
+      logger.info(
+        {
+          event: 'verifier.plan',
+          runId: rec.runId,
+          planId: plan.planId,
+          verifierIds: plan.verifierIds,
+          unknownRequired: plan.unknownRequired,
+          touched: paths.length,
+        },
+        'verifier plan selected',
+      );
+      return plan;
     },
 
     async commitSandbox(input: CommitInput): Promise<CommitResult> {
@@ -253,7 +351,13 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       const rec = record(input.sandboxId);
       const removed: string[] = [];
       if (await driver.remove(rec.container)) removed.push('container');
-      const repo = await resolveRepo(input.repo).catch(() => undefined);
+      if (await driver.removeRunNetwork(rec.runId)) removed.push('network');
+      const repo = isGitUrl(input.repo)
+        ? await stat(mirrorPath(deps.mirrorRoot, input.repo)).then(
+            () => mirrorPath(deps.mirrorRoot, input.repo),
+            () => undefined,
+          )
+        : await resolveRepo(input.repo).catch(() => undefined);
       const present = await stat(rec.worktree).then(
         () => true,
         () => false,

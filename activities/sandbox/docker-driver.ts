@@ -1,7 +1,8 @@
 /** Docker sandbox driver (dockerode): locked-down containers, argv only, bounded output, hard timeouts. */
+import type { Writable } from 'node:stream';
 import type Docker from 'dockerode';
 import { ApplicationFailure } from '@temporalio/common';
-import type { CommandOutcome } from '../../contracts';
+import type { CommandOutcome, NetworkPolicy } from '../../contracts';
 import { BoundedOutput } from './output';
 import type { CommandOptions, SandboxDriver, SandboxLabels } from './driver';
 
@@ -13,6 +14,8 @@ export interface DockerDriverOptions {
   nanoCpus: number;
   pidsLimit: number;
   tmpfsSizeMb: number;
+  /** Environment of the execution lane only (resolved secrets); the verifier lane never gets it. */
+  executionEnv?: Record<string, string>;
   /** Extra labels on every container (e.g. the host id). */
   extraLabels?: Record<string, string>;
 }
@@ -27,7 +30,13 @@ export const LABELS = {
   lane: 'choiros.lane',
 } as const;
 
-const PROGRESS_INTERVAL_MS = 5_000;
+const PROGRESS_INTERVAL_MS = 1_000;
+const BASE_ENV = ['HOME=/tmp', 'PATH=/usr/local/bin:/usr/bin:/bin'];
+
+/** Name of a run's own network (policy `internal`). */
+export function runNetworkName(runId: string): string {
+  return `choiros-net-${runId}`;
+}
 
 function isNotFound(err: unknown): boolean {
   return typeof err === 'object' && err !== null && (err as { statusCode?: number }).statusCode === 404;
@@ -72,10 +81,10 @@ export class DockerSandboxDriver implements SandboxDriver {
   }
 
   /** The locked-down host config shared by both lanes. */
-  private hostConfig(workspace: string, readOnlyWorkspace: boolean): Docker.HostConfig {
+  private hostConfig(workspace: string, readOnlyWorkspace: boolean, networkMode = 'none'): Docker.HostConfig {
     return {
       Binds: [`${workspace}:/workspace:${readOnlyWorkspace ? 'ro' : 'rw'}`],
-      NetworkMode: 'none',
+      NetworkMode: networkMode,
       CapDrop: ['ALL'],
       SecurityOpt: ['no-new-privileges'],
       ReadonlyRootfs: true,
@@ -92,7 +101,10 @@ export class DockerSandboxDriver implements SandboxDriver {
     name: string;
     workspace: string;
     labels: SandboxLabels;
+    network?: NetworkPolicy;
   }): Promise<void> {
+    const internal = spec.network === 'internal';
+    if (internal) await this.ensureRunNetwork(spec.labels);
     try {
       await this.docker.createContainer({
         name: spec.name,
@@ -101,10 +113,14 @@ export class DockerSandboxDriver implements SandboxDriver {
         Cmd: ['sleep', '2147483647'],
         User: this.opts.user,
         WorkingDir: '/workspace',
-        Env: ['HOME=/tmp', 'PATH=/usr/local/bin:/usr/bin:/bin'],
+        Env: [...BASE_ENV, ...Object.entries(this.opts.executionEnv ?? {}).map(([k, v]) => `${k}=${v}`)],
         Labels: this.labels(spec.labels),
-        NetworkDisabled: true,
-        HostConfig: this.hostConfig(spec.workspace, false),
+        NetworkDisabled: !internal,
+        HostConfig: this.hostConfig(
+          spec.workspace,
+          false,
+          internal ? runNetworkName(spec.labels.runId) : 'none',
+        ),
       });
     } catch (err) {
       // A retried create finds the container it made before.
@@ -128,15 +144,48 @@ export class DockerSandboxDriver implements SandboxDriver {
     });
     const stream = await exec.start({ hijack: true, stdin: false });
     const output = new BoundedOutput();
-    const sink = output.writable();
+    const sink = output.writable(opts.output);
     this.docker.modem.demuxStream(stream, sink, sink);
     // A timed-out or cancelled command takes its whole container down: nothing keeps running.
     const killContainer = async (): Promise<void> => {
       await container.kill().catch(() => undefined);
     };
-    const result = await this.supervise(stream, output, opts, killContainer);
+    const result = await this.supervise(stream, sink, output, opts, killContainer);
     const inspected = await exec.inspect();
-    return { ...result, exitCode: result.timedOut ? 124 : (inspected.ExitCode ?? 137) };
+    const exitCode = result.timedOut ? 124 : (inspected.ExitCode ?? 137);
+    // Docker 20.10 sets State.OOMKilled only when PID 1 dies; an exec'd process killed by the
+    // OOM killer shows up in the container's cgroup counter instead.
+    const oomKilled = exitCode === 137 && !result.timedOut ? await this.cgroupOomKills(name) : 0;
+    return { ...result, exitCode, ...(oomKilled > 0 ? { oomKilled: true } : {}) };
+  }
+
+  /** Number of OOM kills in a running container's memory cgroup (v2 `memory.events` or v1 `memory.oom_control`). */
+  private async cgroupOomKills(name: string): Promise<number> {
+    const probe = new BoundedOutput(4096);
+    try {
+      const exec = await this.docker.getContainer(name).exec({
+        Cmd: [
+          'sh',
+          '-c',
+          'cat /sys/fs/cgroup/memory.events 2>/dev/null || cat /sys/fs/cgroup/memory/memory.oom_control',
+        ],
+        AttachStdout: true,
+        AttachStderr: false,
+        User: this.opts.user,
+      });
+      const stream = await exec.start({ hijack: true, stdin: false });
+      const sink = probe.writable();
+      this.docker.modem.demuxStream(stream, sink, sink);
+      await new Promise<void>((resolve) => {
+        stream.on('end', resolve);
+        stream.on('close', resolve);
+        stream.on('error', () => resolve());
+      });
+    } catch {
+      return 0;
+    }
+    const m = /^oom_kill (\d+)$/m.exec(probe.finish().outputTail);
+    return m ? Number(m[1]) : 0;
   }
 
   async runVerifier(
@@ -150,7 +199,7 @@ export class DockerSandboxDriver implements SandboxDriver {
       Cmd: spec.argv,
       User: this.opts.user,
       WorkingDir: '/workspace',
-      Env: ['HOME=/tmp', 'PATH=/usr/local/bin:/usr/bin:/bin'],
+      Env: [...BASE_ENV],
       Labels: this.labels(spec.labels),
       NetworkDisabled: true,
       HostConfig: this.hostConfig(spec.workspace, true),
@@ -158,17 +207,53 @@ export class DockerSandboxDriver implements SandboxDriver {
     try {
       const stream = await container.attach({ stream: true, stdout: true, stderr: true });
       const output = new BoundedOutput();
-      const sink = output.writable();
+      const sink = output.writable(opts.output);
       this.docker.modem.demuxStream(stream, sink, sink);
       await container.start();
       const kill = async (): Promise<void> => {
         await container.kill().catch(() => undefined);
       };
-      const result = await this.supervise(stream, output, opts, kill);
+      const result = await this.supervise(stream, sink, output, opts, kill);
       const waited = (await container.wait()) as { StatusCode?: number };
-      return { ...result, exitCode: result.timedOut ? 124 : (waited.StatusCode ?? 137) };
+      const state = (await container.inspect()).State;
+      return {
+        ...result,
+        exitCode: result.timedOut ? 124 : (waited.StatusCode ?? 137),
+        ...(state.OOMKilled && !result.timedOut ? { oomKilled: true } : {}),
+      };
     } finally {
       await container.remove({ force: true }).catch(() => undefined);
+    }
+  }
+
+  /**
+   * The run's own network, labelled like its containers. `Internal` stops forwarding out of it,
+   * but the host would still answer on the bridge's gateway address (and so would every host
+   * service bound to 0.0.0.0 or another bridge); `inhibit_ipv4` leaves the host without an
+   * address on this bridge, so only the run's own containers are reachable.
+   */
+  private async ensureRunNetwork(labels: SandboxLabels): Promise<void> {
+    try {
+      await this.docker.createNetwork({
+        Name: runNetworkName(labels.runId),
+        Driver: 'bridge',
+        Internal: true,
+        CheckDuplicate: true,
+        Options: { 'com.docker.network.bridge.inhibit_ipv4': 'true' },
+        Labels: this.labels(labels),
+      });
+    } catch (err) {
+      if (!isConflict(err)) throw err; // a retried create finds the network it made before
+    }
+  }
+
+  async removeRunNetwork(runId: string): Promise<boolean> {
+    try {
+      await this.docker.getNetwork(runNetworkName(runId)).remove();
+      return true;
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw err;
     }
   }
 
@@ -185,6 +270,7 @@ export class DockerSandboxDriver implements SandboxDriver {
   /** Waits for the output stream to end, enforcing the timeout and cancellation, reporting progress. */
   private async supervise(
     stream: NodeJS.ReadableStream,
+    sink: Writable,
     output: BoundedOutput,
     opts: CommandOptions,
     kill: () => Promise<void>,
@@ -214,6 +300,8 @@ export class DockerSandboxDriver implements SandboxDriver {
       clearInterval(progress);
       opts.signal?.removeEventListener('abort', onAbort);
     }
+    // Every demultiplexed chunk has reached the capture (and the tee) before it is summarised.
+    await new Promise<void>((resolve) => sink.end(() => resolve()));
     if (opts.signal?.aborted) throw opts.signal.reason ?? new Error('cancelled');
     return { timedOut, durationMs: Date.now() - started, ...output.finish() };
   }

@@ -1,5 +1,6 @@
 /** The sandbox driver interface: what the run activities need from an isolation technology. */
-import type { CommandOutcome } from '../../contracts';
+import type { Writable } from 'node:stream';
+import type { CommandOutcome, NetworkPolicy } from '../../contracts';
 
 /** Labels put on every container the platform creates, so a sweeper can find orphans. */
 export interface SandboxLabels {
@@ -16,13 +17,20 @@ export interface CommandOptions {
   onProgress?: (p: { outputBytes: number; elapsedMs: number }) => void;
   /** Aborting kills the command and its container. */
   signal?: AbortSignal;
+  /** Receives the full combined output as it arrives (e.g. an artifact writer); ended by the caller. */
+  output?: Writable;
 }
 
 export interface SandboxDriver {
   /** Identifier of the image sandboxes run; throws `sandbox_image_missing` when absent. */
   imageId(): Promise<string>;
   /** Starts (or finds, on a retry) the long-lived execution-lane container for a run. */
-  createExecutionSandbox(spec: { name: string; workspace: string; labels: SandboxLabels }): Promise<void>;
+  createExecutionSandbox(spec: {
+    name: string;
+    workspace: string;
+    labels: SandboxLabels;
+    network?: NetworkPolicy;
+  }): Promise<void>;
   /** Runs argv in the execution-lane container, in /workspace. */
   exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome>;
   /** Runs argv in a fresh, network-less verifier-lane container with the workspace mounted read-only. */
@@ -32,4 +40,6 @@ export interface SandboxDriver {
   ): Promise<CommandOutcome>;
   /** Removes a container if it exists; true when something was removed. */
   remove(name: string): Promise<boolean>;
+  /** Removes the run's own network (policy `internal`) if it exists; true when something was removed. */
+  removeRunNetwork(runId: string): Promise<boolean>;
 }

@@ -48,7 +48,11 @@ export function git(
       (err, stdout, stderr) => {
         if (err) {
           const code = typeof err.code === 'number' ? err.code : null;
-          reject(new GitError(`git ${args[0] ?? ''} failed: ${stderr.trim() || err.message}`, code, stderr));
+          // Name the subcommand, not a leading `-c key=value` or `--git-dir <dir>`.
+          const sub =
+            args.find((a, i) => !a.startsWith('-') && args[i - 1] !== '-c' && args[i - 1] !== '--git-dir') ??
+            '';
+          reject(new GitError(`git ${sub} failed: ${stderr.trim() || err.message}`, code, stderr));
           return;
         }
         resolve({ stdout, stderr });
@@ -113,4 +117,15 @@ export async function listWorktrees(repo: string): Promise<string[]> {
     .split('\n')
     .filter((l) => l.startsWith('worktree '))
     .map((l) => l.slice('worktree '.length));
+}
+
+/**
+ * Repository-relative paths a worktree changed against its HEAD: modified, added, deleted, both
+ * sides of a rename, and untracked files that are not ignored (what a commit would take).
+ */
+export async function touchedPaths(worktree: string): Promise<string[]> {
+  const opts = { cwd: worktree, safeDirs: [worktree] };
+  const changed = (await git(['diff', '--name-only', '--no-renames', '-z', 'HEAD', '--'], opts)).stdout;
+  const untracked = (await git(['ls-files', '--others', '--exclude-standard', '-z', '--'], opts)).stdout;
+  return [...new Set([...changed.split('\0'), ...untracked.split('\0')].filter(Boolean))].sort();
 }

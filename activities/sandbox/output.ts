@@ -20,12 +20,13 @@ export class BoundedOutput {
       joined.length > this.tailBytes ? Buffer.from(joined.subarray(joined.length - this.tailBytes)) : joined;
   }
 
-  /** A writable that feeds this capture (for stream demultiplexing). */
-  writable(): Writable {
+  /** A writable that feeds this capture (for stream demultiplexing), and `tee` with backpressure. */
+  writable(tee?: Writable): Writable {
     return new Writable({
       write: (chunk: Buffer, _enc, cb) => {
         this.push(chunk);
-        cb();
+        if (!tee || tee.write(chunk)) cb();
+        else tee.once('drain', () => cb());
       },
     });
   }

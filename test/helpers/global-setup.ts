@@ -102,5 +102,6 @@ export default async function globalSetup(): Promise<void> {
     log(`nats-server at ${n.url} (log ${n.process.logFile})`);
   }
   process.env.CHOIROS_TEST_WORK_DIR = work;
-  process.env.CHOIROS_TEST_SANDBOX_IMAGE = TEST_SANDBOX_IMAGE;
+  // The image id, not the tag: another checkout on the same engine may retag the image meanwhile.
+  process.env.CHOIROS_TEST_SANDBOX_IMAGE = img.id;
 }

@@ -127,6 +127,8 @@ export async function startTestWorker(
     natsCreds?: string;
     temporalAddress?: string;
     eventFaults?: (event: EventEnvelope, attempt: number) => void;
+    /** Extra worker environment (CHOIROS_* settings). */
+    extraEnv?: Record<string, string>;
   } = {},
 ): Promise<TestWorker> {
   const dataDir = await mkdtemp(join(env.workDir(), `data-${hostId}-`));
@@ -137,7 +139,10 @@ export async function startTestWorker(
     CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
     CHOIROS_SANDBOX_IMAGE: env.sandboxImage(),
     CHOIROS_HOST_ID: hostId,
+    // Off unless a test asks: the Docker engine is shared with other test runs.
+    CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
     LOG_LEVEL: 'warn',
+    ...opts.extraEnv,
   });
   const connection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });
   const nats = await connect({

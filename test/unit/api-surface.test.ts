@@ -45,7 +45,17 @@ function build(extra: { rateLimiter?: RateLimiter } = {}) {
       defaultTenant: 'default',
     }),
     runs,
-    verifiers: new VerifierCatalog([{ id: 'V-1', description: 'one', argv: ['true'], timeoutSeconds: 10 }]),
+    verifiers: new VerifierCatalog([
+      {
+        id: 'V-1',
+        description: 'one',
+        argv: ['true'],
+        timeoutSeconds: 10,
+        scopes: [],
+        moods: [],
+        artifacts: [],
+      },
+    ]),
     readiness: [],
     events: {
       stream: () => ({

@@ -85,7 +85,17 @@ beforeAll(async () => {
       defaultTenant: 'default',
     }),
     runs: fakeRuns,
-    verifiers: new VerifierCatalog([{ id: 'V-1', description: 'one', argv: ['true'], timeoutSeconds: 10 }]),
+    verifiers: new VerifierCatalog([
+      {
+        id: 'V-1',
+        description: 'one',
+        argv: ['true'],
+        timeoutSeconds: 10,
+        scopes: [],
+        moods: [],
+        artifacts: [],
+      },
+    ]),
     readiness: [],
     events: {
       stream: () => {

@@ -2,6 +2,7 @@
 import {
   canonicalJson,
   eventEnvelopeSchema,
+  isGitUrl,
   isValidId,
   parseVerifierFile,
   refSchema,
@@ -61,6 +62,21 @@ describe('run request', () => {
     expect(
       runRequestSchema.safeParse({ ...base, workItem: { ...base.workItem, execute: ['a\0b'] } }).success,
     ).toBe(false);
+  });
+
+  test.each([
+    ['file:///srv/repo.git', true],
+    ['file:///srv/my_repo-1/.git', true],
+    ['file:///srv/../etc', false],
+    ['file://host/srv/repo', false],
+    ['file:///srv/repo --upload-pack=touch', false],
+    ['ext::sh -c touch% /tmp/pwned', false],
+    ['-uhttps://x', false],
+    ['https://example.invalid/r.git', false],
+    ['ssh://git@example.invalid/r.git', false],
+  ])('when the repo is %j, then accepted is %s', (repo, ok) => {
+    expect(isGitUrl(repo)).toBe(ok);
+    expect(runRequestSchema.safeParse({ ...base, repo }).success).toBe(ok);
   });
 
   test('when the repo has .. segments or is a URL, then it is refused with a message', () => {

@@ -67,7 +67,17 @@ beforeAll(async () => {
         }),
       }),
     },
-    verifiers: new VerifierCatalog([{ id: 'V-1', description: 'one', argv: ['true'], timeoutSeconds: 10 }]),
+    verifiers: new VerifierCatalog([
+      {
+        id: 'V-1',
+        description: 'one',
+        argv: ['true'],
+        timeoutSeconds: 10,
+        scopes: [],
+        moods: [],
+        artifacts: [],
+      },
+    ]),
     logger: pino({ level: 'silent' }),
   });
   const port = await listenGrpc(server, '127.0.0.1', 0);

@@ -1,0 +1,188 @@
+/**
+ * Local sandbox driver: plain child processes in the run's worktree, for machines without Docker.
+ * Isolation is much weaker than the Docker driver's and it says so: no separate file system,
+ * network or pid namespace, no memory/pids limits, and the verifier lane can write the worktree.
+ * What it does do: argv only (no shell), a minimal environment (secrets only in the execution
+ * lane), the unprivileged sandbox uid/gid when the worker is root, a process group per command
+ * that a timeout or cancellation kills as a whole.
+ */
+import { spawn } from 'node:child_process';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Writable } from 'node:stream';
+import type { Logger } from 'pino';
+import { ApplicationFailure } from '@temporalio/common';
+import type { CommandOutcome, NetworkPolicy } from '../../contracts';
+import type { CommandOptions, SandboxDriver, SandboxLabels } from './driver';
+import { BoundedOutput } from './output';
+
+export interface LocalDriverOptions {
+  /** Where the driver remembers each sandbox's workspace (so a restarted worker finds it). */
+  stateDir: string;
+  /** `uid:gid` to run commands as when the worker runs as root. */
+  user: string;
+  /** PATH given to commands. */
+  path: string;
+  /** Environment of the execution lane only (resolved secrets). */
+  executionEnv?: Record<string, string>;
+  logger: Logger;
+}
+
+const PROGRESS_INTERVAL_MS = 1_000;
+
+export class LocalSandboxDriver implements SandboxDriver {
+  /** Process groups still running, per sandbox name. */
+  private readonly groups = new Map<string, Set<number>>();
+
+  constructor(private readonly opts: LocalDriverOptions) {
+    opts.logger.warn(
+      { event: 'sandbox.driver.local' },
+      'local sandbox driver: commands run as host processes without container isolation (no fs, network, pid or memory isolation)',
+    );
+  }
+
+  async imageId(): Promise<string> {
+    return `local:node-${process.version}`;
+  }
+
+  async removeRunNetwork(): Promise<boolean> {
+    return false;
+  }
+
+  private stateFile(name: string): string {
+    return join(this.opts.stateDir, `${name}.json`);
+  }
+
+  async createExecutionSandbox(spec: {
+    name: string;
+    workspace: string;
+    labels: SandboxLabels;
+    network?: NetworkPolicy;
+  }): Promise<void> {
+    if (spec.network === 'internal') {
+      throw ApplicationFailure.create({
+        type: 'invalid_sandbox_request',
+        message:
+          'network policy internal needs the docker driver (the local driver has no network isolation)',
+        nonRetryable: true,
+      });
+    }
+    await mkdir(this.opts.stateDir, { recursive: true });
+    await writeFile(
+      this.stateFile(spec.name),
+      JSON.stringify({ workspace: spec.workspace, labels: spec.labels }),
+    );
+  }
+
+  async exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome> {
+    const state = JSON.parse(await readFile(this.stateFile(name), 'utf8')) as { workspace: string };
+    return this.run(
+      name,
+      state.workspace,
+      argv,
+      { ...this.baseEnv(), ...(this.opts.executionEnv ?? {}) },
+      opts,
+    );
+  }
+
+  async runVerifier(
+    spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels },
+    opts: CommandOptions,
+  ): Promise<CommandOutcome> {
+    return this.run(spec.name, spec.workspace, spec.argv, this.baseEnv(), opts);
+  }
+
+  async remove(name: string): Promise<boolean> {
+    const groups = this.groups.get(name);
+    for (const pgid of groups ?? []) killGroup(pgid);
+    this.groups.delete(name);
+    const existed = await readFile(this.stateFile(name)).then(
+      () => true,
+      () => false,
+    );
+    await rm(this.stateFile(name), { force: true });
+    return existed || (groups?.size ?? 0) > 0;
+  }
+
+  private baseEnv(): Record<string, string> {
+    return { HOME: '/tmp', PATH: this.opts.path, LC_ALL: 'C' };
+  }
+
+  private async run(
+    name: string,
+    cwd: string,
+    argv: string[],
+    env: Record<string, string>,
+    opts: CommandOptions,
+  ): Promise<CommandOutcome> {
+    const [program = '', ...args] = argv;
+    const [uid, gid] = this.opts.user.split(':').map(Number);
+    const asRoot = process.getuid?.() === 0;
+    const started = Date.now();
+    const output = new BoundedOutput();
+    const sink: Writable = output.writable(opts.output);
+    const child = spawn(program, args, {
+      cwd,
+      env,
+      // Its own process group, so a timeout kills everything the command started.
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(asRoot ? { uid, gid } : {}),
+    });
+    const pgid = child.pid;
+    const groups = this.groups.get(name) ?? new Set<number>();
+    if (pgid !== undefined) groups.add(pgid);
+    this.groups.set(name, groups);
+
+    let timedOut = false;
+    let spawnError: Error | undefined;
+    child.stdout.pipe(sink, { end: false });
+    child.stderr.pipe(sink, { end: false });
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+      child.on('error', (err) => {
+        spawnError = err;
+        resolve({ code: 127, signal: null });
+      });
+      child.on('close', (code, signal) => resolve({ code, signal }));
+    });
+    const kill = (): void => {
+      if (pgid !== undefined) killGroup(pgid);
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      kill();
+    }, opts.timeoutMs);
+    const progress = setInterval(() => {
+      opts.onProgress?.({ outputBytes: output.bytes, elapsedMs: Date.now() - started });
+    }, PROGRESS_INTERVAL_MS);
+    opts.signal?.addEventListener('abort', kill, { once: true });
+    let result: { code: number | null; signal: NodeJS.Signals | null };
+    try {
+      result = await exited;
+    } finally {
+      clearTimeout(timer);
+      clearInterval(progress);
+      opts.signal?.removeEventListener('abort', kill);
+      // Whatever the command left running in its group goes with it.
+      kill();
+      if (pgid !== undefined) groups.delete(pgid);
+    }
+    if (spawnError) sink.write(Buffer.from(`cannot run ${program}: ${spawnError.message}\n`));
+    await new Promise<void>((resolve) => sink.end(() => resolve()));
+    if (opts.signal?.aborted) throw opts.signal.reason ?? new Error('cancelled');
+    const exitCode = timedOut ? 124 : (result.code ?? 128 + signalNumber(result.signal));
+    return { exitCode, timedOut, durationMs: Date.now() - started, ...output.finish() };
+  }
+}
+
+function killGroup(pgid: number): void {
+  try {
+    process.kill(-pgid, 'SIGKILL');
+  } catch {
+    /* already gone */
+  }
+}
+
+function signalNumber(signal: NodeJS.Signals | null): number {
+  return signal === 'SIGKILL' ? 9 : signal === 'SIGTERM' ? 15 : 1;
+}

@@ -1,0 +1,146 @@
+/** Orphan sweeper: removes this host's containers and worktrees whose run is finished or unknown to Temporal. */
+import { readFile, readdir, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type Docker from 'dockerode';
+import type { Logger } from 'pino';
+import { isValidId } from '../../contracts';
+import { LABELS } from './docker-driver';
+import { git } from './git';
+
+/** What Temporal says about a run's workflow: still open, closed, or never heard of. */
+export type RunState = 'open' | 'closed' | 'unknown';
+
+export interface SweeperDeps {
+  docker: Docker;
+  /** Only resources labelled with this host id are considered: other hosts sweep their own. */
+  hostId: string;
+  worktreeRoot: string;
+  /** Resources younger than this are left alone, so a run being created is never swept. */
+  graceMs: number;
+  runState(runId: string): Promise<RunState>;
+  logger: Logger;
+  now?: () => number;
+}
+
+export interface SweepResult {
+  containers: string[];
+  networks: string[];
+  worktrees: string[];
+}
+
+export const HOST_LABEL = 'choiros.host-id';
+
+/** One sweep. Never throws for a single resource: it logs and moves on. */
+export async function sweepOrphans(deps: SweeperDeps): Promise<SweepResult> {
+  const now = deps.now?.() ?? Date.now();
+  const result: SweepResult = { containers: [], networks: [], worktrees: [] };
+  const states = new Map<string, RunState>();
+  const stateOf = async (runId: string): Promise<RunState> => {
+    let s = states.get(runId);
+    if (!s) {
+      s = await deps.runState(runId);
+      states.set(runId, s);
+    }
+    return s;
+  };
+
+  // Without a reachable engine (e.g. the local driver) worktrees are still swept.
+  const containers = await deps.docker
+    .listContainers({
+      all: true,
+      filters: { label: [`${LABELS.managed}=true`, `${HOST_LABEL}=${deps.hostId}`] },
+    })
+    .catch((err: unknown) => {
+      deps.logger.debug({ event: 'sweeper.docker.unavailable', err }, 'no Docker engine to sweep');
+      return [];
+    });
+  for (const c of containers) {
+    const runId = c.Labels[LABELS.runId] ?? '';
+    const name = (c.Names[0] ?? c.Id).replace(/^\//, '');
+    if (now - c.Created * 1000 < deps.graceMs) continue;
+    try {
+      const state = isValidId(runId) ? await stateOf(runId) : 'unknown';
+      if (state === 'open') continue;
+      await deps.docker.getContainer(c.Id).remove({ force: true });
+      result.containers.push(name);
+      deps.logger.info(
+        { event: 'sweeper.container.removed', runId, container: name, state },
+        'orphan removed',
+      );
+    } catch (err) {
+      deps.logger.warn({ event: 'sweeper.error', runId, container: name, err }, 'could not sweep container');
+    }
+  }
+
+  // Networks after containers: a network with a container still attached cannot be removed.
+  const networks = await deps.docker
+    .listNetworks({ filters: { label: [`${LABELS.managed}=true`, `${HOST_LABEL}=${deps.hostId}`] } })
+    .catch(() => []);
+  for (const n of networks) {
+    const runId = n.Labels?.[LABELS.runId] ?? '';
+    const created = Date.parse((n as { Created?: string }).Created ?? '');
+    if (Number.isFinite(created) && now - created < deps.graceMs) continue;
+    try {
+      const state = isValidId(runId) ? await stateOf(runId) : 'unknown';
+      if (state === 'open') continue;
+      await deps.docker.getNetwork(n.Id).remove();
+      result.networks.push(n.Name);
+      deps.logger.info({ event: 'sweeper.network.removed', runId, network: n.Name, state }, 'orphan removed');
+    } catch (err) {
+      deps.logger.warn({ event: 'sweeper.error', runId, network: n.Name, err }, 'could not sweep network');
+    }
+  }
+
+  const entries = await readdir(deps.worktreeRoot, { withFileTypes: true }).catch(() => []);
+  for (const entry of entries) {
+    const runId = entry.name;
+    if (!entry.isDirectory() || !isValidId(runId)) continue;
+    const path = join(deps.worktreeRoot, runId);
+    try {
+      const s = await stat(path);
+      if (now - s.mtimeMs < deps.graceMs) continue;
+      const state = await stateOf(runId);
+      if (state === 'open') continue;
+      await removeWorktree(path);
+      result.worktrees.push(path);
+      deps.logger.info({ event: 'sweeper.worktree.removed', runId, worktree: path, state }, 'orphan removed');
+    } catch (err) {
+      deps.logger.warn({ event: 'sweeper.error', runId, worktree: path, err }, 'could not sweep worktree');
+    }
+  }
+  return result;
+}
+
+/** Deletes a worktree and unregisters it from its repository (found through its `.git` file). */
+async function removeWorktree(path: string): Promise<void> {
+  const dotGit = await readFile(join(path, '.git'), 'utf8').catch(() => '');
+  const m = /^gitdir: (.+)$/m.exec(dotGit);
+  await rm(path, { recursive: true, force: true });
+  if (m?.[1]) {
+    // <repo>/.git/worktrees/<name> → <repo>/.git
+    const commonDir = dirname(dirname(m[1].trim()));
+    await git(['--git-dir', commonDir, 'worktree', 'prune'], {
+      cwd: dirname(commonDir),
+      safeDirs: ['*'],
+    }).catch(() => undefined);
+  }
+}
+
+/** Runs `sweepOrphans` now and every `intervalMs`; `stop()` ends it and waits for a sweep in progress. */
+export function startSweeper(deps: SweeperDeps, intervalMs: number): { stop(): Promise<void> } {
+  let running: Promise<unknown> = Promise.resolve();
+  const tick = (): void => {
+    running = sweepOrphans(deps).catch((err: unknown) =>
+      deps.logger.warn({ event: 'sweeper.error', err }, 'sweep failed'),
+    );
+  };
+  tick();
+  const timer = setInterval(tick, intervalMs);
+  timer.unref();
+  return {
+    async stop() {
+      clearInterval(timer);
+      await running;
+    },
+  };
+}
