@@ -337,7 +337,16 @@ describe('listing and cross-user access', () => {
         token: alice,
         key,
       });
-      ids.push(((await res.json()) as RunView).runId);
+      const id = ((await res.json()) as RunView).runId;
+      ids.push(id);
+      // Distinct start and close times: the dev server's SQLite visibility pages by time, and
+      // runs that start and close within the same instant can come back on two pages.
+      await poll(
+        () => getRun(id, alice),
+        (r) => r.body.finishedAt !== undefined,
+        120_000,
+      );
+      await new Promise((r) => setTimeout(r, 1100));
     }
     for (const id of ids)
       await poll(
@@ -358,10 +367,11 @@ describe('listing and cross-user access', () => {
       30_000,
     );
     expect(mine.runs.every((r) => r.userId === 'lister' && r.status === 'committed')).toBe(true);
-    const page1 = await list(alice, 'pageSize=1');
+    // Pages over a stable set (closed runs) do not overlap.
+    const page1 = await list(alice, 'status=committed&pageSize=1');
     expect(page1.runs).toHaveLength(1);
     expect(page1.nextPageToken).toBeDefined();
-    const page2 = await list(alice, `pageSize=1&pageToken=${page1.nextPageToken}`);
+    const page2 = await list(alice, `status=committed&pageSize=1&pageToken=${page1.nextPageToken}`);
     expect(page2.runs[0]?.runId).not.toBe(page1.runs[0]?.runId);
     const bob = await list(await api.token({ sub: 'bob', tenant: 'acme' }), 'pageSize=100');
     expect(bob.runs.some((r) => ids.includes(r.runId))).toBe(false);
