@@ -10,6 +10,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
+import { sseFrames } from './sse';
 import { isTerminalStatus, runStatusSchema, type EventEnvelope, type RunView } from '../../contracts';
 
 const USAGE = `usage:
@@ -93,32 +94,13 @@ export async function watch(ctx: Ctx, runId: string): Promise<string> {
       const p = (await res.json().catch(() => ({}))) as { code?: string; detail?: string };
       throw new CliError(`watch ${runId}: ${res.status} ${p.code ?? ''} ${p.detail ?? ''}`.trim());
     }
-    const decoder = new TextDecoder();
-    let buffer = '';
     try {
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        buffer += decoder.decode(chunk, { stream: true });
-        let idx: number;
-        while ((idx = buffer.indexOf('\n\n')) >= 0) {
-          const block = buffer.slice(0, idx);
-          buffer = buffer.slice(idx + 2);
-          const data = block
-            .split('\n')
-            .filter((l) => l.startsWith('data:'))
-            .map((l) => l.slice(5).trimStart())
-            .join('');
-          const id = block
-            .split('\n')
-            .find((l) => l.startsWith('id:'))
-            ?.slice(3)
-            .trim();
-          if (!data) continue;
-          if (id) lastId = id;
-          const event = JSON.parse(data) as EventEnvelope;
-          if (ctx.json) ctx.out(data);
-          else ctx.out(describe(event, progress));
-          if (event.event_type === 'run.completed') finalStatus = String(event.payload.status);
-        }
+      for await (const frame of sseFrames(res.body)) {
+        if (frame.id) lastId = frame.id;
+        const event = JSON.parse(frame.data) as EventEnvelope;
+        if (ctx.json) ctx.out(frame.data);
+        else ctx.out(describe(event, progress));
+        if (event.event_type === 'run.completed') finalStatus = String(event.payload.status);
       }
     } catch {
       // Connection dropped: reconnect and resume after the last event seen.

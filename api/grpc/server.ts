@@ -49,8 +49,8 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, grpc.status>> = {
   service_unavailable: grpc.status.UNAVAILABLE,
 };
 
-/** Loads the service definition (keepCase: field names as in the .proto). */
-export function loadRunsService(): grpc.ServiceDefinition {
+/** The `choiros.v1.Runs` client constructor from the .proto (keepCase: field names as in the file). */
+export function loadRunsConstructor(): grpc.ServiceClientConstructor {
   const def = protoLoader.loadSync(PROTO_FILE, {
     keepCase: true,
     longs: Number,
@@ -61,7 +61,12 @@ export function loadRunsService(): grpc.ServiceDefinition {
   const pkg = grpc.loadPackageDefinition(def) as unknown as {
     choiros: { v1: { Runs: grpc.ServiceClientConstructor } };
   };
-  return pkg.choiros.v1.Runs.service;
+  return pkg.choiros.v1.Runs;
+}
+
+/** The service definition the server implements. */
+export function loadRunsService(): grpc.ServiceDefinition {
+  return loadRunsConstructor().service;
 }
 
 function toServiceError(err: unknown, logger: Logger): Partial<grpc.ServiceError> {

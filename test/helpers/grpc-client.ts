@@ -1,7 +1,6 @@
 /** A promise-friendly client of `choiros.v1.Runs` for tests. */
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
-import { PROTO_FILE } from '../../api/grpc/server';
+import { loadRunsConstructor } from '../../api/grpc/server';
 
 type Unary = (
   req: unknown,
@@ -20,20 +19,9 @@ export interface RunsClient {
 }
 
 export function runsClient(address: string): RunsClient {
-  const def = protoLoader.loadSync(PROTO_FILE, {
-    keepCase: true,
-    longs: Number,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  });
-  const pkg = grpc.loadPackageDefinition(def) as unknown as {
-    choiros: { v1: { Runs: grpc.ServiceClientConstructor } };
-  };
-  const client = new pkg.choiros.v1.Runs(
-    address,
-    grpc.credentials.createInsecure(),
-  ) as unknown as grpc.Client & Record<string, Unary>;
+  const Runs = loadRunsConstructor();
+  const client = new Runs(address, grpc.credentials.createInsecure()) as unknown as grpc.Client &
+    Record<string, Unary>;
   const md = (token?: string): grpc.Metadata => {
     const m = new grpc.Metadata();
     if (token !== undefined) m.set('authorization', `Bearer ${token}`);
