@@ -30,7 +30,16 @@ const nodeBuiltins = [
 
 export default tseslint.config(
   {
-    ignores: ['node_modules/', 'dist/', 'coverage/', '.data/', 'eslint.config.mjs', 'jest.config.js', 'bin/'],
+    ignores: [
+      'node_modules/',
+      'dist/',
+      'coverage/',
+      '.data/',
+      'eslint.config.mjs',
+      'jest.config.js',
+      'bin/',
+      'infra/images/',
+    ],
   },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,

@@ -4,6 +4,7 @@ import type {
   EventEnvelope,
   Mood,
   NetworkPolicy,
+  EgressRule,
   VerifierOutcome,
   VerifierPlan,
 } from '../contracts';
@@ -17,6 +18,8 @@ export interface CreateSandboxInput {
   baseRef: string;
   /** Execution-lane network policy; absent means `none`. */
   network?: NetworkPolicy;
+  /** Allowed destinations for policy `allowlist`. */
+  egress?: EgressRule[];
 }
 
 export interface SandboxHandle {

@@ -58,6 +58,14 @@ export const EVENT_PAYLOAD_SCHEMAS = {
     kept_branch: z.boolean(),
   }),
   'sandbox.destroy.failed': z.object({ sandbox_id: z.string(), error: failure }),
+  'sandbox.egress': z.object({
+    run_id: z.string(),
+    host: z.string(),
+    port: z.number().int(),
+    allowed: z.boolean(),
+    reason: z.string(),
+    at: z.number().int(),
+  }),
   'run.execution.completed': z.object({ ...outputFields, log: storedLog.nullable().optional() }),
   'run.verifier.plan': z.object({
     run_id: z.string(),

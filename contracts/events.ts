@@ -11,6 +11,7 @@ export const EVENT_TYPES = [
   'sandbox.created',
   'sandbox.destroyed',
   'sandbox.destroy.failed',
+  'sandbox.egress',
   'run.execution.completed',
   'run.verifier.plan',
   'receipt.verifier.attestations',

@@ -95,13 +95,30 @@ export const repoSchema = z
   .refine((r) => !r.split('/').includes('..'), 'must not contain ".." segments');
 
 /**
- * Execution-lane network: `none` (no interface but loopback; the default) or `internal` (a Docker
- * network of the run's own, with no route out; for service containers of the run). The verifier
- * lane never has a network.
+ * Execution-lane network: `none` (no interface but loopback; the default), `internal` (a Docker
+ * network of the run's own, with no route out; for service containers of the run) or `allowlist`
+ * (the run's own network plus a filtering HTTP proxy that lets out only the listed host names and
+ * ports). The verifier lane never has a network.
  */
-export const NETWORK_POLICIES = ['none', 'internal'] as const;
+export const NETWORK_POLICIES = ['none', 'internal', 'allowlist'] as const;
 export const networkPolicySchema = z.enum(NETWORK_POLICIES);
 export type NetworkPolicy = z.infer<typeof networkPolicySchema>;
+
+/** A host name (never an IP literal: the allow-list is by name), lower case, RFC 1123. */
+export const hostNameSchema = z
+  .string()
+  .max(253)
+  .regex(
+    /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/,
+    'must be a lower-case host name',
+  )
+  .refine((h) => !/^[0-9.]+$/.test(h), 'must be a host name, not an IP address');
+
+/** One allowed egress destination of the execution lane. */
+export const egressRuleSchema = z
+  .object({ host: hostNameSchema, port: z.number().int().min(1).max(65535) })
+  .strict();
+export type EgressRule = z.infer<typeof egressRuleSchema>;
 
 /** `POST /v1/runs` body (design.md, "Interfaces that other tools rely on"). */
 export const runRequestSchema = z
@@ -110,9 +127,19 @@ export const runRequestSchema = z
     baseRef: refSchema.default('main'),
     mood: moodSchema.default('CALM'),
     network: networkPolicySchema.optional(),
+    /** With `network: allowlist`: the only destinations the execution lane may reach. */
+    egress: z.array(egressRuleSchema).min(1).max(32).optional(),
     workItem: workItemInputSchema,
   })
-  .strict();
+  .strict()
+  .superRefine((r, ctx) => {
+    if (r.network === 'allowlist' && !r.egress) {
+      ctx.addIssue({ code: 'custom', path: ['egress'], message: 'is required when network is allowlist' });
+    }
+    if (r.egress && r.network !== 'allowlist') {
+      ctx.addIssue({ code: 'custom', path: ['egress'], message: 'is only allowed with network allowlist' });
+    }
+  });
 export type RunRequestInput = z.input<typeof runRequestSchema>;
 export type RunRequest = z.output<typeof runRequestSchema>;
 
@@ -153,6 +180,18 @@ export const commandOutcomeSchema = z.object({
   outputBytes: z.number().int().nonnegative(),
   /** The kernel's OOM killer ended the command (memory limit). */
   oomKilled: z.boolean().optional(),
+  /** Network attempts through the egress proxy while the command ran (policy `allowlist`). */
+  egress: z
+    .array(
+      z.object({
+        at: z.number().int(),
+        host: z.string(),
+        port: z.number().int(),
+        allowed: z.boolean(),
+        reason: z.string(),
+      }),
+    )
+    .optional(),
   /** The output as stored in the artifact store (at most CHOIROS_MAX_LOG_BYTES of it). */
   log: z
     .object({

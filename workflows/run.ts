@@ -118,6 +118,7 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
       repo: request.repo,
       baseRef: request.baseRef,
       network: request.network ?? 'none',
+      ...(request.egress ? { egress: request.egress } : {}),
     });
     view.branch = sandbox.branch;
     view.baseCommit = sandbox.baseCommit;
@@ -148,6 +149,19 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
       oom_killed: execution.oomKilled ?? false,
       log: execution.log ?? null,
     });
+    if (patched('egress-events')) {
+      // Every attempt through the egress proxy (policy allowlist), allowed or denied, is an event.
+      for (const a of execution.egress ?? []) {
+        events.emit('sandbox.egress', {
+          run_id: runId,
+          host: a.host,
+          port: a.port,
+          allowed: a.allowed,
+          reason: a.reason,
+          at: a.at,
+        });
+      }
+    }
 
     if (execution.exitCode !== 0 || execution.timedOut) {
       view.error = {

@@ -169,6 +169,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
           lane: 'execution',
         },
         network: input.network ?? 'none',
+        ...(input.egress ? { egress: input.egress } : {}),
       });
       log.info(
         {

@@ -1,8 +1,9 @@
 /** Docker sandbox driver (dockerode): locked-down containers, argv only, bounded output, hard timeouts. */
+import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import type Docker from 'dockerode';
 import { ApplicationFailure } from '@temporalio/common';
-import type { CommandOutcome, NetworkPolicy } from '../../contracts';
+import type { CommandOutcome, EgressRule, NetworkPolicy } from '../../contracts';
 import { BoundedOutput } from './output';
 import type { CommandOptions, SandboxDriver, SandboxLabels } from './driver';
 
@@ -34,6 +35,18 @@ const PROGRESS_INTERVAL_MS = 1_000;
 const BASE_ENV = ['HOME=/tmp', 'PATH=/usr/local/bin:/usr/bin:/bin'];
 
 /** Name of a run's own network (policy `internal`). */
+/** The project's own bridge network that egress proxies use to reach allowed destinations. */
+export const EGRESS_NETWORK = 'choiros-egress';
+/** Host name of a run's egress proxy on the run's network. */
+export const EGRESS_PROXY_ALIAS = 'egress-proxy';
+const EGRESS_PROXY_PORT = 3128;
+const EGRESS_PROXY_SCRIPT = join(__dirname, '../../infra/images/egress-proxy/proxy.js');
+
+/** The egress proxy container of an execution container. */
+export function egressProxyName(container: string): string {
+  return `${container}-egress`;
+}
+
 export function runNetworkName(runId: string): string {
   return `choiros-net-${runId}`;
 }
@@ -102,9 +115,17 @@ export class DockerSandboxDriver implements SandboxDriver {
     workspace: string;
     labels: SandboxLabels;
     network?: NetworkPolicy;
+    egress?: EgressRule[];
   }): Promise<void> {
-    const internal = spec.network === 'internal';
+    const allowlist = spec.network === 'allowlist';
+    const internal = spec.network === 'internal' || allowlist;
     if (internal) await this.ensureRunNetwork(spec.labels);
+    if (allowlist) await this.startEgressProxy(spec.name, spec.labels, spec.egress ?? []);
+    const proxyEnv = allowlist
+      ? ['http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY'].map(
+          (k) => `${k}=http://${EGRESS_PROXY_ALIAS}:${EGRESS_PROXY_PORT}`,
+        )
+      : [];
     try {
       await this.docker.createContainer({
         name: spec.name,
@@ -113,7 +134,11 @@ export class DockerSandboxDriver implements SandboxDriver {
         Cmd: ['sleep', '2147483647'],
         User: this.opts.user,
         WorkingDir: '/workspace',
-        Env: [...BASE_ENV, ...Object.entries(this.opts.executionEnv ?? {}).map(([k, v]) => `${k}=${v}`)],
+        Env: [
+          ...BASE_ENV,
+          ...proxyEnv,
+          ...Object.entries(this.opts.executionEnv ?? {}).map(([k, v]) => `${k}=${v}`),
+        ],
         Labels: this.labels(spec.labels),
         NetworkDisabled: !internal,
         HostConfig: this.hostConfig(
@@ -132,6 +157,7 @@ export class DockerSandboxDriver implements SandboxDriver {
   }
 
   async exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome> {
+    const started = Date.now();
     const container = this.docker.getContainer(name);
     const exec = await container.exec({
       Cmd: argv,
@@ -156,7 +182,133 @@ export class DockerSandboxDriver implements SandboxDriver {
     // Docker 20.10 sets State.OOMKilled only when PID 1 dies; an exec'd process killed by the
     // OOM killer shows up in the container's cgroup counter instead.
     const oomKilled = exitCode === 137 && !result.timedOut ? await this.cgroupOomKills(name) : 0;
-    return { ...result, exitCode, ...(oomKilled > 0 ? { oomKilled: true } : {}) };
+    const egress = await this.egressAttempts(name, started);
+    return {
+      ...result,
+      exitCode,
+      ...(oomKilled > 0 ? { oomKilled: true } : {}),
+      ...(egress ? { egress } : {}),
+    };
+  }
+
+  /**
+   * The run's proxy: on the run's internal network (alias `egress-proxy`) and on the project's
+   * egress network, the only way out of the execution lane; locked down like a sandbox.
+   */
+  private async startEgressProxy(
+    container: string,
+    labels: SandboxLabels,
+    egress: EgressRule[],
+  ): Promise<void> {
+    await this.ensureEgressNetwork();
+    const name = egressProxyName(container);
+    try {
+      await this.docker.createContainer({
+        name,
+        Image: this.opts.image,
+        Cmd: ['node', '/opt/choiros/egress-proxy.js'],
+        User: this.opts.user,
+        Env: [
+          ...BASE_ENV,
+          `CHOIROS_EGRESS_ALLOW=${egress.map((r) => `${r.host}:${r.port}`).join(',')}`,
+          `CHOIROS_EGRESS_PORT=${EGRESS_PROXY_PORT}`,
+        ],
+        Labels: this.labels({ ...labels, lane: 'egress-proxy' }),
+        HostConfig: {
+          Binds: [`${EGRESS_PROXY_SCRIPT}:/opt/choiros/egress-proxy.js:ro`],
+          NetworkMode: runNetworkName(labels.runId),
+          CapDrop: ['ALL'],
+          SecurityOpt: ['no-new-privileges'],
+          ReadonlyRootfs: true,
+          PidsLimit: 64,
+          Memory: 128 * 1024 * 1024,
+          MemorySwap: 128 * 1024 * 1024,
+        },
+        NetworkingConfig: {
+          EndpointsConfig: { [runNetworkName(labels.runId)]: { Aliases: [EGRESS_PROXY_ALIAS] } },
+        },
+      });
+      await this.docker.getNetwork(EGRESS_NETWORK).connect({ Container: name });
+    } catch (err) {
+      if (!isConflict(err)) throw err; // a retried create finds the proxy it made before
+    }
+    const proxy = this.docker.getContainer(name);
+    if (!(await proxy.inspect()).State.Running) await proxy.start();
+    // Ready when it has printed its first line.
+    for (let i = 0; i < 50; i++) {
+      const logs = (await proxy.logs({ stdout: true, stderr: false })).toString('utf8');
+      if (logs.includes('"ready":true')) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`egress proxy ${name} did not start`);
+  }
+
+  private async ensureEgressNetwork(): Promise<void> {
+    try {
+      await this.docker.getNetwork(EGRESS_NETWORK).inspect();
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      try {
+        await this.docker.createNetwork({
+          Name: EGRESS_NETWORK,
+          Driver: 'bridge',
+          CheckDuplicate: true,
+          Labels: { [LABELS.managed]: 'true', 'choiros.purpose': 'egress' },
+        });
+      } catch (e) {
+        if (!isConflict(e)) throw e;
+      }
+    }
+  }
+
+  /** Attempts the run's proxy logged since `sinceMs`; undefined when the run has no proxy. */
+  private async egressAttempts(
+    container: string,
+    sinceMs: number,
+  ): Promise<NonNullable<CommandOutcome['egress']> | undefined> {
+    let raw: Buffer;
+    try {
+      raw = await this.docker.getContainer(egressProxyName(container)).logs({ stdout: true, stderr: false });
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+    const attempts: NonNullable<CommandOutcome['egress']> = [];
+    // Non-TTY logs are multiplexed: 8-byte frame headers, then the payload.
+    for (let off = 0; off + 8 <= raw.length;) {
+      const size = raw.readUInt32BE(off + 4);
+      const text = raw.subarray(off + 8, off + 8 + size).toString('utf8');
+      off += 8 + size;
+      for (const line of text.split('\n')) {
+        if (!line.startsWith('{')) continue;
+        try {
+          const e = JSON.parse(line) as {
+            at?: number;
+            host?: string;
+            port?: number;
+            allowed?: boolean;
+            reason?: string;
+          };
+          if (
+            typeof e.at === 'number' &&
+            e.at >= sinceMs &&
+            typeof e.host === 'string' &&
+            typeof e.allowed === 'boolean'
+          ) {
+            attempts.push({
+              at: e.at,
+              host: e.host,
+              port: Number(e.port),
+              allowed: e.allowed,
+              reason: String(e.reason ?? ''),
+            });
+          }
+        } catch {
+          /* a partial line: skip */
+        }
+      }
+    }
+    return attempts;
   }
 
   /** Number of OOM kills in a running container's memory cgroup (v2 `memory.events` or v1 `memory.oom_control`). */
@@ -258,6 +410,11 @@ export class DockerSandboxDriver implements SandboxDriver {
   }
 
   async remove(name: string): Promise<boolean> {
+    // An execution container's egress proxy goes with it.
+    await this.docker
+      .getContainer(egressProxyName(name))
+      .remove({ force: true })
+      .catch(() => undefined);
     try {
       await this.docker.getContainer(name).remove({ force: true });
       return true;

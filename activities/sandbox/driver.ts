@@ -1,6 +1,6 @@
 /** The sandbox driver interface: what the run activities need from an isolation technology. */
 import type { Writable } from 'node:stream';
-import type { CommandOutcome, NetworkPolicy } from '../../contracts';
+import type { CommandOutcome, EgressRule, NetworkPolicy } from '../../contracts';
 
 /** Labels put on every container the platform creates, so a sweeper can find orphans. */
 export interface SandboxLabels {
@@ -8,7 +8,7 @@ export interface SandboxLabels {
   userId: string;
   runId: string;
   workItemId: string;
-  lane: 'execution' | 'verifier';
+  lane: 'execution' | 'verifier' | 'egress-proxy';
 }
 
 export interface CommandOptions {
@@ -30,6 +30,8 @@ export interface SandboxDriver {
     workspace: string;
     labels: SandboxLabels;
     network?: NetworkPolicy;
+    /** Allowed destinations for policy `allowlist`. */
+    egress?: EgressRule[];
   }): Promise<void>;
   /** Runs argv in the execution-lane container, in /workspace. */
   exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome>;

@@ -59,11 +59,10 @@ export class LocalSandboxDriver implements SandboxDriver {
     labels: SandboxLabels;
     network?: NetworkPolicy;
   }): Promise<void> {
-    if (spec.network === 'internal') {
+    if (spec.network === 'internal' || spec.network === 'allowlist') {
       throw ApplicationFailure.create({
         type: 'invalid_sandbox_request',
-        message:
-          'network policy internal needs the docker driver (the local driver has no network isolation)',
+        message: `network policy ${spec.network} needs the docker driver (the local driver has no network isolation)`,
         nonRetryable: true,
       });
     }

@@ -187,7 +187,14 @@ export function createGrpcServer(deps: GrpcDeps): grpc.Server {
       'StartRun',
       async (
         req: {
-          request?: { repo?: string; base_ref?: string; mood?: string; work_item?: Record<string, unknown> };
+          request?: {
+            repo?: string;
+            base_ref?: string;
+            mood?: string;
+            work_item?: Record<string, unknown>;
+            network?: string;
+            egress?: { host: string; port: number }[];
+          };
           idempotency_key?: string;
         },
         md,
@@ -201,6 +208,8 @@ export function createGrpcServer(deps: GrpcDeps): grpc.Server {
           repo: r.repo,
           ...(str(r.base_ref) ? { baseRef: r.base_ref } : {}),
           ...(str(r.mood) ? { mood: r.mood } : {}),
+          ...(str(r.network) ? { network: r.network } : {}),
+          ...(r.egress?.length ? { egress: r.egress } : {}),
           workItem: {
             ...(str(wi.id) ? { id: wi.id } : {}),
             description: wi.description,
