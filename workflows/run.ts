@@ -139,16 +139,7 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
       timeoutSeconds: EXECUTE_TIMEOUT_SECONDS,
     });
     view.execution = execution;
-    events.emit('run.execution.completed', {
-      exit_code: execution.exitCode,
-      timed_out: execution.timedOut,
-      duration_ms: execution.durationMs,
-      output_sha256: execution.outputSha256,
-      output_bytes: execution.outputBytes,
-      output_tail: execution.outputTail,
-      oom_killed: execution.oomKilled ?? false,
-      log: execution.log ?? null,
-    });
+    events.emit('run.execution.completed', { ...outputPayload(execution), log: execution.log ?? null });
     if (patched('egress-events')) {
       // Every attempt through the egress proxy (policy allowlist), allowed or denied, is an event.
       for (const a of execution.egress ?? []) {
@@ -225,13 +216,7 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
           attestation: {
             verifier_id: result.id,
             result: result.result,
-            exit_code: result.exitCode,
-            timed_out: result.timedOut,
-            duration_ms: result.durationMs,
-            output_sha256: result.outputSha256,
-            output_bytes: result.outputBytes,
-            output_tail: result.outputTail,
-            oom_killed: result.oomKilled ?? false,
+            ...outputPayload(result),
             artifact_hash: result.log?.digest ?? null,
             report_hash: result.reportDigest ?? null,
           },
@@ -303,8 +288,9 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
         });
       } catch (err) {
         // The host stayed unreachable for the whole cleanup budget: record it; the orphan sweeper finishes the job.
-        log.warn('sandbox cleanup failed', { runId, error: describeFailure(err) });
-        events.emit('sandbox.destroy.failed', { sandbox_id: handle.sandboxId, error: describeFailure(err) });
+        const error = describeFailure(err);
+        log.warn('sandbox cleanup failed', { runId, error });
+        events.emit('sandbox.destroy.failed', { sandbox_id: handle.sandboxId, error });
       }
     });
   }
@@ -317,6 +303,19 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
   // Rethrown so Temporal records the execution as Canceled, after cleanup and the final flush.
   if (cancellation !== undefined) throw cancellation;
   return view;
+}
+
+/** A command's outcome in event-payload form (the same fields for the work item and each verifier). */
+function outputPayload(o: CommandOutcome) {
+  return {
+    exit_code: o.exitCode,
+    timed_out: o.timedOut,
+    duration_ms: o.durationMs,
+    output_sha256: o.outputSha256,
+    output_bytes: o.outputBytes,
+    output_tail: o.outputTail,
+    oom_killed: o.oomKilled ?? false,
+  };
 }
 
 function describeFailure(err: unknown): { code: string; message: string } {
