@@ -2,8 +2,8 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { randomUUID } from 'node:crypto';
-import { AppError, idSchema, runListQuerySchema, type VerifierSpec } from '../contracts';
-import { checkIdempotencyKey, parseRunRequest } from './runs/validate';
+import { AppError, parseEventId, runListQuerySchema, type VerifierSpec } from '../contracts';
+import { checkIdempotencyKey, parseRunId, parseRunRequest } from './runs/validate';
 import { authenticate, principalOf, requireAction } from './auth/middleware';
 import type { TokenVerifier } from './auth/token-verifier';
 import { errorMiddleware, validationError } from './errors';
@@ -12,7 +12,7 @@ import type { UserNatsCredentials } from './nats/credentials';
 import type { RunService } from './runs/service';
 import { createApiMetrics, type ApiMetrics } from './metrics';
 import { openApiDocument } from './openapi';
-import type { RateLimiter } from './rate-limit';
+import { enforceRateLimit, type RateLimiter } from './rate-limit';
 
 export interface ReadinessCheck {
   name: string;
@@ -124,15 +124,8 @@ export function createApp(deps: AppDeps): express.Express {
   if (deps.rateLimiter) {
     const limiter = deps.rateLimiter;
     v1.use((_req, res, next) => {
-      const p = principalOf(res);
-      const wait = limiter.take(`${p.tenant}/${p.userId}`);
-      if (wait === 0) return next();
-      metrics.rateLimited.inc();
-      next(
-        new AppError('rate_limited', `too many requests; retry in ${wait}s`, {
-          headers: { 'Retry-After': String(wait) },
-        }),
-      );
+      enforceRateLimit(limiter, principalOf(res), () => metrics.rateLimited.inc());
+      next();
     });
   }
 
@@ -171,7 +164,7 @@ export function createApp(deps: AppDeps): express.Express {
     '/runs/:runId',
     requireAction('runs.read'),
     route(async (req, res) => {
-      const runId = parseRunId(req.params.runId);
+      const runId = parseRunId(req.params.runId, 'runId');
       res.locals.runId = runId;
       res.json(await deps.runs.get(principalOf(res), runId));
     }),
@@ -181,7 +174,7 @@ export function createApp(deps: AppDeps): express.Express {
     '/runs/:runId/cancel',
     requireAction('runs.cancel'),
     route(async (req, res) => {
-      const runId = parseRunId(req.params.runId);
+      const runId = parseRunId(req.params.runId, 'runId');
       res.locals.runId = runId;
       res.status(202).json(await deps.runs.cancel(principalOf(res), runId));
     }),
@@ -192,14 +185,14 @@ export function createApp(deps: AppDeps): express.Express {
     requireAction('runs.watch'),
     route(async (req, res) => {
       const principal = principalOf(res);
-      const runId = parseRunId(req.params.runId);
+      const runId = parseRunId(req.params.runId, 'runId');
       res.locals.runId = runId;
       const afterSeq = parseLastEventId(
         req.header('last-event-id') ??
           (typeof req.query.lastEventId === 'string' ? req.query.lastEventId : undefined),
         runId,
       );
-      await deps.runs.get(principal, runId, 'runs.watch'); // ownership: someone else's run is a 404 before any byte is sent
+      await deps.runs.checkVisible(principal, runId, 'runs.watch'); // ownership: someone else's run is a 404 before any byte is sent
       await streamEvents(req, res, deps, principal.userId, runId, afterSeq);
     }),
   );
@@ -232,17 +225,11 @@ export function createApp(deps: AppDeps): express.Express {
   return app;
 }
 
-function parseRunId(raw: unknown): string {
-  const runId = idSchema.safeParse(raw);
-  if (!runId.success) throw validationError(runId.error, 'runId');
-  return runId.data;
-}
-
 /** `Last-Event-ID` is an event id `<runId>:<seq>`; events after that seq are sent. */
 function parseLastEventId(raw: string | undefined, runId: string): number {
   if (raw === undefined || raw === '') return 0;
-  const m = /^([A-Za-z0-9_-]{1,64}):([0-9]{1,9})$/.exec(raw);
-  if (!m || m[1] !== runId) {
+  const parsed = parseEventId(raw);
+  if (parsed?.runId !== runId) {
     throw new AppError(
       'validation_failed',
       `Last-Event-ID must be an event id of run ${runId} (<runId>:<seq>)`,
@@ -251,7 +238,7 @@ function parseLastEventId(raw: string | undefined, runId: string): number {
       },
     );
   }
-  return Number(m[2]);
+  return parsed.seq;
 }
 
 /** Server-sent events: `id` = event id (resumable), `event` = event type, `data` = the envelope. */

@@ -1,4 +1,5 @@
 /** Per-principal token buckets: a burst, then a steady rate; excess requests get 429 with Retry-After. */
+import { AppError, type Principal } from '../contracts';
 export interface RateLimiterOptions {
   /** Sustained requests per minute per principal. */
   perMinute: number;
@@ -41,4 +42,18 @@ export class RateLimiter {
     this.lastSweep = now;
     for (const [k, b] of this.buckets) if (now - b.at > idle) this.buckets.delete(k);
   }
+}
+
+/** Takes a token for the principal (HTTP and gRPC alike); throws 429 `rate_limited` with Retry-After when none is left. */
+export function enforceRateLimit(
+  limiter: RateLimiter | undefined,
+  p: Principal,
+  onLimited?: () => void,
+): void {
+  const wait = limiter?.take(`${p.tenant}/${p.userId}`) ?? 0;
+  if (wait === 0) return;
+  onLimited?.();
+  throw new AppError('rate_limited', `too many requests; retry in ${wait}s`, {
+    headers: { 'Retry-After': String(wait) },
+  });
 }

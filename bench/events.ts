@@ -15,28 +15,25 @@ import { connect, credsAuthenticator, JSONCodec } from 'nats';
 import pino from 'pino';
 import {
   EVENT_SCHEMA_VERSION,
-  VerifierCatalog,
   eventId,
   runEventSubject,
+  runEventsFilter,
   type EventEnvelope,
-  type RunView,
 } from '../contracts';
 import { createEventActivities, ensureEventStream } from '../activities/events/publisher';
 import { createApp } from '../api/app';
-import { createTokenVerifier } from '../api/auth/token-verifier';
+import { sseFrames } from '../api/cli/sse';
 import { createJetStreamEventSource } from '../api/events/source';
 import { mintUserCreds } from '../api/nats/credentials';
 import { DEV_AUDIENCE, loadOrCreateDevKey, mintDevToken, serveDevIssuer } from '../infra/dev-issuer/issuer';
 import { startNatsServer } from '../infra/stack/nats';
 import { freePort } from '../infra/stack/process';
+import { fakeRunService, oneVerifierCatalog, testTokenVerifier } from '../test/helpers/fakes';
+import { pct } from './util';
 
 const LATENCY_EVENTS = Number(process.env.BENCH_EVENTS ?? 1000);
 const RATE_PER_SECOND = Number(process.env.BENCH_RATE ?? 200);
 const THROUGHPUT_EVENTS = Number(process.env.BENCH_THROUGHPUT_EVENTS ?? 5000);
-
-function pct(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
-}
 
 function event(runId: string, seq: number, sentAt: number): EventEnvelope {
   return {
@@ -90,22 +87,10 @@ async function main(): Promise<void> {
   const runId = `bench-${Date.now()}`;
   const key = await loadOrCreateDevKey(join(work, 'issuer'));
   const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
-  const view = { runId, status: 'running', userId: 'bench', tenant: 'default' } as unknown as RunView;
   const app = createApp({
-    verifyToken: createTokenVerifier({
-      issuers: [{ issuer: issuer.issuer, audience: DEV_AUDIENCE }],
-      algorithms: ['ES256'],
-      clockToleranceSeconds: 5,
-      tenantClaim: 'tenant',
-      defaultTenant: 'default',
-    }),
-    runs: {
-      start: () => Promise.resolve(view),
-      get: () => Promise.resolve(view),
-      cancel: () => Promise.resolve(view),
-      list: () => Promise.resolve({ runs: [] }),
-    },
-    verifiers: new VerifierCatalog([]),
+    verifyToken: testTokenVerifier(issuer.issuer),
+    runs: fakeRunService({ owner: 'bench', runId }),
+    verifiers: oneVerifierCatalog(),
     readiness: [],
     events: createJetStreamEventSource(gatewayNc),
     logger,
@@ -125,7 +110,7 @@ async function main(): Promise<void> {
   const raw: number[] = [];
   const sse: number[] = [];
   const codec = JSONCodec<EventEnvelope>();
-  const sub = user.subscribe(`choiros.bench.run.${runId}.>`);
+  const sub = user.subscribe(runEventsFilter('bench', runId));
   const rawDone = (async () => {
     for await (const m of sub) {
       const e = codec.decode(m.data);
@@ -142,22 +127,10 @@ async function main(): Promise<void> {
     signal: abort.signal,
   });
   const sseDone = (async () => {
-    const decoder = new TextDecoder();
-    let buffer = '';
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buffer += decoder.decode(chunk, { stream: true });
-      let idx: number;
-      while ((idx = buffer.indexOf('\n\n')) >= 0) {
-        const data = buffer
-          .slice(0, idx)
-          .split('\n')
-          .find((l) => l.startsWith('data: '));
-        buffer = buffer.slice(idx + 2);
-        if (!data) continue;
-        const e = JSON.parse(data.slice(6)) as EventEnvelope;
-        sse.push(performance.now() - Number(e.payload.sent_at));
-        if (sse.length >= LATENCY_EVENTS) return;
-      }
+    for await (const frame of sseFrames(res.body as unknown as AsyncIterable<Uint8Array>)) {
+      const e = JSON.parse(frame.data) as EventEnvelope;
+      sse.push(performance.now() - Number(e.payload.sent_at));
+      if (sse.length >= LATENCY_EVENTS) return;
     }
   })();
   await new Promise((r) => setTimeout(r, 300)); // let the gateway's consumer attach

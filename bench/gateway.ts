@@ -10,39 +10,28 @@ import { Agent, request } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import pino from 'pino';
-import { VerifierCatalog, type Principal, type RunView } from '../contracts';
+import type { Principal } from '../contracts';
 import { createApp } from '../api/app';
 import { createTokenVerifier, type TokenVerifier } from '../api/auth/token-verifier';
-import type { RunService } from '../api/runs/service';
+import { emptyEventSource, fakeRunService, oneVerifierCatalog } from '../test/helpers/fakes';
 import { TestIssuer, makeKey } from '../test/helpers/jwks-server';
+import { pct } from './util';
 
 const REQUESTS_PER_BLOCK = Number(process.env.BENCH_REQUESTS ?? 4000);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 16);
 const VERIFICATIONS = Number(process.env.BENCH_VERIFICATIONS ?? 3000);
 
-const view = { runId: 'run-abc', status: 'running', userId: 'alice', tenant: 'acme' } as unknown as RunView;
-const runs: RunService = {
-  start: () => Promise.resolve(view),
-  get: () => Promise.resolve(view),
-  cancel: () => Promise.resolve(view),
-  list: () => Promise.resolve({ runs: [] }),
-};
+const runs = fakeRunService({ owner: null });
 
 async function serve(
   verifyToken: TokenVerifier | ((t: string) => Promise<Principal>),
 ): Promise<{ url: string; close: () => void }> {
   const app = createApp({
-    verifyToken: verifyToken as TokenVerifier,
+    verifyToken: verifyToken,
     runs,
-    verifiers: new VerifierCatalog([]),
+    verifiers: oneVerifierCatalog(),
     readiness: [],
-    events: {
-      stream: () => ({
-        [Symbol.asyncIterator]: () => ({
-          next: () => Promise.resolve({ done: true as const, value: undefined }),
-        }),
-      }),
-    },
+    events: emptyEventSource,
     logger: pino({ level: 'silent' }),
   });
   const server = app.listen(0, '127.0.0.1');
@@ -85,9 +74,6 @@ async function load(url: string, token: string): Promise<{ rps: number; lat: num
   agent.destroy();
   return { rps: REQUESTS_PER_BLOCK / seconds, lat };
 }
-
-const pct = (xs: number[], p: number): number =>
-  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))] ?? NaN;
 
 async function main(): Promise<void> {
   const issuer = await new TestIssuer().start();

@@ -49,6 +49,12 @@ export function eventId(runId: string, seq: number): string {
   return `${runId}:${seq}`;
 }
 
+/** The run id and seq of an event id, or undefined when it is not one. */
+export function parseEventId(id: string): { runId: string; seq: number } | undefined {
+  const m = /^([A-Za-z0-9_-]{1,64}):([0-9]{1,9})$/.exec(id);
+  return m?.[1] && m[2] ? { runId: m[1], seq: Number(m[2]) } : undefined;
+}
+
 function assertSubjectToken(kind: string, value: string): void {
   if (!ID_PATTERN.test(value)) {
     throw new Error(`${kind} ${JSON.stringify(value)} is not a valid subject token`);

@@ -25,8 +25,8 @@ export class JwksCache {
   private fetchedAt = -Infinity;
   private lastAttempt = -Infinity;
   private inflight: Promise<void> | undefined;
-  /** Number of fetches attempted (observability and tests). */
-  fetches = 0;
+  /** Why the last fetch failed; rethrown while no key has ever been fetched. */
+  private lastError: Error | undefined;
 
   constructor(private readonly opts: JwksCacheOptions) {}
 
@@ -37,7 +37,6 @@ export class JwksCache {
   private refresh(): Promise<void> {
     this.inflight ??= (async () => {
       this.lastAttempt = this.now();
-      this.fetches += 1;
       try {
         const url = await this.opts.jwksUrl();
         const res = await fetch(url, {
@@ -56,6 +55,10 @@ export class JwksCache {
         this.keys = next;
         this.imported.clear();
         this.fetchedAt = this.now();
+        this.lastError = undefined;
+      } catch (err) {
+        this.lastError = err instanceof Error ? err : new Error(String(err));
+        throw err;
       } finally {
         this.inflight = undefined;
       }
@@ -70,16 +73,13 @@ export class JwksCache {
       if (this.now() - this.fetchedAt > this.opts.maxAgeMs && !coolingDown) {
         this.refresh().catch((err: unknown) => this.opts.onError?.(err)); // stale: refresh in the background
       }
-    } else if (this.inflight) {
-      await this.inflight.catch(() => undefined);
-    } else if (!coolingDown) {
-      try {
-        await this.refresh();
-      } catch (err) {
-        // With no key at all the issuer is simply unreachable (503); otherwise this kid is unknown (401).
-        if (this.keys.size === 0) throw err;
-        this.opts.onError?.(err);
-      }
+    } else {
+      // Unknown kid: wait for the fetch under way, or start one unless cooling down.
+      await (this.inflight ?? (coolingDown ? undefined : this.refresh()))?.catch((err: unknown) =>
+        this.opts.onError?.(err),
+      );
+      // Never fetched a key: the issuer is unreachable (503), for every request of the cooldown, not a bad token (401).
+      if (this.fetchedAt === -Infinity && this.lastError !== undefined) throw this.lastError;
     }
     const jwk = this.keys.get(kid);
     if (!jwk) return undefined;

@@ -3,7 +3,7 @@
  * resources are visible to their owner, and read-only to their tenant's admins. A resource the
  * caller may not see answers exactly like one that does not exist.
  */
-import type { Principal } from '../../contracts';
+import { AppError, type Principal } from '../../contracts';
 
 export type Action =
   'runs.start' | 'runs.read' | 'runs.list' | 'runs.watch' | 'runs.cancel' | 'nats.credentials';
@@ -11,7 +11,7 @@ export type Action =
 export type Scope = 'runs:write' | 'runs:read' | 'rebuild:write' | 'rebuild:approve';
 
 /** Role (in `scope`/`roles`) that lets a user read every run of their own tenant. */
-export const TENANT_ADMIN_ROLE = 'tenant:admin';
+const TENANT_ADMIN_ROLE = 'tenant:admin';
 
 export const REQUIRED_SCOPE: Record<Action, Scope> = {
   'runs.start': 'runs:write',
@@ -43,4 +43,14 @@ export function authorize(principal: Principal, action: Action, resource?: RunRe
   if (resource.ownerId === principal.userId) return 'allow';
   if (READ_ONLY.has(action) && isTenantAdmin(principal)) return 'allow';
   return 'not_found';
+}
+
+/** The 403 for a caller whose token lacks the action's scope. */
+export function forbidden(action: Action): AppError {
+  return new AppError('forbidden', `this operation needs the ${REQUIRED_SCOPE[action]} scope`);
+}
+
+/** Throws 403 unless the token carries the action's scope (resource checks come later). */
+export function requireScopeFor(principal: Principal, action: Action): void {
+  if (authorize(principal, action) === 'forbidden') throw forbidden(action);
 }

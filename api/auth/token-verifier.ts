@@ -27,16 +27,30 @@ export interface TokenVerifierOptions {
   /** Cached keys older than this are refreshed in the background. */
   jwksMaxAgeMs?: number;
   onJwksError?: (err: unknown) => void;
+  /** Clock for the JWKS cache's cooldown and age (tests); Date.now by default. */
+  now?: () => number;
 }
 
-export interface TokenVerifier {
-  (token: string): Promise<Principal>;
-  /** JWKS fetches per issuer so far. */
-  jwksFetches(): Record<string, number>;
-}
+export type TokenVerifier = (token: string) => Promise<Principal>;
 
 /** Largest bearer token we parse; anything bigger is refused unread. */
 export const MAX_TOKEN_LENGTH = 8192;
+
+/**
+ * The token of an `Authorization: Bearer …` value (HTTP header or gRPC metadata), or undefined.
+ * The length is capped before any parsing.
+ */
+/** 401 for a request without a usable bearer token. */
+export function missingToken(): AppError {
+  return new AppError('unauthenticated', 'the access token is missing, invalid or expired', {
+    headers: { 'WWW-Authenticate': 'Bearer' },
+  });
+}
+
+export function bearerToken(header: unknown): string | undefined {
+  if (typeof header !== 'string' || header.length > MAX_TOKEN_LENGTH + 7) return undefined;
+  return /^Bearer ([A-Za-z0-9._~+/=-]+)$/.exec(header)?.[1];
+}
 
 function unauthenticated(cause?: unknown): AppError {
   // One detail for every failure: nothing that helps an attacker tell the cases apart.
@@ -108,6 +122,7 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
         cooldownMs: opts.jwksCooldownMs ?? 30_000,
         maxAgeMs: opts.jwksMaxAgeMs ?? 600_000,
         onError: opts.onJwksError,
+        ...(opts.now ? { now: opts.now } : {}),
       }),
     });
   }
@@ -161,7 +176,5 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
       tokenId: typeof payload.jti === 'string' ? payload.jti : undefined,
     };
   };
-  const verifier = verify as TokenVerifier;
-  verifier.jwksFetches = () => Object.fromEntries([...issuers].map(([iss, s]) => [iss, s.cache.fetches]));
-  return verifier;
+  return verify;
 }

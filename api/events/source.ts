@@ -30,7 +30,11 @@ export function createJetStreamEventSource(nc: NatsConnection): RunEventSource {
           const parsed = eventEnvelopeSchema.safeParse(codec.decode(m.data));
           if (!parsed.success) continue; // not ours to deliver; never crash a reader on one bad message
           const event = parsed.data;
-          if (event.seq < expected) continue; // resumed past it, or a duplicate copy
+          // Resumed at or past the end: nothing more will come, so end instead of waiting forever.
+          if (event.seq < expected) {
+            if (event.event_type === 'run.completed') return;
+            continue;
+          }
           expected = event.seq + 1;
           yield event;
           if (event.event_type === 'run.completed') return;

@@ -9,7 +9,6 @@ import * as protoLoader from '@grpc/proto-loader';
 import type { Logger } from 'pino';
 import {
   AppError,
-  idSchema,
   runListQuerySchema,
   type ErrorCode,
   type Principal,
@@ -17,15 +16,15 @@ import {
   type RunView,
   type VerifierSpec,
 } from '../../contracts';
-import { MAX_TOKEN_LENGTH, type TokenVerifier } from '../auth/token-verifier';
-import { REQUIRED_SCOPE, authorize, type Action } from '../auth/policy';
+import { bearerToken, missingToken, type TokenVerifier } from '../auth/token-verifier';
+import { requireScopeFor, type Action } from '../auth/policy';
 import { validationError } from '../errors';
 import type { RunEventSource } from '../events/source';
-import type { RateLimiter } from '../rate-limit';
+import { enforceRateLimit, type RateLimiter } from '../rate-limit';
 import type { RunService } from '../runs/service';
-import { checkIdempotencyKey, parseRunRequest } from '../runs/validate';
+import { checkIdempotencyKey, parseRunId, parseRunRequest } from '../runs/validate';
 
-export const PROTO_FILE = join(__dirname, '../../contracts/proto/choiros/v1/runs.proto');
+const PROTO_FILE = join(__dirname, '../../contracts/proto/choiros/v1/runs.proto');
 
 export interface GrpcDeps {
   verifyToken: TokenVerifier;
@@ -65,7 +64,7 @@ export function loadRunsConstructor(): grpc.ServiceClientConstructor {
 }
 
 /** The service definition the server implements. */
-export function loadRunsService(): grpc.ServiceDefinition {
+function loadRunsService(): grpc.ServiceDefinition {
   return loadRunsConstructor().service;
 }
 
@@ -75,8 +74,7 @@ function toServiceError(err: unknown, logger: Logger): Partial<grpc.ServiceError
     metadata.set('choiros-error-code', err.code);
     const retry = err.options.headers?.['Retry-After'];
     if (retry) metadata.set('retry-after', retry);
-    const detail = err.options.errors?.length ? `${err.message}` : err.message;
-    return { code: STATUS_BY_CODE[err.code] ?? grpc.status.INTERNAL, details: detail, metadata };
+    return { code: STATUS_BY_CODE[err.code] ?? grpc.status.INTERNAL, details: err.message, metadata };
   }
   logger.error({ err }, 'unhandled gRPC error');
   metadata.set('choiros-error-code', 'internal');
@@ -135,29 +133,16 @@ function summaryToProto(s: RunSummary): Record<string, unknown> {
   };
 }
 
-function parseRunId(raw: unknown): string {
-  const r = idSchema.safeParse(raw);
-  if (!r.success) throw validationError(r.error, 'run_id');
-  return r.data;
-}
-
 export function createGrpcServer(deps: GrpcDeps): grpc.Server {
   const { logger } = deps;
 
   /** Authenticates from metadata, applies the rate limit and the action's scope. */
   const principalFor = async (metadata: grpc.Metadata, action: Action): Promise<Principal> => {
-    const header = metadata.get('authorization')[0];
-    const value = typeof header === 'string' ? header : '';
-    const match = value.length <= MAX_TOKEN_LENGTH + 7 ? /^Bearer ([A-Za-z0-9._~+/=-]+)$/.exec(value) : null;
-    if (!match?.[1]) throw new AppError('unauthenticated', 'the access token is missing, invalid or expired');
-    const principal = await deps.verifyToken(match[1]);
-    const wait = deps.rateLimiter?.take(`${principal.tenant}/${principal.userId}`) ?? 0;
-    if (wait > 0)
-      throw new AppError('rate_limited', `too many requests; retry in ${wait}s`, {
-        headers: { 'Retry-After': String(wait) },
-      });
-    if (authorize(principal, action) === 'forbidden')
-      throw new AppError('forbidden', `this operation needs the ${REQUIRED_SCOPE[action]} scope`);
+    const token = bearerToken(metadata.get('authorization')[0]);
+    if (!token) throw missingToken();
+    const principal = await deps.verifyToken(token);
+    enforceRateLimit(deps.rateLimiter, principal);
+    requireScopeFor(principal, action);
     return principal;
   };
 
@@ -224,11 +209,11 @@ export function createGrpcServer(deps: GrpcDeps): grpc.Server {
     ),
     GetRun: unary('GetRun', async (req: { run_id?: string }, md) => {
       const principal = await principalFor(md, 'runs.read');
-      return runToProto(await deps.runs.get(principal, parseRunId(req.run_id), 'runs.read'));
+      return runToProto(await deps.runs.get(principal, parseRunId(req.run_id, 'run_id'), 'runs.read'));
     }),
     CancelRun: unary('CancelRun', async (req: { run_id?: string }, md) => {
       const principal = await principalFor(md, 'runs.cancel');
-      return runToProto(await deps.runs.cancel(principal, parseRunId(req.run_id)));
+      return runToProto(await deps.runs.cancel(principal, parseRunId(req.run_id, 'run_id')));
     }),
     ListRuns: unary(
       'ListRuns',
@@ -251,8 +236,8 @@ export function createGrpcServer(deps: GrpcDeps): grpc.Server {
       void (async () => {
         try {
           const principal = await principalFor(call.metadata, 'runs.watch');
-          const runId = parseRunId(call.request.run_id);
-          await deps.runs.get(principal, runId, 'runs.watch');
+          const runId = parseRunId(call.request.run_id, 'run_id');
+          await deps.runs.checkVisible(principal, runId, 'runs.watch');
           for await (const e of deps.events.stream(
             principal.userId,
             runId,

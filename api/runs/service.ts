@@ -11,7 +11,7 @@ import {
 import type { Logger } from 'pino';
 import { decodeTypedSearchAttributes } from '@temporalio/common/lib/converter/payload-search-attributes';
 import { defaultPayloadConverter } from '@temporalio/common';
-import { REQUIRED_SCOPE, authorize, isTenantAdmin, type Action } from '../auth/policy';
+import { authorize, forbidden, isTenantAdmin, type Action } from '../auth/policy';
 import {
   AppError,
   SEARCH_ATTRIBUTES,
@@ -50,6 +50,8 @@ export interface RunService {
   list(principal: Principal, query: RunListQuery): Promise<RunListPage>;
   /** Requests cancellation; the run cleans up its sandbox and ends `cancelled`. Idempotent. */
   cancel(principal: Principal, runId: string): Promise<RunView>;
+  /** Throws not_found (or forbidden) unless the caller may perform `action` on the run; reads nothing else. */
+  checkVisible(principal: Principal, runId: string, action: 'runs.read' | 'runs.watch'): Promise<void>;
 }
 
 /** Workflow id = run id, derived from tenant, user and idempotency key: a retried request is the same run. */
@@ -138,8 +140,7 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
     if (desc.type !== WORKFLOW_TYPES.run) throw notFound;
     // Someone else's run answers exactly like a run that does not exist.
     const decision = authorize(principal, action, { tenant, ownerId });
-    if (decision === 'forbidden')
-      throw new AppError('forbidden', `this operation needs the ${REQUIRED_SCOPE[action]} scope`);
+    if (decision === 'forbidden') throw forbidden(action);
     if (decision === 'not_found') throw notFound;
     return desc;
   };
@@ -202,21 +203,18 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
           await client.workflow.getHandle(runId).cancel();
           logger.info({ event: 'run.cancel', runId, userId: principal.userId }, 'run cancellation requested');
         }
-        return viewOf(await describeOwned(principal, runId, 'runs.read'));
+        // Cancellation is asynchronous: the view shows where the run is; it ends `cancelled`.
+        return viewOf(desc);
       }),
+    checkVisible: (principal, runId, action) =>
+      guarded(async () => void (await describeOwned(principal, runId, action))),
   };
 
   async function list(principal: Principal, query: RunListQuery): Promise<RunListPage> {
-    if (authorize(principal, 'runs.list') !== 'allow')
-      throw new AppError('forbidden', 'this operation needs the runs:read scope');
+    if (authorize(principal, 'runs.list') !== 'allow') throw forbidden('runs.list');
     // Only the caller's runs, or (tenant admins) their tenant's; values are strict ids, safe to quote.
     const clauses = [`WorkflowType = '${WORKFLOW_TYPES.run}'`, `ChoirTenant = '${principal.tenant}'`];
-    const userId =
-      query.userId && isTenantAdmin(principal)
-        ? query.userId
-        : isTenantAdmin(principal)
-          ? undefined
-          : principal.userId;
+    const userId = isTenantAdmin(principal) ? query.userId : principal.userId;
     if (userId) clauses.push(`ChoirUserId = '${userId}'`);
     if (query.status) clauses.push(`ChoirRunStatus = '${query.status}'`);
     const res = await client.workflowService.listWorkflowExecutions({
@@ -311,7 +309,8 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
       // A closed run with the same key: the retried request is answered with that run.
       if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
     }
-    const desc = await describeOwned(principal, runId, 'runs.read');
+    // `runs.start` (not `runs.read`): a write-only token that started the run may be answered.
+    const desc = await describeOwned(principal, runId, 'runs.start');
     const existing = desc.memo as unknown as RunMemo | undefined;
     if (existing?.requestHash !== requestHash) {
       throw new AppError(

@@ -1,9 +1,9 @@
 /** Run request validation shared by the HTTP and gRPC front ends. */
-import { AppError, runRequestSchema, type RunRequest, type VerifierSpec } from '../../contracts';
+import { AppError, idSchema, runRequestSchema, type RunRequest, type VerifierSpec } from '../../contracts';
 import { validationError } from '../errors';
 
 /** Idempotency keys: 1-255 visible ASCII characters. */
-export const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
 
 export function checkIdempotencyKey(key: string | undefined): void {
   if (key !== undefined && !IDEMPOTENCY_KEY.test(key)) {
@@ -41,4 +41,11 @@ export function parseRunRequest(
     );
   }
   return parsed.data;
+}
+
+/** A run id from a path or message field; 400 naming `field` otherwise. */
+export function parseRunId(raw: unknown, field: string): string {
+  const runId = idSchema.safeParse(raw);
+  if (!runId.success) throw validationError(runId.error, field);
+  return runId.data;
 }

@@ -52,3 +52,14 @@ export function runsClient(address: string): RunsClient {
     },
   };
 }
+
+/** The gRPC status and `choiros-error-code` trailer a call ended with (OK when it succeeded). */
+export async function grpcCode(p: Promise<unknown>): Promise<[number, string | undefined]> {
+  try {
+    await p;
+    return [grpc.status.OK, undefined];
+  } catch (e) {
+    const err = e as grpc.ServiceError;
+    return [err.code, err.metadata?.get('choiros-error-code')[0] as string | undefined];
+  }
+}

@@ -15,6 +15,7 @@ import {
 import Docker from 'dockerode';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import pino from 'pino';
+import { poll } from './poll';
 import { parseVerifierFile, type EventEnvelope } from '../../contracts';
 import { createApp } from '../../api/app';
 import { createTokenVerifier } from '../../api/auth/token-verifier';
@@ -30,6 +31,8 @@ import {
 } from '../../infra/dev-issuer/issuer';
 import { loadWorkerConfig } from '../../worker/config';
 import { createWorkerSet, type WorkerSet } from '../../worker/workers';
+
+export { poll };
 
 export const ROOT = resolve(__dirname, '../..');
 export const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'warn' });
@@ -62,23 +65,6 @@ export async function connectNats(credsFile: string | undefined, name: string): 
     name,
     authenticator: credsFile ? credsAuthenticator(await readFile(credsFile)) : undefined,
   });
-}
-
-/** Polls `fn` until `until(value)` holds; fails with the last value after `timeoutMs`. */
-export async function poll<T>(
-  fn: () => Promise<T>,
-  until: (v: T) => boolean,
-  timeoutMs = 60_000,
-  intervalMs = 250,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: T | undefined;
-  for (;;) {
-    last = await fn();
-    if (until(last)) return last;
-    if (Date.now() > deadline) throw new Error(`poll timed out; last value: ${JSON.stringify(last)}`);
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
 }
 
 /** A git repository with one commit on `main`, in a fresh temp dir. */

@@ -102,6 +102,7 @@ test('when a run has an egress allow-list, then only the listed name is reachabl
     `http://${otherHost}:8080/`,
     `http://${otherIp}:8080/`,
     `http://${allowedHost}:9999/`,
+    `https://${allowedHost}:8080/`, // TLS must go through CONNECT, never as an absolute URI
   ];
   const res = await fetch(`${api.url}/v1/runs`, {
     method: 'POST',
@@ -143,6 +144,7 @@ test('when a run has an egress allow-list, then only the listed name is reachabl
   expect(out).toContain(`http://${otherHost}:8080/ => 403`);
   expect(out).toContain(`http://${otherIp}:8080/ => 403`);
   expect(out).toContain(`http://${allowedHost}:9999/ => 403`);
+  expect(out).toContain(`https://${allowedHost}:8080/ => 403`);
   // Around the proxy there is no way out, not even to the allowed host.
   expect(out).toMatch(/DIRECT => ERR /);
 
@@ -165,6 +167,12 @@ test('when a run has an egress allow-list, then only the listed name is reachabl
       expect.objectContaining({ host: otherHost, port: 8080, allowed: false, reason: 'not in allow-list' }),
       expect.objectContaining({ host: otherIp, port: 8080, allowed: false, reason: 'ip literal' }),
       expect.objectContaining({ host: allowedHost, port: 9999, allowed: false }),
+      expect.objectContaining({
+        host: allowedHost,
+        port: 8080,
+        allowed: false,
+        reason: 'scheme https: needs CONNECT',
+      }),
     ]),
   );
 

@@ -120,6 +120,12 @@ describe('server-sent events', () => {
     expect(rest.frames.every((f, i) => f.event === all[i + 3]?.event_type)).toBe(true);
     const view = await waitDone(runId);
     expect(all.length).toBe(view.events.emitted);
+    // A client that reconnects after the last event (browsers do, on close) gets an empty stream that ends.
+    const afterEnd = await readSse(url, {
+      authorization: `Bearer ${token}`,
+      'last-event-id': `${runId}:${all.length}`,
+    });
+    expect([afterEnd.status, afterEnd.frames]).toEqual([200, []]);
   });
 
   test("when another user asks for a run's events, then 404; a foreign Last-Event-ID is a 400", async () => {

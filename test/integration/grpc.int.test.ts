@@ -20,7 +20,7 @@ import {
   type TestApi,
   type TestWorker,
 } from '../helpers/integration';
-import { runsClient, type RunsClient } from '../helpers/grpc-client';
+import { grpcCode, runsClient, type RunsClient } from '../helpers/grpc-client';
 
 let api: TestApi;
 let worker: TestWorker;
@@ -56,14 +56,7 @@ afterAll(async () => {
   await worker?.stop();
 });
 
-const status = async (p: Promise<unknown>): Promise<number> => {
-  try {
-    await p;
-    return grpc.status.OK;
-  } catch (e) {
-    return (e as grpc.ServiceError).code;
-  }
-};
+const status = async (p: Promise<unknown>): Promise<number> => (await grpcCode(p))[0];
 
 test('when a run is started over gRPC and watched, then the stream carries every event to run.completed and GetRun says committed', async () => {
   const repo = await makeGitRepo();

@@ -287,6 +287,25 @@ describe('a run through the API', () => {
     await waitTerminal(runId);
   });
 
+  test('when a token may only write, then it can start and cancel its run (answers need no read scope)', async () => {
+    const repo = await makeGitRepo();
+    const writer = await api.token({ scope: 'runs:write' });
+    const res = await post(request(repo.path, ['sleep', '30'], ['V-README-INTACT']), {
+      token: writer,
+      key: 'write-only-1',
+    });
+    expect(res.status).toBe(201);
+    const { runId } = (await res.json()) as RunView;
+    const cancel = await fetch(`${api.url}/v1/runs/${runId}/cancel`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${writer}` },
+    });
+    expect(cancel.status).toBe(202);
+    expect((await waitTerminal(runId)).status).toBe('cancelled');
+    // Reading still needs runs:read.
+    expect((await getRun(runId, writer)).status).toBe(403);
+  });
+
   test('when the services are up, then /readyz reports both ready', async () => {
     const res = await fetch(`${api.url}/readyz`);
     expect(res.status).toBe(200);

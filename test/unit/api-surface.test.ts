@@ -6,22 +6,16 @@
 import fc from 'fast-check';
 import pino from 'pino';
 import request from 'supertest';
-import { AppError, VerifierCatalog, type RunView } from '../../contracts';
+import { AppError } from '../../contracts';
 import { createApp } from '../../api/app';
-import { createTokenVerifier } from '../../api/auth/token-verifier';
 import { createApiMetrics } from '../../api/metrics';
 import { documentedRoutes, openApiDocument } from '../../api/openapi';
 import { RateLimiter } from '../../api/rate-limit';
-import type { RunService } from '../../api/runs/service';
+import { emptyEventSource, fakeRunService, oneVerifierCatalog, testTokenVerifier } from '../helpers/fakes';
 import { TestIssuer, makeKey, type TestKey } from '../helpers/jwks-server';
 
-const view = { runId: 'run-abc', status: 'created' } as unknown as RunView;
-const runs: RunService = {
-  start: () => Promise.resolve(view),
-  get: (p, id) => (id === 'run-abc' ? Promise.resolve(view) : Promise.reject(new AppError('not_found', 'x'))),
-  cancel: () => Promise.resolve(view),
-  list: () => Promise.resolve({ runs: [] }),
-};
+// Anyone may read run-abc here: these tests are about the surface, not ownership.
+const runs = fakeRunService({ owner: null });
 let issuer: TestIssuer;
 let key: TestKey;
 
@@ -37,33 +31,11 @@ afterAll(async () => {
 function build(extra: { rateLimiter?: RateLimiter } = {}) {
   const metrics = createApiMetrics({ defaultMetrics: false });
   const app = createApp({
-    verifyToken: createTokenVerifier({
-      issuers: [{ issuer: issuer.url, audience: 'choiros-api' }],
-      algorithms: ['ES256'],
-      clockToleranceSeconds: 5,
-      tenantClaim: 'tenant',
-      defaultTenant: 'default',
-    }),
+    verifyToken: testTokenVerifier(issuer.url),
     runs,
-    verifiers: new VerifierCatalog([
-      {
-        id: 'V-1',
-        description: 'one',
-        argv: ['true'],
-        timeoutSeconds: 10,
-        scopes: [],
-        moods: [],
-        artifacts: [],
-      },
-    ]),
+    verifiers: oneVerifierCatalog(),
     readiness: [],
-    events: {
-      stream: () => ({
-        [Symbol.asyncIterator]: () => ({
-          next: () => Promise.resolve({ done: true as const, value: undefined }),
-        }),
-      }),
-    },
+    events: emptyEventSource,
     natsCredentials: {
       servers: ['nats://127.0.0.1:4222'],
       mint: () => Promise.reject(new AppError('service_unavailable', 'n/a')),

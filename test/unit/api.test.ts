@@ -9,10 +9,8 @@ import { join } from 'node:path';
 import { SignJWT, generateKeyPair, type KeyLike } from 'jose';
 import pino from 'pino';
 import request from 'supertest';
-import { AppError, VerifierCatalog, type Principal, type RunRequest, type RunView } from '../../contracts';
 import { createApp } from '../../api/app';
-import { createTokenVerifier } from '../../api/auth/token-verifier';
-import type { RunService } from '../../api/runs/service';
+import { emptyEventSource, fakeRunService, oneVerifierCatalog, testTokenVerifier } from '../helpers/fakes';
 import {
   DEV_AUDIENCE,
   loadOrCreateDevKey,
@@ -25,41 +23,8 @@ const logger = pino({ level: 'silent' });
 let key: DevIssuerKey;
 let issuer: Awaited<ReturnType<typeof serveDevIssuer>>;
 let app: ReturnType<typeof createApp>;
-const started: { principal: Principal; request: RunRequest; key?: string }[] = [];
-
-function buildView(overrides: Partial<RunView> = {}): RunView {
-  return {
-    runId: 'run-1',
-    status: 'created',
-    tenant: 'acme',
-    userId: 'alice',
-    mood: 'CALM',
-    repo: '/srv/repo',
-    baseRef: 'main',
-    workItem: { id: 'wi-1', description: 'd', riskTier: 'low' },
-    verifiers: [],
-    createdAt: new Date(0).toISOString(),
-    events: { emitted: 0, published: 0 },
-    ...overrides,
-  };
-}
-
-const fakeRuns: RunService = {
-  async start(principal, req, idempotencyKey) {
-    started.push({ principal, request: req, key: idempotencyKey });
-    return buildView({ runId: 'run-abc', userId: principal.userId, tenant: principal.tenant });
-  },
-  async get(principal, runId) {
-    if (runId === 'run-abc' && principal.userId === 'alice') return buildView({ runId });
-    throw new AppError('not_found', `run ${runId} does not exist`);
-  },
-  async cancel(principal, runId) {
-    return this.get(principal, runId);
-  },
-  async list() {
-    return { runs: [] };
-  },
-};
+const fakeRuns = fakeRunService();
+const started = fakeRuns.started;
 
 const goodBody = {
   repo: '/srv/repo',
@@ -77,31 +42,11 @@ beforeAll(async () => {
   key = await loadOrCreateDevKey(await mkdtemp(join(tmpdir(), 'choiros-unit-issuer-')));
   issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
   app = createApp({
-    verifyToken: createTokenVerifier({
-      issuers: [{ issuer: issuer.issuer, audience: DEV_AUDIENCE }],
-      algorithms: ['ES256', 'RS256', 'EdDSA'],
-      clockToleranceSeconds: 30,
-      tenantClaim: 'tenant',
-      defaultTenant: 'default',
-    }),
+    verifyToken: testTokenVerifier(issuer.issuer, { algorithms: ['ES256', 'RS256', 'EdDSA'] }),
     runs: fakeRuns,
-    verifiers: new VerifierCatalog([
-      {
-        id: 'V-1',
-        description: 'one',
-        argv: ['true'],
-        timeoutSeconds: 10,
-        scopes: [],
-        moods: [],
-        artifacts: [],
-      },
-    ]),
+    verifiers: oneVerifierCatalog(),
     readiness: [],
-    events: {
-      stream: () => {
-        throw new Error('not used in these tests');
-      },
-    },
+    events: emptyEventSource,
     logger,
   });
 });

@@ -5,50 +5,37 @@
  */
 import pino from 'pino';
 import request from 'supertest';
-import { AppError, VerifierCatalog, type RunView } from '../../contracts';
 import { createApp } from '../../api/app';
 import { createTokenVerifier, type TokenVerifier } from '../../api/auth/token-verifier';
-import type { RunService } from '../../api/runs/service';
+import { emptyEventSource, fakeRunService, oneVerifierCatalog, testTokenVerifier } from '../helpers/fakes';
 import { badTokenCases } from '../helpers/bad-tokens';
+import { poll } from '../helpers/poll';
 import { TestIssuer, makeKey, type TestKey } from '../helpers/jwks-server';
 
 const logger = pino({ level: 'silent' });
-const view = { runId: 'run-abc', status: 'running' } as unknown as RunView;
-const runs: RunService = {
-  start: () => Promise.resolve(view),
-  get: (p, runId) =>
-    runId === 'run-abc' && p.userId === 'alice'
-      ? Promise.resolve(view)
-      : Promise.reject(new AppError('not_found', 'x')),
-  cancel: () => Promise.resolve(view),
-  list: () => Promise.resolve({ runs: [] }),
-};
+const runs = fakeRunService();
 
 function appFor(verifier: TokenVerifier) {
   return createApp({
     verifyToken: verifier,
     runs,
-    verifiers: new VerifierCatalog([]),
+    verifiers: oneVerifierCatalog(),
     readiness: [],
-    events: {
-      stream: () => ({
-        [Symbol.asyncIterator]: () => ({ next: () => Promise.resolve({ done: true, value: undefined }) }),
-      }),
-    },
+    events: emptyEventSource,
     logger,
   });
 }
 
-function verifierFor(issuer: TestIssuer, extra: { typ?: string; cooldownMs?: number } = {}): TokenVerifier {
-  return createTokenVerifier({
-    issuers: [{ issuer: issuer.url, audience: 'choiros-api' }],
-    algorithms: ['ES256', 'RS256'],
-    clockToleranceSeconds: 30,
-    tenantClaim: 'tenant',
-    defaultTenant: 'default',
+function verifierFor(
+  issuer: TestIssuer,
+  extra: { typ?: string; cooldownMs?: number; onJwksError?: (e: unknown) => void; now?: () => number } = {},
+): TokenVerifier {
+  return testTokenVerifier(issuer.url, {
     fetchTimeoutMs: 1000,
+    ...(extra.now ? { now: extra.now } : {}),
     jwksCooldownMs: extra.cooldownMs ?? 60_000,
     ...(extra.typ ? { typ: extra.typ } : {}),
+    ...(extra.onJwksError ? { onJwksError: extra.onJwksError } : {}),
   });
 }
 
@@ -95,10 +82,10 @@ describe('the bad-token table', () => {
   });
 
   test('when a token has an unknown kid, then the JWKS is refetched exactly once before the 401', async () => {
-    const verifier = verifierFor(issuer, { cooldownMs: 50 });
-    const app = appFor(verifier);
+    let now = 1_000_000;
+    const app = appFor(verifierFor(issuer, { cooldownMs: 50, now: () => now }));
     expect((await get(app, await issuer.sign(es))).status).toBe(200);
-    await new Promise((r) => setTimeout(r, 60)); // past the cooldown of that first fetch
+    now += 60; // past the cooldown of that first fetch
     const before = issuer.jwksFetches;
     expect((await get(app, await issuer.sign(es, { kid: 'unknown-kid' }))).status).toBe(401);
     expect(issuer.jwksFetches - before).toBe(1);
@@ -110,11 +97,12 @@ describe('key rotation and the JWKS cache', () => {
     const local = await new TestIssuer().start();
     const oldKey = await makeKey('ES256');
     local.published = [oldKey];
-    const app = appFor(verifierFor(local, { cooldownMs: 50 }));
+    let now = 1_000_000;
+    const app = appFor(verifierFor(local, { cooldownMs: 50, now: () => now }));
     expect((await get(app, await local.sign(oldKey))).status).toBe(200);
     const newKey = await makeKey('ES256');
     local.published = [newKey];
-    await new Promise((r) => setTimeout(r, 60)); // past the refetch cooldown
+    now += 60; // past the refetch cooldown
     expect((await get(app, await local.sign(newKey))).status).toBe(200);
     expect((await get(app, await local.sign(oldKey))).status).toBe(401);
     await local.stop();
@@ -124,18 +112,26 @@ describe('key rotation and the JWKS cache', () => {
     const local = await new TestIssuer().start();
     const key = await makeKey('ES256');
     local.published = [key];
-    const app = appFor(verifierFor(local, { cooldownMs: 60_000 }));
+    let now = 1_000_000;
+    const app = appFor(verifierFor(local, { cooldownMs: 60_000, now: () => now }));
     expect((await get(app, await local.sign(key))).status).toBe(200);
-    const before = local.jwksFetches;
-    const statuses = await Promise.all(
-      Array.from(
-        { length: 50 },
-        async (_, i) =>
-          (await get(app, await local.sign(key, { kid: `random-${i}-${Math.random()}` }))).status,
-      ),
-    );
-    expect(new Set(statuses)).toEqual(new Set([401]));
-    expect(local.jwksFetches - before).toBeLessThanOrEqual(1);
+    const flood = async (): Promise<number[]> =>
+      Promise.all(
+        Array.from(
+          { length: 50 },
+          async (_, i) =>
+            (await get(app, await local.sign(key, { kid: `random-${i}-${Math.random()}` }))).status,
+        ),
+      );
+    // Inside the cooldown of the first fetch: no fetch at all.
+    let before = local.jwksFetches;
+    expect(new Set(await flood())).toEqual(new Set([401]));
+    expect(local.jwksFetches - before).toBe(0);
+    // Once the cooldown has passed: exactly one fetch for the whole flood.
+    now += 60_001;
+    before = local.jwksFetches;
+    expect(new Set(await flood())).toEqual(new Set([401]));
+    expect(local.jwksFetches - before).toBe(1);
     await local.stop();
   });
 
@@ -143,6 +139,8 @@ describe('key rotation and the JWKS cache', () => {
     const local = await new TestIssuer().start();
     const key = await makeKey('RS256');
     local.published = [key];
+    const errors: unknown[] = [];
+    let now = 1_000_000;
     const app = appFor(
       createTokenVerifier({
         issuers: [{ issuer: local.url, audience: 'choiros-api', jwksUrl: `${local.url}/jwks` }],
@@ -153,12 +151,21 @@ describe('key rotation and the JWKS cache', () => {
         fetchTimeoutMs: 500,
         jwksCooldownMs: 10,
         jwksMaxAgeMs: 10, // stale at once: a background refresh is attempted and fails
+        onJwksError: (e) => errors.push(e),
+        now: () => now,
       }),
     );
     expect((await get(app, await local.sign(key))).status).toBe(200);
     local.up = false;
-    await new Promise((r) => setTimeout(r, 30));
+    now += 30;
     for (let i = 0; i < 3; i++) expect((await get(app, await local.sign(key))).status).toBe(200);
+    // The background refresh really was attempted, and failed.
+    await poll(
+      async () => errors.length,
+      (n) => n >= 1,
+      5000,
+      20,
+    );
     await local.stop();
   });
 
@@ -166,9 +173,13 @@ describe('key rotation and the JWKS cache', () => {
     const local = await new TestIssuer().start();
     const key = await makeKey('ES256');
     local.up = false;
-    const res = await get(appFor(verifierFor(local)), await local.sign(key));
-    expect(res.status).toBe(503);
-    expect(res.headers['retry-after']).toBe('5');
+    const app = appFor(verifierFor(local));
+    // Every request of the cooldown, not only the one that tried the fetch.
+    for (let i = 0; i < 3; i++) {
+      const res = await get(app, await local.sign(key));
+      expect(res.status).toBe(503);
+      expect(res.headers['retry-after']).toBe('5');
+    }
     await local.stop();
   });
 

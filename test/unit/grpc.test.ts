@@ -1,43 +1,13 @@
 /** The gRPC front end with real jose verification and a fake run service: the bad-token table, scopes, validation. */
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
-import { AppError, VerifierCatalog, type RunView } from '../../contracts';
-import { createTokenVerifier } from '../../api/auth/token-verifier';
 import { createGrpcServer, listenGrpc } from '../../api/grpc/server';
-import type { RunService } from '../../api/runs/service';
+import { emptyEventSource, fakeRunService, oneVerifierCatalog, testTokenVerifier } from '../helpers/fakes';
 import { badTokenCases } from '../helpers/bad-tokens';
-import { runsClient, type RunsClient } from '../helpers/grpc-client';
+import { grpcCode as code, runsClient, type RunsClient } from '../helpers/grpc-client';
 import { TestIssuer, makeKey, type TestKey } from '../helpers/jwks-server';
 
-const view = {
-  runId: 'run-abc',
-  status: 'created',
-  tenant: 'acme',
-  userId: 'alice',
-  mood: 'CALM',
-  repo: '/srv/repo',
-  baseRef: 'main',
-  workItem: { id: 'wi-1', description: 'd', riskTier: 'low' },
-  verifiers: [],
-  createdAt: new Date(0).toISOString(),
-  events: { emitted: 0, published: 0 },
-} as RunView;
-const started: unknown[] = [];
-const runs: RunService = {
-  start: (_p, req) => {
-    started.push(req);
-    return Promise.resolve(view);
-  },
-  get: (p, id) =>
-    id === 'run-abc' && p.userId === 'alice'
-      ? Promise.resolve(view)
-      : Promise.reject(new AppError('not_found', 'x')),
-  cancel: (p, id) =>
-    id === 'run-abc' && p.userId === 'alice'
-      ? Promise.resolve(view)
-      : Promise.reject(new AppError('not_found', 'x')),
-  list: () => Promise.resolve({ runs: [] }),
-};
+const runs = fakeRunService();
 
 let issuer: TestIssuer;
 let es: TestKey;
@@ -51,33 +21,10 @@ beforeAll(async () => {
   rs = await makeKey('RS256');
   issuer.published = [es, rs];
   server = createGrpcServer({
-    verifyToken: createTokenVerifier({
-      issuers: [{ issuer: issuer.url, audience: 'choiros-api' }],
-      algorithms: ['ES256', 'RS256'],
-      clockToleranceSeconds: 30,
-      tenantClaim: 'tenant',
-      defaultTenant: 'default',
-      jwksCooldownMs: 60_000,
-    }),
+    verifyToken: testTokenVerifier(issuer.url),
     runs,
-    events: {
-      stream: () => ({
-        [Symbol.asyncIterator]: () => ({
-          next: () => Promise.resolve({ done: true as const, value: undefined }),
-        }),
-      }),
-    },
-    verifiers: new VerifierCatalog([
-      {
-        id: 'V-1',
-        description: 'one',
-        argv: ['true'],
-        timeoutSeconds: 10,
-        scopes: [],
-        moods: [],
-        artifacts: [],
-      },
-    ]),
+    events: emptyEventSource,
+    verifiers: oneVerifierCatalog(),
     logger: pino({ level: 'silent' }),
   });
   const port = await listenGrpc(server, '127.0.0.1', 0);
@@ -89,16 +36,6 @@ afterAll(async () => {
   server.forceShutdown();
   await issuer.stop();
 });
-
-const code = async (p: Promise<unknown>): Promise<[number, string | undefined]> => {
-  try {
-    await p;
-    return [grpc.status.OK, undefined];
-  } catch (e) {
-    const err = e as grpc.ServiceError;
-    return [err.code, err.metadata?.get('choiros-error-code')[0] as string | undefined];
-  }
-};
 
 describe('the bad-token table over gRPC', () => {
   test('when the token is valid, then OK (the control)', async () => {
@@ -175,7 +112,7 @@ describe('policy and validation over gRPC', () => {
       grpc.status.INVALID_ARGUMENT,
       'unknown_verifier',
     ]);
-    started.length = 0;
+    runs.started.length = 0;
     const good = {
       request: {
         repo: '/srv/repo',
@@ -185,7 +122,7 @@ describe('policy and validation over gRPC', () => {
     };
     const run = await client.call<{ run_id: string; status: string }>('StartRun', good, t);
     expect(run).toMatchObject({ run_id: 'run-abc', status: 'created' });
-    expect(started[0]).toEqual({
+    expect(runs.started[0]?.request).toEqual({
       repo: '/srv/repo',
       baseRef: 'main',
       mood: 'CALM',

@@ -15,11 +15,13 @@ const allow = new Set(
 );
 const port = Number(process.env.CHOIROS_EGRESS_PORT || 3128);
 
-function decide(host, p) {
+function decide(host, p, protocol = 'http:') {
   const h = String(host || '')
     .toLowerCase()
     .replace(/^\[|\]$/g, '');
   if (!h) return { host: h, allowed: false, reason: 'no host' };
+  // Absolute-URI requests are forwarded as plain HTTP only; TLS goes through CONNECT.
+  if (protocol !== 'http:') return { host: h, allowed: false, reason: `scheme ${protocol} needs CONNECT` };
   if (net.isIP(h)) return { host: h, allowed: false, reason: 'ip literal' };
   if (!allow.has(`${h}:${p}`)) return { host: h, allowed: false, reason: 'not in allow-list' };
   return { host: h, allowed: true, reason: 'allow-list' };
@@ -40,9 +42,9 @@ const server = http.createServer((req, res) => {
     return;
   }
   const p = Number(url.port || 80);
-  const d = decide(url.hostname, p);
+  const d = decide(url.hostname, p, url.protocol);
   record(d, p, 'http');
-  if (!d.allowed || url.protocol !== 'http:') {
+  if (!d.allowed) {
     res
       .writeHead(403, { 'content-type': 'text/plain' })
       .end(`egress to ${d.host}:${p} denied (${d.reason})\n`);
