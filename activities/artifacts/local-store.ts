@@ -42,6 +42,9 @@ export class LocalArtifactStore implements ArtifactStore {
       file.on('close', resolve);
       file.on('error', reject);
     });
+    // A write error (disk full) surfaces through finish(), never as an unhandled rejection, and it
+    // fails the writable at once instead of leaving it waiting for a 'drain' that never comes.
+    fileClosed.catch(() => undefined);
     // Bytes beyond the bound are consumed and counted, never stored: a noisy command cannot fill the disk.
     const stream = new Writable({
       write(chunk: Buffer, _enc, cb) {
@@ -54,36 +57,48 @@ export class LocalArtifactStore implements ArtifactStore {
         if (file.write(part)) cb();
         else file.once('drain', () => cb());
       },
+      destroy(err, cb) {
+        file.destroy();
+        cb(err);
+      },
       final(cb) {
         file.end(() => cb());
       },
     });
+    file.on('error', (err) => stream.destroy(err));
     const cleanup = async (): Promise<void> => {
       file.destroy();
       await rm(tmp, { force: true });
+    };
+    const commit = async (): Promise<PutResult> => {
+      if (!stream.writableFinished) {
+        await new Promise<void>((resolve, reject) => {
+          stream.once('error', reject);
+          stream.end(() => resolve());
+        });
+      }
+      await fileClosed;
+      const digest = hash.digest('hex');
+      if (opts.expectedDigest !== undefined && opts.expectedDigest !== digest) {
+        throw new ArtifactError('digest_mismatch', `expected ${opts.expectedDigest}, got ${digest}`);
+      }
+      const final = this.pathOf(digest);
+      await mkdir(join(final, '..'), { recursive: true });
+      // rename is atomic within a file system; an existing blob with this name has these same bytes.
+      await rename(tmp, final);
+      return { digest, size, truncated: seen > size };
     };
     return {
       stream,
       finish: async () => {
         if (settled) throw new Error('artifact writer already finished');
         settled = true;
-        if (!stream.writableFinished) {
-          await new Promise<void>((resolve, reject) => {
-            stream.once('error', reject);
-            stream.end(() => resolve());
-          });
+        try {
+          return await commit();
+        } catch (err) {
+          await cleanup(); // no .part file outlives a failed commit
+          throw err;
         }
-        await fileClosed;
-        const digest = hash.digest('hex');
-        if (opts.expectedDigest !== undefined && opts.expectedDigest !== digest) {
-          await cleanup();
-          throw new ArtifactError('digest_mismatch', `expected ${opts.expectedDigest}, got ${digest}`);
-        }
-        const final = this.pathOf(digest);
-        await mkdir(join(final, '..'), { recursive: true });
-        // rename is atomic within a file system; an existing blob with this name has these same bytes.
-        await rename(tmp, final);
-        return { digest, size, truncated: seen > size };
       },
       abort: async () => {
         settled = true;
@@ -120,7 +135,10 @@ export class LocalArtifactStore implements ArtifactStore {
         );
       },
     });
-    return createReadStream(path).pipe(verify);
+    // A read error ends the returned stream with that error instead of leaving it open.
+    return createReadStream(path)
+      .on('error', (err) => verify.destroy(err))
+      .pipe(verify);
   }
 
   async getBytes(digest: string): Promise<Buffer> {

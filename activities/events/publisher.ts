@@ -1,5 +1,5 @@
 /** Publishes run events to JetStream with `Nats-Msg-Id = event.id` (exactly-once in the stream). */
-import type { JetStreamClient, JetStreamManager, StreamConfig } from 'nats';
+import type { JetStreamClient, JetStreamManager, PubAck, StreamConfig } from 'nats';
 import { DiscardPolicy, JSONCodec, RetentionPolicy, StorageType, nanos } from 'nats';
 import {
   ALL_EVENTS_SUBJECT,
@@ -41,6 +41,8 @@ export async function ensureEventStream(
     max_bytes: limits.maxBytes,
     duplicate_window: nanos(limits.duplicateWindowSeconds * 1000),
     num_replicas: 1,
+    // Direct gets serve the gateway's point reads; users still cannot reach them (they publish nothing).
+    allow_direct: true,
   };
   try {
     await jsm.streams.info(EVENT_STREAM);
@@ -51,6 +53,22 @@ export async function ensureEventStream(
   const { storage: _storage, ...updatable } = config;
   void _storage;
   await jsm.streams.update(EVENT_STREAM, updatable);
+}
+
+/**
+ * Publishes one event on its subject to the event stream, deduplicated by `msgID` (the event id
+ * unless given): the one publish path of workers and the republish command.
+ */
+export function publishEnvelope(
+  js: JetStreamClient,
+  event: EventEnvelope,
+  msgID = event.id,
+): Promise<PubAck> {
+  return js.publish(runEventSubject(event.user_id, event.run_id, event.event_type), codec.encode(event), {
+    msgID,
+    expect: { streamName: EVENT_STREAM },
+    timeout: 10_000,
+  });
 }
 
 export interface EventActivityDeps {
@@ -71,12 +89,7 @@ export function createEventActivities(deps: EventActivityDeps): EventActivities 
       for (const raw of events) {
         const event = eventEnvelopeSchema.parse(raw);
         deps.beforePublish?.(event, Context.current().info.attempt);
-        const subject = runEventSubject(event.user_id, event.run_id, event.event_type);
-        const ack = await deps.js.publish(subject, codec.encode(event), {
-          msgID: event.id,
-          expect: { streamName: EVENT_STREAM },
-          timeout: 10_000,
-        });
+        const ack = await publishEnvelope(deps.js, event);
         acks.push({ id: event.id, streamSeq: ack.seq, duplicate: ack.duplicate });
       }
       const first = events[0];

@@ -6,13 +6,8 @@
 import type { Client } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
 import { JSONCodec, type JetStreamClient } from 'nats';
-import {
-  EVENT_STREAM,
-  eventEnvelopeSchema,
-  runEventSubject,
-  runEventsFilter,
-  type EventEnvelope,
-} from '../../contracts';
+import { EVENT_STREAM, eventEnvelopeSchema, runEventsFilter, type EventEnvelope } from '../../contracts';
+import { publishEnvelope } from './publisher';
 
 /** The events recorded in a run's workflow history, unique by id, in seq order. */
 export async function eventsFromHistory(client: Client, runId: string): Promise<EventEnvelope[]> {
@@ -67,22 +62,14 @@ export async function republishRunEvents(
   const first = events[0];
   if (!first) return { runId, inHistory: 0, alreadyInStream: 0, republished: 0 };
   const present = await seqsInStream(deps.js, first.user_id, runId);
-  const codec = JSONCodec<EventEnvelope>();
   let republished = 0;
   for (const event of events) {
     if (present.has(event.seq)) continue;
-    const subject = runEventSubject(event.user_id, event.run_id, event.event_type);
-    let ack = await deps.js.publish(subject, codec.encode(event), {
-      msgID: event.id,
-      expect: { streamName: EVENT_STREAM },
-    });
+    let ack = await publishEnvelope(deps.js, event);
     if (ack.duplicate) {
       // The id is still in the stream's duplicate window although the message is gone (deleted
       // or purged): publish under a derived id; the envelope, its id and seq are unchanged.
-      ack = await deps.js.publish(subject, codec.encode(event), {
-        msgID: `${event.id}:republished`,
-        expect: { streamName: EVENT_STREAM },
-      });
+      ack = await publishEnvelope(deps.js, event, `${event.id}:republished`);
     }
     if (!ack.duplicate) republished += 1;
   }

@@ -306,11 +306,8 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       const rec = record(input.sandboxId);
       const opts = { cwd: rec.worktree, safeDirs: [rec.worktree] };
       const head = (await git(['rev-parse', 'HEAD'], opts)).stdout.trim();
-      const status = (await git(['status', '--porcelain=v1', '-z', '--untracked-files=all'], opts)).stdout;
-      const changedPaths = status
-        .split('\0')
-        .filter((e) => e.length > 3)
-        .map((e) => e.slice(3));
+      // The same listing the verifier plan used (tracked changes, both sides of renames, untracked files).
+      const changedPaths = await touchedPaths(rec.worktree);
       if (changedPaths.length === 0) {
         // A retried commit finds its own earlier commit: HEAD already moved past the base.
         const parents = (await git(['rev-list', '--parents', '-n', '1', 'HEAD'], opts)).stdout
@@ -352,6 +349,8 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       const rec = record(input.sandboxId);
       const removed: string[] = [];
       if (await driver.remove(rec.container)) removed.push('container');
+      // The proxy before the network it sits on.
+      if (await driver.removeEgressProxy?.(rec.container)) removed.push('egress-proxy');
       if (await driver.removeRunNetwork(rec.runId)) removed.push('network');
       const repo = isGitUrl(input.repo)
         ? await stat(mirrorPath(deps.mirrorRoot, input.repo)).then(

@@ -159,6 +159,7 @@ export class DockerSandboxDriver implements SandboxDriver {
   async exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome> {
     const started = Date.now();
     const container = this.docker.getContainer(name);
+    const oomBefore = await this.cgroupOomKills(name);
     const exec = await container.exec({
       Cmd: argv,
       AttachStdout: true,
@@ -181,7 +182,9 @@ export class DockerSandboxDriver implements SandboxDriver {
     const exitCode = result.timedOut ? 124 : (inspected.ExitCode ?? 137);
     // Docker 20.10 sets State.OOMKilled only when PID 1 dies; an exec'd process killed by the
     // OOM killer shows up in the container's cgroup counter instead.
-    const oomKilled = exitCode === 137 && !result.timedOut ? await this.cgroupOomKills(name) : 0;
+    // The cgroup counter covers the container's whole life: only a rise during this command counts.
+    const oomKilled =
+      exitCode === 137 && !result.timedOut ? (await this.cgroupOomKills(name)) - oomBefore : 0;
     const egress = await this.egressAttempts(name, started);
     return {
       ...result,
@@ -228,12 +231,16 @@ export class DockerSandboxDriver implements SandboxDriver {
           EndpointsConfig: { [runNetworkName(labels.runId)]: { Aliases: [EGRESS_PROXY_ALIAS] } },
         },
       });
-      await this.docker.getNetwork(EGRESS_NETWORK).connect({ Container: name });
     } catch (err) {
       if (!isConflict(err)) throw err; // a retried create finds the proxy it made before
     }
     const proxy = this.docker.getContainer(name);
-    if (!(await proxy.inspect()).State.Running) await proxy.start();
+    const info = await proxy.inspect();
+    // Checked, not assumed: an attempt that died between create and connect left it without a way out.
+    if (!info.NetworkSettings.Networks[EGRESS_NETWORK]) {
+      await this.docker.getNetwork(EGRESS_NETWORK).connect({ Container: name });
+    }
+    if (!info.State.Running) await proxy.start();
     // Ready when it has printed its first line.
     for (let i = 0; i < 50; i++) {
       const logs = (await proxy.logs({ stdout: true, stderr: false })).toString('utf8');
@@ -268,7 +275,10 @@ export class DockerSandboxDriver implements SandboxDriver {
   ): Promise<NonNullable<CommandOutcome['egress']> | undefined> {
     let raw: Buffer;
     try {
-      raw = await this.docker.getContainer(egressProxyName(container)).logs({ stdout: true, stderr: false });
+      // Only what the proxy logged since this command started (Docker's `since` is in whole seconds).
+      raw = await this.docker
+        .getContainer(egressProxyName(container))
+        .logs({ stdout: true, stderr: false, since: Math.floor(sinceMs / 1000) });
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw err;
@@ -409,12 +419,12 @@ export class DockerSandboxDriver implements SandboxDriver {
     }
   }
 
+  /** Removes an execution container's egress proxy (policy allowlist), if it has one. */
+  async removeEgressProxy(container: string): Promise<boolean> {
+    return this.remove(egressProxyName(container));
+  }
+
   async remove(name: string): Promise<boolean> {
-    // An execution container's egress proxy goes with it.
-    await this.docker
-      .getContainer(egressProxyName(name))
-      .remove({ force: true })
-      .catch(() => undefined);
     try {
       await this.docker.getContainer(name).remove({ force: true });
       return true;

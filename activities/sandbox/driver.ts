@@ -40,6 +40,8 @@ export interface SandboxDriver {
     spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels },
     opts: CommandOptions,
   ): Promise<CommandOutcome>;
+  /** Removes an execution container's egress proxy, if the driver makes them; true when one was removed. */
+  removeEgressProxy?(container: string): Promise<boolean>;
   /** Removes a container if it exists; true when something was removed. */
   remove(name: string): Promise<boolean>;
   /** Removes the run's own network (policy `internal`) if it exists; true when something was removed. */

@@ -128,11 +128,15 @@ async function removeWorktree(path: string): Promise<void> {
 
 /** Runs `sweepOrphans` now and every `intervalMs`; `stop()` ends it and waits for a sweep in progress. */
 export function startSweeper(deps: SweeperDeps, intervalMs: number): { stop(): Promise<void> } {
-  let running: Promise<unknown> = Promise.resolve();
+  let running: Promise<unknown> | undefined;
   const tick = (): void => {
-    running = sweepOrphans(deps).catch((err: unknown) =>
-      deps.logger.warn({ event: 'sweeper.error', err }, 'sweep failed'),
-    );
+    // One sweep at a time: a slow sweep is not overlapped by the next tick.
+    if (running) return;
+    running = sweepOrphans(deps)
+      .catch((err: unknown) => deps.logger.warn({ event: 'sweeper.error', err }, 'sweep failed'))
+      .finally(() => {
+        running = undefined;
+      });
   };
   tick();
   const timer = setInterval(tick, intervalMs);

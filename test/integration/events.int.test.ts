@@ -210,6 +210,8 @@ describe('NATS credentials from the gateway', () => {
       expect([subject, await subscriptionRefused(nc, subject)]).toEqual([subject, true]);
     }
     const enc = (o: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(o));
+    // A message that exists, so every read below would return data to someone allowed to ask.
+    const seq = (await (await service.jetstreamManager()).streams.info(EVENT_STREAM)).state.last_seq;
     const jsApi: [string, Uint8Array][] = [
       [
         `$JS.API.CONSUMER.CREATE.${EVENT_STREAM}`,
@@ -226,16 +228,24 @@ describe('NATS credentials from the gateway', () => {
         `$JS.API.CONSUMER.DURABLE.CREATE.${EVENT_STREAM}.peek`,
         enc({ stream_name: EVENT_STREAM, config: { durable_name: 'peek', ack_policy: 'explicit' } }),
       ],
-      [`$JS.API.STREAM.MSG.GET.${EVENT_STREAM}`, enc({ seq: 1 })],
-      [`$JS.API.DIRECT.GET.${EVENT_STREAM}`, enc({ seq: 1 })],
+      [`$JS.API.STREAM.MSG.GET.${EVENT_STREAM}`, enc({ seq })],
+      [`$JS.API.DIRECT.GET.${EVENT_STREAM}`, enc({ seq })],
       ['$JS.API.INFO', enc({})],
     ];
     for (const [subject, data] of jsApi) {
       await expect(nc.request(subject, data, { timeout: 1000 })).rejects.toThrow();
     }
-    // Control: the same consumer-create request from a service identity succeeds, so the refusals above are permissions.
-    const ok = await service.request(jsApi[0]![0], jsApi[0]![1], { timeout: 2000 });
-    expect(JSON.parse(new TextDecoder().decode(ok.data))).not.toHaveProperty('error');
+    // Control: every one of those requests succeeds for a service identity, so the refusals above are permissions.
+    for (const [subject, data] of jsApi) {
+      const ok = await service.request(subject, data, { timeout: 2000 });
+      if (subject.startsWith('$JS.API.DIRECT.GET')) expect(ok.headers?.get('Nats-Stream')).toBe(EVENT_STREAM);
+      else
+        expect([subject, JSON.parse(new TextDecoder().decode(ok.data))]).not.toEqual([
+          subject,
+          expect.objectContaining({ error: expect.anything() }),
+        ]);
+    }
+    await (await service.jetstreamManager()).consumers.delete(EVENT_STREAM, 'peek');
     await nc.close().catch(() => undefined);
   });
 });

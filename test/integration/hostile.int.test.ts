@@ -18,7 +18,7 @@ import { LocalArtifactStore } from '../../activities/artifacts/local-store';
 import { createSandboxActivities } from '../../activities/sandbox/activities';
 import { DockerSandboxDriver, LABELS } from '../../activities/sandbox/docker-driver';
 import type { SandboxActivities } from '../../activities/types';
-import { env, makeGitRepo } from '../helpers/integration';
+import { env, makeGitRepo, poll } from '../helpers/integration';
 
 const docker = new Docker();
 const suffix = randomBytes(4).toString('hex');
@@ -235,8 +235,15 @@ test('when a fork bomb runs, then it hits the pids limit, and the sandbox and th
   expect(hog.exitCode).toBe(0);
   // Reap the bomb (one process, no shell: the pids are nearly all taken); PID 1 is immune.
   await exec(['kill', '-9', '-1']);
-  const after = (await docker.getContainer(`choiros-run-${runId}`).top()) as { Processes: unknown[] };
-  expect(after.Processes.length).toBe(1);
+  // The killed processes may take a moment to be reaped: wait for it, then only PID 1 is left.
+  const after = await poll(
+    async () =>
+      ((await docker.getContainer(`choiros-run-${runId}`).top()) as { Processes: unknown[] }).Processes
+        .length,
+    (n) => n === 1,
+    10_000,
+  );
+  expect(after).toBe(1);
 });
 
 describe('network policy internal', () => {

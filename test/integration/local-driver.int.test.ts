@@ -68,12 +68,27 @@ describe('local driver', () => {
 
   test('when cancelled, then the command is killed and the call rejects', async () => {
     const ac = new AbortController();
-    const p = driver.exec(`choiros-run-${labels.runId}`, ['sleep', '300'], {
+    const marker = `sleep ${300 + Math.floor(Math.random() * 600)}`;
+    const p = driver.exec(`choiros-run-${labels.runId}`, marker.split(' '), {
       timeoutMs: 60_000,
       signal: ac.signal,
     });
-    setTimeout(() => ac.abort(new Error('cancelled by test')), 300);
+    // Cancel once the command really runs, then check it is gone.
+    await poll(
+      async () => processesWith(marker).length,
+      (n) => n === 1,
+      10_000,
+      50,
+    );
+    ac.abort(new Error('cancelled by test'));
     await expect(p).rejects.toThrow('cancelled by test');
+    await poll(
+      async () => processesWith(marker),
+      (l) => l.length === 0,
+      10_000,
+      50,
+    );
+    expect(processesWith(marker)).toEqual([]);
   });
 
   test('when commands read their environment, then only the execution lane has the secret and neither has the worker env', async () => {
