@@ -8,6 +8,9 @@ import { join } from 'node:path';
 import { encodeAccount, encodeOperator, encodeUser, fmtCreds } from 'nats-jwt';
 import { createAccount, createOperator, createUser, fromSeed, type KeyPair } from 'nkeys.js';
 
+/** File name of the CHOIROS account seed in the auth dir (the gateway signs users' credentials with it). */
+export const ACCOUNT_SEED_FILE = 'choiros-account.seed';
+
 export interface NatsAuthMaterial {
   operatorJwt: string;
   systemAccountPub: string;
@@ -35,7 +38,7 @@ export async function ensureNatsAuth(dir: string): Promise<NatsAuthMaterial> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const operator = await loadOrCreateSeed(join(dir, 'operator.seed'), createOperator);
   const system = await loadOrCreateSeed(join(dir, 'system-account.seed'), createAccount);
-  const account = await loadOrCreateSeed(join(dir, 'choiros-account.seed'), createAccount);
+  const account = await loadOrCreateSeed(join(dir, ACCOUNT_SEED_FILE), createAccount);
   const operatorJwt = await encodeOperator('CHOIROS_LOCAL', operator, {
     system_account: system.getPublicKey(),
   });

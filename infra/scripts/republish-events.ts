@@ -8,21 +8,24 @@ import { Client, Connection } from '@temporalio/client';
 import { connect, credsAuthenticator } from 'nats';
 import { isValidId } from '../../contracts';
 import { republishRunEvents } from '../../activities/events/republish';
+import { workerConfigSchema } from '../../worker/config';
 
 async function main(): Promise<void> {
   const runIds = process.argv.slice(2);
   if (runIds.length === 0 || runIds.some((r) => !isValidId(r))) {
     throw new Error('usage: npm run events:republish -- <runId> [<runId> ...]');
   }
-  const connection = await Connection.connect({ address: process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233' });
+  // The worker's settings (same keys, defaults and validation): this command publishes as a worker.
+  const config = workerConfigSchema
+    .pick({ TEMPORAL_ADDRESS: true, TEMPORAL_NAMESPACE: true, NATS_URL: true, NATS_CREDS: true })
+    .parse(process.env);
+  const connection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
   const nc = await connect({
-    servers: (process.env.NATS_URL ?? 'nats://127.0.0.1:4222').split(','),
-    authenticator: process.env.NATS_CREDS
-      ? credsAuthenticator(await readFile(process.env.NATS_CREDS))
-      : undefined,
+    servers: config.NATS_URL.split(','),
+    authenticator: config.NATS_CREDS ? credsAuthenticator(await readFile(config.NATS_CREDS)) : undefined,
   });
   try {
-    const client = new Client({ connection, namespace: process.env.TEMPORAL_NAMESPACE ?? 'default' });
+    const client = new Client({ connection, namespace: config.TEMPORAL_NAMESPACE });
     for (const runId of runIds) {
       const r = await republishRunEvents({ client, js: nc.jetstream() }, runId);
       process.stdout.write(

@@ -240,7 +240,7 @@ async function main(): Promise<void> {
     if (temporalUi) process.stdout.write(`TEMPORAL_UI_URL=${temporalUi}\n`);
     process.stdout.write(`TEMPORAL_ADDRESS=${temporalAddress}\n`);
     process.stdout.write(`NATS_URL=${natsUrl}\n`);
-    process.stdout.write(`GRPC_ADDRESS=127.0.0.1:${grpcPort}\n`);
+    if (grpcPort > 0) process.stdout.write(`GRPC_ADDRESS=127.0.0.1:${grpcPort}\n`);
     if (devToken) process.stdout.write(`DEV_TOKEN=${devToken}\n`);
     say(
       'try: curl -s -X POST "$API_URL/v1/runs" -H "Authorization: Bearer $DEV_TOKEN" -H "Content-Type: application/json" -d @request.json',

@@ -1,7 +1,13 @@
 /** Starts nats-server with JetStream in operator mode, writing config and service credentials. */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ensureNatsAuth, mintServiceCreds, renderServerConfig, type NatsAuthMaterial } from '../nats/auth';
+import {
+  ACCOUNT_SEED_FILE,
+  ensureNatsAuth,
+  mintServiceCreds,
+  renderServerConfig,
+  type NatsAuthMaterial,
+} from '../nats/auth';
 import { portOpen, startProcess, waitFor, type ManagedProcess } from './process';
 
 export interface NatsServer {
@@ -47,7 +53,7 @@ export async function startNatsServer(opts: {
     url: `nats://${opts.host}:${opts.port}`,
     workerCredsFile,
     apiCredsFile,
-    accountSeedFile: join(authDir, 'choiros-account.seed'),
+    accountSeedFile: join(authDir, ACCOUNT_SEED_FILE),
     auth,
     process: proc,
   };

@@ -1,4 +1,5 @@
 /** Integration-test helpers: real connections to the services the global setup started, test workers, the API. */
+import { ACCOUNT_SEED_FILE } from '../../infra/nats/auth';
 import { execFileSync } from 'node:child_process';
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
@@ -198,7 +199,7 @@ export async function startTestApi(opts: { temporalAddress?: string } = {}): Pro
       servers: [env.natsUrl()],
       mint: async (userId: string) =>
         mintUserCreds(
-          (await readFile(join(env.natsAuthDir(), 'choiros-account.seed'), 'utf8')).trim(),
+          (await readFile(join(env.natsAuthDir(), ACCOUNT_SEED_FILE), 'utf8')).trim(),
           userId,
           300,
         ),

@@ -2,6 +2,7 @@
  * The NATS server config the project generates: workers publish, users subscribe to their own
  * prefix only (operator-mode JWTs minted from the account key), expired credentials are refused.
  */
+import { ACCOUNT_SEED_FILE } from '../../infra/nats/auth';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
@@ -15,7 +16,7 @@ beforeAll(async () => {
   worker = await connectNats(env.workerCreds(), 'perm-worker');
   const dir = env.natsAuthDir();
   // The account seed is the only secret needed to mint user credentials.
-  accountSeed = (await readFile(join(dir, 'choiros-account.seed'), 'utf8')).trim();
+  accountSeed = (await readFile(join(dir, ACCOUNT_SEED_FILE), 'utf8')).trim();
 });
 
 afterAll(async () => {
