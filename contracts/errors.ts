@@ -19,6 +19,18 @@ export const ERROR_CODES = [
   'ref_not_found',
   'sandbox_image_missing',
   'invalid_sandbox_request',
+  // Run control (approvals, interrupts, reruns, graphs).
+  'not_awaiting_approval',
+  'self_approval_forbidden',
+  'already_approved',
+  'interrupt_not_found',
+  'interrupt_closed',
+  'invalid_answer',
+  'rerun_unavailable',
+  'dependency_cycle',
+  'unknown_dependency',
+  'duplicate_item',
+  'budget_exceeded',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -41,6 +53,17 @@ export const HTTP_STATUS_BY_CODE: Record<ErrorCode, number> = {
   ref_not_found: 400,
   sandbox_image_missing: 503,
   invalid_sandbox_request: 400,
+  not_awaiting_approval: 409,
+  self_approval_forbidden: 403,
+  already_approved: 409,
+  interrupt_not_found: 404,
+  interrupt_closed: 409,
+  invalid_answer: 400,
+  rerun_unavailable: 409,
+  dependency_cycle: 400,
+  unknown_dependency: 400,
+  duplicate_item: 400,
+  budget_exceeded: 409,
 };
 
 /** Short human titles for problem+json `title`. */
@@ -61,6 +84,17 @@ export const TITLE_BY_CODE: Record<ErrorCode, string> = {
   ref_not_found: 'Git ref not found',
   sandbox_image_missing: 'Sandbox image missing',
   invalid_sandbox_request: 'Invalid sandbox request',
+  not_awaiting_approval: 'Run is not awaiting approval',
+  self_approval_forbidden: 'Independent review required',
+  already_approved: 'Already approved by this user',
+  interrupt_not_found: 'Interrupt not found',
+  interrupt_closed: 'Interrupt already closed',
+  invalid_answer: 'Answer is not one of the options',
+  rerun_unavailable: 'Run cannot be rerun yet',
+  dependency_cycle: 'Work graph has a dependency cycle',
+  unknown_dependency: 'Work graph names an unknown dependency',
+  duplicate_item: 'Work graph names an item twice',
+  budget_exceeded: 'Run budget exceeded',
 };
 
 /** One field-level problem, as reported in a 400's `errors` list. */

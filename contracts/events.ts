@@ -19,6 +19,22 @@ export const EVENT_TYPES = [
   'run.discarded',
   'run.failed',
   'run.completed',
+  'run.queued',
+  'run.admitted',
+  'run.mood.policy',
+  'run.mood.transition',
+  'run.approval.requested',
+  'run.approval.decided',
+  'run.interrupt.requested',
+  'run.interrupt.answered',
+  'receipt.timeout',
+  'run.verifier.rerun',
+  'workitem.started',
+  'workitem.completed',
+  'workitem.retry',
+  'workitem.blocked',
+  'graph.created',
+  'graph.completed',
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 

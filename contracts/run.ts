@@ -22,6 +22,7 @@ export const riskTierSchema = z.enum(RISK_TIERS);
 /** Run states, in the order a run moves through them (design.md, "Work items and runs"). */
 export const RUN_STATUSES = [
   'created',
+  'queued',
   'running',
   'verifying',
   'awaiting_approval',
@@ -61,6 +62,10 @@ export const workItemInputSchema = z
     requiredVerifiers: z.array(idSchema).max(32).default([]),
     riskTier: riskTierSchema.default('low'),
     acceptanceCriteria: z.array(z.string().min(1).max(2000)).max(50).default([]),
+    /** Ids of work items this one needs committed first (work graphs). */
+    dependsOn: z.array(idSchema).max(64).default([]),
+    /** The work item this one was split from. */
+    parentId: idSchema.optional(),
   })
   .strict();
 export type WorkItemInput = z.input<typeof workItemInputSchema>;
@@ -120,6 +125,41 @@ export const egressRuleSchema = z
   .strict();
 export type EgressRule = z.infer<typeof egressRuleSchema>;
 
+/** Limits of one run; each lowers (never raises) what the mood allows. */
+export const runBudgetsSchema = z
+  .object({
+    /** Wall-clock budget of the whole run; past it the run is stopped and ends `failed` (budget_exceeded). */
+    wallClockSeconds: z.number().int().min(10).max(86_400).optional(),
+    /** Most reruns of one verifier that did not pass (the mood's own number is the ceiling). */
+    maxVerifierReruns: z.number().int().min(0).max(5).optional(),
+    /** How long an approval may take; past it the run is discarded (the safe default). Default 24 h. */
+    approvalTimeoutSeconds: z
+      .number()
+      .int()
+      .min(1)
+      .max(7 * 86_400)
+      .optional(),
+    /** How long a human interrupt may wait for an answer before its default action runs. Default 1 h. */
+    interruptTimeoutSeconds: z
+      .number()
+      .int()
+      .min(1)
+      .max(7 * 86_400)
+      .optional(),
+  })
+  .strict();
+export type RunBudgets = z.infer<typeof runBudgetsSchema>;
+
+/** Review the request asks for on top of what mood and risk tier require. */
+export const reviewRequestSchema = z
+  .object({
+    /** Require an approval even where mood and risk tier do not. */
+    required: z.boolean().optional(),
+    /** Distinct approvers needed (default 1). */
+    quorum: z.number().int().min(1).max(5).optional(),
+  })
+  .strict();
+
 /** `POST /v1/runs` body (design.md, "Interfaces that other tools rely on"). */
 export const runRequestSchema = z
   .object({
@@ -129,6 +169,8 @@ export const runRequestSchema = z
     network: networkPolicySchema.optional(),
     /** With `network: allowlist`: the only destinations the execution lane may reach. */
     egress: z.array(egressRuleSchema).min(1).max(32).optional(),
+    budgets: runBudgetsSchema.optional(),
+    review: reviewRequestSchema.optional(),
     workItem: workItemInputSchema,
   })
   .strict()
@@ -163,7 +205,22 @@ export interface RunWorkflowInput {
   requestedAt: number;
   /** The verified token that started the run (scopes and token id), for audit. */
   startedBy?: { scopes: string[]; tokenId?: string };
+  /** A rerun: the earlier run, and the exact base commit and sandbox image it recorded. */
+  rerun?: { of: string; baseCommit: string; imageId: string };
+  /** The work graph this run belongs to (started as its child). */
+  graph?: { graphId: string; itemId: string; attempt: number };
 }
+
+/** `POST /v1/runs/:runId/rerun` body. */
+export const rerunRequestSchema = z.object({ mood: moodSchema.optional() }).strict();
+
+/** Approve or reject a run waiting in `awaiting_approval` (`POST /v1/runs/:id/approve|reject`). */
+export const approvalBodySchema = z.object({ comment: z.string().max(2000).optional() }).strict();
+
+/** Answer to a human interrupt (`POST /v1/runs/:id/interrupts/:iid/answer`). */
+export const interruptAnswerBodySchema = z
+  .object({ answer: z.string().min(1).max(200), comment: z.string().max(2000).optional() })
+  .strict();
 
 export const VERIFIER_RESULTS = ['pass', 'fail', 'error', 'timeout'] as const;
 export type VerifierResult = (typeof VERIFIER_RESULTS)[number];
@@ -214,6 +271,10 @@ export const verifierOutcomeSchema = commandOutcomeSchema.extend({
   result: z.enum(VERIFIER_RESULTS),
   /** Digest of the verifier report (canonical JSON) in the artifact store; `npm run verdict -- <digest>` re-checks it. */
   reportDigest: z.string().optional(),
+  /** Results of every attempt, first to last, when the mood reran or confirmed the verifier. */
+  attempts: z.array(z.enum(VERIFIER_RESULTS)).optional(),
+  /** The attempts disagreed. */
+  flaky: z.boolean().optional(),
 });
 export type VerifierOutcome = z.infer<typeof verifierOutcomeSchema>;
 
@@ -261,6 +322,41 @@ export const runListQuerySchema = z
   })
   .strict();
 
+/** A verified identity acting on a run (from the token, never from a body). */
+export const actorSchema = z.object({
+  userId: z.string(),
+  tenant: z.string(),
+  tokenId: z.string().optional(),
+});
+export type Actor = z.infer<typeof actorSchema>;
+
+export const approvalViewSchema = z.object({
+  requirement: z.enum(['owner', 'independent']),
+  quorum: z.number().int(),
+  reasons: z.array(z.string()),
+  deadline: z.string(),
+  approvals: z.array(actorSchema.extend({ at: z.string(), comment: z.string().optional() })),
+  decision: z.enum(['approved', 'rejected', 'timed_out']).optional(),
+  decidedBy: actorSchema.optional(),
+});
+export type ApprovalView = z.infer<typeof approvalViewSchema>;
+
+export const INTERRUPT_KINDS = ['REQUEST_QUESTION', 'REQUEST_REVIEW', 'REQUEST_APPROVAL'] as const;
+
+/** A typed question a run asks a human, with a deadline and a safe default. */
+export const interruptViewSchema = z.object({
+  id: z.string(),
+  kind: z.enum(INTERRUPT_KINDS),
+  question: z.string(),
+  options: z.array(z.string()),
+  defaultAction: z.string(),
+  deadline: z.string(),
+  status: z.enum(['open', 'answered', 'timed_out']),
+  answer: z.string().optional(),
+  answeredBy: actorSchema.optional(),
+});
+export type InterruptView = z.infer<typeof interruptViewSchema>;
+
 /** The run as the API reports it (`GET /v1/runs/:runId`). */
 export const runViewSchema = z.object({
   runId: z.string(),
@@ -271,6 +367,15 @@ export const runViewSchema = z.object({
   repo: z.string(),
   baseRef: z.string(),
   workItem: z.object({ id: z.string(), description: z.string(), riskTier: z.string() }),
+  /** Position in the fairness queue (1 = next) while `queued`. */
+  queuePosition: z.number().int().optional(),
+  approval: approvalViewSchema.optional(),
+  interrupts: z.array(interruptViewSchema).optional(),
+  /** The earlier run this one reruns. */
+  rerunOf: z.string().optional(),
+  graph: z.object({ graphId: z.string(), itemId: z.string(), attempt: z.number().int() }).optional(),
+  /** The sandbox image the run executed in (content id), for reruns. */
+  imageId: z.string().optional(),
   branch: z.string().optional(),
   commit: z.string().optional(),
   baseCommit: z.string().optional(),

@@ -1,6 +1,65 @@
 /** Signal/query/update definitions of the workflows, importable by workflows, API and tests alike. */
-import { defineQuery } from '@temporalio/workflow';
-import type { RunView } from './run';
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type { Actor, InterruptView, RunView } from './run';
+import type { WorkGraphView } from './work-graph';
 
 /** Current view of a run; answered by the run workflow at any time. */
 export const runViewQuery = defineQuery<RunView>('runView');
+
+/** An approve or reject decision, by a verified identity. */
+export interface ApprovalDecision {
+  decision: 'approve' | 'reject';
+  actor: Actor;
+  comment?: string;
+}
+
+export interface ApprovalResult {
+  /** `pending` while the quorum is not reached yet. */
+  outcome: 'approved' | 'rejected' | 'pending';
+  approvals: number;
+  quorum: number;
+}
+
+/**
+ * Approval by update: the validator refuses (with an ApplicationFailure whose type is an error
+ * code) a run that is not waiting, the author's own approval where review must be independent and
+ * a second approval by the same user; nothing refused enters the history.
+ */
+export const approvalUpdate = defineUpdate<ApprovalResult, [ApprovalDecision]>('decideApproval');
+
+export interface InterruptAnswer {
+  interruptId: string;
+  answer: string;
+  actor: Actor;
+  comment?: string;
+}
+
+/** Answers an open human interrupt; refused when unknown, closed, or not one of its options. */
+export const answerInterruptUpdate = defineUpdate<InterruptView, [InterruptAnswer]>('answerInterrupt');
+
+/** Sent by the admission workflow when a queued run may start. */
+export const admittedSignal = defineSignal<[]>('admitted');
+
+/** A run asks its tenant's admission workflow for a slot (fairness caps). */
+export interface AdmissionRequest {
+  runId: string;
+  userId: string;
+  /** Caps as configured on the worker that asked; the latest request's caps apply. */
+  perUser: number;
+  perTenant: number;
+}
+
+export const acquireSignal = defineSignal<[AdmissionRequest]>('acquire');
+export const releaseSignal = defineSignal<[{ runId: string }]>('release');
+
+export interface AdmissionState {
+  running: { runId: string; userId: string }[];
+  queued: { runId: string; userId: string }[];
+  perUser: number;
+  perTenant: number;
+}
+
+export const admissionStateQuery = defineQuery<AdmissionState>('admissionState');
+
+/** Status of a work graph. */
+export const workGraphViewQuery = defineQuery<WorkGraphView>('workGraphView');

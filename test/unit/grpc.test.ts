@@ -132,6 +132,7 @@ describe('policy and validation over gRPC', () => {
         requiredVerifiers: ['V-1'],
         riskTier: 'low',
         acceptanceCriteria: [],
+        dependsOn: [],
       },
     });
   });
