@@ -1,5 +1,6 @@
 /** Activity input/output shapes and the activity interfaces workflows import with `import type`. */
 import type {
+  AdmissionGrant,
   CommandOutcome,
   EventEnvelope,
   Mood,
@@ -20,6 +21,8 @@ export interface CreateSandboxInput {
   network?: NetworkPolicy;
   /** Allowed destinations for policy `allowlist`. */
   egress?: EgressRule[];
+  /** Run in exactly this image (content id, `sha256:…`) instead of the configured tag (reruns). */
+  imageId?: string;
 }
 
 export interface SandboxHandle {
@@ -50,6 +53,10 @@ export interface VerifyInput {
   sandboxId: string;
   verifierId: string;
   owner: SandboxOwner;
+  /** The image the run's sandbox was created from (its content id), so every lane runs the same bits. */
+  imageId?: string;
+  /** 1 for the first run of this verifier, higher for mood reruns and confirmations. */
+  attempt?: number;
 }
 
 export interface PlanInput {
@@ -89,6 +96,13 @@ export interface SandboxActivities {
   planVerifiers(input: PlanInput): Promise<VerifierPlan>;
   commitSandbox(input: CommitInput): Promise<CommitResult>;
   destroySandbox(input: DestroyInput): Promise<{ removed: string[] }>;
+}
+
+export interface AdmissionActivities {
+  /** Asks the tenant's fairness gate for a slot; starts the gate when it is not running. */
+  requestAdmission(input: { tenant: string; userId: string; runId: string }): Promise<AdmissionGrant>;
+  /** Gives the slot back (or leaves the queue); idempotent. */
+  releaseAdmission(input: { tenant: string; runId: string }): Promise<void>;
 }
 
 export interface PublishResult {

@@ -94,6 +94,9 @@ export const EVENT_PAYLOAD_SCHEMAS = {
       /** Added in v1.1: digests of the stored log and verifier report in the artifact store. */
       artifact_hash: sha256.nullable().optional(),
       report_hash: sha256.nullable().optional(),
+      /** Added in v1.2: every attempt's result when the mood reran or confirmed the verifier. */
+      attempts: z.array(z.enum(VERIFIER_RESULTS)).optional(),
+      flaky: z.boolean().optional(),
     }),
   }),
   'receipt.commit': z.object({

@@ -49,7 +49,17 @@ export interface AdmissionRequest {
   perTenant: number;
 }
 
-export const acquireSignal = defineSignal<[AdmissionRequest]>('acquire');
+/** The answer to an acquire: admitted at once, or queued at a position (1 = next). */
+export interface AdmissionGrant {
+  admitted: boolean;
+  position: number;
+  /** The caps in force. */
+  perUser: number;
+  perTenant: number;
+}
+
+/** Acquire by update (with start): the run learns at once whether it waits. */
+export const acquireUpdate = defineUpdate<AdmissionGrant, [AdmissionRequest]>('acquire');
 export const releaseSignal = defineSignal<[{ runId: string }]>('release');
 
 export interface AdmissionState {

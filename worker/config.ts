@@ -74,6 +74,10 @@ export const workerConfigSchema = z.object({
     .min(0)
     .max(7 * 86400)
     .default(600),
+  /** Runs of one user in flight at once (fairness); more wait as `queued`, in order. */
+  CHOIROS_MAX_RUNS_PER_USER: z.coerce.number().int().min(1).max(10_000).default(8),
+  /** Runs of one tenant in flight at once; more wait as `queued`. */
+  CHOIROS_MAX_RUNS_PER_TENANT: z.coerce.number().int().min(1).max(100_000).default(64),
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });

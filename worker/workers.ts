@@ -11,6 +11,7 @@ import {
   ensureEventStream,
   type EventActivityDeps,
 } from '../activities/events/publisher';
+import { createAdmissionActivities } from '../activities/admission/activities';
 import { LocalArtifactStore } from '../activities/artifacts/local-store';
 import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
 import { createSandboxActivities } from '../activities/sandbox/activities';
@@ -95,7 +96,14 @@ export async function createWorkerSet(opts: {
       ...common,
       ...workflowSource,
       taskQueue: TASK_QUEUES.orchestration,
-      activities: eventActivities,
+      activities: {
+        ...eventActivities,
+        ...createAdmissionActivities({
+          perUser: config.CHOIROS_MAX_RUNS_PER_USER,
+          perTenant: config.CHOIROS_MAX_RUNS_PER_TENANT,
+          logger: logger.child({ component: 'admission' }),
+        }),
+      },
     }),
     Worker.create({
       ...common,

@@ -128,7 +128,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       }
       const rec = record(input.runId);
       const log = logger.child({ runId: input.runId, workItemId: input.workItemId });
-      const imageId = await driver.imageId();
+      const imageId = await driver.imageId(input.imageId);
       // URLs go through the shared bare mirror (refreshed here); local paths are used directly.
       const repo = isGitUrl(input.repo)
         ? await ensureMirror(deps.mirrorRoot, input.repo)
@@ -170,6 +170,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
         },
         network: input.network ?? 'none',
         ...(input.egress ? { egress: input.egress } : {}),
+        image: imageId,
       });
       log.info(
         {
@@ -187,7 +188,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
         hostQueue: deps.hostQueue,
         branch: rec.branch,
         baseCommit,
-        image: deps.image,
+        image: input.imageId ?? deps.image,
         imageId,
       };
     },
@@ -243,6 +244,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
             workspace: rec.worktree,
             argv: spec.argv,
             labels,
+            ...(input.imageId ? { image: input.imageId } : {}),
           },
           { ...heartbeatingOptions(spec.timeoutSeconds), output },
         ),

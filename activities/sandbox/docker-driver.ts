@@ -65,15 +65,18 @@ export class DockerSandboxDriver implements SandboxDriver {
     private readonly opts: DockerDriverOptions,
   ) {}
 
-  async imageId(): Promise<string> {
+  async imageId(pinned?: string): Promise<string> {
+    const image = pinned ?? this.opts.image;
     try {
-      const info = await this.docker.getImage(this.opts.image).inspect();
+      const info = await this.docker.getImage(image).inspect();
       return info.Id;
     } catch (err) {
       if (isNotFound(err)) {
         throw ApplicationFailure.create({
           type: 'sandbox_image_missing',
-          message: `sandbox image ${this.opts.image} is not on this Docker engine (npm start / npm test build it)`,
+          message: pinned
+            ? `sandbox image ${pinned} (pinned by the run) is no longer on this Docker engine`
+            : `sandbox image ${image} is not on this Docker engine (npm start / npm test build it)`,
           nonRetryable: true,
         });
       }
@@ -116,6 +119,7 @@ export class DockerSandboxDriver implements SandboxDriver {
     labels: SandboxLabels;
     network?: NetworkPolicy;
     egress?: EgressRule[];
+    image?: string;
   }): Promise<void> {
     const allowlist = spec.network === 'allowlist';
     const internal = spec.network === 'internal' || allowlist;
@@ -129,7 +133,7 @@ export class DockerSandboxDriver implements SandboxDriver {
     try {
       await this.docker.createContainer({
         name: spec.name,
-        Image: this.opts.image,
+        Image: spec.image ?? this.opts.image,
         // An idle PID 1 that keeps the sandbox alive between execs.
         Cmd: ['sleep', '2147483647'],
         User: this.opts.user,
@@ -351,13 +355,13 @@ export class DockerSandboxDriver implements SandboxDriver {
   }
 
   async runVerifier(
-    spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels },
+    spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels; image?: string },
     opts: CommandOptions,
   ): Promise<CommandOutcome> {
     await this.remove(spec.name); // a retried attempt starts clean
     const container = await this.docker.createContainer({
       name: spec.name,
-      Image: this.opts.image,
+      Image: spec.image ?? this.opts.image,
       Cmd: spec.argv,
       User: this.opts.user,
       WorkingDir: '/workspace',

@@ -22,8 +22,11 @@ export interface CommandOptions {
 }
 
 export interface SandboxDriver {
-  /** Identifier of the image sandboxes run; throws `sandbox_image_missing` when absent. */
-  imageId(): Promise<string>;
+  /**
+   * Identifier of the image sandboxes run (the configured one, or `pinned` when given);
+   * throws `sandbox_image_missing` when absent.
+   */
+  imageId(pinned?: string): Promise<string>;
   /** Starts (or finds, on a retry) the long-lived execution-lane container for a run. */
   createExecutionSandbox(spec: {
     name: string;
@@ -32,12 +35,14 @@ export interface SandboxDriver {
     network?: NetworkPolicy;
     /** Allowed destinations for policy `allowlist`. */
     egress?: EgressRule[];
+    /** Image to run (an id from imageId()); the configured image when absent. */
+    image?: string;
   }): Promise<void>;
   /** Runs argv in the execution-lane container, in /workspace. */
   exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome>;
   /** Runs argv in a fresh, network-less verifier-lane container with the workspace mounted read-only. */
   runVerifier(
-    spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels },
+    spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels; image?: string },
     opts: CommandOptions,
   ): Promise<CommandOutcome>;
   /** Removes an execution container's egress proxy, if the driver makes them; true when one was removed. */

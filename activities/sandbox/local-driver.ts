@@ -41,8 +41,16 @@ export class LocalSandboxDriver implements SandboxDriver {
     );
   }
 
-  async imageId(): Promise<string> {
-    return `local:node-${process.version}`;
+  async imageId(pinned?: string): Promise<string> {
+    const own = `local:node-${process.version}`;
+    if (pinned !== undefined && pinned !== own) {
+      throw ApplicationFailure.create({
+        type: 'sandbox_image_missing',
+        message: `the run pins ${pinned}, but this host's local driver runs ${own}`,
+        nonRetryable: true,
+      });
+    }
+    return own;
   }
 
   async removeRunNetwork(): Promise<boolean> {

@@ -1,0 +1,59 @@
+/** Admission activities: a run's request for a fairness slot (update-with-start) and its release. */
+import { Context } from '@temporalio/activity';
+import { WithStartWorkflowOperation, WorkflowNotFoundError } from '@temporalio/client';
+import type { Logger } from 'pino';
+import {
+  TASK_QUEUES,
+  WORKFLOW_TYPES,
+  acquireUpdate,
+  admissionWorkflowId,
+  releaseSignal,
+  type AdmissionGrant,
+} from '../../contracts';
+import type { AdmissionActivities } from '../types';
+
+export interface AdmissionDeps {
+  /** Concurrent runs per user. */
+  perUser: number;
+  /** Concurrent runs per tenant. */
+  perTenant: number;
+  logger: Logger;
+}
+
+export function createAdmissionActivities(deps: AdmissionDeps): AdmissionActivities {
+  return {
+    async requestAdmission(input): Promise<AdmissionGrant> {
+      const client = Context.current().client;
+      const start = new WithStartWorkflowOperation(WORKFLOW_TYPES.admission, {
+        workflowId: admissionWorkflowId(input.tenant),
+        taskQueue: TASK_QUEUES.orchestration,
+        args: [{ tenant: input.tenant }],
+        workflowIdConflictPolicy: 'USE_EXISTING',
+        staticSummary: `fairness gate of tenant ${input.tenant}`,
+      });
+      const grant = await client.workflow.executeUpdateWithStart(acquireUpdate, {
+        args: [
+          { runId: input.runId, userId: input.userId, perUser: deps.perUser, perTenant: deps.perTenant },
+        ],
+        startWorkflowOperation: start,
+      });
+      deps.logger.info(
+        { event: 'admission.request', runId: input.runId, tenant: input.tenant, ...grant },
+        grant.admitted ? 'run admitted' : 'run queued',
+      );
+      return grant;
+    },
+
+    async releaseAdmission(input): Promise<void> {
+      const client = Context.current().client;
+      try {
+        await client.workflow.getHandle(admissionWorkflowId(input.tenant)).signal(releaseSignal, {
+          runId: input.runId,
+        });
+      } catch (err) {
+        // The gate ended (idle) or never started: nothing is held.
+        if (!(err instanceof WorkflowNotFoundError)) throw err;
+      }
+    },
+  };
+}
