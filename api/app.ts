@@ -2,8 +2,16 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { randomUUID } from 'node:crypto';
-import { AppError, parseEventId, runListQuerySchema, type VerifierSpec } from '../contracts';
-import { checkIdempotencyKey, parseRunId, parseRunRequest } from './runs/validate';
+import {
+  AppError,
+  approvalBodySchema,
+  interruptAnswerBodySchema,
+  parseEventId,
+  rerunRequestSchema,
+  runListQuerySchema,
+  type VerifierSpec,
+} from '../contracts';
+import { checkIdempotencyKey, parseBody, parseRunId, parseRunRequest } from './runs/validate';
 import { authenticate, principalOf, requireAction } from './auth/middleware';
 import type { TokenVerifier } from './auth/token-verifier';
 import { errorMiddleware, validationError } from './errors';
@@ -129,16 +137,23 @@ export function createApp(deps: AppDeps): express.Express {
     });
   }
 
-  v1.post(
-    '/runs',
-    requireAction('runs.start'),
-    (req, _res, next) => {
-      if (!req.is('application/json')) {
-        return next(new AppError('unsupported_media_type', 'send the run request as application/json'));
+  /** JSON bodies only; `optional` lets a body-less POST through (its body reads as `{}`). */
+  const jsonBody = (optional: boolean) => [
+    (req: Request, _res: Response, next: NextFunction) => {
+      const hasBody =
+        Number(req.header('content-length') ?? 0) > 0 || req.header('transfer-encoding') !== undefined;
+      if ((hasBody || !optional) && !req.is('application/json')) {
+        return next(new AppError('unsupported_media_type', 'send the request body as application/json'));
       }
       next();
     },
     express.json({ limit: BODY_LIMIT, strict: true }),
+  ];
+
+  v1.post(
+    '/runs',
+    requireAction('runs.start'),
+    ...jsonBody(false),
     route(async (req, res) => {
       const principal = principalOf(res);
       const key = req.header('idempotency-key');
@@ -177,6 +192,48 @@ export function createApp(deps: AppDeps): express.Express {
       const runId = parseRunId(req.params.runId, 'runId');
       res.locals.runId = runId;
       res.status(202).json(await deps.runs.cancel(principalOf(res), runId));
+    }),
+  );
+
+  for (const decision of ['approve', 'reject'] as const) {
+    v1.post(
+      `/runs/:runId/${decision}`,
+      requireAction('runs.approve'),
+      ...jsonBody(true),
+      route(async (req, res) => {
+        const runId = parseRunId(req.params.runId, 'runId');
+        res.locals.runId = runId;
+        const body = parseBody(approvalBodySchema, req.body);
+        res.json(await deps.runs.decide(principalOf(res), runId, decision, body.comment));
+      }),
+    );
+  }
+
+  v1.post(
+    '/runs/:runId/interrupts/:interruptId/answer',
+    requireAction('runs.answer'),
+    ...jsonBody(false),
+    route(async (req, res) => {
+      const runId = parseRunId(req.params.runId, 'runId');
+      const interruptId = parseRunId(req.params.interruptId, 'interruptId');
+      res.locals.runId = runId;
+      const body = parseBody(interruptAnswerBodySchema, req.body);
+      res.json(await deps.runs.answerInterrupt(principalOf(res), runId, interruptId, body));
+    }),
+  );
+
+  v1.post(
+    '/runs/:runId/rerun',
+    requireAction('runs.start'),
+    ...jsonBody(true),
+    route(async (req, res) => {
+      const runId = parseRunId(req.params.runId, 'runId');
+      const key = req.header('idempotency-key');
+      checkIdempotencyKey(key);
+      const body = parseBody(rerunRequestSchema, req.body);
+      const view = await deps.runs.rerun(principalOf(res), runId, body, key);
+      res.locals.runId = view.runId;
+      res.status(201).location(`/v1/runs/${view.runId}`).json(view);
     }),
   );
 

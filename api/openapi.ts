@@ -5,6 +5,10 @@
 import { z } from 'zod';
 import {
   ERROR_CODES,
+  approvalBodySchema,
+  interruptAnswerBodySchema,
+  interruptViewSchema,
+  rerunRequestSchema,
   runListPageSchema,
   runListQuerySchema,
   runRequestSchema,
@@ -33,6 +37,15 @@ const natsCredentialsSchema = z.object({
   seed: z.string(),
   creds: z.string(),
   expires_at: z.string(),
+});
+
+const approvalResponseSchema = z.object({
+  result: z.object({
+    outcome: z.enum(['approved', 'rejected', 'pending']),
+    approvals: z.number().int(),
+    quorum: z.number().int(),
+  }),
+  run: runViewSchema,
 });
 
 const readinessSchema = z.object({
@@ -98,6 +111,11 @@ export function openApiDocument(): Record<string, unknown> {
         RunView: json(runViewSchema),
         RunListPage: json(runListPageSchema),
         NatsCredentials: json(natsCredentialsSchema),
+        ApprovalBody: json(approvalBodySchema, 'input'),
+        ApprovalResponse: json(approvalResponseSchema),
+        InterruptAnswer: json(interruptAnswerBodySchema, 'input'),
+        Interrupt: json(interruptViewSchema),
+        RerunRequest: json(rerunRequestSchema, 'input'),
         Readiness: json(readinessSchema),
         Problem: json(problemSchema),
       },
@@ -169,6 +187,69 @@ export function openApiDocument(): Record<string, unknown> {
           responses: {
             ...ok('cancellation requested', 'RunView', '202'),
             ...problems(400, 401, 403, 404, 429),
+          },
+        },
+      },
+      ...Object.fromEntries(
+        (['approve', 'reject'] as const).map((decision) => [
+          `/v1/runs/{runId}/${decision}`,
+          {
+            post: {
+              ...secured,
+              summary:
+                decision === 'approve'
+                  ? 'Approve a run waiting in awaiting_approval, as the caller (own runs: runs:write; reviewers: runs:approve). The author cannot approve where independent review is required; a quorum needs distinct approvers.'
+                  : 'Reject a run waiting in awaiting_approval; it is discarded (own runs: runs:write; reviewers: runs:approve)',
+              parameters: [runIdParam],
+              requestBody: {
+                required: false,
+                content: { 'application/json': { schema: { $ref: '#/components/schemas/ApprovalBody' } } },
+              },
+              responses: {
+                ...ok('the decision was recorded', 'ApprovalResponse'),
+                ...problems(400, 401, 403, 404, 409, 415, 429),
+              },
+            },
+          },
+        ]),
+      ),
+      '/v1/runs/{runId}/interrupts/{interruptId}/answer': {
+        post: {
+          ...secured,
+          summary:
+            "Answer a run's open human interrupt with one of its options (own runs: runs:write; reviewers: runs:approve)",
+          parameters: [runIdParam, { ...runIdParam, name: 'interruptId' }],
+          requestBody: {
+            required: true,
+            content: { 'application/json': { schema: { $ref: '#/components/schemas/InterruptAnswer' } } },
+          },
+          responses: {
+            ...ok('the answered interrupt', 'Interrupt'),
+            ...problems(400, 401, 403, 404, 409, 415, 429),
+          },
+        },
+      },
+      '/v1/runs/{runId}/rerun': {
+        post: {
+          ...secured,
+          summary:
+            'Start a new run of the same work item from the exact base commit and sandbox image the run recorded, optionally in another mood (scope runs:write)',
+          parameters: [
+            runIdParam,
+            {
+              name: 'Idempotency-Key',
+              in: 'header',
+              required: false,
+              schema: { type: 'string', pattern: '^[\\x21-\\x7e]{1,255}$' },
+            },
+          ],
+          requestBody: {
+            required: false,
+            content: { 'application/json': { schema: { $ref: '#/components/schemas/RerunRequest' } } },
+          },
+          responses: {
+            ...ok('the new run, linked to the first by rerunOf', 'RunView', '201'),
+            ...problems(400, 401, 403, 404, 409, 415, 422, 429, 503),
           },
         },
       },

@@ -6,9 +6,16 @@
 import { AppError, type Principal } from '../../contracts';
 
 export type Action =
-  'runs.start' | 'runs.read' | 'runs.list' | 'runs.watch' | 'runs.cancel' | 'nats.credentials';
+  | 'runs.start'
+  | 'runs.read'
+  | 'runs.list'
+  | 'runs.watch'
+  | 'runs.cancel'
+  | 'runs.approve'
+  | 'runs.answer'
+  | 'nats.credentials';
 
-export type Scope = 'runs:write' | 'runs:read' | 'rebuild:write' | 'rebuild:approve';
+export type Scope = 'runs:write' | 'runs:read' | 'runs:approve' | 'rebuild:write' | 'rebuild:approve';
 
 /** Role (in `scope`/`roles`) that lets a user read every run of their own tenant. */
 const TENANT_ADMIN_ROLE = 'tenant:admin';
@@ -19,8 +26,15 @@ export const REQUIRED_SCOPE: Record<Action, Scope> = {
   'runs.read': 'runs:read',
   'runs.list': 'runs:read',
   'runs.watch': 'runs:read',
+  // Owners act on their own runs with runs:write; reviewers (runs:approve) on their tenant's.
+  'runs.approve': 'runs:write',
+  'runs.answer': 'runs:write',
   'nats.credentials': 'runs:read',
 };
+
+/** Actions a tenant's reviewers (scope `runs:approve`) may take on runs they do not own. */
+const REVIEW: ReadonlySet<Action> = new Set(['runs.approve', 'runs.answer']);
+const REVIEWER_SCOPE: Scope = 'runs:approve';
 
 const READ_ONLY: ReadonlySet<Action> = new Set(['runs.read', 'runs.list', 'runs.watch']);
 
@@ -37,17 +51,24 @@ export function isTenantAdmin(p: Principal): boolean {
 
 /** Decides one action, optionally on one run. */
 export function authorize(principal: Principal, action: Action, resource?: RunResource): Decision {
-  if (!principal.scopes.includes(REQUIRED_SCOPE[action])) return 'forbidden';
+  const reviewer = REVIEW.has(action) && principal.scopes.includes(REVIEWER_SCOPE);
+  if (!principal.scopes.includes(REQUIRED_SCOPE[action]) && !reviewer) return 'forbidden';
   if (!resource) return 'allow';
   if (resource.tenant !== principal.tenant) return 'not_found';
-  if (resource.ownerId === principal.userId) return 'allow';
+  if (resource.ownerId === principal.userId) {
+    return principal.scopes.includes(REQUIRED_SCOPE[action]) ? 'allow' : 'forbidden';
+  }
+  if (reviewer) return 'allow';
   if (READ_ONLY.has(action) && isTenantAdmin(principal)) return 'allow';
   return 'not_found';
 }
 
 /** The 403 for a caller whose token lacks the action's scope. */
 export function forbidden(action: Action): AppError {
-  return new AppError('forbidden', `this operation needs the ${REQUIRED_SCOPE[action]} scope`);
+  const scopes = REVIEW.has(action)
+    ? `${REQUIRED_SCOPE[action]} (own runs) or ${REVIEWER_SCOPE}`
+    : REQUIRED_SCOPE[action];
+  return new AppError('forbidden', `this operation needs the ${scopes} scope`);
 }
 
 /** Throws 403 unless the token carries the action's scope (resource checks come later). */

@@ -4,13 +4,14 @@ import {
   ServiceError,
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
+  WorkflowUpdateFailedError,
   isGrpcServiceError,
   type Client,
   type WorkflowExecutionDescription,
 } from '@temporalio/client';
 import type { Logger } from 'pino';
 import { decodeTypedSearchAttributes } from '@temporalio/common/lib/converter/payload-search-attributes';
-import { defaultPayloadConverter } from '@temporalio/common';
+import { ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
 import { authorize, forbidden, isTenantAdmin, type Action } from '../auth/policy';
 import {
   AppError,
@@ -21,6 +22,12 @@ import {
   isValidId,
   runStatusSchema,
   runViewQuery,
+  ERROR_CODES,
+  answerInterruptUpdate,
+  approvalUpdate,
+  type ApprovalResult,
+  type ErrorCode,
+  type InterruptView,
   type Mood,
   type Principal,
   type RunRequest,
@@ -52,12 +59,38 @@ export interface RunService {
   cancel(principal: Principal, runId: string): Promise<RunView>;
   /** Throws not_found (or forbidden) unless the caller may perform `action` on the run; reads nothing else. */
   checkVisible(principal: Principal, runId: string, action: 'runs.read' | 'runs.watch'): Promise<void>;
+  /** Approves or rejects a run waiting in `awaiting_approval`, as the verified caller. */
+  decide(
+    principal: Principal,
+    runId: string,
+    decision: 'approve' | 'reject',
+    comment: string | undefined,
+  ): Promise<{ result: ApprovalResult; run: RunView }>;
+  /** Answers one of the run's open human interrupts. */
+  answerInterrupt(
+    principal: Principal,
+    runId: string,
+    interruptId: string,
+    answer: { answer: string; comment?: string },
+  ): Promise<InterruptView>;
+  /** Starts a new run of the same work item from the exact base commit and image the run recorded. */
+  rerun(
+    principal: Principal,
+    runId: string,
+    options: { mood?: Mood },
+    idempotencyKey: string | undefined,
+  ): Promise<RunView>;
 }
 
 /** Workflow id = run id, derived from tenant, user and idempotency key: a retried request is the same run. */
 export function deriveRunId(tenant: string, userId: string, idempotencyKey: string): string {
   const digest = createHash('sha256').update(`${tenant}\0${userId}\0${idempotencyKey}`).digest('hex');
   return `run-${digest.slice(0, 32)}`;
+}
+
+/** The verified identity a decision is recorded under (never ids from a request body). */
+function actorOf(p: Principal): { userId: string; tenant: string; tokenId?: string } {
+  return { userId: p.userId, tenant: p.tenant, ...(p.tokenId ? { tokenId: p.tokenId } : {}) };
 }
 
 /** What the memo holds: enough to describe a run even when no worker answers queries. */
@@ -145,6 +178,20 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
     return desc;
   };
 
+  /** Runs an update; a refusal by the workflow's validator becomes the AppError its failure type names. */
+  const updateRun = async <T>(fn: () => Promise<T>): Promise<T> => {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
+        const type = err.cause.type ?? '';
+        if ((ERROR_CODES as readonly string[]).includes(type))
+          throw new AppError(type as ErrorCode, err.cause.message, { cause: err });
+      }
+      throw err;
+    }
+  };
+
   const fallbackView = (desc: WorkflowExecutionDescription): RunView => {
     const memo = desc.memo as unknown as RunMemo;
     const sa = runStatusSchema.safeParse(desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.runStatus));
@@ -208,7 +255,83 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
       }),
     checkVisible: (principal, runId, action) =>
       guarded(async () => void (await describeOwned(principal, runId, action))),
+    decide: (principal, runId, decision, comment) =>
+      guarded(async () => {
+        const desc = await describeOwned(principal, runId, 'runs.approve');
+        if (desc.status.name !== 'RUNNING')
+          throw new AppError('not_awaiting_approval', `run ${runId} has ended; there is nothing to approve`);
+        const result = await updateRun(() =>
+          client.workflow.getHandle(runId).executeUpdate(approvalUpdate, {
+            args: [{ decision, actor: actorOf(principal), ...(comment ? { comment } : {}) }],
+          }),
+        );
+        logger.info(
+          { event: 'run.approval', runId, userId: principal.userId, decision, outcome: result.outcome },
+          'approval decision recorded',
+        );
+        return { result, run: await viewOf(desc) };
+      }),
+    answerInterrupt: (principal, runId, interruptId, answer) =>
+      guarded(async () => {
+        const desc = await describeOwned(principal, runId, 'runs.answer');
+        if (desc.status.name !== 'RUNNING')
+          throw new AppError('interrupt_closed', `run ${runId} has ended; its interrupts are closed`);
+        const view = await updateRun(() =>
+          client.workflow.getHandle(runId).executeUpdate(answerInterruptUpdate, {
+            args: [{ interruptId, actor: actorOf(principal), ...answer }],
+          }),
+        );
+        logger.info(
+          { event: 'run.interrupt.answer', runId, interruptId, userId: principal.userId },
+          'interrupt answered',
+        );
+        return view;
+      }),
+    rerun: (principal, runId, options, idempotencyKey) =>
+      guarded(() => rerun(principal, runId, options, idempotencyKey)),
   };
+
+  /** The original input of a run: the first event of its history. */
+  async function originalInput(runId: string): Promise<RunWorkflowInput> {
+    const res = await client.workflowService.getWorkflowExecutionHistory({
+      namespace: client.options.namespace,
+      execution: { workflowId: runId },
+      maximumPageSize: 1,
+    });
+    const payload = res.history?.events?.[0]?.workflowExecutionStartedEventAttributes?.input?.payloads?.[0];
+    if (!payload) throw new AppError('internal', `run ${runId} has no recorded input`);
+    return defaultPayloadConverter.fromPayload<RunWorkflowInput>(payload);
+  }
+
+  async function rerun(
+    principal: Principal,
+    runId: string,
+    options: { mood?: Mood },
+    idempotencyKey: string | undefined,
+  ): Promise<RunView> {
+    const desc = await describeOwned(principal, runId, 'runs.start');
+    const first = await viewOf(desc);
+    if (!first.baseCommit || !first.imageId) {
+      throw new AppError(
+        'rerun_unavailable',
+        `run ${runId} has not recorded its base commit and sandbox image yet (status ${first.status}); retry once it has a sandbox`,
+      );
+    }
+    const original = await originalInput(runId);
+    const key = idempotencyKey ?? randomUUID();
+    const request: RunRequest & { workItem: RunWorkflowInput['request']['workItem'] } = {
+      ...original.request,
+      mood: options.mood ?? original.request.mood,
+    };
+    return startRun(principal, {
+      runId: deriveRunId(principal.tenant, principal.userId, `rerun:${runId}:${key}`),
+      request,
+      requestHash: createHash('sha256')
+        .update(canonicalJson({ rerunOf: runId, mood: request.mood }))
+        .digest('hex'),
+      rerun: { of: runId, baseCommit: first.baseCommit, imageId: first.imageId },
+    });
+  }
 
   async function list(principal: Principal, query: RunListQuery): Promise<RunListPage> {
     if (authorize(principal, 'runs.list') !== 'allow') throw forbidden('runs.list');
@@ -263,13 +386,21 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
     const runId = deriveRunId(principal.tenant, principal.userId, key);
     const workItem = { ...request.workItem, id: request.workItem.id ?? `wi-${runId.slice(4, 28)}` };
     const requestHash = createHash('sha256').update(canonicalJson(request)).digest('hex');
+    return startRun(principal, { runId, request: { ...request, workItem }, requestHash });
+  }
+
+  /** Starts (or finds, for a retried request) the run's workflow and answers with its view. */
+  async function startRun(
+    principal: Principal,
+    spec: Pick<RunWorkflowInput, 'runId' | 'request' | 'requestHash' | 'rerun'>,
+  ): Promise<RunView> {
+    const { runId, request, requestHash } = spec;
+    const workItem = request.workItem;
     const requestedAt = Date.now();
     const input: RunWorkflowInput = {
-      runId,
+      ...spec,
       tenant: principal.tenant,
       userId: principal.userId,
-      request: { ...request, workItem },
-      requestHash,
       requestedAt,
       startedBy: { scopes: principal.scopes, ...(principal.tokenId ? { tokenId: principal.tokenId } : {}) },
     };
@@ -303,7 +434,7 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
           { key: SEARCH_ATTRIBUTES.repo, value: request.repo },
         ],
         staticSummary: `${principal.userId}: ${workItem.description.split('\n')[0]?.slice(0, 120) ?? ''}`,
-        staticDetails: `repo ${request.repo} @ ${request.baseRef}, mood ${request.mood}, execute \`${memo.summary.execute}\`, verifiers ${workItem.requiredVerifiers.join(', ') || '(none)'}`,
+        staticDetails: `repo ${request.repo} @ ${spec.rerun ? `${spec.rerun.baseCommit} (rerun of ${spec.rerun.of}, image ${spec.rerun.imageId})` : request.baseRef}, mood ${request.mood}, execute \`${memo.summary.execute}\`, verifiers ${workItem.requiredVerifiers.join(', ') || '(none)'}`,
       });
     } catch (err) {
       // A closed run with the same key: the retried request is answered with that run.

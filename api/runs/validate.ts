@@ -1,5 +1,6 @@
 /** Run request validation shared by the HTTP and gRPC front ends. */
 import { AppError, idSchema, runRequestSchema, type RunRequest, type VerifierSpec } from '../../contracts';
+import type { ZodType } from 'zod';
 import { validationError } from '../errors';
 
 /** Idempotency keys: 1-255 visible ASCII characters. */
@@ -40,6 +41,13 @@ export function parseRunRequest(
       },
     );
   }
+  return parsed.data;
+}
+
+/** An optional JSON body checked against `schema` (an absent body is `{}`); 400 naming the field otherwise. */
+export function parseBody<T>(schema: ZodType<T>, body: unknown): T {
+  const parsed = schema.safeParse(body ?? {});
+  if (!parsed.success) throw validationError(parsed.error);
   return parsed.data;
 }
 

@@ -56,6 +56,24 @@ export function fakeRunService(
     cancel: async (p, runId) => (visible(p, runId), view),
     checkVisible: async (p, runId) => visible(p, runId),
     list: async () => ({ runs: [] }),
+    decide: async (p, runId) => (
+      visible(p, runId),
+      { result: { outcome: 'approved', approvals: 1, quorum: 1 }, run: view }
+    ),
+    answerInterrupt: async (p, runId, interruptId, a) => (
+      visible(p, runId),
+      {
+        id: interruptId,
+        kind: 'REQUEST_REVIEW',
+        question: 'q',
+        options: ['proceed', 'abort'],
+        defaultAction: 'abort',
+        deadline: new Date(0).toISOString(),
+        status: 'answered',
+        answer: a.answer,
+      }
+    ),
+    rerun: async (p, runId) => (visible(p, runId), view),
   };
 }
 
