@@ -382,6 +382,7 @@ describe('fairness', () => {
     const statuses = third.filter((e) => e.event_type === 'note.status').map((e) => e.payload.status);
     expect(statuses.slice(0, 2)).toEqual(['queued', 'running']);
     await recordHistory(a3.runId, 'run-queued-then-admitted');
+    await recordHistory(`admission-${p.tenant}`, 'admission-fairness');
   });
 });
 
