@@ -318,3 +318,51 @@ describe('request validation', () => {
     expect((await request(app).get('/healthz')).body).toEqual({ status: 'ok' });
   });
 });
+
+describe('run control routes', () => {
+  const send = async (path: string, body?: unknown, type = 'application/json') => {
+    const req = request(app)
+      .post(path)
+      .set('authorization', `Bearer ${await token()}`);
+    return body === undefined ? req : req.set('content-type', type).send(JSON.stringify(body));
+  };
+
+  test('when approve is posted without a body, then the decision goes through (the body is optional)', async () => {
+    const res = await send('/v1/runs/run-abc/approve');
+    expect(res.status).toBe(200);
+    expect(res.body.result).toEqual({ outcome: 'approved', approvals: 1, quorum: 1 });
+  });
+
+  test('when approve carries an unknown field or a non-JSON body, then 400 or 415', async () => {
+    expectProblem(
+      await send('/v1/runs/run-abc/approve', { comment: 'ok', approver: 'mallory' }),
+      400,
+      'validation_failed',
+    );
+    expectProblem(await send('/v1/runs/run-abc/reject', 'x', 'text/plain'), 415, 'unsupported_media_type');
+  });
+
+  test('when an interrupt answer is missing or the interrupt id is malformed, then 400 names the field', async () => {
+    const missing = await send('/v1/runs/run-abc/interrupts/int-1/answer', {});
+    expectProblem(missing, 400, 'validation_failed');
+    expect(missing.body.errors[0].field).toBe('answer');
+    const bad = await send('/v1/runs/run-abc/interrupts/int.1/answer', { answer: 'proceed' });
+    expectProblem(bad, 400, 'validation_failed');
+    expect(bad.body.errors[0].field).toBe('interruptId');
+  });
+
+  test("when someone else's run is approved, answered or rerun, then 404", async () => {
+    const bob = await token({ sub: 'bob' });
+    for (const path of ['/v1/runs/run-abc/approve', '/v1/runs/run-abc/rerun']) {
+      const res = await request(app).post(path).set('authorization', `Bearer ${bob}`);
+      expectProblem(res, 404, 'not_found');
+    }
+  });
+
+  test('when a rerun asks for an unknown mood, then 400; a token without runs:write gets 403', async () => {
+    expectProblem(await send('/v1/runs/run-abc/rerun', { mood: 'ANGRY' }), 400, 'validation_failed');
+    const readOnly = await token({ scope: 'runs:read' });
+    const res = await request(app).post('/v1/runs/run-abc/rerun').set('authorization', `Bearer ${readOnly}`);
+    expectProblem(res, 403, 'forbidden');
+  });
+});

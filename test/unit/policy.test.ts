@@ -6,6 +6,7 @@ const p = (userId: string, tenant: string, scopes: string[]): Principal => ({ us
 const alice = p('alice', 'acme', ['runs:read', 'runs:write']);
 const aliceReadOnly = p('alice', 'acme', ['runs:read']);
 const bob = p('bob', 'acme', ['runs:read', 'runs:write']);
+const reviewer = p('rev', 'acme', ['runs:read', 'runs:approve']);
 const admin = p('root', 'acme', ['runs:read', 'runs:write', 'tenant:admin']);
 const otherAdmin = p('root', 'globex', ['runs:read', 'runs:write', 'tenant:admin']);
 const alicesRun: RunResource = { tenant: 'acme', ownerId: 'alice' };
@@ -28,6 +29,21 @@ const table: [string, Principal, Action, RunResource | undefined, Decision][] = 
   ["another tenant's admin reads", otherAdmin, 'runs.read', alicesRun, 'not_found'],
   ['credentials need runs:read', p('x', 'acme', ['runs:write']), 'nats.credentials', undefined, 'forbidden'],
   ['no scopes at all', p('x', 'acme', []), 'runs.list', undefined, 'forbidden'],
+  ['owner approves own run', alice, 'runs.approve', alicesRun, 'allow'],
+  ['owner answers own interrupt', alice, 'runs.answer', alicesRun, 'allow'],
+  ['another writer approves', bob, 'runs.approve', alicesRun, 'not_found'],
+  ['reviewer approves in tenant', reviewer, 'runs.approve', alicesRun, 'allow'],
+  ['reviewer answers in tenant', reviewer, 'runs.answer', alicesRun, 'allow'],
+  ['reviewer cannot cancel', reviewer, 'runs.cancel', alicesRun, 'forbidden'],
+  [
+    'reviewer of another tenant approves',
+    p('rev', 'globex', ['runs:approve']),
+    'runs.approve',
+    alicesRun,
+    'not_found',
+  ],
+  ['read-only owner approves', aliceReadOnly, 'runs.approve', alicesRun, 'forbidden'],
+  ['tenant admin approves', admin, 'runs.approve', alicesRun, 'not_found'],
 ];
 
 test.each(table)('when %s, then %s', (_name, principal, action, resource, expected) => {
