@@ -6,6 +6,9 @@
  *   choiros runs status <runId>
  *   choiros runs cancel <runId>
  *   choiros runs watch <runId>        live events, a progress line per work item; exit 0 when committed
+ *   choiros runs approve|reject <runId> [--comment <text>]
+ *   choiros runs answer <runId> <interruptId> <answer> [--comment <text>]
+ *   choiros runs rerun <runId> [--mood <MOOD>] [--idempotency-key <key>] [--watch]
  * Configuration: CHOIROS_API_URL (default http://127.0.0.1:8080) and CHOIROS_TOKEN, or --api / --token.
  */
 import { readFile } from 'node:fs/promises';
@@ -20,6 +23,10 @@ const USAGE = `usage:
   choiros runs status <runId>
   choiros runs cancel <runId>
   choiros runs watch <runId>
+  choiros runs approve <runId> [--comment <text>]
+  choiros runs reject <runId> [--comment <text>]
+  choiros runs answer <runId> <interruptId> <answer> [--comment <text>]
+  choiros runs rerun <runId> [--mood <MOOD>] [--idempotency-key <key>] [--watch]
 options: --api <url> (CHOIROS_API_URL), --token <jwt> (CHOIROS_TOKEN), --json (raw JSON output)`;
 
 class CliError extends Error {}
@@ -66,6 +73,16 @@ function summary(v: RunView): string {
       ? `  execute: exit ${v.execution.exitCode}${v.execution.timedOut ? ' (timed out)' : ''} in ${v.execution.durationMs} ms`
       : '',
     verifiers ? `  verifiers: ${verifiers}` : '',
+    v.queuePosition ? `  queued: position ${v.queuePosition}` : '',
+    ...(v.interrupts ?? []).map(
+      (i) =>
+        `  interrupt ${i.id} (${i.kind}, ${i.status}): ${i.question} [${i.options.join('|')}]` +
+        (i.status === 'open' ? ` default ${i.defaultAction} at ${i.deadline}` : ` answer ${i.answer ?? ''}`),
+    ),
+    v.approval
+      ? `  approval (${v.approval.requirement}, ${v.approval.approvals.length}/${v.approval.quorum}): ${v.approval.decision ?? `waiting until ${v.approval.deadline}`}`
+      : '',
+    v.rerunOf ? `  rerun of ${v.rerunOf}` : '',
     v.commit ? `  committed ${v.commit.slice(0, 12)} on ${v.branch ?? ''}` : '',
     v.error ? `  error ${v.error.code}: ${v.error.message}` : '',
   ]
@@ -168,6 +185,7 @@ export async function main(
       'idempotency-key': { type: 'string' },
       file: { type: 'string' },
       watch: { type: 'boolean' },
+      comment: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -238,6 +256,47 @@ export async function main(
     }
     case 'watch':
       return exitFor(await watch(ctx, needRun()));
+    case 'approve':
+    case 'reject': {
+      const res = (await call(
+        ctx,
+        'POST',
+        `/v1/runs/${encodeURIComponent(needRun())}/${verb}`,
+        values.comment ? { comment: values.comment } : {},
+      )) as { result: { outcome: string; approvals: number; quorum: number } };
+      out(
+        ctx.json
+          ? JSON.stringify(res)
+          : `${verb === 'approve' ? 'approved' : 'rejected'} ${needRun()}: ${res.result.outcome} (${res.result.approvals}/${res.result.quorum})`,
+      );
+      return 0;
+    }
+    case 'answer': {
+      const [, , , interruptId, answer] = positionals;
+      if (!interruptId || !answer)
+        throw new CliError(`runs answer needs <runId> <interruptId> <answer>\n${USAGE}`);
+      const res = await call(
+        ctx,
+        'POST',
+        `/v1/runs/${encodeURIComponent(needRun())}/interrupts/${encodeURIComponent(interruptId)}/answer`,
+        { answer, ...(values.comment ? { comment: values.comment } : {}) },
+      );
+      out(ctx.json ? JSON.stringify(res) : `answered ${interruptId} of ${needRun()}: ${answer}`);
+      return 0;
+    }
+    case 'rerun': {
+      const key = values['idempotency-key'];
+      const view = (await call(
+        ctx,
+        'POST',
+        `/v1/runs/${encodeURIComponent(needRun())}/rerun`,
+        values.mood ? { mood: values.mood } : {},
+        key ? { 'idempotency-key': key } : {},
+      )) as RunView;
+      out(ctx.json ? JSON.stringify(view) : `started ${view.runId} (rerun of ${needRun()})`);
+      if (!values.watch) return 0;
+      return exitFor(await watch(ctx, view.runId));
+    }
     default:
       throw new CliError(`unknown command runs ${verb ?? ''}\n${USAGE}`);
   }

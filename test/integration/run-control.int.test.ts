@@ -20,6 +20,7 @@ import {
   type TestApi,
   type TestWorker,
 } from '../helpers/integration';
+import { main as cli } from '../../api/cli/main';
 import { apiClient, expectGapFree, readRunEvents, recordHistory, tokenId } from '../helpers/runs';
 
 let api: TestApi;
@@ -188,8 +189,15 @@ describe('approvals', () => {
     const repo = await makeGitRepo();
     const run = await start(p.alice, runBody(repo.path, { mood: 'CONTRITE' }));
     await client.waitStatus(run.runId, p.alice, 'awaiting_approval', 120_000);
-    const res = await client.call('POST', `/v1/runs/${run.runId}/reject`, { token: p.bob });
-    expect(res.status).toBe(200);
+    // Through the CLI, as a reviewer would.
+    const lines: string[] = [];
+    const code = await cli(
+      ['runs', 'reject', run.runId, '--comment', 'not now', '--api', api.url, '--token', p.bob],
+      {},
+      (l) => lines.push(l),
+    );
+    expect(code).toBe(0);
+    expect(lines.join('\n')).toContain(`rejected ${run.runId}: rejected`);
     const done = await client.waitTerminal(run.runId, p.alice);
     expect(done).toMatchObject({ status: 'discarded', error: { code: 'approval_rejected' } });
     expect(await leftovers(repo.path, run.runId)).toEqual({ containers: 0, worktree: false, branch: '' });
