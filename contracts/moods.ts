@@ -36,7 +36,7 @@ const HOUR = 3600;
 export const MOOD_POLICIES: Readonly<Record<Mood, MoodPolicy>> = {
   CALM: {
     mood: 'CALM',
-    summary: 'minimal checks: required and profile verifiers, one rerun of a failure',
+    summary: 'the default: one rerun of a failing verifier; a pass on the rerun counts (recorded as flaky)',
     verifierReruns: 1,
     confirmRuns: 0,
     flakyPasses: true,
@@ -48,7 +48,7 @@ export const MOOD_POLICIES: Readonly<Record<Mood, MoodPolicy>> = {
   },
   CURIOUS: {
     mood: 'CURIOUS',
-    summary: 'exploratory: like CALM, with the scope suite of touched paths',
+    summary: "exploratory: like CALM; the allow-list's CURIOUS profile chooses the checks",
     verifierReruns: 1,
     confirmRuns: 0,
     flakyPasses: true,
@@ -60,7 +60,7 @@ export const MOOD_POLICIES: Readonly<Record<Mood, MoodPolicy>> = {
   },
   BOLD: {
     mood: 'BOLD',
-    summary: 'broad coverage, fast: no reruns, a failure is a failure',
+    summary: 'fast: no reruns, a failure is final',
     verifierReruns: 0,
     confirmRuns: 0,
     flakyPasses: false,
@@ -72,7 +72,7 @@ export const MOOD_POLICIES: Readonly<Record<Mood, MoodPolicy>> = {
   },
   PETTY: {
     mood: 'PETTY',
-    summary: 'nit-picking: no reruns, flaky results fail',
+    summary: 'strict about noise: no reruns, a flaky result fails',
     verifierReruns: 0,
     confirmRuns: 0,
     flakyPasses: false,
@@ -84,7 +84,7 @@ export const MOOD_POLICIES: Readonly<Record<Mood, MoodPolicy>> = {
   },
   SKEPTICAL: {
     mood: 'SKEPTICAL',
-    summary: 'full scope suite; failures rerun twice, but a flaky verifier fails the run',
+    summary: 'failures rerun twice to tell flaky from broken, but a flaky verifier still fails the run',
     verifierReruns: 2,
     confirmRuns: 0,
     flakyPasses: false,

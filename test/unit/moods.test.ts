@@ -1,4 +1,6 @@
 /** The mood engine: the policy table, approval requirements and verifier judgement are pure and deterministic. */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import {
   MOODS,
   MOOD_POLICIES,
@@ -89,4 +91,28 @@ describe('verifier judgement', () => {
     expect(nextVerifierAttempt(['pass', 'pass'], paranoid, 5)).toBe('done');
     expect(nextVerifierAttempt(['pass', 'fail'], paranoid, 5)).toBe('done');
   });
+});
+
+/** One row of the table in docs/moods.md, built from the policy so the doc cannot drift. */
+function moodRow(p: (typeof MOOD_POLICIES)[Mood]): string {
+  const cells = [
+    p.mood,
+    p.verifierReruns,
+    p.confirmRuns,
+    p.flakyPasses ? 'yes' : 'no',
+    p.egress === 'none' ? 'none (forced)' : 'as requested',
+    p.approval,
+    p.interruptBeforeExecute ? 'yes' : 'no',
+    `${p.wallClockSeconds / 3600} h`,
+    p.stricter ?? '–',
+    p.summary,
+  ];
+  return `| ${cells.join(' | ')} |`;
+}
+
+test('when docs/moods.md is read, then its table matches the policy table row for row', () => {
+  // Cell padding is prettier's business: compare cells, not spaces.
+  const norm = (s: string): string => s.replace(/[ \t]+/g, ' ').replace(/ ?\| ?/g, '|');
+  const doc = norm(readFileSync(join(__dirname, '../../docs/moods.md'), 'utf8'));
+  for (const mood of MOODS) expect(doc).toContain(norm(moodRow(MOOD_POLICIES[mood])));
 });
