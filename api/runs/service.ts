@@ -5,6 +5,7 @@ import {
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
   WorkflowUpdateFailedError,
+  WorkflowUpdateRPCTimeoutOrCancelledError,
   isGrpcServiceError,
   type Client,
   type WorkflowExecutionDescription,
@@ -187,6 +188,13 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
         const type = err.cause.type ?? '';
         if ((ERROR_CODES as readonly string[]).includes(type))
           throw new AppError(type as ErrorCode, err.cause.message, { cause: err });
+      }
+      // No worker took the update in time (all workers down or busy): retryable, nothing recorded.
+      if (err instanceof WorkflowUpdateRPCTimeoutOrCancelledError) {
+        throw new AppError('service_unavailable', 'no worker answered the request in time; retry later', {
+          cause: err,
+          headers: { 'Retry-After': '5' },
+        });
       }
       throw err;
     }
