@@ -367,7 +367,7 @@ export const runViewSchema = z.object({
   repo: z.string(),
   baseRef: z.string(),
   workItem: z.object({ id: z.string(), description: z.string(), riskTier: z.string() }),
-  /** Position in the fairness queue (1 = next) while `queued`. */
+  /** Place in the fairness queue when the run was queued (1 = next); absent once admitted. */
   queuePosition: z.number().int().optional(),
   approval: approvalViewSchema.optional(),
   interrupts: z.array(interruptViewSchema).optional(),
