@@ -29,4 +29,4 @@ export const SEARCH_ATTRIBUTE_NAMES = Object.values(SEARCH_ATTRIBUTES).map((k) =
 export const EVENT_STREAM = 'CHOIROS_EVENTS';
 
 /** Workflow type names, so the API can start workflows by name without importing workflow code. */
-export const WORKFLOW_TYPES = { run: 'runWorkflow' } as const;
+export const WORKFLOW_TYPES = { run: 'runWorkflow', workGraph: 'workGraphWorkflow' } as const;
