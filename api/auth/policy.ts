@@ -6,7 +6,15 @@
 import { AppError, type Principal } from '../../contracts';
 
 export type Action =
-  'runs.start' | 'runs.read' | 'runs.list' | 'runs.watch' | 'runs.cancel' | 'nats.credentials';
+  | 'runs.start'
+  | 'runs.read'
+  | 'runs.list'
+  | 'runs.watch'
+  | 'runs.cancel'
+  | 'nats.credentials'
+  | 'graphs.start'
+  | 'graphs.read'
+  | 'graphs.cancel';
 
 export type Scope = 'runs:write' | 'runs:read' | 'rebuild:write' | 'rebuild:approve';
 
@@ -20,9 +28,13 @@ export const REQUIRED_SCOPE: Record<Action, Scope> = {
   'runs.list': 'runs:read',
   'runs.watch': 'runs:read',
   'nats.credentials': 'runs:read',
+  // Work graphs are sets of runs: the same scopes.
+  'graphs.start': 'runs:write',
+  'graphs.cancel': 'runs:write',
+  'graphs.read': 'runs:read',
 };
 
-const READ_ONLY: ReadonlySet<Action> = new Set(['runs.read', 'runs.list', 'runs.watch']);
+const READ_ONLY: ReadonlySet<Action> = new Set(['runs.read', 'runs.list', 'runs.watch', 'graphs.read']);
 
 export interface RunResource {
   tenant: string;
