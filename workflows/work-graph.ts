@@ -41,8 +41,8 @@ import {
 } from '../contracts';
 import type {
   GraphBranchActivities,
-  GraphMergeResult,
-  MergeIntoGraphBranchInput,
+  GraphMergeItem,
+  GraphMergeItemResult,
 } from '../activities/sandbox/graph-branch';
 import type { runWorkflow } from './run';
 import { EventLog } from './lib/event-log';
@@ -158,13 +158,42 @@ export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<
     return finish('failed');
   }
 
-  // Merges run one at a time (each moves the branch from the head the previous one left).
-  let mergeChain: Promise<unknown> = Promise.resolve();
-  const merge = (args: MergeIntoGraphBranchInput): Promise<GraphMergeResult> => {
-    const next = mergeChain.then(() => CancellationScope.nonCancellable(() => mergeIntoGraphBranch(args)));
-    mergeChain = next.catch(() => undefined);
-    return next;
+  // One merge activity at a time moves the branch; items that commit meanwhile wait and go in
+  // together as the next batch (each a merge from the head the previous one left).
+  const mergeQueue: { item: GraphMergeItem; resolve: (r: GraphMergeItemResult) => void }[] = [];
+  let merging = false;
+  const drainMerges = async (): Promise<void> => {
+    if (merging) return;
+    merging = true;
+    try {
+      while (mergeQueue.length > 0) {
+        const batch = mergeQueue.splice(0, 50);
+        try {
+          const merged = await CancellationScope.nonCancellable(() =>
+            mergeIntoGraphBranch({ graphId, repo: input.repo, items: batch.map((b) => b.item) }),
+          );
+          integrationCommit = merged.commit;
+          view.integrationCommit = merged.commit;
+          batch.forEach((b, i) => b.resolve(merged.items[i] ?? missingResult(b.item)));
+        } catch (err) {
+          const error = describeFailure(err);
+          for (const b of batch)
+            b.resolve({
+              itemId: b.item.itemId,
+              ok: false,
+              error,
+            });
+        }
+      }
+    } finally {
+      merging = false;
+    }
   };
+  const merge = (item: GraphMergeItem): Promise<GraphMergeItemResult> =>
+    new Promise((resolve) => {
+      mergeQueue.push({ item, resolve });
+      void drainMerges();
+    });
 
   let dirty = true;
   let finishedHere = 0;
@@ -313,14 +342,9 @@ export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<
         state.error = describeFailure(err);
       }
       if (run.status === 'committed' && run.commit) {
-        try {
-          const merged = await merge({ graphId, repo: input.repo, commit: run.commit, itemId: id, runId });
-          integrationCommit = merged.commit;
-          view.integrationCommit = merged.commit;
-          return finishItem(state, 'committed');
-        } catch (err) {
-          state.error = describeFailure(err);
-        }
+        const merged = await merge({ commit: run.commit, itemId: id, runId });
+        if (merged.ok) return finishItem(state, 'committed');
+        state.error = merged.error;
       }
       if (run.status === 'cancelled') return finishItem(state, 'cancelled');
       if (attempt >= input.maxAttempts) return finishItem(state, 'failed');
@@ -381,6 +405,14 @@ export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<
   }
   const all = [...states.values()];
   return finish(all.every((s) => s.status === 'committed') ? 'completed' : 'failed');
+}
+
+function missingResult(item: GraphMergeItem): GraphMergeItemResult {
+  return {
+    itemId: item.itemId,
+    ok: false,
+    error: { code: 'merge_conflict', message: 'the merge reported no result' },
+  };
 }
 
 function describeFailure(err: unknown): Failure {

@@ -22,20 +22,30 @@ export interface GraphBranch {
   baseCommit: string;
 }
 
-export interface MergeIntoGraphBranchInput {
-  graphId: string;
-  repo: string;
-  /** The committed run's commit (the tip of its run branch). */
+/** One committed run to merge: the tip of its run branch. */
+export interface GraphMergeItem {
   commit: string;
   itemId: string;
   runId: string;
 }
 
+export interface MergeIntoGraphBranchInput {
+  graphId: string;
+  repo: string;
+  /** Merged in this order; the branch moves once, after all of them. */
+  items: GraphMergeItem[];
+}
+
+/** How one item got in: `fast_forward`, `merge` (a two-parent commit) or `already_merged` (a retry), or why not. */
+export type GraphMergeItemResult =
+  | { itemId: string; ok: true; how: 'fast_forward' | 'merge' | 'already_merged'; commit: string }
+  | { itemId: string; ok: false; error: { code: string; message: string } };
+
 export interface GraphMergeResult {
-  /** The integration branch's commit after the merge. */
+  /** The integration branch's commit after the batch. */
   commit: string;
-  /** How it got there: `fast_forward`, `merge` (a two-parent commit) or `already_merged` (a retry). */
-  how: 'fast_forward' | 'merge' | 'already_merged';
+  /** One per input item, in order. */
+  items: GraphMergeItemResult[];
 }
 
 /** What workflows import (type only) and the worker registers on the generic sandbox queue. */
@@ -102,40 +112,53 @@ export function createGraphBranchActivities(deps: { logger: Logger }): GraphBran
     async mergeIntoGraphBranch(input) {
       if (!isValidId(input.graphId))
         throw invalid(`graphId ${JSON.stringify(input.graphId)} is not a valid id`);
-      if (!SHA.test(input.commit)) throw invalid(`commit ${JSON.stringify(input.commit)} is not a commit id`);
+      const bad = input.items.find((i) => !SHA.test(i.commit));
+      if (bad) throw invalid(`commit ${JSON.stringify(bad.commit)} of item ${bad.itemId} is not a commit id`);
       const repo = await localRepo(input.repo);
       const branch = graphBranch(input.graphId);
       const ref = `refs/heads/${branch}`;
       const opts = { cwd: repo, safeDirs: [repo] };
-      const log = logger.child({ graphId: input.graphId, itemId: input.itemId, runId: input.runId });
+      const log = logger.child({ graphId: input.graphId });
       const head = await resolveCommit(repo, ref);
-      // A retry after the ref moved: the commit is in already.
-      if (await isAncestor(repo, input.commit, head)) return { commit: head, how: 'already_merged' };
-      let next: string;
-      let how: GraphMergeResult['how'];
-      if (await isAncestor(repo, head, input.commit)) {
-        next = input.commit;
-        how = 'fast_forward';
-      } else {
+      let current = head;
+      const results: GraphMergeItemResult[] = [];
+      for (const item of input.items) {
+        // A retry after the ref moved finds the commit in already.
+        if (await isAncestor(repo, item.commit, current)) {
+          results.push({ itemId: item.itemId, ok: true, how: 'already_merged', commit: current });
+          continue;
+        }
+        if (await isAncestor(repo, current, item.commit)) {
+          current = item.commit;
+          results.push({ itemId: item.itemId, ok: true, how: 'fast_forward', commit: current });
+          continue;
+        }
         let tree: string;
         try {
-          tree = (await git(['merge-tree', '--write-tree', '--no-messages', head, input.commit], opts)).stdout
+          tree = (
+            await git(['merge-tree', '--write-tree', '--no-messages', current, item.commit], opts)
+          ).stdout
             .split('\n')[0]!
             .trim();
         } catch (err) {
-          // Exit 1: the merge has conflicts (stdout lists the conflicted files after the tree id).
-          if (err instanceof GitError && err.exitCode === 1) {
-            const conflicted = await conflictedFiles(repo, head, input.commit);
-            log.warn({ event: 'graph.merge.conflict', conflicted }, 'merge conflict');
-            throw ApplicationFailure.create({
-              type: 'merge_conflict',
-              message: `item ${input.itemId} (run ${input.runId}) conflicts with ${branch}${conflicted.length ? ` (both changed ${conflicted.join(', ')})` : ''}`,
-              nonRetryable: true,
-            });
-          }
-          throw err;
+          // Exit 1: the merge has conflicts; the branch stays where it was for this item.
+          if (!(err instanceof GitError && err.exitCode === 1)) throw err;
+          const conflicted = await conflictedFiles(repo, current, item.commit);
+          log.warn(
+            { event: 'graph.merge.conflict', itemId: item.itemId, runId: item.runId, conflicted },
+            'merge conflict',
+          );
+          results.push({
+            itemId: item.itemId,
+            ok: false,
+            error: {
+              code: 'merge_conflict',
+              message: `item ${item.itemId} (run ${item.runId}) conflicts with ${branch}${conflicted.length ? ` (both changed ${conflicted.join(', ')})` : ''}`,
+            },
+          });
+          continue;
         }
-        next = (
+        current = (
           await git(
             [
               '-c',
@@ -145,21 +168,34 @@ export function createGraphBranchActivities(deps: { logger: Logger }): GraphBran
               'commit-tree',
               tree,
               '-p',
-              head,
+              current,
               '-p',
-              input.commit,
+              item.commit,
               '-m',
-              `choiros graph ${input.graphId}: merge item ${input.itemId} (run ${input.runId})`,
+              `choiros graph ${input.graphId}: merge item ${item.itemId} (run ${item.runId})`,
             ],
             opts,
           )
         ).stdout.trim();
-        how = 'merge';
+        results.push({ itemId: item.itemId, ok: true, how: 'merge', commit: current });
       }
-      // Compare-and-swap: fails (and the activity retries) if someone else moved the branch meanwhile.
-      await git(['update-ref', '-m', `choiros graph merge ${input.runId}`, ref, next, head], opts);
-      log.info({ event: 'graph.merged', how, from: head, to: next }, 'item merged into graph branch');
-      return { commit: next, how };
+      if (current !== head) {
+        // Compare-and-swap: fails (and the activity retries) if someone else moved the branch meanwhile.
+        await git(
+          ['update-ref', '-m', `choiros graph merge of ${input.items.length} item(s)`, ref, current, head],
+          opts,
+        );
+      }
+      log.info(
+        {
+          event: 'graph.merged',
+          from: head,
+          to: current,
+          items: results.map((r) => [r.itemId, r.ok ? r.how : r.error.code]),
+        },
+        'items merged into graph branch',
+      );
+      return { commit: current, items: results };
     },
   };
 }

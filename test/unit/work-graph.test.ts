@@ -266,20 +266,13 @@ describe('the integration branch (git plumbing)', () => {
 
     const a = commitOn(repo, base, 'a.txt', 'a\n');
     const b = commitOn(repo, base, 'b.txt', 'b\n');
-    expect(
-      await acts.mergeIntoGraphBranch({ graphId: 'graph-t', repo, commit: a, itemId: 'A', runId: 'run-a' }),
-    ).toEqual({
+    const one = (commit: string, itemId: string) => ({ commit, itemId, runId: `run-${itemId}` });
+    expect(await acts.mergeIntoGraphBranch({ graphId: 'graph-t', repo, items: [one(a, 'A')] })).toEqual({
       commit: a,
-      how: 'fast_forward',
+      items: [{ itemId: 'A', ok: true, how: 'fast_forward', commit: a }],
     });
-    const merged = await acts.mergeIntoGraphBranch({
-      graphId: 'graph-t',
-      repo,
-      commit: b,
-      itemId: 'B',
-      runId: 'run-b',
-    });
-    expect(merged.how).toBe('merge');
+    const merged = await acts.mergeIntoGraphBranch({ graphId: 'graph-t', repo, items: [one(b, 'B')] });
+    expect(merged.items).toEqual([{ itemId: 'B', ok: true, how: 'merge', commit: merged.commit }]);
     expect(g(repo, 'rev-parse', 'choiros/graph/graph-t')).toBe(merged.commit);
     expect(g(repo, 'ls-tree', '--name-only', merged.commit).split('\n').sort()).toEqual([
       'README.md',
@@ -288,11 +281,9 @@ describe('the integration branch (git plumbing)', () => {
     ]);
     expect(g(repo, 'rev-parse', `${merged.commit}^1`, `${merged.commit}^2`)).toBe(`${a}\n${b}`);
     // A retried activity after the ref moved: nothing changes.
-    expect(
-      await acts.mergeIntoGraphBranch({ graphId: 'graph-t', repo, commit: b, itemId: 'B', runId: 'run-b' }),
-    ).toEqual({
+    expect(await acts.mergeIntoGraphBranch({ graphId: 'graph-t', repo, items: [one(b, 'B')] })).toEqual({
       commit: merged.commit,
-      how: 'already_merged',
+      items: [{ itemId: 'B', ok: true, how: 'already_merged', commit: merged.commit }],
     });
     // Preparing again (a retry, a continued graph) keeps the branch where it is; main never moved.
     expect((await acts.prepareGraphBranch({ graphId: 'graph-t', repo, baseRef: 'main' })).commit).toBe(
@@ -301,19 +292,25 @@ describe('the integration branch (git plumbing)', () => {
     expect(g(repo, 'rev-parse', 'main')).toBe(base);
     expect(g(repo, 'status', '--porcelain')).toBe('');
 
-    // Two items changing the same file differently: the second is a merge_conflict naming the file.
+    // A batch: the first README change goes in, the second conflicts with it (named; the branch
+    // does not take it), the third still merges after it.
     const c1 = commitOn(repo, base, 'README.md', 'one\n');
     const c2 = commitOn(repo, base, 'README.md', 'two\n');
-    await acts.mergeIntoGraphBranch({ graphId: 'graph-t', repo, commit: c1, itemId: 'C1', runId: 'run-c1' });
-    const head = g(repo, 'rev-parse', 'choiros/graph/graph-t');
-    await expect(
-      acts.mergeIntoGraphBranch({ graphId: 'graph-t', repo, commit: c2, itemId: 'C2', runId: 'run-c2' }),
-    ).rejects.toMatchObject({
-      type: 'merge_conflict',
-      nonRetryable: true,
-      message: expect.stringContaining('README.md'),
+    const c3 = commitOn(repo, base, 'c3.txt', 'three\n');
+    const batch = await acts.mergeIntoGraphBranch({
+      graphId: 'graph-t',
+      repo,
+      items: [one(c1, 'C1'), one(c2, 'C2'), one(c3, 'C3')],
     });
-    expect(g(repo, 'rev-parse', 'choiros/graph/graph-t')).toBe(head);
+    expect(batch.items.map((r) => [r.itemId, r.ok ? r.how : r.error.code])).toEqual([
+      ['C1', 'merge'],
+      ['C2', 'merge_conflict'],
+      ['C3', 'merge'],
+    ]);
+    expect(batch.items[1]).toMatchObject({ error: { message: expect.stringContaining('README.md') } });
+    expect(g(repo, 'rev-parse', 'choiros/graph/graph-t')).toBe(batch.commit);
+    expect(g(repo, 'show', `${batch.commit}:README.md`)).toBe('one');
+    expect(g(repo, 'show', `${batch.commit}:c3.txt`)).toBe('three');
   });
 
   test('when the repo is a file:// URL, then the graph branch is refused non-retryably', async () => {
