@@ -11,6 +11,7 @@ import pino from 'pino';
 import request from 'supertest';
 import { graphRunId, orderWorkGraph, stricterMood } from '../../contracts';
 import { createApp } from '../../api/app';
+import { main as cli } from '../../api/cli/main';
 import { deriveGraphId } from '../../api/graphs/service';
 import { createGraphBranchActivities, graphBranch } from '../../activities/sandbox/graph-branch';
 import {
@@ -225,6 +226,28 @@ describe('the work graph API', () => {
       .set('authorization', `Bearer ${await token()}`);
     expect(own.status).toBe(202);
     expect(graphs.cancelled).toEqual(['graph-abc']);
+  });
+  test('when the CLI starts, reads and cancels a graph, then it talks to the same routes', async () => {
+    const server = app.listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    const { port } = server.address() as { port: number };
+    const dir = await mkdtemp(join(tmpdir(), 'choiros-cli-graph-'));
+    const file = join(dir, 'graph.json');
+    await writeFile(file, JSON.stringify({ repo: '/srv/repo', items: [item('A'), item('B', ['A'])] }));
+    const lines: string[] = [];
+    const run = async (...args: string[]) =>
+      cli([...args, '--api', `http://127.0.0.1:${port}`, '--token', await token()], {}, (l) => lines.push(l));
+    try {
+      expect(await run('graphs', 'start', file, '--idempotency-key', 'cli-1')).toBe(0);
+      expect(graphs.started[graphs.started.length - 1]).toMatchObject({ key: 'cli-1' });
+      expect(await run('graphs', 'status', 'graph-abc')).toBe(0);
+      expect(await run('graphs', 'cancel', 'graph-abc')).toBe(0);
+    } finally {
+      server.close();
+    }
+    expect(lines[0]).toBe('started graph-abc');
+    expect(lines[1]).toMatch(/^graph graph-abc: running/);
+    expect(lines[2]).toMatch(/^cancellation requested for graph-abc/);
   });
 });
 
