@@ -215,7 +215,10 @@ export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<
       status,
       error: state.error,
     });
-    if (status !== 'committed') block(state.id);
+    // Dependants of an item that failed (or whose run someone cancelled) can never start; when the
+    // whole graph is being cancelled they end `cancelled` with it instead.
+    if (status === 'failed' || (status === 'cancelled' && !CancellationScope.current().consideredCancelled))
+      block(state.id);
   };
 
   /** Marks every transitive dependant of a finally failed item blocked, naming the failed item. */

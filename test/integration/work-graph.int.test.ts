@@ -14,6 +14,10 @@ import { JSONCodec, type NatsConnection } from 'nats';
 import {
   EVENT_STREAM,
   SEARCH_ATTRIBUTES,
+  TASK_QUEUES,
+  WORKFLOW_TYPES,
+  workGraphRequestSchema,
+  type WorkGraphWorkflowInput,
   knownEventSchema,
   runEventsFilter,
   type EventEnvelope,
@@ -76,6 +80,29 @@ const getGraph = async (graphId: string): Promise<WorkGraphView> =>
   (await getJson<WorkGraphView>(`/v1/work-graphs/${graphId}`)).body;
 const getRun = async (runId: string): Promise<RunView> => (await getJson<RunView>(`/v1/runs/${runId}`)).body;
 
+/** Saves one workflow run's history as a replay fixture when CHOIROS_RECORD_HISTORIES=1. */
+async function recordHistory(workflowId: string, runId: string, name: string): Promise<void> {
+  if (process.env.CHOIROS_RECORD_HISTORIES !== '1') return;
+  // The CLI's JSON export is the format the SDK replayer reads.
+  const json = execFileSync(
+    process.env.CHOIROS_TEMPORAL_BIN ?? 'temporal',
+    [
+      'workflow',
+      'show',
+      '--workflow-id',
+      workflowId,
+      '--run-id',
+      runId,
+      '--output',
+      'json',
+      '--address',
+      env.temporalAddress(),
+    ],
+    { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
+  );
+  await writeFile(join(ROOT, 'test/fixtures/histories', `${name}.json`), json);
+}
+
 async function waitGraph(graphId: string, timeoutMs: number, recordAs?: string): Promise<WorkGraphView> {
   // Polls a compact projection, so a timeout reports the counts rather than every item.
   await poll(
@@ -88,26 +115,9 @@ async function waitGraph(graphId: string, timeoutMs: number, recordAs?: string):
     1000,
   );
   const view = await getGraph(graphId);
-  if (recordAs && process.env.CHOIROS_RECORD_HISTORIES === '1') {
-    // The CLI's JSON export is the format the SDK replayer reads; the first run of the chain.
+  if (recordAs) {
     const desc = await api.client.workflow.getHandle(graphId).describe();
-    const json = execFileSync(
-      process.env.CHOIROS_TEMPORAL_BIN ?? 'temporal',
-      [
-        'workflow',
-        'show',
-        '--workflow-id',
-        graphId,
-        '--run-id',
-        desc.runId,
-        '--output',
-        'json',
-        '--address',
-        env.temporalAddress(),
-      ],
-      { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
-    );
-    await writeFile(join(ROOT, 'test/fixtures/histories', `${recordAs}.json`), json);
+    await recordHistory(graphId, desc.runId, recordAs);
   }
   return view;
 }
@@ -330,6 +340,60 @@ describe('work graphs (local driver)', () => {
     expect(git(repo.path, 'branch', '--format=%(refname:short)')).toBe('main');
   });
 
+  test('when a graph continues as new (workflow started directly with a small bound), then the next run carries the item states and the event numbering', async () => {
+    const repo = await makeGitRepo();
+    const request = workGraphRequestSchema.parse({
+      repo: repo.path,
+      parallelism: 1,
+      items: ['p', 'q', 'r'].map((id) => item(id, [], writes(`${id}.txt`))),
+    });
+    const graphId = `graph-can-${Date.now()}`;
+    const input: WorkGraphWorkflowInput = {
+      graphId,
+      tenant: 'acme',
+      userId: 'alice',
+      repo: request.repo,
+      baseRef: request.baseRef,
+      mood: request.mood,
+      parallelism: request.parallelism,
+      maxAttempts: request.maxAttempts,
+      items: request.items,
+      requestHash: 'direct',
+      requestedAt: Date.now(),
+      continueAsNewAfter: 2,
+    };
+    const handle = await api.client.workflow.start(WORKFLOW_TYPES.workGraph, {
+      workflowId: graphId,
+      taskQueue: TASK_QUEUES.orchestration,
+      args: [input],
+      memo: { requestHash: 'direct', requestedAt: input.requestedAt },
+      typedSearchAttributes: [
+        { key: SEARCH_ATTRIBUTES.tenant, value: 'acme' },
+        { key: SEARCH_ATTRIBUTES.userId, value: 'alice' },
+        { key: SEARCH_ATTRIBUTES.runStatus, value: 'running' },
+      ],
+    });
+    const view = (await handle.result()) as WorkGraphView;
+    expect([view.status, view.continuedAsNew, view.counts]).toEqual(['completed', 1, { committed: 3 }]);
+    const latest = await api.client.workflow.getHandle(graphId).describe();
+    expect(latest.runId).not.toBe(handle.firstExecutionRunId);
+    // Memo and search attributes went along (the API finds and authorises the graph by them).
+    expect(latest.typedSearchAttributes.get(SEARCH_ATTRIBUTES.userId)).toBe('alice');
+    expect(latest.typedSearchAttributes.get(SEARCH_ATTRIBUTES.runStatus)).toBe('completed');
+    expect(latest.memo).toMatchObject({ requestHash: 'direct' });
+    const events = await poll(
+      () => readEvents('alice', graphId),
+      (e) => e[e.length - 1]?.event_type === 'graph.completed',
+      10_000,
+    );
+    expectGapFree(events, graphId);
+    expect(events.filter((e) => e.event_type === 'workitem.completed').map((e) => e.payload.item_id)).toEqual(
+      ['p', 'q', 'r'],
+    );
+    await recordHistory(graphId, handle.firstExecutionRunId, 'work-graph-continue-as-new');
+    await recordHistory(graphId, latest.runId, 'work-graph-continued');
+  });
+
   test('when a graph of 200 items runs, then it continues as new at least once, the status query answers throughout and its events stay gap-free', async () => {
     const repo = await makeGitRepo();
     const ids = Array.from({ length: 200 }, (_, i) => `f${String(i).padStart(3, '0')}`);
@@ -416,7 +480,7 @@ describe('work graphs (Docker driver)', () => {
     });
     expect(cancel.status).toBe(202);
 
-    const view = await waitGraph(started.graphId, 60_000);
+    const view = await waitGraph(started.graphId, 60_000, 'work-graph-cancelled');
     expect(view.status).toBe('cancelled');
     expect(view.items.map((i) => [i.id, i.status])).toEqual([
       ['X', 'cancelled'],
