@@ -13,6 +13,7 @@ import { graphRunId, orderWorkGraph, stricterMood } from '../../contracts';
 import { createApp } from '../../api/app';
 import { main as cli } from '../../api/cli/main';
 import { deriveGraphId } from '../../api/graphs/service';
+import { authorize } from '../../api/auth/policy';
 import { createGraphBranchActivities, graphBranch } from '../../activities/sandbox/graph-branch';
 import {
   emptyEventSource,
@@ -113,6 +114,23 @@ describe('graph ids', () => {
 
   test('when a CALM item is retried, then its next mood is SKEPTICAL', () => {
     expect(stricterMood('CALM')).toBe('SKEPTICAL');
+  });
+});
+
+describe('graph authorisation', () => {
+  const graph = { tenant: 'acme', ownerId: 'bob' };
+  test("when a tenant admin acts on a user's graph, then reading is allowed and cancelling answers like a missing graph", () => {
+    const admin = { tenant: 'acme', userId: 'root', scopes: ['runs:read', 'runs:write', 'tenant:admin'] };
+    expect(authorize(admin, 'graphs.read', graph)).toBe('allow');
+    expect(authorize(admin, 'graphs.cancel', graph)).toBe('not_found');
+    expect(authorize({ ...admin, tenant: 'other' }, 'graphs.read', graph)).toBe('not_found');
+  });
+
+  test('when a token lacks the runs scope of a graph action, then it is forbidden before any lookup', () => {
+    const reader = { tenant: 'acme', userId: 'bob', scopes: ['runs:read'] };
+    expect(authorize(reader, 'graphs.start')).toBe('forbidden');
+    expect(authorize(reader, 'graphs.cancel', graph)).toBe('forbidden');
+    expect(authorize(reader, 'graphs.read', graph)).toBe('allow');
   });
 });
 
