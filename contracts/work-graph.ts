@@ -107,7 +107,7 @@ export interface WorkGraphWorkflowInput {
   requestHash: string;
   requestedAt: number;
   startedBy?: { scopes: string[]; tokenId?: string };
-  /** Continue-as-new after this many items finished in one workflow run (default 100). */
+  /** Continue-as-new once this many items have started in one workflow run (default 100): no more start, the started ones finish, then it continues. */
   continueAsNewAfter?: number;
   /** State carried across continue-as-new. */
   carried?: {

@@ -56,7 +56,7 @@ const { prepareGraphBranch, mergeIntoGraphBranch } = proxyActivities<GraphBranch
   },
 });
 
-/** Items finished in one workflow run before it continues as new (a history stays well below its limits). */
+/** Items started in one workflow run before it continues as new (a history stays well below its limits). */
 export const DEFAULT_CONTINUE_AS_NEW_AFTER = 100;
 
 type Failure = { code: string; message: string };
@@ -196,10 +196,10 @@ export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<
     });
 
   let dirty = true;
-  let finishedHere = 0;
+  // Items started in this workflow run: what its history grows with, so what continue-as-new bounds.
+  let startedHere = 0;
   const finishItem = (state: GraphItemView, status: WorkItemStatus): void => {
     state.status = status;
-    finishedHere += 1;
     const last = state.runs[state.runs.length - 1];
     events.emit('workitem.completed', {
       graph_id: graphId,
@@ -242,12 +242,30 @@ export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<
     }
   };
 
+  // Slots count runs in flight: an item holds one from its first run's start until its last run
+  // ends (retries keep it), and gives it back before its merge, so the next run starts at once.
+  let runsInFlight = 0;
   const runItem = async (id: string): Promise<void> => {
     const def = defs.get(id);
     const state = states.get(id);
     if (!def || !state) return;
     state.status = 'running';
+    startedHere += 1;
+    runsInFlight += 1;
+    let holdsSlot = true;
+    const release = (): void => {
+      if (!holdsSlot) return;
+      holdsSlot = false;
+      runsInFlight -= 1;
+      dirty = true;
+    };
     for (;;) {
+      if (!holdsSlot) {
+        // A retry after its merge failed waits for a slot like any other run.
+        await condition(() => runsInFlight < input.parallelism);
+        runsInFlight += 1;
+        holdsSlot = true;
+      }
       const attempt = state.runs.length + 1;
       const previous = state.runs[state.runs.length - 1];
       const mood = previous ? stricterMood(previous.mood) : input.mood;
@@ -339,23 +357,27 @@ export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<
       } catch (err) {
         if (isCancellation(err)) {
           run.status = 'cancelled';
+          release();
           return finishItem(state, 'cancelled');
         }
         run.status = 'failed';
         state.error = describeFailure(err);
       }
       if (run.status === 'committed' && run.commit) {
+        release();
         const merged = await merge({ commit: run.commit, itemId: id, runId });
         if (merged.ok) return finishItem(state, 'committed');
         state.error = merged.error;
       }
-      if (run.status === 'cancelled') return finishItem(state, 'cancelled');
-      if (attempt >= input.maxAttempts) return finishItem(state, 'failed');
+      if (run.status === 'cancelled' || attempt >= input.maxAttempts) {
+        release();
+        return finishItem(state, run.status === 'cancelled' ? 'cancelled' : 'failed');
+      }
     }
   };
 
   const continueAfter = input.continueAsNewAfter ?? DEFAULT_CONTINUE_AS_NEW_AFTER;
-  const draining = (): boolean => finishedHere >= continueAfter || workflowInfo().continueAsNewSuggested;
+  const draining = (): boolean => startedHere >= continueAfter || workflowInfo().continueAsNewSuggested;
   const ready = (s: GraphItemView): boolean =>
     s.status === 'pending' && s.dependsOn.every((d) => states.get(d)?.status === 'committed');
   const inFlight = new Map<string, Promise<void>>();
@@ -364,7 +386,7 @@ export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<
       dirty = false;
       if (!draining()) {
         for (const id of ordered.order) {
-          if (inFlight.size >= input.parallelism) break;
+          if (runsInFlight >= input.parallelism) break;
           const s = states.get(id);
           if (s && ready(s)) {
             inFlight.set(
@@ -391,7 +413,7 @@ export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<
   if (draining() && [...states.values()].some((s) => s.status === 'pending')) {
     // Every run of this workflow run has finished and its events are flushed: continue with the state.
     await events.close();
-    log.info('graph continues as new', { graphId, finishedHere, eventSeq: events.emittedCount });
+    log.info('graph continues as new', { graphId, startedHere, eventSeq: events.emittedCount });
     const info = workflowInfo();
     // Memo and search attributes explicitly, so the next run is found and described like this one.
     return makeContinueAsNewFunc<typeof workGraphWorkflow>({
