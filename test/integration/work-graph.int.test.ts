@@ -319,6 +319,55 @@ describe('work graphs (local driver)', () => {
     );
   });
 
+  test('when two items change the same file differently, then the second merge is a merge_conflict that fails its item and the graph', async () => {
+    const repo = await makeGitRepo();
+    const started = await startGraph(
+      {
+        repo: repo.path,
+        parallelism: 2,
+        maxAttempts: 1,
+        items: [
+          item('X', [], ['sh', '-c', 'echo x > same.txt']),
+          item('Y', [], ['sh', '-c', 'echo y > same.txt']),
+        ],
+      },
+      'conflict-1',
+    );
+    const view = await waitGraph(started.graphId, 60_000);
+    expect(view.status).toBe('failed');
+    const [winner, loser] = [...view.items].sort((a) => (a.status === 'committed' ? -1 : 1));
+    expect([winner?.status, loser?.status, loser?.error?.code]).toEqual([
+      'committed',
+      'failed',
+      'merge_conflict',
+    ]);
+    // The loser's run did commit on its own branch; only the graph branch refused it.
+    expect(loser?.runs.map((r) => r.status)).toEqual(['committed']);
+    expect(loser?.error?.message).toContain('same.txt');
+    const integration = `choiros/graph/${started.graphId}`;
+    expect(git(repo.path, 'show', `${integration}:same.txt`)).toBe(winner?.id === 'X' ? 'x' : 'y');
+  });
+
+  test('when the repository does not exist, then the graph fails with repo_not_found before any run', async () => {
+    const started = await startGraph(
+      { repo: join(env.workDir(), 'no-such-repo-graph'), items: [item('A', [], writes('a.txt'))] },
+      'no-repo-1',
+    );
+    const view = await waitGraph(started.graphId, 60_000);
+    expect([view.status, view.error?.code, view.items[0]?.status, view.items[0]?.runs]).toEqual([
+      'failed',
+      'repo_not_found',
+      'cancelled',
+      [],
+    ]);
+    const events = await poll(
+      () => readEvents('alice', started.graphId),
+      (e) => e[e.length - 1]?.event_type === 'graph.completed',
+      10_000,
+    );
+    expect(events.map((e) => e.event_type)).toEqual(['graph.created', 'graph.completed']);
+  });
+
   test('when a graph with a cycle is posted, then 400 dependency_cycle names the cycle and nothing starts', async () => {
     const repo = await makeGitRepo();
     const res = await postGraph(
