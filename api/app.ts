@@ -237,6 +237,22 @@ export function createApp(deps: AppDeps): express.Express {
     }),
   );
 
+  v1.get(
+    '/work-graphs/:graphId/events',
+    requireAction('graphs.read'),
+    route(async (req, res) => {
+      const graphId = parseRunId(req.params.graphId, 'graphId');
+      const afterSeq = parseLastEventId(
+        req.header('last-event-id') ??
+          (typeof req.query.lastEventId === 'string' ? req.query.lastEventId : undefined),
+        graphId,
+      );
+      // Ownership first (404 before any byte); the events live under the owner's subject prefix.
+      const view = await graphs().get(principalOf(res), graphId);
+      await streamEvents(req, res, deps, view.userId, graphId, afterSeq);
+    }),
+  );
+
   v1.post(
     '/work-graphs/:graphId/cancel',
     requireAction('graphs.cancel'),

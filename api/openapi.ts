@@ -230,6 +230,24 @@ export function openApiDocument(): Record<string, unknown> {
           responses: { ...ok('the graph', 'WorkGraphView'), ...problems(400, 401, 403, 404, 429, 503) },
         },
       },
+      '/v1/work-graphs/{graphId}/events': {
+        get: {
+          ...secured,
+          summary:
+            "The graph's own events (graph.created, workitem.*, run.mood.transition, graph.completed) as server-sent events, resumable with Last-Event-ID (scope runs:read)",
+          parameters: [
+            graphIdParam,
+            { name: 'Last-Event-ID', in: 'header', required: false, schema: { type: 'string' } },
+          ],
+          responses: {
+            '200': {
+              description: 'text/event-stream; id = event id, event = event type, data = envelope',
+              content: { 'text/event-stream': { schema: { type: 'string' } } },
+            },
+            ...problems(400, 401, 403, 404, 429, 503),
+          },
+        },
+      },
       '/v1/work-graphs/{graphId}/cancel': {
         post: {
           ...secured,

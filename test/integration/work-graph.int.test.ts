@@ -37,6 +37,7 @@ import {
   type TestApi,
   type TestWorker,
 } from '../helpers/integration';
+import { readSse } from '../helpers/sse';
 
 let api: TestApi;
 let nats: NatsConnection;
@@ -250,6 +251,21 @@ describe('work graphs (local driver)', () => {
       counts: { committed: 4 },
     });
     expect(events.filter((e) => e.event_type === 'workitem.started')).toHaveLength(4);
+
+    // The same events through the gateway's SSE, which ends after graph.completed; resumable.
+    const auth = { authorization: `Bearer ${await api.token()}` };
+    const sse = await readSse(`${api.url}/v1/work-graphs/${started.graphId}/events`, auth);
+    expect(sse.status).toBe(200);
+    expect(sse.frames.map((f) => f.id)).toEqual(events.map((e) => e.id));
+    const resumed = await readSse(`${api.url}/v1/work-graphs/${started.graphId}/events`, {
+      ...auth,
+      'last-event-id': events[events.length - 3]!.id,
+    });
+    expect(resumed.frames.map((f) => f.event)).toEqual(events.slice(-2).map((e) => e.event_type));
+    const bob = await readSse(`${api.url}/v1/work-graphs/${started.graphId}/events`, {
+      authorization: `Bearer ${await api.token({ sub: 'bob' })}`,
+    });
+    expect(bob.status).toBe(404);
   });
 
   test('when B keeps failing, then it is retried once in SKEPTICAL (a mood transition event), D is blocked by B and the graph fails', async () => {
