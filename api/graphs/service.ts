@@ -96,7 +96,8 @@ export function createTemporalWorkGraphService(deps: { client: Client; logger: L
   };
 
   const fallbackView = (desc: WorkflowExecutionDescription): WorkGraphView => {
-    const memo = desc.memo as unknown as GraphMemo;
+    // A graph started by other means than this service may carry less of a memo.
+    const memo = (desc.memo ?? {}) as unknown as Partial<GraphMemo>;
     const sa = desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.runStatus);
     let status: GraphStatus = (GRAPH_STATUSES as readonly string[]).includes(sa ?? '')
       ? (sa as GraphStatus)
@@ -108,14 +109,14 @@ export function createTemporalWorkGraphService(deps: { client: Client; logger: L
       status,
       tenant: desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant) ?? '',
       userId: desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.userId) ?? '',
-      repo: memo.summary.repo,
-      baseRef: memo.summary.baseRef,
-      mood: memo.summary.mood,
-      parallelism: memo.summary.parallelism,
+      repo: memo.summary?.repo ?? desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.repo) ?? '',
+      baseRef: memo.summary?.baseRef ?? '',
+      mood: memo.summary?.mood ?? 'CALM',
+      parallelism: memo.summary?.parallelism ?? 0,
       counts: {},
       items: [],
       continuedAsNew: 0,
-      createdAt: new Date(memo.requestedAt).toISOString(),
+      createdAt: new Date(memo.requestedAt ?? desc.startTime.getTime()).toISOString(),
       ...(desc.closeTime ? { finishedAt: desc.closeTime.toISOString() } : {}),
       ...(status === 'failed' && desc.status.name !== 'COMPLETED'
         ? {
