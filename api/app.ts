@@ -12,6 +12,8 @@ import {
   type VerifierSpec,
 } from '../contracts';
 import { checkIdempotencyKey, parseBody, parseRunId, parseRunRequest } from './runs/validate';
+import { parseWorkGraphRequest } from './graphs/validate';
+import type { WorkGraphService } from './graphs/service';
 import { authenticate, principalOf, requireAction } from './auth/middleware';
 import type { TokenVerifier } from './auth/token-verifier';
 import { errorMiddleware, validationError } from './errors';
@@ -30,6 +32,8 @@ export interface ReadinessCheck {
 export interface AppDeps {
   verifyToken: TokenVerifier;
   runs: RunService;
+  /** Work graphs; without it the graph routes answer 503. */
+  graphs?: WorkGraphService;
   /** Verifier allow-list lookup, to reject unknown ids at request time. */
   verifiers: { get(id: string): VerifierSpec | undefined };
   readiness: ReadinessCheck[];
@@ -47,6 +51,8 @@ export interface AppDeps {
 }
 
 const BODY_LIMIT = '256kb';
+/** A graph carries up to 1000 work items. */
+const GRAPH_BODY_LIMIT = '4mb';
 
 type Handler = (req: Request, res: Response) => Promise<void>;
 const route =
@@ -251,6 +257,65 @@ export function createApp(deps: AppDeps): express.Express {
       );
       await deps.runs.checkVisible(principal, runId, 'runs.watch'); // ownership: someone else's run is a 404 before any byte is sent
       await streamEvents(req, res, deps, principal.userId, runId, afterSeq);
+    }),
+  );
+
+  const graphs = (): WorkGraphService => {
+    if (!deps.graphs)
+      throw new AppError('service_unavailable', 'work graphs are not configured on this gateway');
+    return deps.graphs;
+  };
+
+  v1.post(
+    '/work-graphs',
+    requireAction('graphs.start'),
+    (req, _res, next) => {
+      if (!req.is('application/json')) {
+        return next(new AppError('unsupported_media_type', 'send the work graph as application/json'));
+      }
+      next();
+    },
+    express.json({ limit: GRAPH_BODY_LIMIT, strict: true }),
+    route(async (req, res) => {
+      const key = req.header('idempotency-key');
+      checkIdempotencyKey(key);
+      const request = parseWorkGraphRequest(req.body, deps.verifiers);
+      const view = await graphs().start(principalOf(res), request, key);
+      res.status(201).location(`/v1/work-graphs/${view.graphId}`).json(view);
+    }),
+  );
+
+  v1.get(
+    '/work-graphs/:graphId',
+    requireAction('graphs.read'),
+    route(async (req, res) => {
+      const graphId = parseRunId(req.params.graphId, 'graphId');
+      res.json(await graphs().get(principalOf(res), graphId));
+    }),
+  );
+
+  v1.get(
+    '/work-graphs/:graphId/events',
+    requireAction('graphs.read'),
+    route(async (req, res) => {
+      const graphId = parseRunId(req.params.graphId, 'graphId');
+      const afterSeq = parseLastEventId(
+        req.header('last-event-id') ??
+          (typeof req.query.lastEventId === 'string' ? req.query.lastEventId : undefined),
+        graphId,
+      );
+      // Ownership first (404 before any byte); the events live under the owner's subject prefix.
+      const view = await graphs().get(principalOf(res), graphId);
+      await streamEvents(req, res, deps, view.userId, graphId, afterSeq);
+    }),
+  );
+
+  v1.post(
+    '/work-graphs/:graphId/cancel',
+    requireAction('graphs.cancel'),
+    route(async (req, res) => {
+      const graphId = parseRunId(req.params.graphId, 'graphId');
+      res.status(202).json(await graphs().cancel(principalOf(res), graphId));
     }),
   );
 

@@ -18,6 +18,7 @@ import { createApiMetrics } from './metrics';
 import { mintUserCreds } from './nats/credentials';
 import { RateLimiter } from './rate-limit';
 import { createTemporalRunService } from './runs/service';
+import { createTemporalWorkGraphService } from './graphs/service';
 
 async function main(): Promise<void> {
   const config = loadApiConfig(process.env);
@@ -66,6 +67,7 @@ async function main(): Promise<void> {
     const app = createApp({
       verifyToken,
       runs,
+      graphs: createTemporalWorkGraphService({ client, logger }),
       events,
       verifiers,
       metrics: createApiMetrics(),

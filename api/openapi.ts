@@ -13,6 +13,8 @@ import {
   runListQuerySchema,
   runRequestSchema,
   runViewSchema,
+  workGraphRequestSchema,
+  workGraphViewSchema,
 } from '../contracts';
 
 const json = (schema: z.ZodType, io: 'input' | 'output' = 'output'): Record<string, unknown> =>
@@ -69,6 +71,12 @@ const ok = (description: string, ref: string, status = '200'): Record<string, un
     content: { 'application/json': { schema: { $ref: `#/components/schemas/${ref}` } } },
   },
 });
+const graphIdParam = {
+  name: 'graphId',
+  in: 'path',
+  required: true,
+  schema: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,64}$' },
+};
 const runIdParam = {
   name: 'runId',
   in: 'path',
@@ -110,6 +118,8 @@ export function openApiDocument(): Record<string, unknown> {
         RunRequest: json(runRequestSchema, 'input'),
         RunView: json(runViewSchema),
         RunListPage: json(runListPageSchema),
+        WorkGraphRequest: json(workGraphRequestSchema, 'input'),
+        WorkGraphView: json(workGraphViewSchema),
         NatsCredentials: json(natsCredentialsSchema),
         ApprovalBody: json(approvalBodySchema, 'input'),
         ApprovalResponse: json(approvalResponseSchema),
@@ -267,6 +277,67 @@ export function openApiDocument(): Record<string, unknown> {
               content: { 'text/event-stream': { schema: { type: 'string' } } },
             },
             ...problems(400, 401, 403, 404, 429),
+          },
+        },
+      },
+      '/v1/work-graphs': {
+        post: {
+          ...secured,
+          summary:
+            'Start a work graph: items run in dependency order, each as a run from the graph branch (scope runs:write). A cycle, an unknown dependency or a duplicate item is a 400 naming them.',
+          parameters: [
+            {
+              name: 'Idempotency-Key',
+              in: 'header',
+              required: false,
+              schema: { type: 'string', pattern: '^[\\x21-\\x7e]{1,255}$' },
+            },
+          ],
+          requestBody: {
+            required: true,
+            content: { 'application/json': { schema: { $ref: '#/components/schemas/WorkGraphRequest' } } },
+          },
+          responses: {
+            ...ok('the graph (same Idempotency-Key, same graph)', 'WorkGraphView', '201'),
+            ...problems(400, 401, 403, 413, 415, 422, 429, 503),
+          },
+        },
+      },
+      '/v1/work-graphs/{graphId}': {
+        get: {
+          ...secured,
+          summary: 'Read a work graph: its status and every item with its runs (scope runs:read)',
+          parameters: [graphIdParam],
+          responses: { ...ok('the graph', 'WorkGraphView'), ...problems(400, 401, 403, 404, 429, 503) },
+        },
+      },
+      '/v1/work-graphs/{graphId}/events': {
+        get: {
+          ...secured,
+          summary:
+            "The graph's own events (graph.created, workitem.*, run.mood.transition, graph.completed) as server-sent events, resumable with Last-Event-ID (scope runs:read)",
+          parameters: [
+            graphIdParam,
+            { name: 'Last-Event-ID', in: 'header', required: false, schema: { type: 'string' } },
+          ],
+          responses: {
+            '200': {
+              description: 'text/event-stream; id = event id, event = event type, data = envelope',
+              content: { 'text/event-stream': { schema: { type: 'string' } } },
+            },
+            ...problems(400, 401, 403, 404, 429, 503),
+          },
+        },
+      },
+      '/v1/work-graphs/{graphId}/cancel': {
+        post: {
+          ...secured,
+          summary:
+            'Cancel a work graph; its runs are cancelled and their sandboxes cleaned up (scope runs:write)',
+          parameters: [graphIdParam],
+          responses: {
+            ...ok('cancellation requested', 'WorkGraphView', '202'),
+            ...problems(400, 401, 403, 404, 429, 503),
           },
         },
       },

@@ -29,7 +29,11 @@ export const SEARCH_ATTRIBUTE_NAMES = Object.values(SEARCH_ATTRIBUTES).map((k) =
 export const EVENT_STREAM = 'CHOIROS_EVENTS';
 
 /** Workflow type names, so the API can start workflows by name without importing workflow code. */
-export const WORKFLOW_TYPES = { run: 'runWorkflow', admission: 'admissionWorkflow' } as const;
+export const WORKFLOW_TYPES = {
+  run: 'runWorkflow',
+  admission: 'admissionWorkflow',
+  workGraph: 'workGraphWorkflow',
+} as const;
 
 /** Workflow id of a tenant's fairness gate (admissionWorkflow). */
 export function admissionWorkflowId(tenant: string): string {

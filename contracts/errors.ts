@@ -31,6 +31,7 @@ export const ERROR_CODES = [
   'unknown_dependency',
   'duplicate_item',
   'budget_exceeded',
+  'merge_conflict',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -64,6 +65,7 @@ export const HTTP_STATUS_BY_CODE: Record<ErrorCode, number> = {
   unknown_dependency: 400,
   duplicate_item: 400,
   budget_exceeded: 409,
+  merge_conflict: 409,
 };
 
 /** Short human titles for problem+json `title`. */
@@ -95,6 +97,7 @@ export const TITLE_BY_CODE: Record<ErrorCode, string> = {
   unknown_dependency: 'Work graph names an unknown dependency',
   duplicate_item: 'Work graph names an item twice',
   budget_exceeded: 'Run budget exceeded',
+  merge_conflict: 'Merge conflict',
 };
 
 /** One field-level problem, as reported in a 400's `errors` list. */

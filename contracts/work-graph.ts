@@ -1,6 +1,7 @@
 /** Work graphs: a set of work items run in dependency order (request, status and the pure ordering). */
 import { z } from 'zod';
 import { idSchema, refSchema } from './ids';
+import { sha256Hex } from './sha256';
 import {
   moodSchema,
   repoSchema,
@@ -61,6 +62,8 @@ export const graphItemViewSchema = z.object({
   ),
   /** Why the item is blocked: the dependencies that finally failed. */
   blockedBy: z.array(z.string()).optional(),
+  /** Why the item's last attempt failed, when it did (e.g. `merge_conflict`, `verification_failed`). */
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
 });
 export type GraphItemView = z.infer<typeof graphItemViewSchema>;
 
@@ -78,8 +81,14 @@ export const workGraphViewSchema = z.object({
   items: z.array(graphItemViewSchema),
   /** Workflow runs the graph has continued into (continue-as-new), for long graphs. */
   continuedAsNew: z.number().int(),
+  /** Branch `choiros/graph/<graphId>` in the repository: the base commit plus every committed item, merged. */
+  integrationBranch: z.string().optional(),
+  /** Its commit now. */
+  integrationCommit: z.string().optional(),
   createdAt: z.string(),
   finishedAt: z.string().optional(),
+  /** Why the graph failed before any item could run (e.g. `repo_not_found`). */
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
 });
 export type WorkGraphView = z.infer<typeof workGraphViewSchema>;
 
@@ -98,6 +107,8 @@ export interface WorkGraphWorkflowInput {
   requestHash: string;
   requestedAt: number;
   startedBy?: { scopes: string[]; tokenId?: string };
+  /** Continue-as-new once this many items have started in one workflow run (default 100): no more start, the started ones finish, then it continues. */
+  continueAsNewAfter?: number;
   /** State carried across continue-as-new. */
   carried?: {
     items: GraphItemView[];
@@ -195,4 +206,12 @@ export function itemStatusForRun(status: RunStatus): WorkItemStatus {
   if (status === 'committed') return 'committed';
   if (status === 'cancelled') return 'cancelled';
   return 'failed';
+}
+
+/**
+ * Workflow id (= run id) of one attempt at one item of a graph: deterministic, so the workflow
+ * computes it in replay and tests and the API can name a graph's runs.
+ */
+export function graphRunId(graphId: string, itemId: string, attempt: number): string {
+  return `run-${sha256Hex(`graph-run\0${graphId}\0${itemId}\0${attempt}`).slice(0, 32)}`;
 }

@@ -15,6 +15,7 @@ import { createAdmissionActivities } from '../activities/admission/activities';
 import { LocalArtifactStore } from '../activities/artifacts/local-store';
 import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
 import { createSandboxActivities } from '../activities/sandbox/activities';
+import { createGraphBranchActivities } from '../activities/sandbox/graph-branch';
 import { DockerSandboxDriver } from '../activities/sandbox/docker-driver';
 import type { SandboxDriver } from '../activities/sandbox/driver';
 import { LocalSandboxDriver } from '../activities/sandbox/local-driver';
@@ -108,7 +109,11 @@ export async function createWorkerSet(opts: {
     Worker.create({
       ...common,
       taskQueue: TASK_QUEUES.sandbox,
-      activities: { createSandbox: (input: CreateSandboxInput) => sandboxActivities.createSandbox(input) },
+      // Work graphs' integration branches live in local repositories, like run worktrees' sources.
+      activities: {
+        createSandbox: (input: CreateSandboxInput) => sandboxActivities.createSandbox(input),
+        ...createGraphBranchActivities({ logger: logger.child({ component: 'graph-branch' }) }),
+      },
     }),
     // Heartbeats reach the server within ~2 s (not 80% of the heartbeat timeout), so a
     // cancelled run's command is killed and its sandbox removed within a few seconds.

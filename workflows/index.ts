@@ -1,3 +1,4 @@
 /** Every workflow, re-exported for the worker's `workflowsPath`. */
 export { runWorkflow } from './run';
 export { admissionWorkflow } from './admission';
+export { workGraphWorkflow } from './work-graph';

@@ -13,7 +13,10 @@ export type Action =
   | 'runs.cancel'
   | 'runs.approve'
   | 'runs.answer'
-  | 'nats.credentials';
+  | 'nats.credentials'
+  | 'graphs.start'
+  | 'graphs.read'
+  | 'graphs.cancel';
 
 export type Scope = 'runs:write' | 'runs:read' | 'runs:approve' | 'rebuild:write' | 'rebuild:approve';
 
@@ -30,13 +33,17 @@ export const REQUIRED_SCOPE: Record<Action, Scope> = {
   'runs.approve': 'runs:write',
   'runs.answer': 'runs:write',
   'nats.credentials': 'runs:read',
+  // Work graphs are sets of runs: the same scopes.
+  'graphs.start': 'runs:write',
+  'graphs.cancel': 'runs:write',
+  'graphs.read': 'runs:read',
 };
 
 /** Actions a tenant's reviewers (scope `runs:approve`) may take on runs they do not own. */
 const REVIEW: ReadonlySet<Action> = new Set(['runs.approve', 'runs.answer']);
 const REVIEWER_SCOPE: Scope = 'runs:approve';
 
-const READ_ONLY: ReadonlySet<Action> = new Set(['runs.read', 'runs.list', 'runs.watch']);
+const READ_ONLY: ReadonlySet<Action> = new Set(['runs.read', 'runs.list', 'runs.watch', 'graphs.read']);
 
 export interface RunResource {
   tenant: string;

@@ -9,12 +9,21 @@
  *   choiros runs approve|reject <runId> [--comment <text>]
  *   choiros runs answer <runId> <interruptId> <answer> [--comment <text>]
  *   choiros runs rerun <runId> [--mood <MOOD>] [--idempotency-key <key>] [--watch]
+ *   choiros graphs start <graph.json> [--idempotency-key <key>]
+ *   choiros graphs status <graphId>   items, their runs and moods; exit 0 when completed
+ *   choiros graphs cancel <graphId>
  * Configuration: CHOIROS_API_URL (default http://127.0.0.1:8080) and CHOIROS_TOKEN, or --api / --token.
  */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { sseFrames } from './sse';
-import { isTerminalStatus, runStatusSchema, type EventEnvelope, type RunView } from '../../contracts';
+import {
+  isTerminalStatus,
+  runStatusSchema,
+  type EventEnvelope,
+  type RunView,
+  type WorkGraphView,
+} from '../../contracts';
 
 const USAGE = `usage:
   choiros runs start --repo <path> [--base-ref <ref>] [--mood <MOOD>] --verifier <ID> [--verifier <ID>...]
@@ -27,6 +36,9 @@ const USAGE = `usage:
   choiros runs reject <runId> [--comment <text>]
   choiros runs answer <runId> <interruptId> <answer> [--comment <text>]
   choiros runs rerun <runId> [--mood <MOOD>] [--idempotency-key <key>] [--watch]
+  choiros graphs start <graph.json> [--idempotency-key <key>]
+  choiros graphs status <graphId>
+  choiros graphs cancel <graphId>
 options: --api <url> (CHOIROS_API_URL), --token <jwt> (CHOIROS_TOKEN), --json (raw JSON output)`;
 
 class CliError extends Error {}
@@ -205,6 +217,7 @@ export async function main(
     out,
   };
   const [group, verb, runId] = positionals;
+  if (group === 'graphs') return graphs(ctx, verb, runId, values['idempotency-key']);
   if (group !== 'runs') throw new CliError(`unknown command ${group ?? ''}\n${USAGE}`);
   const needRun = (): string => {
     if (!runId) throw new CliError(`runs ${verb ?? ''} needs a run id\n${USAGE}`);
@@ -299,6 +312,68 @@ export async function main(
     }
     default:
       throw new CliError(`unknown command runs ${verb ?? ''}\n${USAGE}`);
+  }
+}
+
+function graphSummary(v: WorkGraphView): string {
+  const counts = Object.entries(v.counts)
+    .map(([k, n]) => `${k} ${n}`)
+    .join(', ');
+  return [
+    `graph ${v.graphId}: ${v.status} (${counts})`,
+    `  repo ${v.repo} @ ${v.baseRef}, mood ${v.mood}, parallelism ${v.parallelism}${v.continuedAsNew ? `, continued as new ${v.continuedAsNew}×` : ''}`,
+    v.integrationBranch
+      ? `  graph branch ${v.integrationBranch}${v.integrationCommit ? ` at ${v.integrationCommit.slice(0, 12)}` : ''}`
+      : '',
+    ...v.items.map(
+      (i) =>
+        `  ${i.id}: ${i.status}${i.runs.length ? ` — ${i.runs.map((r) => `${r.runId} ${r.mood} ${r.status}`).join(', ')}` : ''}${i.blockedBy ? ` (blocked by ${i.blockedBy.join(', ')})` : ''}${i.error ? ` [${i.error.code}]` : ''}`,
+    ),
+    v.error ? `  error ${v.error.code}: ${v.error.message}` : '',
+  ]
+    .filter(Boolean)
+    .join('\n');
+}
+
+/** `choiros graphs start <file>|status <id>|cancel <id>`. */
+async function graphs(
+  ctx: Ctx,
+  verb: string | undefined,
+  arg: string | undefined,
+  key?: string,
+): Promise<number> {
+  if (!arg)
+    throw new CliError(`graphs ${verb ?? ''} needs ${verb === 'start' ? 'a file' : 'a graph id'}\n${USAGE}`);
+  const print = (v: WorkGraphView, text: string): void => ctx.out(ctx.json ? JSON.stringify(v) : text);
+  switch (verb) {
+    case 'start': {
+      const body: unknown = JSON.parse(await readFile(arg, 'utf8'));
+      const v = (await call(
+        ctx,
+        'POST',
+        '/v1/work-graphs',
+        body,
+        key ? { 'idempotency-key': key } : {},
+      )) as WorkGraphView;
+      print(v, `started ${v.graphId}`);
+      return 0;
+    }
+    case 'status': {
+      const v = (await call(ctx, 'GET', `/v1/work-graphs/${encodeURIComponent(arg)}`)) as WorkGraphView;
+      print(v, graphSummary(v));
+      return v.status === 'running' || v.status === 'completed' ? 0 : 1;
+    }
+    case 'cancel': {
+      const v = (await call(
+        ctx,
+        'POST',
+        `/v1/work-graphs/${encodeURIComponent(arg)}/cancel`,
+      )) as WorkGraphView;
+      print(v, `cancellation requested for ${v.graphId} (status ${v.status})`);
+      return 0;
+    }
+    default:
+      throw new CliError(`unknown command graphs ${verb ?? ''}\n${USAGE}`);
   }
 }
 

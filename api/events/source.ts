@@ -5,12 +5,17 @@ import { EVENT_STREAM, eventEnvelopeSchema, runEventsFilter, type EventEnvelope 
 export interface RunEventSource {
   /**
    * The run's events with `seq > afterSeq`, in order, live: waits for new ones and ends after
-   * `run.completed`, or when `signal` aborts.
+   * `run.completed` (`graph.completed` for a work graph, whose events use its id as run id), or
+   * when `signal` aborts.
    */
   stream(userId: string, runId: string, afterSeq: number, signal: AbortSignal): AsyncIterable<EventEnvelope>;
 }
 
 const codec = JSONCodec<unknown>();
+
+/** The last event of a run's (or a work graph's) stream. */
+const isFinal = (e: EventEnvelope): boolean =>
+  e.event_type === 'run.completed' || e.event_type === 'graph.completed';
 
 export function createJetStreamEventSource(nc: NatsConnection): RunEventSource {
   return {
@@ -32,12 +37,12 @@ export function createJetStreamEventSource(nc: NatsConnection): RunEventSource {
           const event = parsed.data;
           // Resumed at or past the end: nothing more will come, so end instead of waiting forever.
           if (event.seq < expected) {
-            if (event.event_type === 'run.completed') return;
+            if (isFinal(event)) return;
             continue;
           }
           expected = event.seq + 1;
           yield event;
-          if (event.event_type === 'run.completed') return;
+          if (isFinal(event)) return;
         }
       } finally {
         signal.removeEventListener('abort', stop);

@@ -2,9 +2,18 @@
  * In-memory stand-ins for narrow unit tests of the gateway (HTTP and gRPC front ends, benches).
  * The real run service, event source and verifier file are exercised by the integration tests.
  */
-import { AppError, VerifierCatalog, type Principal, type RunRequest, type RunView } from '../../contracts';
+import {
+  AppError,
+  VerifierCatalog,
+  type Principal,
+  type RunRequest,
+  type RunView,
+  type WorkGraphRequest,
+  type WorkGraphView,
+} from '../../contracts';
 import type { RunEventSource } from '../../api/events/source';
 import type { RunService } from '../../api/runs/service';
+import type { WorkGraphService } from '../../api/graphs/service';
 import {
   createTokenVerifier,
   type TokenVerifier,
@@ -74,6 +83,53 @@ export function fakeRunService(
       }
     ),
     rerun: async (p, runId) => (visible(p, runId), view),
+  };
+}
+
+/**
+ * A work graph service holding one graph (`graph-abc`) owned by `owner`; any other graph, or
+ * another user, is not_found. `started` records every start request.
+ */
+export function fakeWorkGraphService(opts: { owner?: string } = {}): WorkGraphService & {
+  started: { principal: Principal; request: WorkGraphRequest; key?: string }[];
+  cancelled: string[];
+} {
+  const owner = opts.owner ?? 'alice';
+  const view = (request?: WorkGraphRequest): WorkGraphView => ({
+    graphId: 'graph-abc',
+    status: 'running',
+    tenant: 'acme',
+    userId: owner,
+    repo: request?.repo ?? '/srv/repo',
+    baseRef: request?.baseRef ?? 'main',
+    mood: request?.mood ?? 'CALM',
+    parallelism: request?.parallelism ?? 4,
+    counts: { pending: request?.items.length ?? 0 },
+    items: (request?.items ?? []).map((i) => ({
+      id: i.id,
+      status: 'pending',
+      dependsOn: i.dependsOn,
+      runs: [],
+    })),
+    continuedAsNew: 0,
+    createdAt: new Date(0).toISOString(),
+  });
+  const visible = (p: Principal, graphId: string): void => {
+    if (graphId !== 'graph-abc' || p.userId !== owner) {
+      throw new AppError('not_found', `work graph ${graphId} does not exist`);
+    }
+  };
+  const started: { principal: Principal; request: WorkGraphRequest; key?: string }[] = [];
+  const cancelled: string[] = [];
+  return {
+    started,
+    cancelled,
+    start: async (principal, request, key) => {
+      started.push({ principal, request, ...(key ? { key } : {}) });
+      return { ...view(request), userId: principal.userId, tenant: principal.tenant };
+    },
+    get: async (p, graphId) => (visible(p, graphId), view()),
+    cancel: async (p, graphId) => (visible(p, graphId), cancelled.push(graphId), view()),
   };
 }
 

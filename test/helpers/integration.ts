@@ -23,6 +23,7 @@ import { createTokenVerifier } from '../../api/auth/token-verifier';
 import { createJetStreamEventSource } from '../../api/events/source';
 import { mintUserCreds } from '../../api/nats/credentials';
 import { createTemporalRunService } from '../../api/runs/service';
+import { createTemporalWorkGraphService } from '../../api/graphs/service';
 import {
   DEV_AUDIENCE,
   loadOrCreateDevKey,
@@ -194,6 +195,7 @@ export async function startTestApi(opts: { temporalAddress?: string } = {}): Pro
       defaultTenant: 'default',
     }),
     runs: createTemporalRunService({ client, logger }),
+    graphs: createTemporalWorkGraphService({ client, logger }),
     events: createJetStreamEventSource(nats),
     natsCredentials: {
       servers: [env.natsUrl()],

@@ -23,7 +23,10 @@ export interface EventLogContext {
   runId: string;
   tenant: string;
   userId: string;
-  workItemId: string;
+  /** Absent for events of a whole work graph (their payloads name the items). */
+  workItemId?: string;
+  /** Events already emitted under this id by an earlier workflow run (continue-as-new); numbering continues after it. */
+  startSeq?: number;
 }
 
 /**
@@ -31,13 +34,17 @@ export interface EventLogContext {
  * ids `<runId>:<seq>` are stable and JetStream's duplicate window makes retried publishes exact.
  */
 export class EventLog {
-  private seq = 0;
+  private seq: number;
   private readonly pending: EventEnvelope[] = [];
-  private published = 0;
+  private published: number;
   private closing = false;
   private flusher: Promise<void> | undefined;
 
-  constructor(private readonly ctx: EventLogContext) {}
+  constructor(private readonly ctx: EventLogContext) {
+    // Everything an earlier workflow run emitted was flushed before it continued as new.
+    this.seq = ctx.startSeq ?? 0;
+    this.published = this.seq;
+  }
 
   get emittedCount(): number {
     return this.seq;
@@ -64,7 +71,7 @@ export class EventLog {
       payload,
       tenant: this.ctx.tenant,
       run_id: this.ctx.runId,
-      work_item_id: this.ctx.workItemId,
+      ...(this.ctx.workItemId === undefined ? {} : { work_item_id: this.ctx.workItemId }),
       seq: this.seq,
     });
   }

@@ -1,0 +1,328 @@
+/**
+ * `npm run bench:runs`: runs on one Temporal dev server, loopback only, bounded in count and time.
+ *  1. Start latency: `POST /v1/runs` through the gateway (auth, validation, start, describe,
+ *     first view) vs `client.workflow.start` of runWorkflow with the equivalent input, memo and
+ *     search attributes — alternating, p50/p95 of each and their ratio.
+ *  2. Throughput: N minimal runs (local driver, execute `true`, one trivial verifier) started at
+ *     once, time until all have committed: runs/s and per-run latency.
+ *  3. A work graph of N independent minimal items (parallelism 8): items/s.
+ * Starts its own Temporal dev server, nats-server and worker (CHOIROS_TEMPORAL_BIN,
+ * CHOIROS_NATS_SERVER_BIN: `npm run provision`); nothing else is touched.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Client, Connection } from '@temporalio/client';
+import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
+import Docker from 'dockerode';
+import { connect, credsAuthenticator } from 'nats';
+import pino from 'pino';
+import {
+  SEARCH_ATTRIBUTES,
+  TASK_QUEUES,
+  WORKFLOW_TYPES,
+  canonicalJson,
+  parseVerifierFile,
+  runRequestSchema,
+  sha256Hex,
+  type RunView,
+  type RunWorkflowInput,
+  type WorkGraphView,
+} from '../contracts';
+import { createApp } from '../api/app';
+import { createTokenVerifier } from '../api/auth/token-verifier';
+import { createJetStreamEventSource } from '../api/events/source';
+import { createTemporalWorkGraphService } from '../api/graphs/service';
+import { createTemporalRunService } from '../api/runs/service';
+import { DEV_AUDIENCE, loadOrCreateDevKey, mintDevToken, serveDevIssuer } from '../infra/dev-issuer/issuer';
+import { startNatsServer } from '../infra/stack/nats';
+import { freePort } from '../infra/stack/process';
+import { startTemporalDevServer } from '../infra/stack/temporal';
+import { loadWorkerConfig } from '../worker/config';
+import { createWorkerSet } from '../worker/workers';
+import { pct } from './util';
+
+const STARTS = Number(process.env.BENCH_STARTS ?? 30);
+const CONCURRENT = Number(process.env.BENCH_CONCURRENT_RUNS ?? 40);
+const GRAPH_ITEMS = Number(process.env.BENCH_GRAPH_ITEMS ?? 40);
+const DEADLINE_MS = Number(process.env.BENCH_DEADLINE_SECONDS ?? 300) * 1000;
+
+const VERIFIERS = `version: 1
+verifiers:
+  - { id: V-TRUE, description: always passes, argv: ['true'], timeoutSeconds: 30 }
+`;
+
+function need(name: string): string {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set: run via \`npm run bench:runs\` (it provisions the binaries)`);
+  return v;
+}
+
+const ms = (x: number): string => `${x.toFixed(1)} ms`;
+
+async function main(): Promise<void> {
+  Runtime.install({ logger: new DefaultLogger('ERROR') });
+  const started = performance.now();
+  const deadline = (): void => {
+    if (performance.now() - started > DEADLINE_MS) throw new Error(`bench exceeded ${DEADLINE_MS / 1000}s`);
+  };
+  const work = await mkdtemp(join(tmpdir(), 'choiros-bench-runs-'));
+  const logger = pino({ level: 'error' });
+  const temporal = await startTemporalDevServer({
+    binary: need('CHOIROS_TEMPORAL_BIN'),
+    host: '127.0.0.1',
+    port: await freePort(),
+    logDir: work,
+    namespace: 'default',
+  });
+  const natsServer = await startNatsServer({
+    binary: need('CHOIROS_NATS_SERVER_BIN'),
+    host: '127.0.0.1',
+    port: await freePort(),
+    dir: join(work, 'nats'),
+    logDir: work,
+  });
+  const cleanups: (() => Promise<unknown>)[] = [
+    () => natsServer.process.stop(),
+    () => temporal.process.stop(),
+    () => rm(work, { recursive: true, force: true }),
+  ];
+  try {
+    const repo = join(work, 'repo');
+    execFileSync('git', ['init', '-q', '-b', 'main', repo]);
+    await writeFile(join(repo, 'README.md'), 'hello\n');
+    const g = (...a: string[]) =>
+      execFileSync('git', ['-c', 'user.name=B', '-c', 'user.email=b@x.invalid', ...a], { cwd: repo });
+    g('add', '.');
+    g('commit', '-qm', 'init');
+    const verifiersFile = join(work, 'verifiers.yaml');
+    await writeFile(verifiersFile, VERIFIERS);
+
+    // The worker: the real worker set with the local driver.
+    const config = loadWorkerConfig({
+      TEMPORAL_ADDRESS: temporal.address,
+      NATS_URL: natsServer.url,
+      CHOIROS_DATA_DIR: join(work, 'data'),
+      CHOIROS_VERIFIERS_FILE: verifiersFile,
+      CHOIROS_SANDBOX_DRIVER: 'local',
+      CHOIROS_HOST_ID: 'bench',
+      CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
+      LOG_LEVEL: 'error',
+    });
+    const workerConn = await NativeConnection.connect({ address: temporal.address });
+    const workerNats = await connect({
+      servers: natsServer.url,
+      authenticator: credsAuthenticator(await readFile(natsServer.workerCredsFile)),
+    });
+    const set = await createWorkerSet({
+      config,
+      connection: workerConn,
+      nats: workerNats,
+      docker: new Docker(),
+      logger,
+    });
+    const running = set.run();
+    cleanups.unshift(async () => {
+      set.shutdown();
+      await running;
+      await workerNats.drain();
+      await workerConn.close();
+    });
+
+    // The gateway: the real app, real token verification against a dev issuer on loopback.
+    const key = await loadOrCreateDevKey(join(work, 'issuer'));
+    const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
+    const connection = await Connection.connect({ address: temporal.address });
+    const client = new Client({ connection });
+    const apiNats = await connect({
+      servers: natsServer.url,
+      authenticator: credsAuthenticator(await readFile(natsServer.apiCredsFile)),
+    });
+    const app = createApp({
+      verifyToken: createTokenVerifier({
+        issuers: [{ issuer: issuer.issuer, audience: DEV_AUDIENCE }],
+        algorithms: ['ES256'],
+        clockToleranceSeconds: 5,
+        tenantClaim: 'tenant',
+        defaultTenant: 'default',
+      }),
+      runs: createTemporalRunService({ client, logger }),
+      graphs: createTemporalWorkGraphService({ client, logger }),
+      events: createJetStreamEventSource(apiNats),
+      verifiers: parseVerifierFile(VERIFIERS, 'bench verifiers'),
+      readiness: [],
+      logger,
+    });
+    const server: Server = await new Promise((res) => {
+      const s = app.listen(0, '127.0.0.1', () => res(s));
+    });
+    cleanups.unshift(async () => {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+      await issuer.close();
+      await apiNats.drain();
+      await connection.close();
+    });
+    const api = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const token = await mintDevToken(
+      key,
+      { issuer: issuer.issuer, audience: DEV_AUDIENCE },
+      { sub: 'bench', tenant: 'bench' },
+    );
+
+    const body = {
+      repo,
+      baseRef: 'main',
+      mood: 'CALM',
+      workItem: { description: 'bench: nothing to do', execute: ['true'], requiredVerifiers: ['V-TRUE'] },
+    };
+    const viaApi = async (i: number): Promise<{ ms: number; runId: string }> => {
+      const t = performance.now();
+      const res = await fetch(`${api}/v1/runs`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${token}`,
+          'content-type': 'application/json',
+          'idempotency-key': `api-${i}`,
+        },
+        body: JSON.stringify(body),
+      });
+      const view = (await res.json()) as RunView;
+      if (res.status !== 201)
+        throw new Error(`POST /v1/runs answered ${res.status}: ${JSON.stringify(view)}`);
+      return { ms: performance.now() - t, runId: view.runId };
+    };
+    const request = runRequestSchema.parse(body);
+    const direct = async (i: number): Promise<{ ms: number; runId: string }> => {
+      const t = performance.now();
+      const runId = `run-direct-${i}-${Date.now()}`;
+      const requestHash = sha256Hex(canonicalJson(request));
+      const input: RunWorkflowInput = {
+        runId,
+        tenant: 'bench',
+        userId: 'bench',
+        request: { ...request, workItem: { ...request.workItem, id: `wi-${i}` } },
+        requestHash,
+        requestedAt: Date.now(),
+      };
+      await client.workflow.start(WORKFLOW_TYPES.run, {
+        workflowId: runId,
+        taskQueue: TASK_QUEUES.orchestration,
+        args: [input],
+        memo: {
+          requestHash,
+          requestedAt: input.requestedAt,
+          summary: {
+            repo,
+            baseRef: 'main',
+            mood: 'CALM',
+            workItemId: `wi-${i}`,
+            description: 'bench',
+            riskTier: 'low',
+            execute: 'true',
+          },
+        },
+        typedSearchAttributes: [
+          { key: SEARCH_ATTRIBUTES.tenant, value: 'bench' },
+          { key: SEARCH_ATTRIBUTES.userId, value: 'bench' },
+          { key: SEARCH_ATTRIBUTES.runStatus, value: 'created' },
+          { key: SEARCH_ATTRIBUTES.mood, value: 'CALM' },
+          { key: SEARCH_ATTRIBUTES.repo, value: repo },
+        ],
+      });
+      return { ms: performance.now() - t, runId };
+    };
+    const waitAll = async (ids: string[]): Promise<RunView[]> =>
+      Promise.all(ids.map((id) => client.workflow.getHandle(id).result() as Promise<RunView>));
+
+    // Warm-up: one of each (bundling, first connections), not counted.
+    await waitAll([(await viaApi(-1)).runId, (await direct(-1)).runId]);
+
+    // 1. Start latency, alternating so both paths see the same load.
+    const apiMs: number[] = [];
+    const directMs: number[] = [];
+    const ids: string[] = [];
+    for (let i = 0; i < STARTS; i++) {
+      deadline();
+      const a = await viaApi(i);
+      const d = await direct(i);
+      apiMs.push(a.ms);
+      directMs.push(d.ms);
+      ids.push(a.runId, d.runId);
+    }
+    const startRuns = await waitAll(ids);
+    console.log(`\n1. start latency (${STARTS} each, alternating; runs executed meanwhile)`);
+    console.log(`   POST /v1/runs            p50 ${ms(pct(apiMs, 50))}  p95 ${ms(pct(apiMs, 95))}`);
+    console.log(`   client.workflow.start    p50 ${ms(pct(directMs, 50))}  p95 ${ms(pct(directMs, 95))}`);
+    console.log(
+      `   ratio API / direct       p50 ${(pct(apiMs, 50) / pct(directMs, 50)).toFixed(2)}×  p95 ${(pct(apiMs, 95) / pct(directMs, 95)).toFixed(2)}×`,
+    );
+    console.log(
+      `   (all ${startRuns.length} committed: ${startRuns.every((r) => r.status === 'committed')})`,
+    );
+
+    // 2. N minimal runs at once.
+    deadline();
+    const t0 = performance.now();
+    const batch = await Promise.all(Array.from({ length: CONCURRENT }, (_, i) => direct(1000 + i)));
+    const finishedAt: number[] = [];
+    const views = await Promise.all(
+      batch.map(async (b) => {
+        const v = (await client.workflow.getHandle(b.runId).result()) as RunView;
+        finishedAt.push(performance.now() - t0);
+        return v;
+      }),
+    );
+    const elapsed = (performance.now() - t0) / 1000;
+    const committed = views.filter((v) => v.status === 'committed').length;
+    console.log(`\n2. ${CONCURRENT} minimal runs started at once (local driver, execute true, V-TRUE)`);
+    console.log(
+      `   all finished in ${elapsed.toFixed(1)} s: ${(CONCURRENT / elapsed).toFixed(2)} runs/s (${committed} committed)`,
+    );
+    console.log(`   time to finish per run   p50 ${ms(pct(finishedAt, 50))}  p95 ${ms(pct(finishedAt, 95))}`);
+
+    // 3. A work graph of independent minimal items.
+    deadline();
+    const g0 = performance.now();
+    const res = await fetch(`${api}/v1/work-graphs`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${token}`,
+        'content-type': 'application/json',
+        'idempotency-key': 'bench-graph',
+      },
+      body: JSON.stringify({
+        repo,
+        parallelism: 8,
+        items: Array.from({ length: GRAPH_ITEMS }, (_, i) => ({
+          id: `i${i}`,
+          description: 'bench item',
+          execute: ['sh', '-c', `echo ${i} > i${i}.txt`],
+          requiredVerifiers: ['V-TRUE'],
+        })),
+      }),
+    });
+    const graph = (await res.json()) as WorkGraphView;
+    if (res.status !== 201)
+      throw new Error(`POST /v1/work-graphs answered ${res.status}: ${JSON.stringify(graph)}`);
+    const result = (await client.workflow.getHandle(graph.graphId).result()) as WorkGraphView;
+    const gElapsed = (performance.now() - g0) / 1000;
+    console.log(
+      `\n3. work graph of ${GRAPH_ITEMS} independent items, parallelism 8 (each merged into the graph branch)`,
+    );
+    console.log(
+      `   ${result.status} in ${gElapsed.toFixed(1)} s: ${(GRAPH_ITEMS / gElapsed).toFixed(2)} items/s (${result.counts.committed ?? 0} committed)`,
+    );
+  } finally {
+    for (const c of cleanups) await c().catch((err: unknown) => console.error('cleanup failed:', err));
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});
