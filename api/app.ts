@@ -2,7 +2,14 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { randomUUID } from 'node:crypto';
-import { AppError, parseEventId, runListQuerySchema, type VerifierSpec } from '../contracts';
+import {
+  AppError,
+  parseEventId,
+  rebuildDecisionBodySchema,
+  rebuildRequestSchema,
+  runListQuerySchema,
+  type VerifierSpec,
+} from '../contracts';
 import { checkIdempotencyKey, parseRunId, parseRunRequest } from './runs/validate';
 import { authenticate, principalOf, requireAction } from './auth/middleware';
 import type { TokenVerifier } from './auth/token-verifier';
@@ -10,6 +17,7 @@ import { errorMiddleware, validationError } from './errors';
 import type { RunEventSource } from './events/source';
 import type { UserNatsCredentials } from './nats/credentials';
 import type { RunService } from './runs/service';
+import type { RebuildService } from './rebuilds/service';
 import { createApiMetrics, type ApiMetrics } from './metrics';
 import { openApiDocument } from './openapi';
 import { enforceRateLimit, type RateLimiter } from './rate-limit';
@@ -33,6 +41,8 @@ export interface AppDeps {
   rateLimiter?: RateLimiter;
   /** Prometheus metrics; a private registry when absent. */
   metrics?: ApiMetrics;
+  /** Self-rebuilds; the rebuild routes answer 503 when absent. */
+  rebuilds?: RebuildService;
   /** SSE comment heartbeat interval. */
   sseHeartbeatMs?: number;
   logger: Logger;
@@ -218,6 +228,62 @@ export function createApp(deps: AppDeps): express.Express {
       });
     }),
   );
+
+  const rebuilds = (): RebuildService => {
+    if (!deps.rebuilds)
+      throw new AppError('service_unavailable', 'self-rebuild is not configured on this gateway');
+    return deps.rebuilds;
+  };
+  const jsonBody = (what: string) => [
+    (req: Request, _res: Response, next: NextFunction) => {
+      if (
+        req.headers['content-length'] !== undefined &&
+        req.headers['content-length'] !== '0' &&
+        !req.is('application/json')
+      )
+        return next(new AppError('unsupported_media_type', `send the ${what} as application/json`));
+      next();
+    },
+    express.json({ limit: BODY_LIMIT, strict: true }),
+  ];
+
+  v1.post(
+    '/rebuilds',
+    requireAction('rebuilds.start'),
+    ...jsonBody('rebuild request'),
+    route(async (req, res) => {
+      const parsed = rebuildRequestSchema.safeParse(req.body ?? {});
+      if (!parsed.success) throw validationError(parsed.error);
+      const view = await rebuilds().start(principalOf(res), parsed.data);
+      res.locals.runId = view.rebuildId;
+      res.status(201).location(`/v1/rebuilds/${view.rebuildId}`).json(view);
+    }),
+  );
+
+  v1.get(
+    '/rebuilds/:rebuildId',
+    requireAction('rebuilds.read'),
+    route(async (req, res) => {
+      const rebuildId = parseRunId(req.params.rebuildId, 'rebuildId');
+      res.locals.runId = rebuildId;
+      res.json(await rebuilds().get(principalOf(res), rebuildId));
+    }),
+  );
+
+  for (const decision of ['approve', 'reject'] as const) {
+    v1.post(
+      `/rebuilds/:rebuildId/${decision}`,
+      requireAction('rebuilds.decide'),
+      ...jsonBody('decision'),
+      route(async (req, res) => {
+        const rebuildId = parseRunId(req.params.rebuildId, 'rebuildId');
+        res.locals.runId = rebuildId;
+        const body = rebuildDecisionBodySchema.safeParse(req.body ?? {});
+        if (!body.success) throw validationError(body.error);
+        res.json(await rebuilds().decide(principalOf(res), rebuildId, decision, body.data.reason));
+      }),
+    );
+  }
 
   app.use('/v1', v1);
   app.use((req, _res, next) => next(new AppError('not_found', `no route for ${req.method} ${req.path}`)));

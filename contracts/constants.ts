@@ -20,6 +20,8 @@ export const SEARCH_ATTRIBUTES = {
   runStatus: defineSearchAttributeKey('ChoirRunStatus', 'KEYWORD'),
   mood: defineSearchAttributeKey('ChoirMood', 'KEYWORD'),
   repo: defineSearchAttributeKey('ChoirRepo', 'KEYWORD'),
+  rebuildTarget: defineSearchAttributeKey('ChoirRebuildTarget', 'KEYWORD'),
+  rebuildStage: defineSearchAttributeKey('ChoirRebuildStage', 'KEYWORD'),
 } as const;
 
 /** Names of the custom search attributes, for registration (`temporal server start-dev --search-attribute`). */
@@ -29,4 +31,4 @@ export const SEARCH_ATTRIBUTE_NAMES = Object.values(SEARCH_ATTRIBUTES).map((k) =
 export const EVENT_STREAM = 'CHOIROS_EVENTS';
 
 /** Workflow type names, so the API can start workflows by name without importing workflow code. */
-export const WORKFLOW_TYPES = { run: 'runWorkflow' } as const;
+export const WORKFLOW_TYPES = { run: 'runWorkflow', rebuild: 'rebuildWorkflow' } as const;

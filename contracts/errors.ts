@@ -14,11 +14,17 @@ export const ERROR_CODES = [
   'unknown_verifier',
   'service_unavailable',
   'internal',
+  'rebuild_in_progress',
+  'unknown_target',
+  'rebuild_not_awaiting_approval',
   // Activity failure types (ApplicationFailure.type); deterministic, a retry will not fix them.
   'repo_not_found',
   'ref_not_found',
   'sandbox_image_missing',
   'invalid_sandbox_request',
+  'build_failed',
+  'deploy_failed',
+  'invalid_rebuild_request',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -41,6 +47,12 @@ export const HTTP_STATUS_BY_CODE: Record<ErrorCode, number> = {
   ref_not_found: 400,
   sandbox_image_missing: 503,
   invalid_sandbox_request: 400,
+  rebuild_in_progress: 409,
+  unknown_target: 400,
+  rebuild_not_awaiting_approval: 409,
+  build_failed: 500,
+  deploy_failed: 500,
+  invalid_rebuild_request: 400,
 };
 
 /** Short human titles for problem+json `title`. */
@@ -61,6 +73,12 @@ export const TITLE_BY_CODE: Record<ErrorCode, string> = {
   ref_not_found: 'Git ref not found',
   sandbox_image_missing: 'Sandbox image missing',
   invalid_sandbox_request: 'Invalid sandbox request',
+  rebuild_in_progress: 'A rebuild of this target is already running',
+  unknown_target: 'Unknown rebuild target',
+  rebuild_not_awaiting_approval: 'The rebuild is not waiting for approval',
+  build_failed: 'Image build failed',
+  deploy_failed: 'Deploy failed',
+  invalid_rebuild_request: 'Invalid rebuild request',
 };
 
 /** One field-level problem, as reported in a 400's `errors` list. */

@@ -19,6 +19,18 @@ export const EVENT_TYPES = [
   'run.discarded',
   'run.failed',
   'run.completed',
+  'rebuild.requested',
+  'rebuild.stage',
+  'rebuild.resolved',
+  'rebuild.verify.suite',
+  'rebuild.image.built',
+  'rebuild.image.pushed',
+  'rebuild.approval.requested',
+  'rebuild.approval.decided',
+  'rebuild.deploy.service',
+  'rebuild.health',
+  'rebuild.rollback',
+  'rebuild.completed',
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 

@@ -13,3 +13,5 @@ export * from './sha256';
 export * from './glob';
 export * from './verifier-plan';
 export * from './verdict';
+export * from './rebuild';
+export * from './rebuild-defs';

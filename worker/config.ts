@@ -74,6 +74,19 @@ export const workerConfigSchema = z.object({
     .min(0)
     .max(7 * 86400)
     .default(600),
+  /**
+   * Build id of this worker's code (the commit a rebuild deployed it from; `dev` otherwise). Stamped
+   * on every workflow task it completes, so a history shows which build ran each step across a swap.
+   */
+  CHOIROS_BUILD_ID: z
+    .string()
+    .regex(/^[A-Za-z0-9._-]{1,64}$/)
+    .default('dev'),
+  /** Registry (host[:port][/prefix]) the self-rebuild pushes `<image>:<sha>` to; unset: images stay local. */
+  CHOIROS_REBUILD_REGISTRY: z
+    .string()
+    .regex(/^[a-z0-9.-]+(:[0-9]{1,5})?(\/[a-z0-9._-]+)*$/)
+    .optional(),
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });

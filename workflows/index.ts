@@ -1,2 +1,3 @@
 /** Every workflow, re-exported for the worker's `workflowsPath`. */
 export { runWorkflow } from './run';
+export { rebuildWorkflow } from './rebuild';

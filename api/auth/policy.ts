@@ -6,7 +6,15 @@
 import { AppError, type Principal } from '../../contracts';
 
 export type Action =
-  'runs.start' | 'runs.read' | 'runs.list' | 'runs.watch' | 'runs.cancel' | 'nats.credentials';
+  | 'runs.start'
+  | 'runs.read'
+  | 'runs.list'
+  | 'runs.watch'
+  | 'runs.cancel'
+  | 'nats.credentials'
+  | 'rebuilds.start'
+  | 'rebuilds.read'
+  | 'rebuilds.decide';
 
 export type Scope = 'runs:write' | 'runs:read' | 'rebuild:write' | 'rebuild:approve';
 
@@ -20,7 +28,13 @@ export const REQUIRED_SCOPE: Record<Action, Scope> = {
   'runs.list': 'runs:read',
   'runs.watch': 'runs:read',
   'nats.credentials': 'runs:read',
+  'rebuilds.start': 'rebuild:write',
+  'rebuilds.read': 'rebuild:write',
+  'rebuilds.decide': 'rebuild:approve',
 };
+
+/** Scopes that also grant an action: approvers read the rebuilds they approve. */
+const ALSO_GRANTED_BY: Partial<Record<Action, Scope[]>> = { 'rebuilds.read': ['rebuild:approve'] };
 
 const READ_ONLY: ReadonlySet<Action> = new Set(['runs.read', 'runs.list', 'runs.watch']);
 
@@ -37,7 +51,8 @@ export function isTenantAdmin(p: Principal): boolean {
 
 /** Decides one action, optionally on one run. */
 export function authorize(principal: Principal, action: Action, resource?: RunResource): Decision {
-  if (!principal.scopes.includes(REQUIRED_SCOPE[action])) return 'forbidden';
+  const granted = [REQUIRED_SCOPE[action], ...(ALSO_GRANTED_BY[action] ?? [])];
+  if (!granted.some((scope) => principal.scopes.includes(scope))) return 'forbidden';
   if (!resource) return 'allow';
   if (resource.tenant !== principal.tenant) return 'not_found';
   if (resource.ownerId === principal.userId) return 'allow';
