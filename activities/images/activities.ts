@@ -56,8 +56,24 @@ interface BuildEvent {
 export function createBuildActivities(deps: BuildDeps): BuildActivities {
   const worktreeOf = (rebuildId: string): string => join(deps.root, rebuildId, 'src');
 
+  // Suites run in parallel and each may be the first to need the worktree: one maker at a time per rebuild.
+  const making = new Map<string, Promise<string>>();
+  const ensureWorktree = (ref: RebuildRef, commit: string): Promise<string> => {
+    const key = ref.rebuildId;
+    const next = (making.get(key) ?? Promise.resolve(''))
+      .catch(() => '')
+      .then(() => makeWorktree(ref, commit));
+    making.set(key, next);
+    void next
+      .finally(() => {
+        if (making.get(key) === next) making.delete(key);
+      })
+      .catch(() => undefined);
+    return next;
+  };
+
   /** The commit's worktree, made on first use (any activity of the rebuild, on any attempt, may be first). */
-  const ensureWorktree = async (ref: RebuildRef, commit: string): Promise<string> => {
+  const makeWorktree = async (ref: RebuildRef, commit: string): Promise<string> => {
     assertRebuildId(ref.rebuildId, ref.target);
     assertCommit(commit);
     const path = worktreeOf(ref.rebuildId);
