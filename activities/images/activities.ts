@@ -201,18 +201,25 @@ export function createBuildActivities(deps: BuildDeps): BuildActivities {
       );
       const progress: BuildProgress = { image: image.name, step: 0, totalSteps: 0, cachedSteps: 0, line: '' };
       ctx.heartbeat(progress);
-      const stream = await deps.docker.buildImage(
-        { context: contextDir, src: files },
-        {
-          t: tag,
-          dockerfile,
-          buildargs,
-          labels: { ...target.labels, [COMMIT_LABEL]: commit, [TARGET_LABEL]: target.name },
-          rm: true,
-          forcerm: true,
-          abortSignal: ctx.cancellationSignal,
-        },
-      );
+      // A step may print nothing for minutes (a long RUN): heartbeat on a clock, not only on output.
+      const beat = setInterval(() => ctx.heartbeat(progress), 1000);
+      const stream = await deps.docker
+        .buildImage(
+          { context: contextDir, src: files },
+          {
+            t: tag,
+            dockerfile,
+            buildargs,
+            labels: { ...target.labels, [COMMIT_LABEL]: commit, [TARGET_LABEL]: target.name },
+            rm: true,
+            forcerm: true,
+            abortSignal: ctx.cancellationSignal,
+          },
+        )
+        .catch((err: unknown) => {
+          clearInterval(beat);
+          throw err;
+        });
       let imageId = '';
       let failure: string | undefined;
       await new Promise<void>((resolve, reject) => {
@@ -234,10 +241,12 @@ export function createBuildActivities(deps: BuildDeps): BuildActivities {
             ctx.heartbeat(progress);
           },
         );
-      }).catch((err: unknown) => {
-        if (ctx.cancellationSignal.aborted) throw err;
-        failure ??= err instanceof Error ? err.message : String(err);
-      });
+      })
+        .catch((err: unknown) => {
+          if (ctx.cancellationSignal.aborted) throw err;
+          failure ??= err instanceof Error ? err.message : String(err);
+        })
+        .finally(() => clearInterval(beat));
       if (failure !== undefined)
         throw ApplicationFailure.create({
           type: 'build_failed',
