@@ -43,6 +43,8 @@ export interface AppDeps {
   metrics?: ApiMetrics;
   /** Self-rebuilds; the rebuild routes answer 503 when absent. */
   rebuilds?: RebuildService;
+  /** Version reported on /healthz (the commit a rebuild built this API from). */
+  version?: string;
   /** SSE comment heartbeat interval. */
   sseHeartbeatMs?: number;
   logger: Logger;
@@ -96,7 +98,7 @@ export function createApp(deps: AppDeps): express.Express {
   });
 
   app.get('/healthz', (_req, res) => {
-    res.json({ status: 'ok' });
+    res.json({ status: 'ok', ...(deps.version ? { version: deps.version } : {}) });
   });
 
   app.get(

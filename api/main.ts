@@ -2,6 +2,7 @@
  * API process entrypoint: loads config, connects to Temporal and NATS, serves HTTP and gRPC with
  * the same verifier, policy, run service and limits, and drains on SIGTERM/SIGINT.
  */
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type * as grpc from '@grpc/grpc-js';
@@ -18,6 +19,8 @@ import { createApiMetrics } from './metrics';
 import { mintUserCreds } from './nats/credentials';
 import { RateLimiter } from './rate-limit';
 import { createTemporalRunService } from './runs/service';
+import { createTemporalRebuildService } from './rebuilds/service';
+import { loadRebuildTargets, rebuildTargets } from './rebuilds/targets';
 
 async function main(): Promise<void> {
   const config = loadApiConfig(process.env);
@@ -57,6 +60,15 @@ async function main(): Promise<void> {
       defaultTenant: config.AUTH_DEFAULT_TENANT,
     });
     const runs = createTemporalRunService({ client, logger });
+    const targets = existsSync(config.rebuildTargetsFile)
+      ? await loadRebuildTargets(config.rebuildTargetsFile)
+      : rebuildTargets([]);
+    const rebuilds = createTemporalRebuildService({
+      client,
+      targets,
+      defaultApprovalTimeoutSeconds: config.CHOIROS_REBUILD_APPROVAL_TIMEOUT_SECONDS,
+      logger,
+    });
     const events = createJetStreamEventSource(natsConn);
     const rateLimiter =
       config.API_RATE_LIMIT_PER_MINUTE > 0
@@ -66,6 +78,8 @@ async function main(): Promise<void> {
     const app = createApp({
       verifyToken,
       runs,
+      rebuilds,
+      version: config.CHOIROS_VERSION,
       events,
       verifiers,
       metrics: createApiMetrics(),
@@ -120,6 +134,8 @@ async function main(): Promise<void> {
         host: config.API_HOST,
         grpcPort: config.GRPC_PORT || null,
         issuer: config.AUTH_ISSUER,
+        version: config.CHOIROS_VERSION,
+        rebuildTargets: targets.names(),
       },
       'API listening',
     );
