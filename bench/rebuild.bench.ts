@@ -109,7 +109,7 @@ async function main(): Promise<void> {
       );
       cache.cold.push(f.buildMs);
       // Same ref again with the tags removed but their layers kept: the engine's layer cache.
-      for (const image of cold.images) await docker.getImage(image.tag).remove({ noprune: true });
+      for (const image of cold.images) await docker.getImage(image.tag).remove({ force: true, noprune: true });
       const layered = await once();
       cache.layers.push(layered.stageMs.building ?? 0);
       // And with the tags present: the build activity finds the images.
