@@ -48,7 +48,11 @@ export const rebuildImageSchema = z
   })
   .strict();
 
-/** How a deployed service proves it is healthy: HTTP 200 from a loopback port, optionally naming the commit. */
+/**
+ * How a deployed service proves it is healthy: with a published port, HTTP 200 on `path` from
+ * 127.0.0.1 (carrying the commit when `expectVersion`); without one (a worker), staying up for
+ * `stableSeconds`.
+ */
 export const healthCheckSchema = z
   .object({
     path: z
@@ -58,8 +62,17 @@ export const healthCheckSchema = z
     /** The response body must contain the commit sha (the new version answers, not the old). */
     expectVersion: z.boolean().default(true),
     timeoutSeconds: z.number().int().min(1).max(600).default(30),
+    /** Portless services: how long the new container must keep running. */
+    stableSeconds: z.number().int().min(1).max(600).default(5),
   })
   .strict();
+
+/**
+ * `stop-first` stops the old container before starting the new one (they share a host port);
+ * `start-first` starts the new one beside the old and stops the old only after the new one is
+ * healthy: what a worker that deploys its own replacement needs (portless services only).
+ */
+export const DEPLOY_STRATEGIES = ['stop-first', 'start-first'] as const;
 
 /** One long-running service the docker deployer replaces: a container from one of the target's images. */
 export const rebuildServiceSchema = z
@@ -69,14 +82,31 @@ export const rebuildServiceSchema = z
     image: idSchema,
     /** Container name on the engine; the deployer owns exactly this name (and `<container>-prev`). */
     container: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/),
-    containerPort: z.number().int().min(1).max(65535),
+    containerPort: z.number().int().min(1).max(65535).optional(),
     /** Published on 127.0.0.1 only. */
-    hostPort: z.number().int().min(1).max(65535),
+    hostPort: z.number().int().min(1).max(65535).optional(),
+    strategy: z.enum(DEPLOY_STRATEGIES).default('stop-first'),
     /** Environment; `{{commit}}` and `{{image:<name>}}` are replaced by the commit and an image's tag. */
     env: z.record(envKey, z.string().max(4000)).default({}),
-    health: healthCheckSchema.default({ path: '/healthz', expectVersion: true, timeoutSeconds: 30 }),
+    /** Extra bind mounts `host:container[:ro]` (e.g. the engine socket for a worker). */
+    binds: z
+      .array(z.string().regex(/^\/[^:\0]+:\/[^:\0]+(:ro)?$/))
+      .max(10)
+      .default([]),
+    health: healthCheckSchema.default({
+      path: '/healthz',
+      expectVersion: true,
+      timeoutSeconds: 30,
+      stableSeconds: 5,
+    }),
   })
-  .strict();
+  .strict()
+  .refine((s) => (s.containerPort === undefined) === (s.hostPort === undefined), {
+    message: 'containerPort and hostPort go together',
+  })
+  .refine((s) => s.strategy === 'stop-first' || s.hostPort === undefined, {
+    message: 'start-first needs a service without a published port (old and new run side by side)',
+  });
 
 export const DEPLOYERS = ['docker', 'noop'] as const;
 export type DeployerKind = (typeof DEPLOYERS)[number];

@@ -52,7 +52,7 @@ export class DockerDeployer implements Deployer {
     const s = input.service;
     const commitOfImage =
       (await this.docker.getImage(image).inspect()).Config?.Labels?.[COMMIT_LABEL] ?? input.commit;
-    const port = `${s.containerPort}/tcp`;
+    const port = s.containerPort !== undefined ? `${s.containerPort}/tcp` : undefined;
     const env = Object.entries(s.env).map(
       ([k, v]) => `${k}=${expandTemplate(v, { commit: commitOfImage, images: input.images })}`,
     );
@@ -68,10 +68,13 @@ export class DockerDeployer implements Deployer {
         [REBUILD_LABEL]: input.rebuildId,
         ...(previousImage ? { [PREVIOUS_IMAGE_LABEL]: previousImage } : {}),
       },
-      ExposedPorts: { [port]: {} },
+      ...(port ? { ExposedPorts: { [port]: {} } } : {}),
       HostConfig: {
         // Loopback only: a deployed service is reached through a proxy, never straight from outside.
-        PortBindings: { [port]: [{ HostIp: '127.0.0.1', HostPort: String(s.hostPort) }] },
+        ...(port
+          ? { PortBindings: { [port]: [{ HostIp: '127.0.0.1', HostPort: String(s.hostPort) }] } }
+          : {}),
+        ...(s.binds.length ? { Binds: s.binds } : {}),
         RestartPolicy: { Name: 'no' },
       },
     });
@@ -96,12 +99,9 @@ export class DockerDeployer implements Deployer {
     if (current) {
       previousImage = current.Config.Image;
       await this.removeIfExists(`${s.container}-prev`);
-      await this.docker
-        .getContainer(s.container)
-        .stop({ t: 10 })
-        .catch((err: unknown) => {
-          if ((err as { statusCode?: number })?.statusCode !== 304) throw err; // 304: already stopped
-        });
+      // start-first: the old container keeps running (it may be the worker running this activity)
+      // until the new one is healthy; finalize stops it.
+      if (s.strategy === 'stop-first') await this.stop(s.container);
       await this.docker.getContainer(s.container).rename({ name: `${s.container}-prev` });
     } else {
       // A crash between keeping the old container and starting the new one: the kept one is the previous.
@@ -116,8 +116,47 @@ export class DockerDeployer implements Deployer {
     return { service: s.name, image, previousImage, changed: true };
   }
 
+  private async stop(name: string): Promise<void> {
+    await this.docker
+      .getContainer(name)
+      .stop({ t: 10 })
+      .catch((err: unknown) => {
+        const code = (err as { statusCode?: number })?.statusCode;
+        if (code !== 304 && code !== 404) throw err; // 304: already stopped
+      });
+  }
+
+  /** A portless service is healthy when its container stays up (running, never restarted) for `stableSeconds`. */
+  private async stable(input: ServiceDeployInput, signal?: AbortSignal) {
+    const s = input.service;
+    const started = Date.now();
+    const until = started + s.health.stableSeconds * 1000;
+    while (Date.now() < until && !signal?.aborted) {
+      const c = await this.inspect(s.container);
+      if (!c?.State.Running)
+        return {
+          healthy: false,
+          detail: c ? `container exited with ${c.State.ExitCode}` : 'container is gone',
+          durationMs: Date.now() - started,
+        };
+      if (c.Config.Labels?.[COMMIT_LABEL] !== input.commit)
+        return {
+          healthy: false,
+          detail: 'another release replaced the container',
+          durationMs: Date.now() - started,
+        };
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    return {
+      healthy: true,
+      detail: `running for ${s.health.stableSeconds}s`,
+      durationMs: Date.now() - started,
+    };
+  }
+
   async health(input: ServiceDeployInput, signal?: AbortSignal) {
     const s = input.service;
+    if (s.hostPort === undefined) return this.stable(input, signal);
     const result = await waitHealthy({
       port: s.hostPort,
       path: s.health.path,
@@ -138,7 +177,7 @@ export class DockerDeployer implements Deployer {
     let restored: string | null = null;
     if (kept) {
       await this.docker.getContainer(`${s.container}-prev`).rename({ name: s.container });
-      await this.docker.getContainer(s.container).start();
+      if (!kept.State.Running) await this.docker.getContainer(s.container).start();
       restored = kept.Config.Image;
     } else if (previousImage) {
       await this.create(input, previousImage, null);
@@ -146,11 +185,14 @@ export class DockerDeployer implements Deployer {
       restored = previousImage;
     }
     if (!restored) return { restoredImage: null, healthy: false };
-    const h = await waitHealthy({
-      port: s.hostPort,
-      path: s.health.path,
-      timeoutMs: s.health.timeoutSeconds * 1000,
-    });
+    const h =
+      s.hostPort === undefined
+        ? { healthy: (await this.inspect(s.container))?.State.Running === true }
+        : await waitHealthy({
+            port: s.hostPort,
+            path: s.health.path,
+            timeoutMs: s.health.timeoutSeconds * 1000,
+          });
     this.logger.warn(
       {
         event: 'rebuild.rollback',
@@ -165,6 +207,9 @@ export class DockerDeployer implements Deployer {
   }
 
   async finalize(input: ServiceDeployInput) {
+    // Under start-first this stops the old worker, possibly the one running this activity: the
+    // attempt dies with it and the retry on the new worker finds nothing left to do.
+    await this.stop(`${input.service.container}-prev`);
     await this.removeIfExists(`${input.service.container}-prev`);
   }
 }

@@ -73,6 +73,8 @@ export async function makeRebuildFixture(
   name: string,
   overrides: Partial<RebuildTargetInput> = {},
   buildArgs: Record<string, string> = {},
+  /** The worker service starts beside the old one, without a port (how a worker replaces itself). */
+  opts: { workerStartFirst?: boolean } = {},
 ): Promise<RebuildFixture> {
   const { path: repo } = await makeGitRepo({
     'README.md': 'fixture target\n',
@@ -140,14 +142,22 @@ export async function makeRebuildFixture(
         env: { CHOIROS_SANDBOX_IMAGE: '{{image:sandbox}}' },
         health: { path: '/healthz', expectVersion: true, timeoutSeconds: 8 },
       },
-      {
-        name: 'worker',
-        image: 'worker',
-        container: `${prefix}-worker`,
-        containerPort: 8080,
-        hostPort: ports.worker,
-        health: { path: '/healthz', expectVersion: true, timeoutSeconds: 8 },
-      },
+      opts.workerStartFirst
+        ? {
+            name: 'worker',
+            image: 'worker',
+            container: `${prefix}-worker`,
+            strategy: 'start-first',
+            health: { stableSeconds: 3 },
+          }
+        : {
+            name: 'worker',
+            image: 'worker',
+            container: `${prefix}-worker`,
+            containerPort: 8080,
+            hostPort: ports.worker,
+            health: { path: '/healthz', expectVersion: true, timeoutSeconds: 8 },
+          },
     ],
     labels: { 'choiros.test': id },
     ...overrides,

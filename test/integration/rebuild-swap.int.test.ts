@@ -115,7 +115,7 @@ beforeAll(async () => {
   await writeFile(`${bundlePath}.map`, bundle.sourceMap);
   // The api image's build sleeps long enough to be killed in the middle of it.
   killFx = await makeRebuildFixture(id, `kill-${id}`, {}, { SLOW: '15' });
-  swapFx = await makeRebuildFixture(id, `swap-${id}`);
+  swapFx = await makeRebuildFixture(id, `swap-${id}`, {}, {}, { workerStartFirst: true });
   api = await startTestApi({
     rebuildTargets: [killFx.target, swapFx.target],
     rebuildTimings: { buildHeartbeatSeconds: 4 },
@@ -258,6 +258,13 @@ test('when the worker is replaced while a run and the rebuild are in flight, the
     const done = await rb.waitStage(rebuildId, ['completed', 'rolled_back', 'failed'], 120_000);
     expect(done.stage).toBe('completed');
     expect(await health(swapFx.ports.api)).toEqual({ status: 200, version: swapFx.commits.main });
+    // The worker service was started beside the old one (start-first) and the old one is gone.
+    const worker = await docker.getContainer(`choiros-swap-${id}-worker`).inspect();
+    expect(worker.State.Running).toBe(true);
+    expect(worker.Config.Labels?.['choiros.rebuild.commit']).toBe(swapFx.commits.main);
+    await expect(docker.getContainer(`choiros-swap-${id}-worker-prev`).inspect()).rejects.toMatchObject({
+      statusCode: 404,
+    });
 
     const run = await poll(
       getRun,

@@ -90,6 +90,18 @@ describe('rebuild targets', () => {
       { images: [{ name: 'api', image: 'x', dockerfile: '../Dockerfile' }] },
     ],
     ['an upper-case target name', { name: 'Choiros' }],
+    [
+      'a start-first service with a published port',
+      {
+        services: [
+          { name: 'w', image: 'api', container: 'c', containerPort: 1, hostPort: 2, strategy: 'start-first' },
+        ],
+      },
+    ],
+    [
+      'a port without its host port',
+      { services: [{ name: 'w', image: 'api', container: 'c', containerPort: 1 }] },
+    ],
     ['a relative repository', { repo: 'srv/choiros' }],
     ['an image name with a tag', { images: [{ name: 'api', image: 'x:latest', dockerfile: 'D' }] }],
   ])('when a target has %s, then it is refused', (_what, patch) => {
