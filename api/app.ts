@@ -7,6 +7,8 @@ import {
   approvalBodySchema,
   interruptAnswerBodySchema,
   parseEventId,
+  rebuildDecisionBodySchema,
+  rebuildRequestSchema,
   rerunRequestSchema,
   runListQuerySchema,
   type VerifierSpec,
@@ -20,6 +22,7 @@ import { errorMiddleware, validationError } from './errors';
 import type { RunEventSource } from './events/source';
 import type { UserNatsCredentials } from './nats/credentials';
 import type { RunService } from './runs/service';
+import type { RebuildService } from './rebuilds/service';
 import { createApiMetrics, type ApiMetrics } from './metrics';
 import { openApiDocument } from './openapi';
 import { enforceRateLimit, type RateLimiter } from './rate-limit';
@@ -45,6 +48,10 @@ export interface AppDeps {
   rateLimiter?: RateLimiter;
   /** Prometheus metrics; a private registry when absent. */
   metrics?: ApiMetrics;
+  /** Self-rebuilds; the rebuild routes answer 503 when absent. */
+  rebuilds?: RebuildService;
+  /** Version reported on /healthz (the commit a rebuild built this API from). */
+  version?: string;
   /** SSE comment heartbeat interval. */
   sseHeartbeatMs?: number;
   logger: Logger;
@@ -100,7 +107,7 @@ export function createApp(deps: AppDeps): express.Express {
   });
 
   app.get('/healthz', (_req, res) => {
-    res.json({ status: 'ok' });
+    res.json({ status: 'ok', ...(deps.version ? { version: deps.version } : {}) });
   });
 
   app.get(
@@ -340,6 +347,50 @@ export function createApp(deps: AppDeps): express.Express {
       });
     }),
   );
+
+  const rebuilds = (): RebuildService => {
+    if (!deps.rebuilds)
+      throw new AppError('service_unavailable', 'self-rebuild is not configured on this gateway');
+    return deps.rebuilds;
+  };
+
+  v1.post(
+    '/rebuilds',
+    requireAction('rebuilds.start'),
+    ...jsonBody(true),
+    route(async (req, res) => {
+      const parsed = rebuildRequestSchema.safeParse(req.body ?? {});
+      if (!parsed.success) throw validationError(parsed.error);
+      const view = await rebuilds().start(principalOf(res), parsed.data);
+      res.locals.runId = view.rebuildId;
+      res.status(201).location(`/v1/rebuilds/${view.rebuildId}`).json(view);
+    }),
+  );
+
+  v1.get(
+    '/rebuilds/:rebuildId',
+    requireAction('rebuilds.read'),
+    route(async (req, res) => {
+      const rebuildId = parseRunId(req.params.rebuildId, 'rebuildId');
+      res.locals.runId = rebuildId;
+      res.json(await rebuilds().get(principalOf(res), rebuildId));
+    }),
+  );
+
+  for (const decision of ['approve', 'reject'] as const) {
+    v1.post(
+      `/rebuilds/:rebuildId/${decision}`,
+      requireAction('rebuilds.decide'),
+      ...jsonBody(true),
+      route(async (req, res) => {
+        const rebuildId = parseRunId(req.params.rebuildId, 'rebuildId');
+        res.locals.runId = rebuildId;
+        const body = rebuildDecisionBodySchema.safeParse(req.body ?? {});
+        if (!body.success) throw validationError(body.error);
+        res.json(await rebuilds().decide(principalOf(res), rebuildId, decision, body.data.reason));
+      }),
+    );
+  }
 
   app.use('/v1', v1);
   app.use((req, _res, next) => next(new AppError('not_found', `no route for ${req.method} ${req.path}`)));

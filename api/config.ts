@@ -94,11 +94,25 @@ export const apiConfigSchema = z.object({
   AUTH_JWKS_MAX_AGE_SECONDS: z.coerce.number().int().min(10).max(86_400).default(600),
   /** The verifier allow-list (YAML), used to reject unknown verifier ids at request time. */
   CHOIROS_VERIFIERS_FILE: z.string().min(1).default('infra/verifiers.yaml'),
+  /** Self-rebuild targets (YAML); a missing file means no targets, and `POST /v1/rebuilds` answers unknown_target. */
+  CHOIROS_REBUILD_TARGETS_FILE: z.string().min(1).default('infra/rebuild-targets.yaml'),
+  /** How long a rebuild waits for approval when the request names no deadline (seconds). */
+  CHOIROS_REBUILD_APPROVAL_TIMEOUT_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(7 * 86_400)
+    .default(86_400),
+  /** Version this API reports on /healthz (the commit a rebuild built it from; set by infra/Dockerfile.api). */
+  CHOIROS_VERSION: z.string().max(100).default('dev'),
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });
 
-export type ApiConfig = z.output<typeof apiConfigSchema> & { verifiersFile: string };
+export type ApiConfig = z.output<typeof apiConfigSchema> & {
+  verifiersFile: string;
+  rebuildTargetsFile: string;
+};
 
 export function loadApiConfig(env: NodeJS.ProcessEnv): ApiConfig {
   const parsed = apiConfigSchema.safeParse(env);
@@ -106,5 +120,9 @@ export function loadApiConfig(env: NodeJS.ProcessEnv): ApiConfig {
     const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
     throw new Error(`invalid API configuration:\n${lines.join('\n')}`);
   }
-  return { ...parsed.data, verifiersFile: resolve(parsed.data.CHOIROS_VERIFIERS_FILE) };
+  return {
+    ...parsed.data,
+    verifiersFile: resolve(parsed.data.CHOIROS_VERIFIERS_FILE),
+    rebuildTargetsFile: resolve(parsed.data.CHOIROS_REBUILD_TARGETS_FILE),
+  };
 }

@@ -2,6 +2,7 @@
  * API process entrypoint: loads config, connects to Temporal and NATS, serves HTTP and gRPC with
  * the same verifier, policy, run service and limits, and drains on SIGTERM/SIGINT.
  */
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type * as grpc from '@grpc/grpc-js';
@@ -19,6 +20,8 @@ import { mintUserCreds } from './nats/credentials';
 import { RateLimiter } from './rate-limit';
 import { createTemporalRunService } from './runs/service';
 import { createTemporalWorkGraphService } from './graphs/service';
+import { createTemporalRebuildService } from './rebuilds/service';
+import { loadRebuildTargets, rebuildTargets } from './rebuilds/targets';
 
 async function main(): Promise<void> {
   const config = loadApiConfig(process.env);
@@ -58,6 +61,15 @@ async function main(): Promise<void> {
       defaultTenant: config.AUTH_DEFAULT_TENANT,
     });
     const runs = createTemporalRunService({ client, logger });
+    const targets = existsSync(config.rebuildTargetsFile)
+      ? await loadRebuildTargets(config.rebuildTargetsFile)
+      : rebuildTargets([]);
+    const rebuilds = createTemporalRebuildService({
+      client,
+      targets,
+      defaultApprovalTimeoutSeconds: config.CHOIROS_REBUILD_APPROVAL_TIMEOUT_SECONDS,
+      logger,
+    });
     const events = createJetStreamEventSource(natsConn);
     const rateLimiter =
       config.API_RATE_LIMIT_PER_MINUTE > 0
@@ -68,6 +80,8 @@ async function main(): Promise<void> {
       verifyToken,
       runs,
       graphs: createTemporalWorkGraphService({ client, logger }),
+      rebuilds,
+      version: config.CHOIROS_VERSION,
       events,
       verifiers,
       metrics: createApiMetrics(),
@@ -122,6 +136,8 @@ async function main(): Promise<void> {
         host: config.API_HOST,
         grpcPort: config.GRPC_PORT || null,
         issuer: config.AUTH_ISSUER,
+        version: config.CHOIROS_VERSION,
+        rebuildTargets: targets.names(),
       },
       'API listening',
     );

@@ -9,6 +9,9 @@ import {
   interruptAnswerBodySchema,
   interruptViewSchema,
   rerunRequestSchema,
+  rebuildDecisionBodySchema,
+  rebuildRequestSchema,
+  rebuildViewSchema,
   runListPageSchema,
   runListQuerySchema,
   runRequestSchema,
@@ -84,6 +87,29 @@ const runIdParam = {
   schema: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,64}$' },
 };
 
+const rebuildIdParam = {
+  name: 'rebuildId',
+  in: 'path',
+  required: true,
+  schema: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,64}$' },
+};
+
+function decision(summary: string): Record<string, unknown> {
+  return {
+    security: [{ bearer: [] }],
+    summary,
+    parameters: [rebuildIdParam],
+    requestBody: {
+      required: false,
+      content: { 'application/json': { schema: { $ref: '#/components/schemas/RebuildDecision' } } },
+    },
+    responses: {
+      ...ok('the rebuild after the decision', 'RebuildView'),
+      ...problems(400, 401, 403, 404, 409, 429, 503),
+    },
+  };
+}
+
 function queryParams(schema: z.ZodObject): Record<string, unknown>[] {
   const js = json(schema, 'input') as { properties?: Record<string, unknown>; required?: string[] };
   return Object.entries(js.properties ?? {}).map(([name, s]) => ({
@@ -128,6 +154,9 @@ export function openApiDocument(): Record<string, unknown> {
         RerunRequest: json(rerunRequestSchema, 'input'),
         Readiness: json(readinessSchema),
         Problem: json(problemSchema),
+        RebuildRequest: json(rebuildRequestSchema, 'input'),
+        RebuildDecision: json(rebuildDecisionBodySchema, 'input'),
+        RebuildView: json(rebuildViewSchema),
       },
     },
     paths: {
@@ -340,6 +369,36 @@ export function openApiDocument(): Record<string, unknown> {
             ...problems(400, 401, 403, 404, 429, 503),
           },
         },
+      },
+      '/v1/rebuilds': {
+        post: {
+          ...secured,
+          summary:
+            'Rebuild a target from a git ref: verify, build images, wait for approval, deploy, roll back on failed health (scope rebuild:write). One per target at a time: 409 rebuild_in_progress names the running one.',
+          requestBody: {
+            required: false,
+            content: { 'application/json': { schema: { $ref: '#/components/schemas/RebuildRequest' } } },
+          },
+          responses: {
+            ...ok('the rebuild, started', 'RebuildView', '201'),
+            ...problems(400, 401, 403, 409, 413, 415, 429, 503),
+          },
+        },
+      },
+      '/v1/rebuilds/{rebuildId}': {
+        get: {
+          ...secured,
+          summary:
+            "A rebuild's stage, progress, verify results, images and deploy (scope rebuild:write or rebuild:approve)",
+          parameters: [rebuildIdParam],
+          responses: { ...ok('the rebuild', 'RebuildView'), ...problems(400, 401, 403, 404, 429, 503) },
+        },
+      },
+      '/v1/rebuilds/{rebuildId}/approve': {
+        post: decision('Approve a rebuild waiting for approval: it deploys (scope rebuild:approve)'),
+      },
+      '/v1/rebuilds/{rebuildId}/reject': {
+        post: decision('Reject a rebuild waiting for approval: nothing is deployed (scope rebuild:approve)'),
       },
       '/v1/nats/credentials': {
         post: {

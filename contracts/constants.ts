@@ -20,6 +20,8 @@ export const SEARCH_ATTRIBUTES = {
   runStatus: defineSearchAttributeKey('ChoirRunStatus', 'KEYWORD'),
   mood: defineSearchAttributeKey('ChoirMood', 'KEYWORD'),
   repo: defineSearchAttributeKey('ChoirRepo', 'KEYWORD'),
+  rebuildTarget: defineSearchAttributeKey('ChoirRebuildTarget', 'KEYWORD'),
+  rebuildStage: defineSearchAttributeKey('ChoirRebuildStage', 'KEYWORD'),
 } as const;
 
 /** Names of the custom search attributes, for registration (`temporal server start-dev --search-attribute`). */
@@ -33,6 +35,7 @@ export const WORKFLOW_TYPES = {
   run: 'runWorkflow',
   admission: 'admissionWorkflow',
   workGraph: 'workGraphWorkflow',
+  rebuild: 'rebuildWorkflow',
 } as const;
 
 /** Workflow id of a tenant's fairness gate (admissionWorkflow). */

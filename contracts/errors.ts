@@ -14,6 +14,9 @@ export const ERROR_CODES = [
   'unknown_verifier',
   'service_unavailable',
   'internal',
+  'rebuild_in_progress',
+  'unknown_target',
+  'rebuild_not_awaiting_approval',
   // Activity failure types (ApplicationFailure.type); deterministic, a retry will not fix them.
   'repo_not_found',
   'ref_not_found',
@@ -32,6 +35,9 @@ export const ERROR_CODES = [
   'duplicate_item',
   'budget_exceeded',
   'merge_conflict',
+  'build_failed',
+  'deploy_failed',
+  'invalid_rebuild_request',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -66,6 +72,12 @@ export const HTTP_STATUS_BY_CODE: Record<ErrorCode, number> = {
   duplicate_item: 400,
   budget_exceeded: 409,
   merge_conflict: 409,
+  rebuild_in_progress: 409,
+  unknown_target: 400,
+  rebuild_not_awaiting_approval: 409,
+  build_failed: 500,
+  deploy_failed: 500,
+  invalid_rebuild_request: 400,
 };
 
 /** Short human titles for problem+json `title`. */
@@ -98,6 +110,12 @@ export const TITLE_BY_CODE: Record<ErrorCode, string> = {
   duplicate_item: 'Work graph names an item twice',
   budget_exceeded: 'Run budget exceeded',
   merge_conflict: 'Merge conflict',
+  rebuild_in_progress: 'A rebuild of this target is already running',
+  unknown_target: 'Unknown rebuild target',
+  rebuild_not_awaiting_approval: 'The rebuild is not waiting for approval',
+  build_failed: 'Image build failed',
+  deploy_failed: 'Deploy failed',
+  invalid_rebuild_request: 'Invalid rebuild request',
 };
 
 /** One field-level problem, as reported in a 400's `errors` list. */

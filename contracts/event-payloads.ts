@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { eventEnvelopeSchema, type EventType } from './events';
 import { MOODS, RISK_TIERS, RUN_STATUSES, VERIFIER_RESULTS } from './run';
+import { REBUILD_STAGES } from './rebuild';
 
 const sha256 = z.string().regex(/^([0-9a-f]{64})?$/);
 const commitSha = z.string().regex(/^[0-9a-f]{40}([0-9a-f]{24})?$/);
@@ -220,6 +221,72 @@ export const EVENT_PAYLOAD_SCHEMAS = {
     graph_id: z.string(),
     status: z.string(),
     counts: z.record(z.string(), z.number().int()),
+  }),
+  // Self-rebuild (run_id is the rebuild id, work_item_id the target).
+  'rebuild.requested': z.object({
+    rebuild_id: z.string(),
+    target: z.string(),
+    ref: z.string(),
+    reason: z.string().nullable(),
+    approval_timeout_seconds: z.number().int(),
+  }),
+  'rebuild.stage': z.object({
+    rebuild_id: z.string(),
+    stage: z.enum(REBUILD_STAGES),
+    previous: z.enum(REBUILD_STAGES),
+  }),
+  'rebuild.resolved': z.object({ rebuild_id: z.string(), ref: z.string(), commit: commitSha }),
+  'rebuild.verify.suite': z.object({
+    rebuild_id: z.string(),
+    suite: z.string(),
+    passed: z.boolean(),
+    exit_code: z.number().int(),
+    timed_out: z.boolean(),
+    duration_ms: z.number().int().nonnegative(),
+    output_tail: z.string(),
+  }),
+  'rebuild.image.built': z.object({
+    rebuild_id: z.string(),
+    name: z.string(),
+    tag: z.string(),
+    image_id: z.string(),
+    duration_ms: z.number().int().nonnegative(),
+    cached_steps: z.number().int().nonnegative(),
+    total_steps: z.number().int().nonnegative(),
+  }),
+  'rebuild.image.pushed': z.object({ rebuild_id: z.string(), name: z.string(), remote: z.string() }),
+  'rebuild.approval.requested': z.object({ rebuild_id: z.string(), deadline: z.number().int() }),
+  'rebuild.approval.decided': z.object({
+    rebuild_id: z.string(),
+    decision: z.enum(['approve', 'reject', 'timeout']),
+    by: z.string().nullable(),
+    reason: z.string().nullable(),
+  }),
+  'rebuild.deploy.service': z.object({
+    rebuild_id: z.string(),
+    service: z.string(),
+    image: z.string(),
+    previous_image: z.string().nullable(),
+    changed: z.boolean(),
+  }),
+  'rebuild.health': z.object({
+    rebuild_id: z.string(),
+    service: z.string(),
+    healthy: z.boolean(),
+    detail: z.string(),
+    duration_ms: z.number().int().nonnegative(),
+  }),
+  'rebuild.rollback': z.object({
+    rebuild_id: z.string(),
+    service: z.string(),
+    restored_image: z.string().nullable(),
+    healthy: z.boolean(),
+  }),
+  'rebuild.completed': z.object({
+    rebuild_id: z.string(),
+    stage: z.enum(REBUILD_STAGES),
+    commit: commitSha.nullable(),
+    error: failure.nullable(),
   }),
 } satisfies Record<EventType, z.ZodObject>;
 

@@ -35,6 +35,18 @@ export const EVENT_TYPES = [
   'workitem.blocked',
   'graph.created',
   'graph.completed',
+  'rebuild.requested',
+  'rebuild.stage',
+  'rebuild.resolved',
+  'rebuild.verify.suite',
+  'rebuild.image.built',
+  'rebuild.image.pushed',
+  'rebuild.approval.requested',
+  'rebuild.approval.decided',
+  'rebuild.deploy.service',
+  'rebuild.health',
+  'rebuild.rollback',
+  'rebuild.completed',
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 

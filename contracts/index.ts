@@ -15,3 +15,5 @@ export * from './verifier-plan';
 export * from './verdict';
 export * from './moods';
 export * from './work-graph';
+export * from './rebuild';
+export * from './rebuild-defs';

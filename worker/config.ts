@@ -78,6 +78,19 @@ export const workerConfigSchema = z.object({
   CHOIROS_MAX_RUNS_PER_USER: z.coerce.number().int().min(1).max(10_000).default(8),
   /** Runs of one tenant in flight at once; more wait as `queued`. */
   CHOIROS_MAX_RUNS_PER_TENANT: z.coerce.number().int().min(1).max(100_000).default(64),
+  /**
+   * Build id of this worker's code (the commit a rebuild deployed it from; `dev` otherwise). Stamped
+   * on every workflow task it completes, so a history shows which build ran each step across a swap.
+   */
+  CHOIROS_BUILD_ID: z
+    .string()
+    .regex(/^[A-Za-z0-9._-]{1,64}$/)
+    .default('dev'),
+  /** Registry (host[:port][/prefix]) the self-rebuild pushes `<image>:<sha>` to; unset: images stay local. */
+  CHOIROS_REBUILD_REGISTRY: z
+    .string()
+    .regex(/^[a-z0-9.-]+(:[0-9]{1,5})?(\/[a-z0-9._-]+)*$/)
+    .optional(),
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });

@@ -21,6 +21,9 @@ import type { SandboxDriver } from '../activities/sandbox/driver';
 import { LocalSandboxDriver } from '../activities/sandbox/local-driver';
 import { loadVerifierCatalog } from '../activities/verifiers/catalog';
 import type { CreateSandboxInput } from '../activities/types';
+import { createBuildActivities } from '../activities/images/activities';
+import { createDeployActivities } from '../activities/deploy/activities';
+import type { Deployer } from '../activities/deploy/deployer';
 import type { WorkerConfig } from './config';
 
 export interface WorkerSet {
@@ -40,6 +43,8 @@ export async function createWorkerSet(opts: {
   eventFaults?: EventActivityDeps['beforePublish'];
   /** Pre-bundled workflow code (tests bundle once); otherwise bundled from `workflows/`. */
   workflowBundle?: WorkflowBundleWithSourceMap;
+  /** Test-only deployer overrides (e.g. a deployer that fails); the docker and noop deployers otherwise. */
+  deployers?: { docker?: Deployer; noop?: Deployer };
 }): Promise<WorkerSet> {
   const { config, logger } = opts;
   const hostQueue = hostSandboxQueue(config.CHOIROS_HOST_ID);
@@ -87,7 +92,28 @@ export async function createWorkerSet(opts: {
     logger: logger.child({ component: 'events' }),
     beforePublish: opts.eventFaults,
   });
-  const common = { connection: opts.connection, namespace: config.TEMPORAL_NAMESPACE };
+  const buildActivities = createBuildActivities({
+    docker: opts.docker,
+    driver,
+    root: join(config.dataDir, 'rebuilds'),
+    ...(config.CHOIROS_REBUILD_REGISTRY ? { registry: config.CHOIROS_REBUILD_REGISTRY } : {}),
+    logger: logger.child({ component: 'rebuild' }),
+  });
+  const deployActivities = createDeployActivities({
+    docker: opts.docker,
+    logger: logger.child({ component: 'deploy' }),
+    ...(opts.deployers ? { deployers: opts.deployers } : {}),
+  });
+  // Not versioned routing (see docs/decisions/0008): the build id is stamped on each task so a
+  // history shows which build ran which step; replay safety comes from patched() and replay tests.
+  const common = {
+    connection: opts.connection,
+    namespace: config.TEMPORAL_NAMESPACE,
+    workerDeploymentOptions: {
+      version: { deploymentName: 'choiros', buildId: config.CHOIROS_BUILD_ID },
+      useWorkerVersioning: false as const,
+    },
+  };
   const workflowSource = opts.workflowBundle
     ? { workflowBundle: opts.workflowBundle }
     : { workflowsPath: require.resolve('../workflows') };
@@ -123,6 +149,13 @@ export async function createWorkerSet(opts: {
       activities: sandboxActivities,
       maxHeartbeatThrottleInterval: '2 seconds',
     }),
+    // Image builds and deploys: build progress reaches the server within ~2 s for the UI and the API.
+    Worker.create({
+      ...common,
+      taskQueue: TASK_QUEUES.build,
+      activities: { ...buildActivities, ...deployActivities },
+      maxHeartbeatThrottleInterval: '2 seconds',
+    }),
   ]);
   const client = new Client({ connection: opts.connection, namespace: config.TEMPORAL_NAMESPACE });
   const runState = async (runId: string): Promise<RunState> => {
@@ -151,7 +184,8 @@ export async function createWorkerSet(opts: {
   logger.info(
     {
       event: 'worker.ready',
-      queues: [TASK_QUEUES.orchestration, TASK_QUEUES.sandbox, hostQueue],
+      queues: [TASK_QUEUES.orchestration, TASK_QUEUES.sandbox, hostQueue, TASK_QUEUES.build],
+      buildId: config.CHOIROS_BUILD_ID,
       verifiers: verifiers.ids(),
       // Names only: secret values never reach a log line.
       executionSecrets: Object.keys(config.secrets),

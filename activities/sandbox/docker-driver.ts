@@ -163,6 +163,9 @@ export class DockerSandboxDriver implements SandboxDriver {
   async exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome> {
     const started = Date.now();
     const container = this.docker.getContainer(name);
+    // A worker that shut down (e.g. replaced by a deploy) cancelled its command and took the
+    // container down with it; the retried attempt on the next worker brings the container back.
+    if (!(await container.inspect()).State.Running) await container.start();
     const oomBefore = await this.cgroupOomKills(name);
     const exec = await container.exec({
       Cmd: argv,

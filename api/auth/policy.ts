@@ -16,7 +16,10 @@ export type Action =
   | 'nats.credentials'
   | 'graphs.start'
   | 'graphs.read'
-  | 'graphs.cancel';
+  | 'graphs.cancel'
+  | 'rebuilds.start'
+  | 'rebuilds.read'
+  | 'rebuilds.decide';
 
 export type Scope = 'runs:write' | 'runs:read' | 'runs:approve' | 'rebuild:write' | 'rebuild:approve';
 
@@ -37,6 +40,16 @@ export const REQUIRED_SCOPE: Record<Action, Scope> = {
   'graphs.start': 'runs:write',
   'graphs.cancel': 'runs:write',
   'graphs.read': 'runs:read',
+  'rebuilds.start': 'rebuild:write',
+  'rebuilds.read': 'rebuild:write',
+  'rebuilds.decide': 'rebuild:approve',
+};
+
+/** Scopes that also grant an action: approvers read the rebuilds they approve; reviewers approve runs. */
+const ALSO_GRANTED_BY: Partial<Record<Action, Scope[]>> = {
+  'rebuilds.read': ['rebuild:approve'],
+  'runs.approve': ['runs:approve'],
+  'runs.answer': ['runs:approve'],
 };
 
 /** Actions a tenant's reviewers (scope `runs:approve`) may take on runs they do not own. */
@@ -59,7 +72,8 @@ export function isTenantAdmin(p: Principal): boolean {
 /** Decides one action, optionally on one run. */
 export function authorize(principal: Principal, action: Action, resource?: RunResource): Decision {
   const reviewer = REVIEW.has(action) && principal.scopes.includes(REVIEWER_SCOPE);
-  if (!principal.scopes.includes(REQUIRED_SCOPE[action]) && !reviewer) return 'forbidden';
+  const granted = [REQUIRED_SCOPE[action], ...(ALSO_GRANTED_BY[action] ?? [])];
+  if (!granted.some((scope) => principal.scopes.includes(scope))) return 'forbidden';
   if (!resource) return 'allow';
   if (resource.tenant !== principal.tenant) return 'not_found';
   if (resource.ownerId === principal.userId) {

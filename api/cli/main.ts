@@ -12,15 +12,20 @@
  *   choiros graphs start <graph.json> [--idempotency-key <key>]
  *   choiros graphs status <graphId>   items, their runs and moods; exit 0 when completed
  *   choiros graphs cancel <graphId>
+ *   choiros rebuilds start [--target choiros] [--ref main] [--approval-timeout <s>] [--reason <text>] [--watch]
+ *   choiros rebuilds status <rebuildId> [--watch]   stage, progress, verify/build/deploy; --watch until it ends
+ *   choiros rebuilds approve|reject <rebuildId> [--reason <text>]
  * Configuration: CHOIROS_API_URL (default http://127.0.0.1:8080) and CHOIROS_TOKEN, or --api / --token.
  */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { sseFrames } from './sse';
 import {
+  isTerminalRebuildStage,
   isTerminalStatus,
   runStatusSchema,
   type EventEnvelope,
+  type RebuildView,
   type RunView,
   type WorkGraphView,
 } from '../../contracts';
@@ -39,6 +44,10 @@ const USAGE = `usage:
   choiros graphs start <graph.json> [--idempotency-key <key>]
   choiros graphs status <graphId>
   choiros graphs cancel <graphId>
+  choiros rebuilds start [--target <name>] [--ref <ref>] [--approval-timeout <seconds>] [--reason <text>] [--watch]
+  choiros rebuilds status <rebuildId> [--watch]
+  choiros rebuilds approve <rebuildId> [--reason <text>]
+  choiros rebuilds reject <rebuildId> [--reason <text>]
 options: --api <url> (CHOIROS_API_URL), --token <jwt> (CHOIROS_TOKEN), --json (raw JSON output)`;
 
 class CliError extends Error {}
@@ -73,6 +82,100 @@ async function call(
     throw new CliError(`${method} ${path}: ${res.status} ${p?.code ?? ''} ${p?.detail ?? text}`.trim());
   }
   return parsed;
+}
+
+function rebuildSummary(v: RebuildView): string {
+  const progress = v.progress
+    ? `  progress: ${Object.entries(v.progress)
+        .map(([k, x]) => `${k}=${typeof x === 'string' ? x : JSON.stringify(x)}`)
+        .join(' ')}`
+    : '';
+  return [
+    `rebuild ${v.rebuildId}: ${v.stage}`,
+    `  target ${v.target} @ ${v.ref}${v.commit ? ` (${v.commit.slice(0, 12)})` : ''}, by ${v.requestedBy.userId}`,
+    v.verify.length
+      ? `  verify: ${v.verify.map((s) => `${s.suite}=${s.passed ? 'pass' : 'fail'}`).join(' ')}`
+      : '',
+    v.images.length ? `  images: ${v.images.map((i) => i.tag).join(' ')}` : '',
+    v.approvalDeadline && v.stage === 'awaiting_approval' ? `  approve before ${v.approvalDeadline}` : '',
+    v.approval
+      ? `  ${v.approval.decision} by ${v.approval.by}${v.approval.reason ? `: ${v.approval.reason}` : ''}`
+      : '',
+    v.deploy.length
+      ? `  deploy: ${v.deploy.map((d) => `${d.service}${d.healthy === false ? ' (unhealthy)' : ''}${d.rolledBack ? ' (rolled back)' : ''}`).join(' ')}`
+      : '',
+    progress,
+    v.error ? `  error ${v.error.code}: ${v.error.message}` : '',
+  ]
+    .filter(Boolean)
+    .join('\n');
+}
+
+/** Polls a rebuild until it ends, printing each stage change; exit 0 when completed. */
+async function watchRebuild(ctx: Ctx, rebuildId: string): Promise<number> {
+  let last = '';
+  for (;;) {
+    const v = (await call(ctx, 'GET', `/v1/rebuilds/${encodeURIComponent(rebuildId)}`)) as RebuildView;
+    const line = ctx.json ? JSON.stringify(v) : rebuildSummary(v);
+    if (line !== last) ctx.out(line);
+    last = line;
+    if (isTerminalRebuildStage(v.stage)) return v.stage === 'completed' ? 0 : 1;
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+async function rebuilds(
+  ctx: Ctx,
+  verb: string | undefined,
+  id: string | undefined,
+  values: RebuildFlags,
+): Promise<number> {
+  const need = (): string => {
+    if (!id) throw new CliError(`rebuilds ${verb ?? ''} needs a rebuild id\n${USAGE}`);
+    return encodeURIComponent(id);
+  };
+  switch (verb) {
+    case 'start': {
+      const timeout = values['approval-timeout'];
+      const v = (await call(ctx, 'POST', '/v1/rebuilds', {
+        ...(values.target ? { target: values.target } : {}),
+        ...(values.ref ? { ref: values.ref } : {}),
+        ...(timeout ? { approvalTimeoutSeconds: Number(timeout) } : {}),
+        ...(values.reason ? { reason: values.reason } : {}),
+      })) as RebuildView;
+      ctx.out(ctx.json ? JSON.stringify(v) : `started ${v.rebuildId}`);
+      return values.watch ? watchRebuild(ctx, v.rebuildId) : 0;
+    }
+    case 'status': {
+      if (values.watch) return watchRebuild(ctx, need());
+      const v = (await call(ctx, 'GET', `/v1/rebuilds/${need()}`)) as RebuildView;
+      ctx.out(ctx.json ? JSON.stringify(v) : rebuildSummary(v));
+      return isTerminalRebuildStage(v.stage) && v.stage !== 'completed' ? 1 : 0;
+    }
+    case 'approve':
+    case 'reject': {
+      const v = (await call(
+        ctx,
+        'POST',
+        `/v1/rebuilds/${need()}/${verb}`,
+        values.reason ? { reason: values.reason } : {},
+      )) as RebuildView;
+      ctx.out(
+        ctx.json ? JSON.stringify(v) : `${verb === 'approve' ? 'approved' : 'rejected'} ${v.rebuildId}`,
+      );
+      return 0;
+    }
+    default:
+      throw new CliError(`unknown command rebuilds ${verb ?? ''}\n${USAGE}`);
+  }
+}
+
+interface RebuildFlags {
+  target?: string;
+  ref?: string;
+  'approval-timeout'?: string;
+  reason?: string;
+  watch?: boolean;
 }
 
 function summary(v: RunView): string {
@@ -198,6 +301,10 @@ export async function main(
       file: { type: 'string' },
       watch: { type: 'boolean' },
       comment: { type: 'string' },
+      target: { type: 'string' },
+      ref: { type: 'string' },
+      'approval-timeout': { type: 'string' },
+      reason: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -218,6 +325,7 @@ export async function main(
   };
   const [group, verb, runId] = positionals;
   if (group === 'graphs') return graphs(ctx, verb, runId, values['idempotency-key']);
+  if (group === 'rebuilds') return rebuilds(ctx, verb, runId, values);
   if (group !== 'runs') throw new CliError(`unknown command ${group ?? ''}\n${USAGE}`);
   const needRun = (): string => {
     if (!runId) throw new CliError(`runs ${verb ?? ''} needs a run id\n${USAGE}`);

@@ -17,7 +17,14 @@ import Docker from 'dockerode';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import pino from 'pino';
 import { poll } from './poll';
-import { parseVerifierFile, type EventEnvelope } from '../../contracts';
+import {
+  parseVerifierFile,
+  type EventEnvelope,
+  type RebuildTarget,
+  type RebuildTimings,
+} from '../../contracts';
+import { createTemporalRebuildService } from '../../api/rebuilds/service';
+import { rebuildTargets } from '../../api/rebuilds/targets';
 import { createApp } from '../../api/app';
 import { createTokenVerifier } from '../../api/auth/token-verifier';
 import { createJetStreamEventSource } from '../../api/events/source';
@@ -174,7 +181,14 @@ export interface TestApi {
 }
 
 /** The real API app (real jose verification against a dev issuer over HTTP, real Temporal client). */
-export async function startTestApi(opts: { temporalAddress?: string } = {}): Promise<TestApi> {
+export async function startTestApi(
+  opts: {
+    temporalAddress?: string;
+    /** Rebuild targets the API knows (self-rebuild routes answer 503 without). */
+    rebuildTargets?: RebuildTarget[];
+    rebuildTimings?: Partial<RebuildTimings>;
+  } = {},
+): Promise<TestApi> {
   const keyDir = await mkdtemp(join(env.workDir(), 'issuer-'));
   const key = await loadOrCreateDevKey(keyDir);
   const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
@@ -196,6 +210,17 @@ export async function startTestApi(opts: { temporalAddress?: string } = {}): Pro
     }),
     runs: createTemporalRunService({ client, logger }),
     graphs: createTemporalWorkGraphService({ client, logger }),
+    ...(opts.rebuildTargets
+      ? {
+          rebuilds: createTemporalRebuildService({
+            client,
+            targets: rebuildTargets(opts.rebuildTargets),
+            defaultApprovalTimeoutSeconds: 300,
+            ...(opts.rebuildTimings ? { timings: opts.rebuildTimings } : {}),
+            logger,
+          }),
+        }
+      : {}),
     events: createJetStreamEventSource(nats),
     natsCredentials: {
       servers: [env.natsUrl()],
