@@ -77,7 +77,8 @@ export function authorize(principal: Principal, action: Action, resource?: RunRe
   if (!resource) return 'allow';
   if (resource.tenant !== principal.tenant) return 'not_found';
   if (resource.ownerId === principal.userId) {
-    return principal.scopes.includes(REQUIRED_SCOPE[action]) ? 'allow' : 'forbidden';
+    // A reviewer's own run is theirs to act on only with the owner's scope (runs:write).
+    return REVIEW.has(action) && !principal.scopes.includes(REQUIRED_SCOPE[action]) ? 'forbidden' : 'allow';
   }
   if (reviewer) return 'allow';
   if (READ_ONLY.has(action) && isTenantAdmin(principal)) return 'allow';

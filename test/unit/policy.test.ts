@@ -44,6 +44,13 @@ const table: [string, Principal, Action, RunResource | undefined, Decision][] = 
   ],
   ['read-only owner approves', aliceReadOnly, 'runs.approve', alicesRun, 'forbidden'],
   ['tenant admin approves', admin, 'runs.approve', alicesRun, 'not_found'],
+  [
+    'reviewer without runs:write approves own run',
+    reviewer,
+    'runs.approve',
+    { tenant: 'acme', ownerId: 'rev' },
+    'forbidden',
+  ],
 ];
 
 test.each(table)('when %s, then %s', (_name, principal, action, resource, expected) => {
