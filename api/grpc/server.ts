@@ -9,7 +9,11 @@ import * as protoLoader from '@grpc/proto-loader';
 import type { Logger } from 'pino';
 import {
   AppError,
+  approvalBodySchema,
+  interruptAnswerBodySchema,
+  rerunRequestSchema,
   runListQuerySchema,
+  type InterruptView,
   type ErrorCode,
   type Principal,
   type RunSummary,
@@ -22,7 +26,7 @@ import { validationError } from '../errors';
 import type { RunEventSource } from '../events/source';
 import { enforceRateLimit, type RateLimiter } from '../rate-limit';
 import type { RunService } from '../runs/service';
-import { checkIdempotencyKey, parseRunId, parseRunRequest } from '../runs/validate';
+import { checkIdempotencyKey, parseBody, parseRunId, parseRunRequest } from '../runs/validate';
 
 const PROTO_FILE = join(__dirname, '../../contracts/proto/choiros/v1/runs.proto');
 
@@ -46,6 +50,13 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, grpc.status>> = {
   rate_limited: grpc.status.RESOURCE_EXHAUSTED,
   payload_too_large: grpc.status.RESOURCE_EXHAUSTED,
   service_unavailable: grpc.status.UNAVAILABLE,
+  not_awaiting_approval: grpc.status.FAILED_PRECONDITION,
+  self_approval_forbidden: grpc.status.PERMISSION_DENIED,
+  already_approved: grpc.status.ALREADY_EXISTS,
+  interrupt_not_found: grpc.status.NOT_FOUND,
+  interrupt_closed: grpc.status.FAILED_PRECONDITION,
+  invalid_answer: grpc.status.INVALID_ARGUMENT,
+  rerun_unavailable: grpc.status.FAILED_PRECONDITION,
 };
 
 /** The `choiros.v1.Runs` client constructor from the .proto (keepCase: field names as in the file). */
@@ -115,6 +126,31 @@ function runToProto(v: RunView): Record<string, unknown> {
     error: v.error,
     events_emitted: v.events.emitted,
     events_published: v.events.published,
+    rerun_of: v.rerunOf ?? '',
+    queue_position: v.queuePosition ?? 0,
+    interrupts: (v.interrupts ?? []).map(interruptToProto),
+    approval: v.approval && {
+      requirement: v.approval.requirement,
+      quorum: v.approval.quorum,
+      deadline: v.approval.deadline,
+      approvers: v.approval.approvals.map((a) => a.userId),
+      decision: v.approval.decision ?? '',
+    },
+    image_id: v.imageId ?? '',
+  };
+}
+
+function interruptToProto(i: InterruptView): Record<string, unknown> {
+  return {
+    id: i.id,
+    kind: i.kind,
+    question: i.question,
+    options: i.options,
+    default_action: i.defaultAction,
+    deadline: i.deadline,
+    status: i.status,
+    answer: i.answer ?? '',
+    answered_by: i.answeredBy?.userId ?? '',
   };
 }
 
@@ -211,6 +247,45 @@ export function createGrpcServer(deps: GrpcDeps): grpc.Server {
       const principal = await principalFor(md, 'runs.read');
       return runToProto(await deps.runs.get(principal, parseRunId(req.run_id, 'run_id'), 'runs.read'));
     }),
+    ...Object.fromEntries(
+      (['approve', 'reject'] as const).map((decision) => {
+        const name = decision === 'approve' ? 'ApproveRun' : 'RejectRun';
+        return [
+          name,
+          unary(name, async (req: { run_id?: string; comment?: string }, md) => {
+            const principal = await principalFor(md, 'runs.approve');
+            const runId = parseRunId(req.run_id, 'run_id');
+            const body = parseBody(approvalBodySchema, str(req.comment) ? { comment: req.comment } : {});
+            const { result, run } = await deps.runs.decide(principal, runId, decision, body.comment);
+            return { ...result, run: runToProto(run) };
+          }),
+        ];
+      }),
+    ),
+    AnswerInterrupt: unary(
+      'AnswerInterrupt',
+      async (req: { run_id?: string; interrupt_id?: string; answer?: string; comment?: string }, md) => {
+        const principal = await principalFor(md, 'runs.answer');
+        const runId = parseRunId(req.run_id, 'run_id');
+        const interruptId = parseRunId(req.interrupt_id, 'interrupt_id');
+        const body = parseBody(interruptAnswerBodySchema, {
+          answer: req.answer ?? '',
+          ...(str(req.comment) ? { comment: req.comment } : {}),
+        });
+        return interruptToProto(await deps.runs.answerInterrupt(principal, runId, interruptId, body));
+      },
+    ),
+    RerunRun: unary(
+      'RerunRun',
+      async (req: { run_id?: string; mood?: string; idempotency_key?: string }, md) => {
+        const principal = await principalFor(md, 'runs.start');
+        const runId = parseRunId(req.run_id, 'run_id');
+        const key = str(req.idempotency_key);
+        checkIdempotencyKey(key);
+        const body = parseBody(rerunRequestSchema, str(req.mood) ? { mood: req.mood } : {});
+        return runToProto(await deps.runs.rerun(principal, runId, body, key));
+      },
+    ),
     CancelRun: unary('CancelRun', async (req: { run_id?: string }, md) => {
       const principal = await principalFor(md, 'runs.cancel');
       return runToProto(await deps.runs.cancel(principal, parseRunId(req.run_id, 'run_id')));

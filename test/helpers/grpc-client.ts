@@ -8,12 +8,18 @@ type Unary = (
   cb: (err: grpc.ServiceError | null, res: unknown) => void,
 ) => void;
 
+export type UnaryMethod =
+  | 'StartRun'
+  | 'GetRun'
+  | 'ListRuns'
+  | 'CancelRun'
+  | 'ApproveRun'
+  | 'RejectRun'
+  | 'AnswerInterrupt'
+  | 'RerunRun';
+
 export interface RunsClient {
-  call<T = Record<string, unknown>>(
-    method: 'StartRun' | 'GetRun' | 'ListRuns' | 'CancelRun',
-    req: unknown,
-    token?: string,
-  ): Promise<T>;
+  call<T = Record<string, unknown>>(method: UnaryMethod, req: unknown, token?: string): Promise<T>;
   watch(req: { run_id: string; after_seq?: number }, token?: string): Promise<Record<string, unknown>[]>;
   close(): void;
 }

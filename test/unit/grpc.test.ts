@@ -137,3 +137,50 @@ describe('policy and validation over gRPC', () => {
     });
   });
 });
+
+describe('run control over gRPC', () => {
+  test('when the owner approves, rejects, answers or reruns, then the run service is asked as over HTTP', async () => {
+    const t = await issuer.sign(es);
+    const approved = await client.call<{ outcome: string; run: { run_id: string } }>(
+      'ApproveRun',
+      { run_id: 'run-abc', comment: 'ok' },
+      t,
+    );
+    expect(approved).toMatchObject({ outcome: 'approved', run: { run_id: 'run-abc' } });
+    const answered = await client.call<{ status: string; answer: string }>(
+      'AnswerInterrupt',
+      { run_id: 'run-abc', interrupt_id: 'int-1', answer: 'proceed' },
+      t,
+    );
+    expect(answered).toMatchObject({ status: 'answered', answer: 'proceed' });
+    const rerun = await client.call<{ run_id: string }>(
+      'RerunRun',
+      { run_id: 'run-abc', mood: 'SKEPTICAL' },
+      t,
+    );
+    expect(rerun.run_id).toBe('run-abc');
+  });
+
+  test('when another user or a bad request arrives, then NOT_FOUND or INVALID_ARGUMENT naming the field', async () => {
+    const bob = await issuer.sign(es, { claims: { sub: 'bob' } });
+    for (const method of ['ApproveRun', 'RejectRun', 'RerunRun'] as const) {
+      expect(await code(client.call(method, { run_id: 'run-abc' }, bob))).toEqual([
+        grpc.status.NOT_FOUND,
+        'not_found',
+      ]);
+    }
+    const t = await issuer.sign(es);
+    expect(
+      await code(client.call('AnswerInterrupt', { run_id: 'run-abc', interrupt_id: 'int-1', answer: '' }, t)),
+    ).toEqual([grpc.status.INVALID_ARGUMENT, 'validation_failed']);
+    expect(await code(client.call('RerunRun', { run_id: 'run-abc', mood: 'ANGRY' }, t))).toEqual([
+      grpc.status.INVALID_ARGUMENT,
+      'validation_failed',
+    ]);
+    const readOnly = await issuer.sign(es, { claims: { scope: 'runs:read' } });
+    expect(await code(client.call('ApproveRun', { run_id: 'run-abc' }, readOnly))).toEqual([
+      grpc.status.PERMISSION_DENIED,
+      'forbidden',
+    ]);
+  });
+});
