@@ -180,7 +180,7 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
   };
 
   /** Runs an update; a refusal by the workflow's validator becomes the AppError its failure type names. */
-  const updateRun = async <T>(fn: () => Promise<T>): Promise<T> => {
+  const updateRun = async <T>(runId: string, ended: AppError, fn: () => Promise<T>): Promise<T> => {
     try {
       return await fn();
     } catch (err) {
@@ -196,6 +196,12 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
           headers: { 'Retry-After': '5' },
         });
       }
+      // The run closed between the describe and the update (it was finishing): nothing to decide.
+      const now = await client.workflow
+        .getHandle(runId)
+        .describe()
+        .catch(() => undefined);
+      if (now && now.status.name !== 'RUNNING') throw ended;
       throw err;
     }
   };
@@ -266,9 +272,12 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
     decide: (principal, runId, decision, comment) =>
       guarded(async () => {
         const desc = await describeOwned(principal, runId, 'runs.approve');
-        if (desc.status.name !== 'RUNNING')
-          throw new AppError('not_awaiting_approval', `run ${runId} has ended; there is nothing to approve`);
-        const result = await updateRun(() =>
+        const ended = new AppError(
+          'not_awaiting_approval',
+          `run ${runId} has ended; there is nothing to approve`,
+        );
+        if (desc.status.name !== 'RUNNING') throw ended;
+        const result = await updateRun(runId, ended, () =>
           client.workflow.getHandle(runId).executeUpdate(approvalUpdate, {
             args: [{ decision, actor: actorOf(principal), ...(comment ? { comment } : {}) }],
           }),
@@ -282,9 +291,9 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
     answerInterrupt: (principal, runId, interruptId, answer) =>
       guarded(async () => {
         const desc = await describeOwned(principal, runId, 'runs.answer');
-        if (desc.status.name !== 'RUNNING')
-          throw new AppError('interrupt_closed', `run ${runId} has ended; its interrupts are closed`);
-        const view = await updateRun(() =>
+        const ended = new AppError('interrupt_closed', `run ${runId} has ended; its interrupts are closed`);
+        if (desc.status.name !== 'RUNNING') throw ended;
+        const view = await updateRun(runId, ended, () =>
           client.workflow.getHandle(runId).executeUpdate(answerInterruptUpdate, {
             args: [{ interruptId, actor: actorOf(principal), ...answer }],
           }),

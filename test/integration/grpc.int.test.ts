@@ -15,6 +15,7 @@ import {
   env,
   logger,
   makeGitRepo,
+  poll,
   startTestApi,
   startTestWorker,
   type TestApi,
@@ -121,4 +122,58 @@ test('when a run is started over gRPC and watched, then the stream carries every
     );
     expect(theirs.runs.map((r) => r.run_id)).not.toContain(run.run_id);
   }
+});
+
+test('when a DEFERENTIAL run is steered over gRPC, then the interrupt answer and the approval reach the workflow and the run commits', async () => {
+  const repo = await makeGitRepo();
+  const token = await api.token({ sub: 'gina', tenant: 'grpc-control' });
+  const run = await client.call<{ run_id: string }>(
+    'StartRun',
+    {
+      request: {
+        repo: repo.path,
+        mood: 'DEFERENTIAL',
+        work_item: {
+          description: 'grpc control',
+          execute: ['sh', '-c', 'echo ok > RESULT.txt'],
+          required_verifiers: ['V-RESULT-FILE'],
+        },
+      },
+      idempotency_key: 'grpc-control-1',
+    },
+    token,
+  );
+  type ProtoRun = {
+    status: string;
+    interrupts: { id: string; status: string }[];
+    approval?: { requirement: string; approvers: string[]; decision: string };
+  };
+  const asked = await poll(
+    () => client.call<ProtoRun>('GetRun', { run_id: run.run_id }, token),
+    (r) => r.interrupts[0]?.status === 'open',
+  );
+  const answer = await client.call<{ status: string; answered_by: string }>(
+    'AnswerInterrupt',
+    { run_id: run.run_id, interrupt_id: asked.interrupts[0]?.id, answer: 'proceed' },
+    token,
+  );
+  expect(answer).toMatchObject({ status: 'answered', answered_by: 'gina' });
+  await poll(
+    () => client.call<ProtoRun>('GetRun', { run_id: run.run_id }, token),
+    (r) => r.status === 'awaiting_approval',
+    120_000,
+  );
+  const decided = await client.call<{ outcome: string }>('ApproveRun', { run_id: run.run_id }, token);
+  expect(decided.outcome).toBe('approved');
+  const done = await poll(
+    () => client.call<ProtoRun>('GetRun', { run_id: run.run_id }, token),
+    (r) => r.status === 'committed',
+    120_000,
+  );
+  expect(done.approval).toMatchObject({ requirement: 'owner', approvers: ['gina'], decision: 'approved' });
+  // Approving again is a precondition failure with its stable code.
+  expect(await grpcCode(client.call('ApproveRun', { run_id: run.run_id }, token))).toEqual([
+    grpc.status.FAILED_PRECONDITION,
+    'not_awaiting_approval',
+  ]);
 });
