@@ -8,7 +8,7 @@ import {
 } from '@temporalio/client';
 import type { Logger } from 'pino';
 import { authorize, forbidden, type Action } from '../auth/policy';
-import { mapTemporalError } from '../runs/service';
+import { QUERY_TIMEOUT_MS, guarded, withTimeout } from '../temporal';
 import {
   AppError,
   GRAPH_STATUSES,
@@ -48,24 +48,6 @@ interface GraphMemo {
   requestHash: string;
   requestedAt: number;
   summary: { repo: string; baseRef: string; mood: Mood; parallelism: number; items: number };
-}
-
-const QUERY_TIMEOUT_MS = 3000;
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error('timeout')), ms);
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
-}
-
-async function guarded<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    throw mapTemporalError(err);
-  }
 }
 
 export function createTemporalWorkGraphService(deps: { client: Client; logger: Logger }): WorkGraphService {

@@ -9,7 +9,7 @@ import {
 import { defaultPayloadConverter } from '@temporalio/common';
 import type { Logger } from 'pino';
 import { authorize, forbidden, type Action } from '../auth/policy';
-import { mapTemporalError } from '../runs/service';
+import { QUERY_TIMEOUT_MS, guarded, withTimeout } from '../temporal';
 import type { RebuildTargets } from './targets';
 import {
   AppError,
@@ -45,32 +45,6 @@ interface RebuildMemo {
   ref: string;
   requestedAt: number;
   reason?: string;
-}
-
-const QUERY_TIMEOUT_MS = 3000;
-
-async function guarded<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    throw mapTemporalError(err);
-  }
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('timeout')), ms);
-    p.then(
-      (v) => {
-        clearTimeout(t);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(t);
-        reject(e instanceof Error ? e : new Error(String(e)));
-      },
-    );
-  });
 }
 
 export function createTemporalRebuildService(deps: {

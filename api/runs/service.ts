@@ -1,12 +1,10 @@
 /** Starts and reads runs through the Temporal client; enforces idempotency and ownership. */
 import { createHash, randomUUID } from 'node:crypto';
 import {
-  ServiceError,
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
   WorkflowUpdateFailedError,
   WorkflowUpdateRPCTimeoutOrCancelledError,
-  isGrpcServiceError,
   type Client,
   type WorkflowExecutionDescription,
 } from '@temporalio/client';
@@ -14,6 +12,7 @@ import type { Logger } from 'pino';
 import { decodeTypedSearchAttributes } from '@temporalio/common/lib/converter/payload-search-attributes';
 import { ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
 import { authorize, forbidden, isTenantAdmin, type Action } from '../auth/policy';
+import { QUERY_TIMEOUT_MS, guarded, withTimeout } from '../temporal';
 import {
   AppError,
   SEARCH_ATTRIBUTES,
@@ -109,47 +108,6 @@ interface RunMemo {
     riskTier: string;
     execute: string;
   };
-}
-
-const QUERY_TIMEOUT_MS = 3000;
-
-/** gRPC UNAVAILABLE (14) and DEADLINE_EXCEEDED (4): Temporal cannot be reached right now. */
-const UNREACHABLE_CODES = new Set([4, 14]);
-
-/** Maps "Temporal is unreachable" to a 503 the client can retry; everything else passes through. */
-export function mapTemporalError(err: unknown): unknown {
-  const cause = err instanceof ServiceError && err.cause ? err.cause : err;
-  if (isGrpcServiceError(cause) && UNREACHABLE_CODES.has(cause.code)) {
-    return new AppError('service_unavailable', 'the workflow service is unavailable; retry later', {
-      cause: err,
-      headers: { 'Retry-After': '5' },
-    });
-  }
-  return err;
-}
-
-async function guarded<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    throw mapTemporalError(err);
-  }
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('timeout')), ms);
-    p.then(
-      (v) => {
-        clearTimeout(t);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(t);
-        reject(e instanceof Error ? e : new Error(String(e)));
-      },
-    );
-  });
 }
 
 export function createTemporalRunService(deps: { client: Client; logger: Logger }): RunService {

@@ -1,7 +1,8 @@
 /** Narrow unit tests of the Temporal run service's mapping logic (the real path is in the integration tests). */
 import { ServiceError } from '@temporalio/client';
 import { AppError } from '../../contracts';
-import { deriveRunId, mapTemporalError } from '../../api/runs/service';
+import { deriveRunId } from '../../api/runs/service';
+import { mapTemporalError } from '../../api/temporal';
 
 function grpcError(code: number): Error {
   return Object.assign(new Error(`grpc ${code}`), { code, details: 'x', metadata: {} });

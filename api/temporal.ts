@@ -1,0 +1,39 @@
+/** Temporal client helpers shared by the run, graph and rebuild services. */
+import { ServiceError, isGrpcServiceError } from '@temporalio/client';
+import { AppError } from '../contracts';
+
+/** How long a view query may take before a service falls back to memo and search attributes. */
+export const QUERY_TIMEOUT_MS = 3000;
+
+/** gRPC UNAVAILABLE (14) and DEADLINE_EXCEEDED (4): Temporal cannot be reached right now. */
+const UNREACHABLE_CODES = new Set([4, 14]);
+
+/** Maps "Temporal is unreachable" to a 503 the client can retry; everything else passes through. */
+export function mapTemporalError(err: unknown): unknown {
+  const cause = err instanceof ServiceError && err.cause ? err.cause : err;
+  if (isGrpcServiceError(cause) && UNREACHABLE_CODES.has(cause.code)) {
+    return new AppError('service_unavailable', 'the workflow service is unavailable; retry later', {
+      cause: err,
+      headers: { 'Retry-After': '5' },
+    });
+  }
+  return err;
+}
+
+/** Runs a service call with Temporal's unreachability mapped to a 503. */
+export async function guarded<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw mapTemporalError(err);
+  }
+}
+
+/** `p`, or a rejection after `ms` (the timer is cleared either way). */
+export function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error('timeout')), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
