@@ -22,12 +22,12 @@ import Docker from 'dockerode';
 import { connect, credsAuthenticator } from 'nats';
 import pino from 'pino';
 import {
-  SEARCH_ATTRIBUTES,
   TASK_QUEUES,
   WORKFLOW_TYPES,
   canonicalJson,
   parseVerifierFile,
   runRequestSchema,
+  runStartMetadata,
   sha256Hex,
   type RunView,
   type RunWorkflowInput,
@@ -213,26 +213,7 @@ async function main(): Promise<void> {
         workflowId: runId,
         taskQueue: TASK_QUEUES.orchestration,
         args: [input],
-        memo: {
-          requestHash,
-          requestedAt: input.requestedAt,
-          summary: {
-            repo,
-            baseRef: 'main',
-            mood: 'CALM',
-            workItemId: `wi-${i}`,
-            description: 'bench',
-            riskTier: 'low',
-            execute: 'true',
-          },
-        },
-        typedSearchAttributes: [
-          { key: SEARCH_ATTRIBUTES.tenant, value: 'bench' },
-          { key: SEARCH_ATTRIBUTES.userId, value: 'bench' },
-          { key: SEARCH_ATTRIBUTES.runStatus, value: 'created' },
-          { key: SEARCH_ATTRIBUTES.mood, value: 'CALM' },
-          { key: SEARCH_ATTRIBUTES.repo, value: repo },
-        ],
+        ...runStartMetadata(input),
       });
       return { ms: performance.now() - t, runId };
     };

@@ -17,3 +17,4 @@ export * from './moods';
 export * from './work-graph';
 export * from './rebuild';
 export * from './rebuild-defs';
+export * from './run-start';

@@ -28,6 +28,7 @@ import {
   canonicalJson,
   graphRunId,
   orderWorkGraph,
+  runStartMetadata,
   sha256Hex,
   stricterMood,
   workGraphViewQuery,
@@ -306,49 +307,28 @@ export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<
         ...(input.budgets ? { budgets: input.budgets } : {}),
         workItem: def,
       };
-      const requestHash = sha256Hex(canonicalJson(request));
-      const requestedAt = Date.now();
+      const runInput: RunWorkflowInput = {
+        runId,
+        tenant,
+        userId,
+        request,
+        requestHash: sha256Hex(canonicalJson(request)),
+        requestedAt: Date.now(),
+        ...(input.startedBy ? { startedBy: input.startedBy } : {}),
+        graph: { graphId, itemId: id, attempt },
+      };
+      const { memo, typedSearchAttributes } = runStartMetadata(runInput);
       try {
         const result: RunView = await executeChild<typeof runWorkflow>(WORKFLOW_TYPES.run, {
           workflowId: runId,
           taskQueue: TASK_QUEUES.orchestration,
-          args: [
-            {
-              runId,
-              tenant,
-              userId,
-              request,
-              requestHash,
-              requestedAt,
-              ...(input.startedBy ? { startedBy: input.startedBy } : {}),
-              graph: { graphId, itemId: id, attempt },
-            },
-          ],
+          args: [runInput],
           // Cancelling the graph cancels its runs, and waits until they have cleaned their sandboxes.
           parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
           cancellationType: ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
           // The same memo and search attributes the API gives a run, so GET /v1/runs/:id and the UI know it.
-          memo: {
-            requestHash,
-            requestedAt,
-            graphId,
-            summary: {
-              repo: input.repo,
-              baseRef: integrationCommit,
-              mood,
-              workItemId: id,
-              description: def.description.slice(0, 500),
-              riskTier: def.riskTier,
-              execute: def.execute.join(' ').slice(0, 500),
-            },
-          },
-          typedSearchAttributes: [
-            { key: SEARCH_ATTRIBUTES.tenant, value: tenant },
-            { key: SEARCH_ATTRIBUTES.userId, value: userId },
-            { key: SEARCH_ATTRIBUTES.runStatus, value: 'created' },
-            { key: SEARCH_ATTRIBUTES.mood, value: mood },
-            { key: SEARCH_ATTRIBUTES.repo, value: input.repo },
-          ],
+          memo,
+          typedSearchAttributes,
           staticSummary: `graph ${graphId} item ${id} attempt ${attempt} (${mood})`,
         });
         run.status = result.status;

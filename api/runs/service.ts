@@ -29,7 +29,9 @@ import {
   type ErrorCode,
   type InterruptView,
   type Mood,
+  runStartMetadata,
   type Principal,
+  type RunMemo,
   type RunRequest,
   type RunStatus,
   type RunSummary,
@@ -91,23 +93,6 @@ export function deriveRunId(tenant: string, userId: string, idempotencyKey: stri
 /** The verified identity a decision is recorded under (never ids from a request body). */
 function actorOf(p: Principal): { userId: string; tenant: string; tokenId?: string } {
   return { userId: p.userId, tenant: p.tenant, ...(p.tokenId ? { tokenId: p.tokenId } : {}) };
-}
-
-/** What the memo holds: enough to describe a run even when no worker answers queries. */
-interface RunMemo {
-  requestHash: string;
-  requestedAt: number;
-  /** Token id (jti) of the request that started the run. */
-  startedByTokenId?: string;
-  summary: {
-    repo: string;
-    baseRef: string;
-    mood: Mood;
-    workItemId: string;
-    description: string;
-    riskTier: string;
-    execute: string;
-  };
 }
 
 export function createTemporalRunService(deps: { client: Client; logger: Logger }): RunService {
@@ -379,20 +364,7 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
       requestedAt,
       startedBy: { scopes: principal.scopes, ...(principal.tokenId ? { tokenId: principal.tokenId } : {}) },
     };
-    const memo: RunMemo = {
-      requestHash,
-      requestedAt,
-      ...(principal.tokenId ? { startedByTokenId: principal.tokenId } : {}),
-      summary: {
-        repo: request.repo,
-        baseRef: request.baseRef,
-        mood: request.mood,
-        workItemId: workItem.id,
-        description: workItem.description.slice(0, 500),
-        riskTier: workItem.riskTier,
-        execute: workItem.execute.join(' ').slice(0, 500),
-      },
-    };
+    const { memo, typedSearchAttributes } = runStartMetadata(input);
     try {
       await client.workflow.start(WORKFLOW_TYPES.run, {
         workflowId: runId,
@@ -400,14 +372,8 @@ export function createTemporalRunService(deps: { client: Client; logger: Logger 
         args: [input],
         workflowIdConflictPolicy: 'USE_EXISTING',
         workflowIdReusePolicy: 'REJECT_DUPLICATE',
-        memo: memo as unknown as Record<string, unknown>,
-        typedSearchAttributes: [
-          { key: SEARCH_ATTRIBUTES.tenant, value: principal.tenant },
-          { key: SEARCH_ATTRIBUTES.userId, value: principal.userId },
-          { key: SEARCH_ATTRIBUTES.runStatus, value: 'created' },
-          { key: SEARCH_ATTRIBUTES.mood, value: request.mood },
-          { key: SEARCH_ATTRIBUTES.repo, value: request.repo },
-        ],
+        memo,
+        typedSearchAttributes,
         staticSummary: `${principal.userId}: ${workItem.description.split('\n')[0]?.slice(0, 120) ?? ''}`,
         staticDetails: `repo ${request.repo} @ ${spec.rerun ? `${spec.rerun.baseCommit} (rerun of ${spec.rerun.of}, image ${spec.rerun.imageId})` : request.baseRef}, mood ${request.mood}, execute \`${memo.summary.execute}\`, verifiers ${workItem.requiredVerifiers.join(', ') || '(none)'}`,
       });

@@ -8,6 +8,7 @@ import {
   refSchema,
   runEventSubject,
   runRequestSchema,
+  runStartMetadata,
   userSubjectPrefix,
 } from '../../contracts';
 
@@ -142,5 +143,51 @@ describe('verifier allow-list', () => {
         'g.yaml',
       ),
     ).toThrow(/g\.yaml: verifiers\.0\.argv/);
+  });
+});
+
+test('when a run starts (API, graph child or bench), then its memo and search attributes come from its input', () => {
+  const { memo, typedSearchAttributes } = runStartMetadata({
+    runId: 'run-1',
+    tenant: 'acme',
+    userId: 'alice',
+    requestHash: 'h',
+    requestedAt: 5,
+    startedBy: { scopes: ['runs:write'], tokenId: 'jti-1' },
+    graph: { graphId: 'graph-1', itemId: 'A', attempt: 2 },
+    request: {
+      repo: '/srv/repo',
+      baseRef: 'main',
+      mood: 'SKEPTICAL',
+      workItem: {
+        id: 'A',
+        description: 'x'.repeat(600),
+        execute: ['sh', '-c', 'true'],
+        requiredVerifiers: ['V-1'],
+        riskTier: 'medium',
+        acceptanceCriteria: [],
+        dependsOn: [],
+      },
+    },
+  });
+  expect(memo).toMatchObject({
+    requestHash: 'h',
+    requestedAt: 5,
+    startedByTokenId: 'jti-1',
+    graphId: 'graph-1',
+  });
+  expect(memo.summary).toMatchObject({
+    workItemId: 'A',
+    mood: 'SKEPTICAL',
+    execute: 'sh -c true',
+    riskTier: 'medium',
+  });
+  expect(memo.summary.description).toHaveLength(500);
+  expect(Object.fromEntries(typedSearchAttributes.map((p) => [p.key.name, p.value]))).toEqual({
+    ChoirTenant: 'acme',
+    ChoirUserId: 'alice',
+    ChoirRunStatus: 'created',
+    ChoirMood: 'SKEPTICAL',
+    ChoirRepo: '/srv/repo',
   });
 });

@@ -1,0 +1,57 @@
+/** The memo and search attributes a run starts with, whoever starts it (API, work graph, benchmark). */
+import type { SearchAttributePair } from '@temporalio/common';
+import { SEARCH_ATTRIBUTES } from './constants';
+import type { Mood, RunWorkflowInput } from './run';
+
+/** What a run's memo holds: enough to describe it when no worker answers queries. */
+export type RunMemo = {
+  requestHash: string;
+  requestedAt: number;
+  /** Token id (jti) of the request that started the run. */
+  startedByTokenId?: string;
+  /** The work graph that started the run as a child. */
+  graphId?: string;
+  summary: {
+    repo: string;
+    baseRef: string;
+    mood: Mood;
+    workItemId: string;
+    description: string;
+    riskTier: string;
+    execute: string;
+  };
+};
+
+/** Memo and search attributes of a run, from its workflow input; pure, so workflows may call it. */
+export function runStartMetadata(input: RunWorkflowInput): {
+  memo: RunMemo;
+  typedSearchAttributes: SearchAttributePair[];
+} {
+  const { request } = input;
+  const workItem = request.workItem;
+  const tokenId = input.startedBy?.tokenId;
+  return {
+    memo: {
+      requestHash: input.requestHash,
+      requestedAt: input.requestedAt,
+      ...(tokenId ? { startedByTokenId: tokenId } : {}),
+      ...(input.graph ? { graphId: input.graph.graphId } : {}),
+      summary: {
+        repo: request.repo,
+        baseRef: request.baseRef,
+        mood: request.mood,
+        workItemId: workItem.id,
+        description: workItem.description.slice(0, 500),
+        riskTier: workItem.riskTier,
+        execute: workItem.execute.join(' ').slice(0, 500),
+      },
+    },
+    typedSearchAttributes: [
+      { key: SEARCH_ATTRIBUTES.tenant, value: input.tenant },
+      { key: SEARCH_ATTRIBUTES.userId, value: input.userId },
+      { key: SEARCH_ATTRIBUTES.runStatus, value: 'created' },
+      { key: SEARCH_ATTRIBUTES.mood, value: request.mood },
+      { key: SEARCH_ATTRIBUTES.repo, value: request.repo },
+    ],
+  };
+}
