@@ -4,23 +4,18 @@
  * infra/ (FROM the locally built sandbox image), and branches for the failure cases. Every image
  * and container it leads to carries `choiros.test=<id>` and is removed by `cleanupDocker`.
  */
-import { execFileSync } from 'node:child_process';
 import { writeFile, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Docker from 'dockerode';
-import { JSONCodec, type NatsConnection } from 'nats';
 import {
-  EVENT_STREAM,
   isTerminalRebuildStage,
   rebuildTargetSchema,
-  runEventsFilter,
-  type EventEnvelope,
   type RebuildStage,
   type RebuildTarget,
   type RebuildTargetInput,
   type RebuildView,
 } from '../../contracts';
-import { ROOT, env, git, makeGitRepo, poll, type TestApi } from './integration';
+import { env, git, makeGitRepo, poll, type TestApi } from './integration';
 import { freePort } from '../../infra/stack/process';
 
 const SERVER = (
@@ -242,46 +237,4 @@ export function rebuildApi(api: TestApi) {
       return r.body;
     },
   };
-}
-
-/** Every event of one rebuild from JetStream, in order. */
-export async function rebuildEvents(
-  nats: NatsConnection,
-  userId: string,
-  rebuildId: string,
-): Promise<EventEnvelope[]> {
-  const js = nats.jetstream();
-  const consumer = await js.consumers.get(EVENT_STREAM, {
-    filterSubjects: runEventsFilter(userId, rebuildId),
-  });
-  const codec = JSONCodec<EventEnvelope>();
-  const out: EventEnvelope[] = [];
-  const batch = await consumer.fetch({ max_messages: 1000, expires: 2000 });
-  for await (const m of batch) {
-    out.push(codec.decode(m.data));
-    if (m.info.pending === 0) break;
-  }
-  return out;
-}
-
-/** With CHOIROS_RECORD_HISTORIES=1, saves a workflow's history as a replay fixture. */
-export async function recordHistory(workflowId: string, runId: string, name: string): Promise<void> {
-  if (process.env.CHOIROS_RECORD_HISTORIES !== '1') return;
-  const json = execFileSync(
-    process.env.CHOIROS_TEMPORAL_BIN ?? 'temporal',
-    [
-      'workflow',
-      'show',
-      '--workflow-id',
-      workflowId,
-      '--run-id',
-      runId,
-      '--output',
-      'json',
-      '--address',
-      env.temporalAddress(),
-    ],
-    { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
-  );
-  await writeFile(join(ROOT, 'test/fixtures/histories', `${name}.json`), json);
 }

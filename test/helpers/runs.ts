@@ -61,22 +61,29 @@ export function tokenId(token: string): string {
   return String(decodeJwt(token).jti);
 }
 
-/** Every event of one run, in stream order. */
+/** Every event of one run (or graph, or rebuild: their events use its id as run id), in stream order. */
 export async function readRunEvents(
   nats: NatsConnection,
   userId: string,
   runId: string,
 ): Promise<EventEnvelope[]> {
-  const js = nats.jetstream();
-  const consumer = await js.consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(userId, runId) });
+  const consumer = await nats
+    .jetstream()
+    .consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(userId, runId) });
   const codec = JSONCodec<EventEnvelope>();
   const out: EventEnvelope[] = [];
-  const batch = await consumer.fetch({ max_messages: 5000, expires: 2000 });
-  for await (const m of batch) {
-    out.push(codec.decode(m.data));
-    if (m.info.pending === 0) break;
+  for (;;) {
+    let pending = 0;
+    let got = 0;
+    const batch = await consumer.fetch({ max_messages: 500, expires: 2000 });
+    for await (const m of batch) {
+      out.push(codec.decode(m.data));
+      got += 1;
+      pending = m.info.pending;
+      if (pending === 0) break;
+    }
+    if (got === 0 || pending === 0) return out;
   }
-  return out;
 }
 
 /** Fails unless the events are numbered 1..n without a gap or a repeat. */
@@ -89,14 +96,25 @@ export function expectGapFree(events: EventEnvelope[]): void {
 }
 
 /**
- * With CHOIROS_RECORD_HISTORIES=1, saves a finished workflow's history as a replay fixture
- * (test/fixtures/histories/<name>.json), which the replay test runs in every `npm test`.
+ * With CHOIROS_RECORD_HISTORIES=1, saves a workflow's history (its latest run, or `runId`) as a
+ * replay fixture (test/fixtures/histories/<name>.json), which the replay test runs in every
+ * `npm test`. The CLI's JSON export is the format the SDK replayer reads.
  */
-export async function recordHistory(workflowId: string, name: string): Promise<void> {
+export async function recordHistory(workflowId: string, name: string, runId?: string): Promise<void> {
   if (process.env.CHOIROS_RECORD_HISTORIES !== '1') return;
   const json = execFileSync(
     process.env.CHOIROS_TEMPORAL_BIN ?? 'temporal',
-    ['workflow', 'show', '--workflow-id', workflowId, '--output', 'json', '--address', env.temporalAddress()],
+    [
+      'workflow',
+      'show',
+      '--workflow-id',
+      workflowId,
+      ...(runId ? ['--run-id', runId] : []),
+      '--output',
+      'json',
+      '--address',
+      env.temporalAddress(),
+    ],
     { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
   );
   await writeFile(join(ROOT, 'test/fixtures/histories', `${name}.json`), json);

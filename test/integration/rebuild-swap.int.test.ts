@@ -28,9 +28,9 @@ import {
   health,
   makeRebuildFixture,
   rebuildApi,
-  rebuildEvents,
   type RebuildFixture,
 } from '../helpers/rebuild-fixture';
+import { readRunEvents } from '../helpers/runs';
 
 const id = `sw${randomUUID().slice(0, 8)}`;
 const docker = new Docker();
@@ -182,7 +182,7 @@ test('when the worker is killed during the image build, then the pipeline resume
       )
       .map((e) => e.activityTaskStartedEventAttributes?.attempt ?? 1);
     expect(Math.max(...buildAttempts)).toBeGreaterThan(1);
-    const events = await rebuildEvents(nats, 'rm-alice', rebuildId);
+    const events = await readRunEvents(nats, 'rm-alice', rebuildId);
     expect(
       events.filter((e) => e.event_type === 'rebuild.deploy.service').map((e) => e.payload.service),
     ).toEqual(['api', 'worker']);

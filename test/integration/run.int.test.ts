@@ -4,21 +4,11 @@
  * network-less container, events land in NATS JetStream, and the API reports the result.
  */
 import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
-import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import Docker from 'dockerode';
-import { JSONCodec, type NatsConnection } from 'nats';
+import { type NatsConnection } from 'nats';
+import { SEARCH_ATTRIBUTES, knownEventSchema, type RunView } from '../../contracts';
 import {
-  EVENT_STREAM,
-  SEARCH_ATTRIBUTES,
-  knownEventSchema,
-  runEventsFilter,
-  type EventEnvelope,
-  type RunView,
-} from '../../contracts';
-import {
-  ROOT,
   connectNats,
   env,
   git,
@@ -29,6 +19,7 @@ import {
   type TestApi,
   type TestWorker,
 } from '../helpers/integration';
+import { readRunEvents, recordHistory } from '../helpers/runs';
 
 let api: TestApi;
 let worker: TestWorker;
@@ -66,21 +57,6 @@ async function getRun(runId: string, token?: string): Promise<{ status: number; 
   return { status: res.status, body: (await res.json()) as RunView };
 }
 
-/**
- * With CHOIROS_RECORD_HISTORIES=1, terminal runs are saved as replay fixtures
- * (test/fixtures/histories/<name>.json), which the replay test runs in every `npm test`.
- */
-async function recordHistory(runId: string, name: string): Promise<void> {
-  if (process.env.CHOIROS_RECORD_HISTORIES !== '1') return;
-  // The CLI's JSON export is the format the SDK replayer reads (historyFromJSON).
-  const json = execFileSync(
-    process.env.CHOIROS_TEMPORAL_BIN ?? 'temporal',
-    ['workflow', 'show', '--workflow-id', runId, '--output', 'json', '--address', env.temporalAddress()],
-    { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
-  );
-  await writeFile(join(ROOT, 'test/fixtures/histories', `${name}.json`), json);
-}
-
 async function waitTerminal(runId: string, recordAs?: string): Promise<RunView> {
   const { body } = await poll(
     () => getRun(runId),
@@ -91,19 +67,6 @@ async function waitTerminal(runId: string, recordAs?: string): Promise<RunView> 
   );
   if (recordAs) await recordHistory(runId, recordAs);
   return body;
-}
-
-async function readEvents(userId: string, runId: string): Promise<EventEnvelope[]> {
-  const js = nats.jetstream();
-  const consumer = await js.consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(userId, runId) });
-  const codec = JSONCodec<EventEnvelope>();
-  const out: EventEnvelope[] = [];
-  const batch = await consumer.fetch({ max_messages: 1000, expires: 2000 });
-  for await (const m of batch) {
-    out.push(codec.decode(m.data));
-    if (m.info.pending === 0) break;
-  }
-  return out;
 }
 
 async function managedContainers(runId: string): Promise<number> {
@@ -170,7 +133,7 @@ describe('a run through the API', () => {
     expect(git(repo.path, 'worktree', 'list')).not.toContain(started.runId);
 
     // Events: complete, gap-free, in order, deterministic ids, on the user's subject prefix.
-    const events = await readEvents('alice', started.runId);
+    const events = await readRunEvents(nats, 'alice', started.runId);
     expect(events.map((e) => e.seq)).toEqual(events.map((_, i) => i + 1));
     expect(events.length).toBe(view.events.emitted);
     expect(
@@ -238,7 +201,7 @@ describe('a run through the API', () => {
     expect(git(repo.path, 'rev-parse', 'main')).toBe(repo.head);
     expect(await managedContainers(runId)).toBe(0);
     expect(existsSync(join(worker.dataDir, 'worktrees', runId))).toBe(false);
-    const events = await readEvents('alice', runId);
+    const events = await readRunEvents(nats, 'alice', runId);
     expect(events.map((e) => e.event_type)).toContain('run.discarded');
   });
 

@@ -5,28 +5,23 @@
  * that continues as new with gap-free events; and a cancelled graph that leaves nothing behind
  * (Docker driver). The local driver keeps the rest fast.
  */
-import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import Docker from 'dockerode';
-import { JSONCodec, type NatsConnection } from 'nats';
+import { type NatsConnection } from 'nats';
 import {
-  EVENT_STREAM,
   SEARCH_ATTRIBUTES,
   TASK_QUEUES,
   WORKFLOW_TYPES,
   workGraphRequestSchema,
   type WorkGraphWorkflowInput,
   knownEventSchema,
-  runEventsFilter,
   type EventEnvelope,
   type RunView,
   type WorkGraphRequestInput,
   type WorkGraphView,
 } from '../../contracts';
 import {
-  ROOT,
   connectNats,
   env,
   git,
@@ -37,6 +32,7 @@ import {
   type TestApi,
   type TestWorker,
 } from '../helpers/integration';
+import { readRunEvents, recordHistory } from '../helpers/runs';
 import { readSse } from '../helpers/sse';
 
 let api: TestApi;
@@ -81,29 +77,6 @@ const getGraph = async (graphId: string): Promise<WorkGraphView> =>
   (await getJson<WorkGraphView>(`/v1/work-graphs/${graphId}`)).body;
 const getRun = async (runId: string): Promise<RunView> => (await getJson<RunView>(`/v1/runs/${runId}`)).body;
 
-/** Saves one workflow run's history as a replay fixture when CHOIROS_RECORD_HISTORIES=1. */
-async function recordHistory(workflowId: string, runId: string, name: string): Promise<void> {
-  if (process.env.CHOIROS_RECORD_HISTORIES !== '1') return;
-  // The CLI's JSON export is the format the SDK replayer reads.
-  const json = execFileSync(
-    process.env.CHOIROS_TEMPORAL_BIN ?? 'temporal',
-    [
-      'workflow',
-      'show',
-      '--workflow-id',
-      workflowId,
-      '--run-id',
-      runId,
-      '--output',
-      'json',
-      '--address',
-      env.temporalAddress(),
-    ],
-    { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
-  );
-  await writeFile(join(ROOT, 'test/fixtures/histories', `${name}.json`), json);
-}
-
 async function waitGraph(graphId: string, timeoutMs: number, recordAs?: string): Promise<WorkGraphView> {
   // Polls a compact projection, so a timeout reports the counts rather than every item.
   await poll(
@@ -118,29 +91,9 @@ async function waitGraph(graphId: string, timeoutMs: number, recordAs?: string):
   const view = await getGraph(graphId);
   if (recordAs) {
     const desc = await api.client.workflow.getHandle(graphId).describe();
-    await recordHistory(graphId, desc.runId, recordAs);
+    await recordHistory(graphId, recordAs, desc.runId);
   }
   return view;
-}
-
-/** Every event of a graph (its events use run id = graph id), in stream order. */
-async function readEvents(userId: string, id: string): Promise<EventEnvelope[]> {
-  const js = nats.jetstream();
-  const consumer = await js.consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(userId, id) });
-  const codec = JSONCodec<EventEnvelope>();
-  const out: EventEnvelope[] = [];
-  for (;;) {
-    let pending = 0;
-    let got = 0;
-    const batch = await consumer.fetch({ max_messages: 500, expires: 2000 });
-    for await (const m of batch) {
-      out.push(codec.decode(m.data));
-      got += 1;
-      pending = m.info.pending;
-      if (pending === 0) break;
-    }
-    if (got === 0 || pending === 0) return out;
-  }
 }
 
 function item(id: string, dependsOn: string[], execute: string[], requiredVerifiers = ['V-TRUE']) {
@@ -240,7 +193,7 @@ describe('work graphs (local driver)', () => {
     expect(child.parentExecution?.workflowId).toBe(started.graphId);
 
     const events = await poll(
-      () => readEvents('alice', started.graphId),
+      () => readRunEvents(nats, 'alice', started.graphId),
       (e) => e[e.length - 1]?.event_type === 'graph.completed',
       10_000,
     );
@@ -304,7 +257,7 @@ describe('work graphs (local driver)', () => {
     expect([second.mood, second.status]).toEqual(['SKEPTICAL', 'discarded']);
 
     const events = await poll(
-      () => readEvents('alice', started.graphId),
+      () => readRunEvents(nats, 'alice', started.graphId),
       (e) => e[e.length - 1]?.event_type === 'graph.completed',
       10_000,
     );
@@ -377,7 +330,7 @@ describe('work graphs (local driver)', () => {
       [],
     ]);
     const events = await poll(
-      () => readEvents('alice', started.graphId),
+      () => readRunEvents(nats, 'alice', started.graphId),
       (e) => e[e.length - 1]?.event_type === 'graph.completed',
       10_000,
     );
@@ -447,7 +400,7 @@ describe('work graphs (local driver)', () => {
     expect(latest.typedSearchAttributes.get(SEARCH_ATTRIBUTES.runStatus)).toBe('completed');
     expect(latest.memo).toMatchObject({ requestHash: 'direct' });
     const events = await poll(
-      () => readEvents('alice', graphId),
+      () => readRunEvents(nats, 'alice', graphId),
       (e) => e[e.length - 1]?.event_type === 'graph.completed',
       10_000,
     );
@@ -455,8 +408,8 @@ describe('work graphs (local driver)', () => {
     expect(events.filter((e) => e.event_type === 'workitem.completed').map((e) => e.payload.item_id)).toEqual(
       ['p', 'q', 'r'],
     );
-    await recordHistory(graphId, handle.firstExecutionRunId, 'work-graph-continue-as-new');
-    await recordHistory(graphId, latest.runId, 'work-graph-continued');
+    await recordHistory(graphId, 'work-graph-continue-as-new', handle.firstExecutionRunId);
+    await recordHistory(graphId, 'work-graph-continued', latest.runId);
   });
 
   test('when a graph of 200 items runs, then it continues as new at least once, the status query answers throughout and its events stay gap-free', async () => {
@@ -494,7 +447,7 @@ describe('work graphs (local driver)', () => {
     expect(files).toHaveLength(201);
 
     const events = await poll(
-      () => readEvents('alice', started.graphId),
+      () => readRunEvents(nats, 'alice', started.graphId),
       (e) => e[e.length - 1]?.event_type === 'graph.completed',
       20_000,
     );
