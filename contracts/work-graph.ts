@@ -9,7 +9,6 @@ import {
   workItemInputSchema,
   type Mood,
   type RunBudgets,
-  type RunStatus,
   type WorkItem,
 } from './run';
 
@@ -199,13 +198,6 @@ function findCycle(items: { id: string; dependsOn: string[] }[], ordered: Set<st
   }
   // Reported in dependency direction reversed (a → b means b depends on a), reading as "runs before".
   return path.slice(seen.get(node)).reverse();
-}
-
-/** Graph-level outcome of one item's final run status. */
-export function itemStatusForRun(status: RunStatus): WorkItemStatus {
-  if (status === 'committed') return 'committed';
-  if (status === 'cancelled') return 'cancelled';
-  return 'failed';
 }
 
 /**
