@@ -18,7 +18,7 @@ import { parseWorkGraphRequest } from './graphs/validate';
 import type { WorkGraphService } from './graphs/service';
 import { authenticate, principalOf, requireAction } from './auth/middleware';
 import type { TokenVerifier } from './auth/token-verifier';
-import { errorMiddleware, validationError } from './errors';
+import { errorMiddleware, sendProblem, validationError } from './errors';
 import type { RunEventSource } from './events/source';
 import type { UserNatsCredentials } from './nats/credentials';
 import type { RunService } from './runs/service';
@@ -54,6 +54,12 @@ export interface AppDeps {
   version?: string;
   /** SSE comment heartbeat interval. */
   sseHeartbeatMs?: number;
+  /**
+   * Aborted when the process drains (SIGTERM): requests on kept-alive connections get 503
+   * `service_unavailable` with `Connection: close`, `/readyz` answers 503 and SSE streams end
+   * (clients reconnect elsewhere with `Last-Event-ID`).
+   */
+  shutdown?: AbortSignal;
   logger: Logger;
 }
 
@@ -87,7 +93,10 @@ export function createApp(deps: AppDeps): express.Express {
         ? `${req.baseUrl}${String((req.route as { path: string }).path)}`
         : 'unmatched';
       metrics.requests.inc({ method: req.method, route: template, status: String(res.statusCode) });
-      metrics.duration.observe({ method: req.method, route: template }, (Date.now() - started) / 1000);
+      metrics.duration.observe(
+        { method: req.method, route: template, status: String(res.statusCode) },
+        (Date.now() - started) / 1000,
+      );
       if (res.statusCode === 401 || res.statusCode === 403)
         metrics.authFailures.inc({ code: String(res.statusCode) });
       deps.logger.info(
@@ -103,6 +112,12 @@ export function createApp(deps: AppDeps): express.Express {
         'request',
       );
     });
+    if (deps.shutdown?.aborted) {
+      res.setHeader('Connection', 'close');
+      res.setHeader('Retry-After', '1');
+      sendProblem(res, 'service_unavailable', 'this API instance is shutting down; retry on another');
+      return;
+    }
     next();
   });
 
@@ -174,6 +189,7 @@ export function createApp(deps: AppDeps): express.Express {
       const runRequest = parseRunRequest(req.body, deps.verifiers);
       const view = await deps.runs.start(principal, runRequest, key);
       res.locals.runId = view.runId;
+      metrics.runStarts.inc({ mood: runRequest.mood });
       res.status(201).location(`/v1/runs/${view.runId}`).json(view);
     }),
   );
@@ -425,6 +441,8 @@ async function streamEvents(
 ): Promise<void> {
   const abort = new AbortController();
   req.on('close', () => abort.abort());
+  const onShutdown = (): void => abort.abort();
+  deps.shutdown?.addEventListener('abort', onShutdown, { once: true });
   res.writeHead(200, {
     'Content-Type': 'text/event-stream; charset=utf-8',
     'Cache-Control': 'no-cache, no-transform',
@@ -448,6 +466,7 @@ async function streamEvents(
     }
   } finally {
     clearInterval(heartbeat);
+    deps.shutdown?.removeEventListener('abort', onShutdown);
     deps.logger.info({ event: 'sse.closed', runId, afterSeq, sent }, 'event stream closed');
     res.end();
   }

@@ -107,6 +107,11 @@ export const apiConfigSchema = z.object({
   CHOIROS_VERSION: z.string().max(100).default('dev'),
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+  /**
+   * On SIGTERM, seconds in-flight HTTP and gRPC calls get to finish (new ones are refused) before
+   * the remaining connections are closed.
+   */
+  API_SHUTDOWN_GRACE_SECONDS: z.coerce.number().int().min(0).max(600).default(20),
 });
 
 export type ApiConfig = z.output<typeof apiConfigSchema> & {

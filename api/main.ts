@@ -30,6 +30,7 @@ async function main(): Promise<void> {
   let nats: NatsConnection | undefined;
   let server: Server | undefined;
   let grpcServer: grpc.Server | undefined;
+  const shutdown = new AbortController();
   try {
     connection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
     const temporalConn = connection;
@@ -85,6 +86,7 @@ async function main(): Promise<void> {
       events,
       verifiers,
       metrics: createApiMetrics(),
+      shutdown: shutdown.signal,
       ...(rateLimiter ? { rateLimiter } : {}),
       ...(accountSeed
         ? {
@@ -141,16 +143,33 @@ async function main(): Promise<void> {
       },
       'API listening',
     );
-    await new Promise<void>((resolve) => {
-      const stop = (signal: string): void => {
-        logger.info({ event: 'api.shutdown', signal }, 'shutting down: draining connections');
-        grpcServer?.tryShutdown(() => undefined);
-        listening.close(() => resolve());
-        listening.closeIdleConnections();
-      };
-      process.once('SIGTERM', () => stop('SIGTERM'));
-      process.once('SIGINT', () => stop('SIGINT'));
+    const signal = await new Promise<string>((resolve) => {
+      process.once('SIGTERM', () => resolve('SIGTERM'));
+      process.once('SIGINT', () => resolve('SIGINT'));
     });
+    // Drain: refuse new connections and requests (503 + Connection: close on kept-alive ones),
+    // end SSE streams, let in-flight calls finish within the grace period, then close the rest.
+    const graceMs = config.API_SHUTDOWN_GRACE_SECONDS * 1000;
+    logger.info({ event: 'api.shutdown', signal, graceSeconds: graceMs / 1000 }, 'shutting down: draining');
+    shutdown.abort();
+    const drained = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), graceMs);
+      let pending = grpcServer ? 2 : 1;
+      const done = (): void => {
+        pending -= 1;
+        if (pending === 0) {
+          clearTimeout(timer);
+          resolve(true);
+        }
+      };
+      grpcServer?.tryShutdown(() => done());
+      listening.close(() => done());
+      listening.closeIdleConnections();
+    });
+    logger.info(
+      { event: 'api.stopped', drained },
+      drained ? 'drained' : 'grace period over; closing the rest',
+    );
   } finally {
     server?.closeAllConnections();
     grpcServer?.forceShutdown();
@@ -159,7 +178,10 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`api: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-  process.exit(1);
-});
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`api: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -4,7 +4,8 @@ import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client
 export interface ApiMetrics {
   registry: Registry;
   requests: Counter<'method' | 'route' | 'status'>;
-  duration: Histogram<'method' | 'route'>;
+  duration: Histogram<'method' | 'route' | 'status'>;
+  runStarts: Counter<'mood'>;
   authFailures: Counter<'code'>;
   rateLimited: Counter;
 }
@@ -22,8 +23,8 @@ export function createApiMetrics(opts: { defaultMetrics?: boolean } = {}): ApiMe
     }),
     duration: new Histogram({
       name: 'choiros_api_request_duration_seconds',
-      help: 'HTTP request duration by method and route template',
-      labelNames: ['method', 'route'],
+      help: 'HTTP request duration by method, route template and status',
+      labelNames: ['method', 'route', 'status'],
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [registry],
     }),
@@ -31,6 +32,12 @@ export function createApiMetrics(opts: { defaultMetrics?: boolean } = {}): ApiMe
       name: 'choiros_api_auth_failures_total',
       help: 'Requests refused by authentication or authorisation, by error code',
       labelNames: ['code'],
+      registers: [registry],
+    }),
+    runStarts: new Counter({
+      name: 'choiros_api_run_starts_total',
+      help: 'Runs started through POST /v1/runs (201), by mood; an idempotent repeat counts again',
+      labelNames: ['mood'],
       registers: [registry],
     }),
     rateLimited: new Counter({

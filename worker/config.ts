@@ -91,6 +91,23 @@ export const workerConfigSchema = z.object({
     .string()
     .regex(/^[a-z0-9.-]+(:[0-9]{1,5})?(\/[a-z0-9._-]+)*$/)
     .optional(),
+  /** Port of the worker's Prometheus `GET /metrics`; 0 turns the endpoint off. */
+  CHOIROS_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(9464),
+  /** Interface the metrics endpoint listens on (`0.0.0.0` to let a scraper on another host in). */
+  CHOIROS_METRICS_HOST: z.string().min(1).default('127.0.0.1'),
+  /**
+   * Include the Temporal SDK's metrics (task latencies, slots, polls; `temporal_*`) in `/metrics`.
+   * The SDK core serves them on a free loopback port that `/metrics` reads on each scrape.
+   */
+  CHOIROS_TEMPORAL_SDK_METRICS: z
+    .enum(['true', 'false'])
+    .default('true')
+    .transform((v) => v === 'true'),
+  /**
+   * On SIGTERM, seconds in-flight activities get to finish before they are cancelled and handed
+   * back to Temporal (their next attempt runs on another worker).
+   */
+  CHOIROS_SHUTDOWN_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(30),
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });

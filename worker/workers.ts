@@ -25,9 +25,11 @@ import { createBuildActivities } from '../activities/images/activities';
 import { createDeployActivities } from '../activities/deploy/activities';
 import type { Deployer } from '../activities/deploy/deployer';
 import type { WorkerConfig } from './config';
+import { createWorkerMetrics, observePublished, type WorkerMetrics } from './metrics';
 
 export interface WorkerSet {
   workers: Worker[];
+  metrics: WorkerMetrics;
   /** Resolves when every worker has stopped (after `shutdown()`), rejects if one crashes. */
   run(): Promise<void>;
   shutdown(): void;
@@ -45,8 +47,11 @@ export async function createWorkerSet(opts: {
   workflowBundle?: WorkflowBundleWithSourceMap;
   /** Test-only deployer overrides (e.g. a deployer that fails); the docker and noop deployers otherwise. */
   deployers?: { docker?: Deployer; noop?: Deployer };
+  /** The process's metrics (served by worker/process.ts); a private registry when absent. */
+  metrics?: WorkerMetrics;
 }): Promise<WorkerSet> {
   const { config, logger } = opts;
+  const metrics = opts.metrics ?? createWorkerMetrics({ worktreeRoot: join(config.dataDir, 'worktrees') });
   const hostQueue = hostSandboxQueue(config.CHOIROS_HOST_ID);
   const jsm = await opts.nats.jetstreamManager();
   await ensureEventStream(jsm, {
@@ -86,11 +91,13 @@ export async function createWorkerSet(opts: {
     artifacts: new LocalArtifactStore(config.artifactsDir),
     maxLogBytes: config.CHOIROS_MAX_LOG_BYTES,
     logger: logger.child({ component: 'sandbox' }),
+    metrics,
   });
   const eventActivities = createEventActivities({
     js: opts.nats.jetstream(),
     logger: logger.child({ component: 'events' }),
     beforePublish: opts.eventFaults,
+    onPublished: (event, duplicate) => observePublished(metrics, event, duplicate, Date.now()),
   });
   const buildActivities = createBuildActivities({
     docker: opts.docker,
@@ -109,6 +116,9 @@ export async function createWorkerSet(opts: {
   const common = {
     connection: opts.connection,
     namespace: config.TEMPORAL_NAMESPACE,
+    // SIGTERM: stop polling, let in-flight activities finish for this long, then cancel them so
+    // Temporal retries them elsewhere (activities heartbeat, so a cancel reaches them).
+    shutdownGraceTime: config.CHOIROS_SHUTDOWN_GRACE_SECONDS * 1000,
     workerDeploymentOptions: {
       version: { deploymentName: 'choiros', buildId: config.CHOIROS_BUILD_ID },
       useWorkerVersioning: false as const,
@@ -195,6 +205,7 @@ export async function createWorkerSet(opts: {
   );
   return {
     workers,
+    metrics,
     async run() {
       try {
         await Promise.all(workers.map((w) => w.run()));

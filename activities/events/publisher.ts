@@ -79,6 +79,8 @@ export interface EventActivityDeps {
    * activity attempt; throwing fails the attempt mid-batch, as a crash or a NATS error would.
    */
   beforePublish?: (event: EventEnvelope, attempt: number) => void;
+  /** Called after each acknowledged publish (worker metrics: run counts, flush lag). */
+  onPublished?: (event: EventEnvelope, duplicate: boolean) => void;
 }
 
 export function createEventActivities(deps: EventActivityDeps): EventActivities {
@@ -91,6 +93,7 @@ export function createEventActivities(deps: EventActivityDeps): EventActivities 
         deps.beforePublish?.(event, Context.current().info.attempt);
         const ack = await publishEnvelope(deps.js, event);
         acks.push({ id: event.id, streamSeq: ack.seq, duplicate: ack.duplicate });
+        deps.onPublished?.(event, ack.duplicate);
       }
       const first = events[0];
       if (first) {

@@ -7,6 +7,7 @@ import { promisify } from 'node:util';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from 'pino';
+import type { Counter, Histogram } from 'prom-client';
 import {
   canonicalJson,
   isGitUrl,
@@ -55,6 +56,22 @@ export interface SandboxDeps {
   /** At most this many bytes of one command's output are stored; the rest is counted, hashed and dropped. */
   maxLogBytes: number;
   logger: Logger;
+  /** Prometheus instruments of the worker process (worker/metrics.ts); nothing is recorded without them. */
+  metrics?: SandboxMetrics;
+}
+
+/** The worker metrics sandbox activities record (a subset of worker/metrics.ts WorkerMetrics). */
+export interface SandboxMetrics {
+  workItemDuration: Histogram<'outcome'>;
+  verifierDuration: Histogram<'verifier' | 'result'>;
+  sandboxesCreated: Counter;
+  sandboxesDestroyed: Counter;
+}
+
+function commandOutcomeLabel(o: CommandOutcome): string {
+  if (o.timedOut) return 'timeout';
+  if (o.oomKilled) return 'oom';
+  return o.exitCode === 0 ? 'ok' : 'nonzero';
 }
 
 /** Everything the host keeps about one sandbox, derived from its id alone (so any retry finds it). */
@@ -157,6 +174,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
           // The sandbox runs as an unprivileged user; it must own the worktree to write to it.
           await execFileAsync('chown', ['-R', '--', deps.sandboxUser, rec.worktree]);
         }
+        deps.metrics?.sandboxesCreated.inc();
       }
       await driver.createExecutionSandbox({
         name: rec.container,
@@ -213,6 +231,10 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
           log: outcome.log,
         },
         'work item executed',
+      );
+      deps.metrics?.workItemDuration.observe(
+        { outcome: commandOutcomeLabel(outcome) },
+        outcome.durationMs / 1000,
       );
       return outcome;
     },
@@ -278,6 +300,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
         },
         'verifier finished',
       );
+      deps.metrics?.verifierDuration.observe({ verifier: spec.id, result }, outcome.durationMs / 1000);
       return { ...outcome, id: spec.id, result, reportDigest: stored.digest };
     },
 
@@ -373,6 +396,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
         }
         await rm(rec.worktree, { recursive: true, force: true });
         removed.push('worktree');
+        deps.metrics?.sandboxesDestroyed.inc();
       }
       if (repo) {
         await git(['worktree', 'prune'], { cwd: repo, safeDirs: [repo] });

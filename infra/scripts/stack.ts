@@ -190,6 +190,7 @@ async function main(): Promise<void> {
     };
     const apiPort = envInt('API_PORT', 8080);
     const grpcPort = envInt('GRPC_PORT', 9090);
+    const workerMetricsPort = envInt('CHOIROS_METRICS_PORT', 9464);
     say('starting the worker');
     const worker = startProcess({
       name: 'worker',
@@ -197,7 +198,11 @@ async function main(): Promise<void> {
       args: ['--import', 'tsx', join(ROOT, 'worker/main.ts')],
       cwd: ROOT,
       logFile: join(logDir, 'worker.log'),
-      env: { ...serviceEnv, ...(workerCreds ? { NATS_CREDS: workerCreds } : {}) },
+      env: {
+        ...serviceEnv,
+        ...(workerCreds ? { NATS_CREDS: workerCreds } : {}),
+        CHOIROS_METRICS_PORT: String(workerMetricsPort),
+      },
     });
     started.push(worker);
     await recordPids();
@@ -241,6 +246,8 @@ async function main(): Promise<void> {
     process.stdout.write(`TEMPORAL_ADDRESS=${temporalAddress}\n`);
     process.stdout.write(`NATS_URL=${natsUrl}\n`);
     if (grpcPort > 0) process.stdout.write(`GRPC_ADDRESS=127.0.0.1:${grpcPort}\n`);
+    process.stdout.write(`API_METRICS_URL=${apiUrl}/metrics\n`);
+    process.stdout.write(`WORKER_METRICS_URL=http://127.0.0.1:${workerMetricsPort}/metrics\n`);
     if (devToken) process.stdout.write(`DEV_TOKEN=${devToken}\n`);
     say(
       'try: curl -s -X POST "$API_URL/v1/runs" -H "Authorization: Bearer $DEV_TOKEN" -H "Content-Type: application/json" -d @request.json',

@@ -64,6 +64,9 @@ async function spawnWorker(buildId: string, hostId: string, dataDir: string): Pr
       CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
       CHOIROS_BUILD_ID: buildId,
       CHOIROS_CHILD_BUNDLE: bundlePath,
+      CHOIROS_METRICS_PORT: '0',
+      // A replaced worker hands its in-flight activities back at once (what this test is about).
+      CHOIROS_SHUTDOWN_GRACE_SECONDS: '0',
       LOG_LEVEL: 'info',
     },
     stdio: ['ignore', 'pipe', 'pipe'],

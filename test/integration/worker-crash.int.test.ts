@@ -46,6 +46,7 @@ async function startWorkerProcess(): Promise<ChildProcess> {
       CHOIROS_SANDBOX_IMAGE: env.sandboxImage(),
       CHOIROS_HOST_ID: hostId,
       CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
+      CHOIROS_METRICS_PORT: '0',
       LOG_LEVEL: 'info',
     },
   });
