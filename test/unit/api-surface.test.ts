@@ -28,7 +28,7 @@ afterAll(async () => {
   await issuer.stop();
 });
 
-function build(extra: { rateLimiter?: RateLimiter } = {}) {
+function build(extra: { rateLimiter?: RateLimiter; shutdown?: AbortSignal } = {}) {
   const metrics = createApiMetrics({ defaultMetrics: false });
   const app = createApp({
     verifyToken: testTokenVerifier(issuer.url),
@@ -152,5 +152,27 @@ describe('rate limits and metrics', () => {
     expect(res.text).toMatch(/choiros_api_requests_total\{method="GET",route="[^"]*",status="200"\} 1/);
     expect(res.text).toMatch(/choiros_api_auth_failures_total\{code="401"\} 1/);
     expect(res.text).not.toContain('run-abc');
+  });
+});
+
+describe('draining (SIGTERM)', () => {
+  test('when the process drains, then every request, readiness included, gets 503 with Connection: close and Retry-After', async () => {
+    const shutdown = new AbortController();
+    const { app } = build({ shutdown: shutdown.signal });
+    const auth = `Bearer ${await issuer.sign(key)}`;
+    expect((await request(app).get('/readyz')).status).toBe(200);
+    expect((await request(app).get('/v1/runs/run-abc').set('authorization', auth)).status).toBe(200);
+    shutdown.abort();
+    for (const res of [
+      await request(app).get('/readyz'),
+      await request(app).get('/v1/runs/run-abc').set('authorization', auth),
+      await request(app).post('/v1/runs').set('authorization', auth).send({}),
+    ]) {
+      expect(res.status).toBe(503);
+      expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+      expect(res.body).toMatchObject({ code: 'service_unavailable', status: 503 });
+      expect(res.headers.connection).toBe('close');
+      expect(res.headers['retry-after']).toBe('1');
+    }
   });
 });
