@@ -3,8 +3,8 @@ import { execFileSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeJwt } from 'jose';
-import { JSONCodec, type NatsConnection } from 'nats';
-import { EVENT_STREAM, runEventsFilter, type EventEnvelope, type RunView } from '../../contracts';
+import type { RunView } from '../../contracts';
+export { expectGapFree, readRunEvents } from '../../infra/stack/run-events';
 import { ROOT, env, poll, type TestApi } from './integration';
 
 export interface ApiCall<T = unknown> {
@@ -59,40 +59,6 @@ export function apiClient(api: TestApi) {
 /** The token id (jti) of a token, as the run records its approver. */
 export function tokenId(token: string): string {
   return String(decodeJwt(token).jti);
-}
-
-/** Every event of one run (or graph, or rebuild: their events use its id as run id), in stream order. */
-export async function readRunEvents(
-  nats: NatsConnection,
-  userId: string,
-  runId: string,
-): Promise<EventEnvelope[]> {
-  const consumer = await nats
-    .jetstream()
-    .consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(userId, runId) });
-  const codec = JSONCodec<EventEnvelope>();
-  const out: EventEnvelope[] = [];
-  for (;;) {
-    let pending = 0;
-    let got = 0;
-    const batch = await consumer.fetch({ max_messages: 500, expires: 2000 });
-    for await (const m of batch) {
-      out.push(codec.decode(m.data));
-      got += 1;
-      pending = m.info.pending;
-      if (pending === 0) break;
-    }
-    if (got === 0 || pending === 0) return out;
-  }
-}
-
-/** Fails unless the events are numbered 1..n without a gap or a repeat. */
-export function expectGapFree(events: EventEnvelope[]): void {
-  const seqs = events.map((e) => e.seq);
-  const want = Array.from({ length: seqs.length }, (_, i) => i + 1);
-  if (JSON.stringify(seqs) !== JSON.stringify(want)) {
-    throw new Error(`events are not gap- and duplicate-free by seq: ${seqs.join(',')}`);
-  }
 }
 
 /**

@@ -1,0 +1,334 @@
+/**
+ * `npm run bench:load`: N runs started at once through the real API process, run by the real worker
+ * process (local sandbox driver, one small work item and one verifier each), loopback only.
+ * Prints throughput, start and end-to-end latency percentiles, errors, and the worker's and API's
+ * resident memory and CPU, and checks every run committed with gap-free events.
+ *
+ * Starts its own Temporal dev server, nats-server, dev issuer, worker and API
+ * (CHOIROS_TEMPORAL_BIN, CHOIROS_NATS_SERVER_BIN: `npm run provision`); nothing else is touched.
+ * Bounded: BENCH_LOAD_RUNS (default 200) runs, BENCH_LOAD_DEADLINE_SECONDS (default 900).
+ * Runs are spread over users and tenants so the fairness caps (8 per user, 64 per tenant) admit
+ * them all at once: BENCH_LOAD_USERS (default 25) users over BENCH_LOAD_TENANTS (default 5).
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Client, Connection } from '@temporalio/client';
+import { connect, credsAuthenticator } from 'nats';
+import type { RunView } from '../../contracts';
+import {
+  DEV_AUDIENCE,
+  loadOrCreateDevKey,
+  mintDevToken,
+  serveDevIssuer,
+} from '../../infra/dev-issuer/issuer';
+import { startNatsServer } from '../../infra/stack/nats';
+import { freePort, startProcess, waitFor, type ManagedProcess } from '../../infra/stack/process';
+import { expectGapFree, readRunEvents } from '../../infra/stack/run-events';
+import { startTemporalDevServer } from '../../infra/stack/temporal';
+import { pct } from '../util';
+
+const ROOT = resolve(__dirname, '../..');
+const RUNS = intEnv('BENCH_LOAD_RUNS', 200);
+const USERS = intEnv('BENCH_LOAD_USERS', 25);
+const TENANTS = intEnv('BENCH_LOAD_TENANTS', 5);
+const DEADLINE_MS = intEnv('BENCH_LOAD_DEADLINE_SECONDS', 900) * 1000;
+
+const VERIFIERS = `version: 1
+verifiers:
+  - { id: V-RESULT, description: RESULT.txt is non-empty, argv: ['test', '-s', 'RESULT.txt'], timeoutSeconds: 30 }
+`;
+
+function intEnv(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${name}=${raw} is not a positive integer`);
+  return n;
+}
+
+function need(name: string): string {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set: run via \`npm run bench:load\` (it provisions the binaries)`);
+  return v;
+}
+
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+
+/** CPU seconds (user + system) and resident bytes of one process, from /proc. */
+async function procStats(pid: number): Promise<{ cpuSeconds: number; rssBytes: number }> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const cpuSeconds = (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const rssKb = Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+  return { cpuSeconds, rssBytes: rssKb * 1024 };
+}
+
+/** Samples a process every 500 ms: peak RSS and CPU seconds used between start() and stop(). */
+function sampler(proc: ManagedProcess) {
+  let peakRss = 0;
+  let cpu0 = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const sample = async (): Promise<number> => {
+    const s = await procStats(proc.pid);
+    peakRss = Math.max(peakRss, s.rssBytes);
+    return s.cpuSeconds;
+  };
+  return {
+    async start() {
+      cpu0 = await sample();
+      peakRss = 0;
+      timer = setInterval(() => void sample().catch(() => undefined), 500);
+    },
+    async stop() {
+      clearInterval(timer);
+      const cpu = (await sample()) - cpu0;
+      return { peakRss, cpuSeconds: cpu };
+    },
+    idleRss: async () => (await procStats(proc.pid)).rssBytes,
+  };
+}
+
+const mib = (b: number): string => `${(b / 1024 / 1024).toFixed(0)} MiB`;
+const msf = (x: number): string => `${x.toFixed(0)} ms`;
+
+async function main(): Promise<void> {
+  const began = performance.now();
+  const left = (): number => DEADLINE_MS - (performance.now() - began);
+  const work = await mkdtemp(join(tmpdir(), 'choiros-bench-load-'));
+  const say = (m: string): void => void process.stderr.write(`[bench:load] ${m}\n`);
+  const temporal = await startTemporalDevServer({
+    binary: need('CHOIROS_TEMPORAL_BIN'),
+    host: '127.0.0.1',
+    port: await freePort(),
+    logDir: work,
+    namespace: 'default',
+  });
+  const nats = await startNatsServer({
+    binary: need('CHOIROS_NATS_SERVER_BIN'),
+    host: '127.0.0.1',
+    port: await freePort(),
+    dir: join(work, 'nats'),
+    logDir: work,
+  });
+  const cleanups: (() => Promise<unknown>)[] = [
+    () => nats.process.stop(),
+    () => temporal.process.stop(),
+    () => rm(work, { recursive: true, force: true }),
+  ];
+  try {
+    const repo = join(work, 'repo');
+    execFileSync('git', ['init', '-q', '-b', 'main', repo]);
+    await writeFile(join(repo, 'README.md'), 'hello\n');
+    const g = (...a: string[]) =>
+      execFileSync('git', ['-c', 'user.name=B', '-c', 'user.email=b@x.invalid', ...a], { cwd: repo });
+    g('add', '.');
+    g('commit', '-qm', 'init');
+    const verifiersFile = join(work, 'verifiers.yaml');
+    await writeFile(verifiersFile, VERIFIERS);
+    const key = await loadOrCreateDevKey(join(work, 'issuer'));
+    const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
+    cleanups.unshift(() => issuer.close());
+
+    const common = {
+      ...process.env,
+      TEMPORAL_ADDRESS: temporal.address,
+      NATS_URL: nats.url,
+      CHOIROS_VERIFIERS_FILE: verifiersFile,
+      LOG_LEVEL: 'warn',
+    };
+    say('starting the worker (local sandbox driver) and the API');
+    const metricsPort = await freePort();
+    const worker = startProcess({
+      name: 'worker',
+      command: process.execPath,
+      args: ['--import', 'tsx', join(ROOT, 'worker/main.ts')],
+      cwd: ROOT,
+      logFile: join(work, 'worker.log'),
+      env: {
+        ...common,
+        NATS_CREDS: nats.workerCredsFile,
+        CHOIROS_DATA_DIR: join(work, 'data'),
+        CHOIROS_SANDBOX_DRIVER: 'local',
+        CHOIROS_HOST_ID: 'bench-load',
+        CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
+        CHOIROS_METRICS_PORT: String(metricsPort),
+        LOG_LEVEL: 'info',
+      },
+    });
+    cleanups.unshift(() => worker.stop(30_000));
+    const apiPort = await freePort();
+    const api = startProcess({
+      name: 'api',
+      command: process.execPath,
+      args: ['--import', 'tsx', join(ROOT, 'api/main.ts')],
+      cwd: ROOT,
+      logFile: join(work, 'api.log'),
+      env: {
+        ...common,
+        NATS_CREDS: nats.apiCredsFile,
+        NATS_ACCOUNT_SEED_FILE: nats.accountSeedFile,
+        AUTH_ISSUER: issuer.issuer,
+        AUTH_AUDIENCE: DEV_AUDIENCE,
+        AUTH_ALGORITHMS: 'ES256',
+        API_HOST: '127.0.0.1',
+        API_PORT: String(apiPort),
+        GRPC_PORT: '0',
+      },
+    });
+    cleanups.unshift(() => api.stop(30_000));
+    const apiUrl = `http://127.0.0.1:${apiPort}`;
+    await waitFor('API', async () => (await fetch(`${apiUrl}/readyz`)).ok, { timeoutMs: 120_000, proc: api });
+    await waitFor(
+      'worker',
+      async () => (await readFile(worker.logFile, 'utf8')).includes('"worker.started"'),
+      { timeoutMs: 180_000, proc: worker },
+    );
+    const connection = await Connection.connect({ address: temporal.address });
+    cleanups.unshift(() => connection.close());
+    const client = new Client({ connection });
+    const reader = await connect({
+      servers: nats.url,
+      authenticator: credsAuthenticator(await readFile(nats.apiCredsFile)),
+    });
+    cleanups.unshift(() => reader.drain());
+
+    const tokens = await Promise.all(
+      Array.from({ length: USERS }, (_, u) =>
+        mintDevToken(
+          key,
+          { issuer: issuer.issuer, audience: DEV_AUDIENCE },
+          { sub: `load-u${u}`, tenant: `load-t${u % TENANTS}`, ttlSeconds: 3600 },
+        ),
+      ),
+    );
+    const body = (i: number) => ({
+      repo,
+      baseRef: 'main',
+      mood: 'CALM',
+      workItem: {
+        description: `load run ${i}`,
+        execute: ['sh', '-c', `echo ${i} > RESULT.txt`],
+        requiredVerifiers: ['V-RESULT'],
+        riskTier: 'low',
+      },
+    });
+    const start = async (i: number, tag: string) => {
+      const t = performance.now();
+      const res = await fetch(`${apiUrl}/v1/runs`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${tokens[Math.abs(i) % USERS]}`,
+          'content-type': 'application/json',
+          'idempotency-key': `${tag}-${i}`,
+        },
+        body: JSON.stringify(body(i)),
+      });
+      const text = await res.text();
+      return { i, status: res.status, ms: performance.now() - t, text, at: performance.now() };
+    };
+
+    // Warm-up: one run end to end (first bundle load, first connections), not counted.
+    const warm = await start(-1, 'warm');
+    if (warm.status !== 201) throw new Error(`warm-up start answered ${warm.status}: ${warm.text}`);
+    await client.workflow.getHandle((JSON.parse(warm.text) as RunView).runId).result();
+
+    const workerStats = sampler(worker);
+    const apiStats = sampler(api);
+    const idleWorkerRss = await workerStats.idleRss();
+    await workerStats.start();
+    await apiStats.start();
+    say(`starting ${RUNS} runs at once (${USERS} users over ${TENANTS} tenants)`);
+    const t0 = performance.now();
+    const starts = await Promise.all(Array.from({ length: RUNS }, (_, i) => start(i, 'load')));
+    const startErrors = starts.filter((s) => s.status !== 201);
+    const accepted = starts.filter((s) => s.status === 201);
+    const finished: { i: number; runId: string; e2eMs: number; view: RunView }[] = [];
+    let resultErrors = 0;
+    await Promise.all(
+      accepted.map(async (s) => {
+        const runId = (JSON.parse(s.text) as RunView).runId;
+        try {
+          const view = await Promise.race([
+            client.workflow.getHandle(runId).result() as Promise<RunView>,
+            new Promise<never>((_, reject) =>
+              setTimeout(() => reject(new Error('deadline')), Math.max(1000, left())).unref(),
+            ),
+          ]);
+          finished.push({ i: s.i, runId, e2eMs: performance.now() - t0, view });
+          if (finished.length % 25 === 0) say(`${finished.length}/${RUNS} runs finished`);
+        } catch (err) {
+          resultErrors += 1;
+          say(`run ${runId}: ${err instanceof Error ? err.message : String(err)}`);
+        }
+      }),
+    );
+    const elapsedS = (performance.now() - t0) / 1000;
+    const w = await workerStats.stop();
+    const a = await apiStats.stop();
+
+    // Every run committed, and its events are all in JetStream, numbered 1..n, each once.
+    const notCommitted = finished.filter((f) => f.view.status !== 'committed');
+    let eventErrors = 0;
+    let events = 0;
+    for (const f of finished) {
+      const userId = `load-u${f.i % USERS}`;
+      const view = await fetch(`${apiUrl}/v1/runs/${f.runId}`, {
+        headers: { authorization: `Bearer ${tokens[f.i % USERS]}` },
+      }).then((r) => r.json() as Promise<RunView>);
+      const got = await readRunEvents(reader, userId, f.runId);
+      try {
+        expectGapFree(got);
+        if (got.length !== view.events.emitted) throw new Error(`${got.length} of ${view.events.emitted}`);
+        events += got.length;
+      } catch (err) {
+        eventErrors += 1;
+        say(`run ${f.runId} events: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+    const metrics = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text());
+    const committedByWorker = /^choiros_runs_completed_total\{status="committed"\} (\d+)/m.exec(metrics)?.[1];
+
+    const startMs = starts.map((s) => s.ms);
+    const e2e = finished.map((f) => f.e2eMs);
+    const errors = startErrors.length + resultErrors + notCommitted.length + eventErrors;
+    console.log(
+      `\nbench:load: ${RUNS} runs at once through POST /v1/runs (${USERS} users, ${TENANTS} tenants; local driver; 1 work item + 1 verifier each)`,
+    );
+    console.log(
+      `  completed      ${finished.length - notCommitted.length}/${RUNS} committed in ${elapsedS.toFixed(1)} s  → ${(finished.length / elapsedS).toFixed(2)} runs/s`,
+    );
+    console.log(
+      `  errors         ${errors} (start non-201: ${startErrors.length}, not finished: ${resultErrors}, not committed: ${notCommitted.length}, event gaps: ${eventErrors})`,
+    );
+    if (startErrors.length > 0)
+      console.log(`  first start error: ${startErrors[0]?.status} ${startErrors[0]?.text.slice(0, 300)}`);
+    console.log(
+      `  start latency  p50 ${msf(pct(startMs, 50))}  p95 ${msf(pct(startMs, 95))}  p99 ${msf(pct(startMs, 99))}  max ${msf(Math.max(...startMs))}`,
+    );
+    console.log(
+      `  end to end     p50 ${msf(pct(e2e, 50))}  p95 ${msf(pct(e2e, 95))}  p99 ${msf(pct(e2e, 99))}  max ${msf(Math.max(...e2e))}`,
+    );
+    console.log(
+      `  worker         RSS idle ${mib(idleWorkerRss)}, peak ${mib(w.peakRss)}; CPU ${w.cpuSeconds.toFixed(1)} s = ${(w.cpuSeconds / elapsedS).toFixed(2)} cores on average`,
+    );
+    console.log(
+      `  api            RSS peak ${mib(a.peakRss)}; CPU ${a.cpuSeconds.toFixed(1)} s = ${(a.cpuSeconds / elapsedS).toFixed(2)} cores on average`,
+    );
+    console.log(
+      `  events         ${events} read back from JetStream, gap- and duplicate-free per run; worker /metrics counted ${committedByWorker ?? '?'} committed runs (incl. warm-up)`,
+    );
+    if (errors > 0) process.exitCode = 1;
+  } finally {
+    for (const c of cleanups) await c().catch((err: unknown) => console.error('cleanup failed:', err));
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});
