@@ -6,7 +6,9 @@
 import fc from 'fast-check';
 import pino from 'pino';
 import request from 'supertest';
-import { AppError } from '../../contracts';
+import type { AddressInfo } from 'node:net';
+import { AppError, type EventEnvelope } from '../../contracts';
+import type { RunEventSource } from '../../api/events/source';
 import { createApp } from '../../api/app';
 import { createApiMetrics } from '../../api/metrics';
 import { documentedRoutes, openApiDocument } from '../../api/openapi';
@@ -28,14 +30,14 @@ afterAll(async () => {
   await issuer.stop();
 });
 
-function build(extra: { rateLimiter?: RateLimiter; shutdown?: AbortSignal } = {}) {
+function build(extra: { rateLimiter?: RateLimiter; shutdown?: AbortSignal; events?: RunEventSource } = {}) {
   const metrics = createApiMetrics({ defaultMetrics: false });
   const app = createApp({
     verifyToken: testTokenVerifier(issuer.url),
     runs,
     verifiers: oneVerifierCatalog(),
     readiness: [],
-    events: emptyEventSource,
+    events: extra.events ?? emptyEventSource,
     natsCredentials: {
       servers: ['nats://127.0.0.1:4222'],
       mint: () => Promise.reject(new AppError('service_unavailable', 'n/a')),
@@ -173,6 +175,47 @@ describe('draining (SIGTERM)', () => {
       expect(res.body).toMatchObject({ code: 'service_unavailable', status: 503 });
       expect(res.headers.connection).toBe('close');
       expect(res.headers['retry-after']).toBe('1');
+    }
+  });
+
+  test('when the process drains, then an open SSE stream ends (the client resumes elsewhere with Last-Event-ID)', async () => {
+    const shutdown = new AbortController();
+    // A live run with no new events: the stream waits until its signal aborts.
+    const waiting: RunEventSource = {
+      stream: (_u, _r, _a, signal) => ({
+        [Symbol.asyncIterator]: () => ({
+          next: () =>
+            new Promise<IteratorResult<EventEnvelope>>((resolve) =>
+              signal.addEventListener('abort', () => resolve({ done: true, value: undefined }), {
+                once: true,
+              }),
+            ),
+        }),
+      }),
+    };
+    const { app } = build({ shutdown: shutdown.signal, events: waiting });
+    const server = app.listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const res = await fetch(`http://127.0.0.1:${port}/v1/runs/run-abc/events`, {
+        headers: { authorization: `Bearer ${await issuer.sign(key)}` },
+      });
+      expect(res.status).toBe(200);
+      const reader = res.body!.getReader();
+      const first = new TextDecoder().decode((await reader.read()).value);
+      expect(first).toContain(': connected');
+      shutdown.abort();
+      let rest = '';
+      for (;;) {
+        const chunk = await reader.read();
+        if (chunk.done) break;
+        rest += new TextDecoder().decode(chunk.value);
+      }
+      expect(rest).not.toContain('event: error');
+    } finally {
+      server.closeAllConnections();
+      server.close();
     }
   });
 });
