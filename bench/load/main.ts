@@ -12,7 +12,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Client, Connection } from '@temporalio/client';
@@ -57,19 +57,22 @@ function need(name: string): string {
 
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
 
-/** CPU seconds (user + system) and resident bytes of one process, from /proc. */
+/**
+ * CPU seconds (user + system, including reaped child processes such as git and local sandboxes)
+ * and resident bytes of one process, from /proc.
+ */
 async function procStats(pid: number): Promise<{ cpuSeconds: number; rssBytes: number }> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+  // Fields after the parenthesised command name: utime, stime, cutime, cstime are fields 14-17.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const cpuSeconds = (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+  const cpuSeconds = [11, 12, 13, 14].reduce((s, i) => s + Number(fields[i]), 0) / CLK_TCK;
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   const rssKb = Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0);
   return { cpuSeconds, rssBytes: rssKb * 1024 };
 }
 
 /** Samples a process every 500 ms: peak RSS and CPU seconds used between start() and stop(). */
-function sampler(proc: ManagedProcess) {
+function sampler(proc: Pick<ManagedProcess, 'pid'>) {
   let peakRss = 0;
   let cpu0 = 0;
   let timer: NodeJS.Timeout | undefined;
@@ -239,9 +242,11 @@ async function main(): Promise<void> {
 
     const workerStats = sampler(worker);
     const apiStats = sampler(api);
+    const temporalStats = sampler(temporal.process);
     const idleWorkerRss = await workerStats.idleRss();
     await workerStats.start();
     await apiStats.start();
+    await temporalStats.start();
     say(`starting ${RUNS} runs at once (${USERS} users over ${TENANTS} tenants)`);
     const t0 = performance.now();
     const starts = await Promise.all(Array.from({ length: RUNS }, (_, i) => start(i, 'load')));
@@ -270,6 +275,7 @@ async function main(): Promise<void> {
     const elapsedS = (performance.now() - t0) / 1000;
     const w = await workerStats.stop();
     const a = await apiStats.stop();
+    const tp = await temporalStats.stop();
 
     // Every run committed, and its events are all in JetStream, numbered 1..n, each once.
     const notCommitted = finished.filter((f) => f.view.status !== 'committed');
@@ -314,7 +320,15 @@ async function main(): Promise<void> {
       `  end to end     p50 ${msf(pct(e2e, 50))}  p95 ${msf(pct(e2e, 95))}  p99 ${msf(pct(e2e, 99))}  max ${msf(Math.max(...e2e))}`,
     );
     console.log(
-      `  worker         RSS idle ${mib(idleWorkerRss)}, peak ${mib(w.peakRss)}; CPU ${w.cpuSeconds.toFixed(1)} s = ${(w.cpuSeconds / elapsedS).toFixed(2)} cores on average`,
+      `  worker         RSS idle ${mib(idleWorkerRss)}, peak ${mib(w.peakRss)}; CPU ${w.cpuSeconds.toFixed(1)} s = ${(w.cpuSeconds / elapsedS).toFixed(2)} cores on average (incl. git and sandbox processes)`,
+    );
+    console.log(
+      `  temporal       RSS peak ${mib(tp.peakRss)}; CPU ${tp.cpuSeconds.toFixed(1)} s = ${(tp.cpuSeconds / elapsedS).toFixed(2)} cores on average (dev server)`,
+    );
+    console.log(
+      `  machine        ${cpus().length} cores, load average at the end ${loadavg()
+        .map((l) => l.toFixed(1))
+        .join(' ')}`,
     );
     console.log(
       `  api            RSS peak ${mib(a.peakRss)}; CPU ${a.cpuSeconds.toFixed(1)} s = ${(a.cpuSeconds / elapsedS).toFixed(2)} cores on average`,
