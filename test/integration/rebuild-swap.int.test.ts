@@ -4,25 +4,14 @@
  * worker with another build id: what a deploy of the platform's own worker does). Rebuilds and runs
  * in flight continue on the new worker, replay-safe, and a resumed rebuild deploys once.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import Docker from 'dockerode';
 import type { NatsConnection } from 'nats';
 import { parseRebuildId, rebuildWorkflowId, type RunView } from '../../contracts';
-import {
-  ROOT,
-  connectNats,
-  env,
-  git,
-  makeGitRepo,
-  poll,
-  startTestApi,
-  workflowBundle,
-  type TestApi,
-} from '../helpers/integration';
+import { connectNats, env, git, makeGitRepo, poll, startTestApi, type TestApi } from '../helpers/integration';
 import {
   cleanupDocker,
   health,
@@ -31,6 +20,7 @@ import {
   type RebuildFixture,
 } from '../helpers/rebuild-fixture';
 import { readRunEvents } from '../helpers/runs';
+import { spawnWorkerProcess, writeWorkflowBundle, type WorkerProcess } from '../helpers/worker-process';
 
 const id = `sw${randomUUID().slice(0, 8)}`;
 const docker = new Docker();
@@ -42,55 +32,19 @@ let rb: ReturnType<typeof rebuildApi>;
 let bundlePath: string;
 const children = new Set<ChildProcess>();
 
-interface ChildWorker {
-  proc: ChildProcess;
-  exited: Promise<number | null>;
-}
-
 /** Starts the worker set in a child process with its own build id; resolves once it polls. */
-async function spawnWorker(buildId: string, hostId: string, dataDir: string): Promise<ChildWorker> {
-  const log = createWriteStream(join(env.workDir(), `logs/worker-${buildId}.log`));
-  const proc = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test/helpers/worker-child.ts')], {
-    cwd: ROOT,
-    env: {
-      ...process.env,
-      TEMPORAL_ADDRESS: env.temporalAddress(),
-      NATS_URL: env.natsUrl(),
-      NATS_CREDS: env.workerCreds() ?? '',
-      CHOIROS_DATA_DIR: dataDir,
-      CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
-      CHOIROS_SANDBOX_IMAGE: env.sandboxImage(),
-      CHOIROS_HOST_ID: hostId,
-      CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
-      CHOIROS_BUILD_ID: buildId,
-      CHOIROS_CHILD_BUNDLE: bundlePath,
-      CHOIROS_METRICS_PORT: '0',
-      // A replaced worker hands its in-flight activities back at once (what this test is about).
-      CHOIROS_SHUTDOWN_GRACE_SECONDS: '0',
-      LOG_LEVEL: 'info',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
+async function spawnWorker(buildId: string, hostId: string, dataDir: string): Promise<WorkerProcess> {
+  const w = await spawnWorkerProcess({
+    bundlePath,
+    hostId,
+    dataDir,
+    name: buildId,
+    // A replaced worker hands its in-flight activities back at once (what this test is about).
+    extraEnv: { CHOIROS_BUILD_ID: buildId, CHOIROS_SHUTDOWN_GRACE_SECONDS: '0' },
   });
-  children.add(proc);
-  const exited = new Promise<number | null>((resolve) =>
-    proc.once('exit', (code) => {
-      children.delete(proc);
-      resolve(code);
-    }),
-  );
-  proc.stderr?.pipe(log);
-  await new Promise<void>((resolve, reject) => {
-    let out = '';
-    proc.stdout?.on('data', (chunk: Buffer) => {
-      log.write(chunk);
-      out += chunk.toString();
-      if (out.includes('READY\n')) resolve();
-    });
-    void exited.then((code) =>
-      reject(new Error(`worker ${buildId} exited with ${code} before it was ready`)),
-    );
-  });
-  return { proc, exited };
+  children.add(w.proc);
+  void w.exited.then(() => children.delete(w.proc));
+  return w;
 }
 
 /** Build ids stamped on the workflow tasks of an execution, in order, and whether any task failed. */
@@ -111,11 +65,7 @@ async function taskBuildIds(
 }
 
 beforeAll(async () => {
-  const bundle = await workflowBundle();
-  const dir = await mkdtemp(join(env.workDir(), 'bundle-'));
-  bundlePath = join(dir, 'workflows.js');
-  await writeFile(bundlePath, bundle.code);
-  await writeFile(`${bundlePath}.map`, bundle.sourceMap);
+  bundlePath = await writeWorkflowBundle();
   // The api image's build sleeps long enough to be killed in the middle of it.
   killFx = await makeRebuildFixture(id, `kill-${id}`, {}, { SLOW: '15' });
   swapFx = await makeRebuildFixture(id, `swap-${id}`, {}, {}, { workerStartFirst: true });
