@@ -32,6 +32,8 @@ const argsSchema = z.object({
   'server-dir': z.string().min(1),
   'api-dir': z.string().min(1),
   'worker-dir': z.string().min(1),
+  /** Client interface (all interfaces in a container; tests use loopback). */
+  host: z.string().min(1).default('0.0.0.0'),
   port: port.default(4222),
   'monitor-port': port.default(8222),
   /** The monitoring endpoint stays on loopback unless told otherwise (it answers without auth). */
@@ -75,7 +77,7 @@ export async function runNatsInit(opts: NatsInitOptions): Promise<{ account: str
     join(opts['server-dir'], NATS_INIT_FILES.serverConfig),
     renderServerConfig({
       auth,
-      host: '0.0.0.0',
+      host: opts.host,
       port: opts.port,
       monitorPort: opts['monitor-port'],
       monitorHost: opts['monitor-host'],

@@ -6,6 +6,7 @@
  * Idempotent: existing namespace and attributes are left alone; a name registered with another
  * type fails the setup, naming it.
  */
+import { status } from '@grpc/grpc-js';
 import { Connection, isGrpcServiceError } from '@temporalio/client';
 import { msToTs } from '@temporalio/common/lib/time';
 import { temporal } from '@temporalio/proto';
@@ -15,8 +16,6 @@ import { SEARCH_ATTRIBUTES } from '../../contracts';
 
 const IndexedValueType = temporal.api.enums.v1.IndexedValueType;
 type IndexedValueType = temporal.api.enums.v1.IndexedValueType;
-
-const GRPC_NOT_FOUND = 5;
 
 /** A search attribute exists with another type: retrying cannot fix it, an operator must. */
 export class SearchAttributeConflictError extends Error {
@@ -62,7 +61,7 @@ async function ensureNamespace(conn: Connection, env: TemporalSetupEnv, logger: 
     await conn.workflowService.describeNamespace({ namespace: env.TEMPORAL_NAMESPACE });
     return;
   } catch (err) {
-    if (!(isGrpcServiceError(err) && err.code === GRPC_NOT_FOUND)) throw err;
+    if (!(isGrpcServiceError(err) && err.code === status.NOT_FOUND)) throw err;
   }
   await conn.workflowService.registerNamespace({
     namespace: env.TEMPORAL_NAMESPACE,
