@@ -15,6 +15,7 @@ import { temporal } from '@temporalio/proto';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { EGRESS_PROXY_SCRIPT } from '../../activities/sandbox/docker-driver';
 import { apiConfigSchema, loadApiConfig } from '../../api/config';
 import { mintUserCreds } from '../../api/nats/credentials';
 import { SEARCH_ATTRIBUTE_NAMES } from '../../contracts';
@@ -499,6 +500,11 @@ describe('compose one-shot jobs and health checks against real services', () => 
       const other = await check(`${hostId}-absent`);
       expect(other.code).toBe(1);
       expect(other.stderr).toContain(`no recent poller`);
+      // Egress proxies bind-mount their script from the data dir (the one path a containerised
+      // worker shares with the host engine), a copy of this build's script.
+      expect(await readFile(join(worker.dataDir, 'egress-proxy', 'proxy.js'), 'utf8')).toBe(
+        await readFile(EGRESS_PROXY_SCRIPT, 'utf8'),
+      );
     } finally {
       await worker.stop();
     }
