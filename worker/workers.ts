@@ -1,4 +1,5 @@
 /** Builds the worker set of one process: orchestration (workflows + event flush), sandbox and host queues. */
+import { copyFile, mkdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Client, WorkflowNotFoundError } from '@temporalio/client';
 import { Worker, type NativeConnection, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
@@ -16,7 +17,7 @@ import { LocalArtifactStore } from '../activities/artifacts/local-store';
 import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
 import { createSandboxActivities } from '../activities/sandbox/activities';
 import { createGraphBranchActivities } from '../activities/sandbox/graph-branch';
-import { DockerSandboxDriver } from '../activities/sandbox/docker-driver';
+import { DockerSandboxDriver, EGRESS_PROXY_SCRIPT } from '../activities/sandbox/docker-driver';
 import type { SandboxDriver } from '../activities/sandbox/driver';
 import { LocalSandboxDriver } from '../activities/sandbox/local-driver';
 import { loadVerifierCatalog } from '../activities/verifiers/catalog';
@@ -33,6 +34,21 @@ export interface WorkerSet {
   /** Resolves when every worker has stopped (after `shutdown()`), rejects if one crashes. */
   run(): Promise<void>;
   shutdown(): void;
+}
+
+/**
+ * Copies the egress proxy script into the data dir: the Docker engine resolves bind-mount sources
+ * on its own host, and the data dir is the one path a containerised worker shares with it at the
+ * same place (docker-compose.yml). Replaced atomically on every start, so it matches this build.
+ */
+async function stageEgressProxy(dataDir: string): Promise<string> {
+  const dir = join(dataDir, 'egress-proxy');
+  await mkdir(dir, { recursive: true });
+  const target = join(dir, 'proxy.js');
+  const tmp = `${target}.tmp-${process.pid}`;
+  await copyFile(EGRESS_PROXY_SCRIPT, tmp);
+  await rename(tmp, target);
+  return target;
 }
 
 export async function createWorkerSet(opts: {
@@ -60,6 +76,8 @@ export async function createWorkerSet(opts: {
     duplicateWindowSeconds: 300,
   });
   const verifiers = await loadVerifierCatalog(config.verifiersFile);
+  const egressProxyScript =
+    config.CHOIROS_SANDBOX_DRIVER === 'docker' ? await stageEgressProxy(config.dataDir) : undefined;
   const driver: SandboxDriver =
     config.CHOIROS_SANDBOX_DRIVER === 'local'
       ? new LocalSandboxDriver({
@@ -78,6 +96,7 @@ export async function createWorkerSet(opts: {
           tmpfsSizeMb: 64,
           executionEnv: config.secrets,
           extraLabels: { [HOST_LABEL]: config.CHOIROS_HOST_ID },
+          egressProxyScript,
         });
   const sandboxActivities = createSandboxActivities({
     driver,

@@ -19,6 +19,12 @@ export interface DockerDriverOptions {
   executionEnv?: Record<string, string>;
   /** Extra labels on every container (e.g. the host id). */
   extraLabels?: Record<string, string>;
+  /**
+   * Path of the egress proxy script, bind-mounted into proxy containers. The Docker engine resolves
+   * it on its host, so a containerised worker passes a copy under its data dir (mounted at the same
+   * path on the host); default: the script next to this code.
+   */
+  egressProxyScript?: string;
 }
 
 /** Label keys; the `choiros.managed` label marks everything this platform owns. */
@@ -40,7 +46,8 @@ export const EGRESS_NETWORK = 'choiros-egress';
 /** Host name of a run's egress proxy on the run's network. */
 export const EGRESS_PROXY_ALIAS = 'egress-proxy';
 const EGRESS_PROXY_PORT = 3128;
-const EGRESS_PROXY_SCRIPT = join(__dirname, '../../infra/images/egress-proxy/proxy.js');
+/** The egress proxy script shipped with this code. */
+export const EGRESS_PROXY_SCRIPT = join(__dirname, '../../infra/images/egress-proxy/proxy.js');
 
 /** The egress proxy container of an execution container. */
 export function egressProxyName(container: string): string {
@@ -225,7 +232,7 @@ export class DockerSandboxDriver implements SandboxDriver {
         ],
         Labels: this.labels({ ...labels, lane: 'egress-proxy' }),
         HostConfig: {
-          Binds: [`${EGRESS_PROXY_SCRIPT}:/opt/choiros/egress-proxy.js:ro`],
+          Binds: [`${this.opts.egressProxyScript ?? EGRESS_PROXY_SCRIPT}:/opt/choiros/egress-proxy.js:ro`],
           NetworkMode: runNetworkName(labels.runId),
           CapDrop: ['ALL'],
           SecurityOpt: ['no-new-privileges'],

@@ -81,6 +81,8 @@ export function renderServerConfig(opts: {
   host: string;
   port: number;
   monitorPort?: number;
+  /** Interface of the monitoring endpoint (`/healthz`, `/varz`); default `host`. */
+  monitorHost?: string;
   storeDir: string;
   serverName: string;
 }): string {
@@ -88,7 +90,7 @@ export function renderServerConfig(opts: {
   return [
     `server_name: ${q(opts.serverName)}`,
     `listen: ${q(`${opts.host}:${opts.port}`)}`,
-    opts.monitorPort ? `http: ${q(`${opts.host}:${opts.monitorPort}`)}` : '',
+    opts.monitorPort ? `http: ${q(`${opts.monitorHost ?? opts.host}:${opts.monitorPort}`)}` : '',
     'jetstream {',
     `  store_dir: ${q(opts.storeDir)}`,
     '  max_memory_store: 268435456',

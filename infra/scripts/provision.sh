@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent provisioning for `npm start` and `npm test`: node modules, the Temporal CLI, nats-server,
-# the Docker engine's packages and busybox-static (for the locally built sandbox image).
+# the Docker engine's packages, busybox-static (for the locally built sandbox image) and a compose CLI
+# (to validate docker-compose.yml).
 # Writes what it found to $CHOIROS_CACHE_DIR/provisioned.env, which start.sh and test.sh source.
 # Each step says what it does; a missing piece fails with a message naming it.
 set -euo pipefail
@@ -106,10 +107,24 @@ if [ -z "$BUSYBOX_BIN" ]; then
 fi
 step "busybox (static): $BUSYBOX_BIN"
 
+# --- 5. Compose CLI, for validating docker-compose.yml (test/integration/compose.int.test.ts) ------
+COMPOSE_CMD=""
+if docker compose version >/dev/null 2>&1; then
+  COMPOSE_CMD="docker compose"
+elif command -v docker-compose >/dev/null 2>&1; then
+  COMPOSE_CMD="$(command -v docker-compose)"
+elif apt_install docker-compose && command -v docker-compose >/dev/null 2>&1; then
+  COMPOSE_CMD="$(command -v docker-compose)"
+else
+  fail "neither 'docker compose' nor docker-compose is available (install the compose plugin, or as root on Debian: apt-get install docker-compose)"
+fi
+step "compose: $COMPOSE_CMD ($($COMPOSE_CMD version --short 2>/dev/null | head -n1))"
+
 cat >"$CACHE_DIR/provisioned.env" <<ENV
 export CHOIROS_CACHE_DIR="$CACHE_DIR"
 export CHOIROS_TEMPORAL_BIN="$TEMPORAL_BIN"
 export CHOIROS_NATS_SERVER_BIN="$NATS_BIN"
 export CHOIROS_BUSYBOX="$BUSYBOX_BIN"
+export CHOIROS_COMPOSE="$COMPOSE_CMD"
 ENV
 step "done ($CACHE_DIR/provisioned.env)"
