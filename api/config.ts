@@ -1,6 +1,7 @@
 /** API configuration: parsed once from the environment at start, with a default and a doc line per key. */
 import { resolve } from 'node:path';
 import { z } from 'zod';
+import { tracingConfigShape } from '../telemetry/tracing';
 
 const algorithms = z
   .string()
@@ -107,6 +108,8 @@ export const apiConfigSchema = z.object({
   CHOIROS_VERSION: z.string().max(100).default('dev'),
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+  /** OpenTelemetry tracing (CHOIROS_TRACING, OTEL_EXPORTER_OTLP_*): see telemetry/tracing.ts. */
+  ...tracingConfigShape,
 });
 
 export type ApiConfig = z.output<typeof apiConfigSchema> & {

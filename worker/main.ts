@@ -6,12 +6,20 @@ import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import pino from 'pino';
 import { loadWorkerConfig } from './config';
 import { createWorkerSet } from './workers';
+import { startTracing, traceLogFields } from '../telemetry/tracing';
 
 async function main(): Promise<void> {
   const config = loadWorkerConfig(process.env);
   const logger = pino({
     level: config.LOG_LEVEL,
     base: { service: 'choiros-worker', host: config.CHOIROS_HOST_ID },
+    mixin: traceLogFields,
+  });
+  const tracing = startTracing({
+    serviceName: 'choiros-worker',
+    serviceVersion: config.CHOIROS_BUILD_ID,
+    config,
+    logger,
   });
   let connection: NativeConnection | undefined;
   let nats: NatsConnection | undefined;
@@ -27,7 +35,7 @@ async function main(): Promise<void> {
     await docker.ping().catch((err: unknown) => {
       throw new Error(`Docker engine not reachable: ${err instanceof Error ? err.message : String(err)}`);
     });
-    const set = await createWorkerSet({ config, connection, nats, docker, logger });
+    const set = await createWorkerSet({ config, connection, nats, docker, logger, tracing });
     const stop = (signal: string): void => {
       logger.info({ event: 'worker.shutdown', signal }, 'shutting down: finishing in-flight tasks');
       set.shutdown();
@@ -43,6 +51,7 @@ async function main(): Promise<void> {
   } finally {
     await nats?.drain().catch(() => undefined);
     await connection?.close().catch(() => undefined);
+    await tracing?.shutdown();
   }
 }
 

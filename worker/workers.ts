@@ -25,6 +25,8 @@ import { createBuildActivities } from '../activities/images/activities';
 import { createDeployActivities } from '../activities/deploy/activities';
 import type { Deployer } from '../activities/deploy/deployer';
 import type { WorkerConfig } from './config';
+import type { Tracing } from '../telemetry/tracing';
+import { WORKFLOW_INTERCEPTOR_MODULES, activityTracingInterceptors, workflowTracingOptions } from './tracing';
 
 export interface WorkerSet {
   workers: Worker[];
@@ -45,6 +47,8 @@ export async function createWorkerSet(opts: {
   workflowBundle?: WorkflowBundleWithSourceMap;
   /** Test-only deployer overrides (e.g. a deployer that fails); the docker and noop deployers otherwise. */
   deployers?: { docker?: Deployer; noop?: Deployer };
+  /** The process's tracing (telemetry/tracing.ts); workflow spans go to a no-op sink without it. */
+  tracing?: Tracing;
 }): Promise<WorkerSet> {
   const { config, logger } = opts;
   const hostQueue = hostSandboxQueue(config.CHOIROS_HOST_ID);
@@ -113,15 +117,21 @@ export async function createWorkerSet(opts: {
       version: { deploymentName: 'choiros', buildId: config.CHOIROS_BUILD_ID },
       useWorkerVersioning: false as const,
     },
+    interceptors: activityTracingInterceptors(opts.tracing),
   };
+  // A pre-built bundle carries the workflow interceptor modules itself (see worker/tracing.ts).
   const workflowSource = opts.workflowBundle
     ? { workflowBundle: opts.workflowBundle }
-    : { workflowsPath: require.resolve('../workflows') };
+    : {
+        workflowsPath: require.resolve('../workflows'),
+        interceptors: { ...common.interceptors, workflowModules: WORKFLOW_INTERCEPTOR_MODULES },
+      };
 
   const workers = await Promise.all([
     Worker.create({
       ...common,
       ...workflowSource,
+      ...workflowTracingOptions(opts.tracing),
       taskQueue: TASK_QUEUES.orchestration,
       activities: {
         ...eventActivities,

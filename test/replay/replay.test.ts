@@ -13,6 +13,7 @@ import {
   bundleWorkflowCode,
   type WorkflowBundleWithSourceMap,
 } from '@temporalio/worker';
+import { WORKFLOW_INTERCEPTOR_MODULES } from '../../worker/tracing';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -21,7 +22,11 @@ const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
 
 let bundle: WorkflowBundleWithSourceMap;
 beforeAll(async () => {
-  bundle = await bundleWorkflowCode({ workflowsPath: require.resolve('../../workflows') });
+  // With the interceptor modules every worker bundles (worker/tracing.ts): replay sees what runs.
+  bundle = await bundleWorkflowCode({
+    workflowsPath: require.resolve('../../workflows'),
+    workflowInterceptorModules: WORKFLOW_INTERCEPTOR_MODULES,
+  });
 }, 120_000);
 
 test('the recorded histories exist', () => {
