@@ -13,7 +13,7 @@ import {
   bundleWorkflowCode,
   type WorkflowBundleWithSourceMap,
 } from '@temporalio/worker';
-import { WORKFLOW_INTERCEPTOR_MODULES } from '../../worker/tracing';
+import { WORKFLOW_INTERCEPTOR_MODULES, workflowTracingOptions } from '../../worker/tracing';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -38,7 +38,7 @@ test.each(files)(
   async (file) => {
     const history: unknown = JSON.parse(readFileSync(join(dir, file), 'utf8'));
     await Worker.runReplayHistory(
-      { workflowBundle: bundle, replayName: file },
+      { workflowBundle: bundle, replayName: file, ...workflowTracingOptions(undefined) },
       history,
       file.replace(/\.json$/, ''),
     );
