@@ -55,8 +55,11 @@ async function startService(entry: string, extraEnv: Record<string, string>, rea
       NATS_URL: env.natsUrl(),
       CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
       OTEL_EXPORTER_OTLP_ENDPOINT: collector.url,
-      // Nothing is exported on a timer during the test: the spans arrive through the SIGTERM flush.
+      // Nothing is exported on a timer or a full batch during the test (the status polls make many
+      // spans): every span arrives through the SIGTERM flush.
       OTEL_BSP_SCHEDULE_DELAY: '600000',
+      OTEL_BSP_MAX_QUEUE_SIZE: '100000',
+      OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '100000',
       LOG_LEVEL: 'info',
       ...extraEnv,
     },
