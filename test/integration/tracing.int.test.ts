@@ -299,9 +299,16 @@ test('when a run is started through the API with tracing on, then one trace link
   // Log lines of the request carry its trace (and the run id).
   const apiLogs = api.lines.map((l) => JSON.parse(l) as Record<string, unknown>);
   const runStart = apiLogs.find((l) => l.event === 'run.start' && l.runId === runId);
-  expect(runStart).toMatchObject({ trace_id: http.traceId });
+  expect(runStart).toMatchObject({ trace_id: http.traceId, span_id: http.spanId });
+  const access = apiLogs.find((l) => l.event === 'http.request' && l.runId === runId && l.method === 'POST');
+  expect(access).toMatchObject({ trace_id: http.traceId, span_id: http.spanId });
+  // The worker's activity log lines carry the trace of the run, with the span of their activity.
+  const activitySpans = new Set(trace.filter((s) => s.name.startsWith('RunActivity:')).map((s) => s.spanId));
   const workerLogs = worker.lines.map((l) => JSON.parse(l) as Record<string, unknown>);
-  expect(workerLogs.filter((l) => l.trace_id === http.traceId).length).toBeGreaterThan(0);
+  const traced = workerLogs.filter((l) => l.trace_id === http.traceId);
+  if (traced.length === 0)
+    throw new Error(`no worker log line with the trace id:\n${worker.lines.join('\n')}`);
+  for (const l of traced) expect(activitySpans.has(String(l.span_id))).toBe(true);
 
   // The history written with the tracing interceptors replays on the same code.
   const history = await testApi.client.workflow.getHandle(runId).fetchHistory();
