@@ -37,7 +37,10 @@ export const tracingConfigShape = {
   /** OTLP/HTTP URL for traces only (used as is); wins over OTEL_EXPORTER_OTLP_ENDPOINT. */
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optionalUrl,
   /** The OpenTelemetry SDK switch: `true` turns tracing off whatever CHOIROS_TRACING says. */
-  OTEL_SDK_DISABLED: z.enum(['true', 'false', '']).default('false'),
+  OTEL_SDK_DISABLED: z.preprocess(
+    (v) => (typeof v === 'string' ? v.trim().toLowerCase() || undefined : v),
+    z.enum(['true', 'false']).default('false'),
+  ),
 };
 
 export type TracingConfig = z.output<z.ZodObject<typeof tracingConfigShape>>;

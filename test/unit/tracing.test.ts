@@ -64,6 +64,8 @@ describe('the tracing switch', () => {
     [{ CHOIROS_TRACING: 'on' }, true],
     [{ CHOIROS_TRACING: 'off', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318' }, false],
     [{ CHOIROS_TRACING: 'on', OTEL_SDK_DISABLED: 'true' }, false],
+    [{ CHOIROS_TRACING: 'on', OTEL_SDK_DISABLED: 'TRUE' }, false],
+    [{ CHOIROS_TRACING: 'on', OTEL_SDK_DISABLED: '' }, true],
   ])('when the environment is %j, then tracing on is %s', (env, on) => {
     expect(tracingEnabled(parse(env))).toBe(on);
   });
