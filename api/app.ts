@@ -1,5 +1,6 @@
 /** Builds the Express app without listening: tests drive it with supertest, main.ts listens. */
 import express, { type NextFunction, type Request, type Response } from 'express';
+import type { Tracer } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import { randomUUID } from 'node:crypto';
 import {
@@ -26,6 +27,7 @@ import type { RebuildService } from './rebuilds/service';
 import { createApiMetrics, type ApiMetrics } from './metrics';
 import { openApiDocument } from './openapi';
 import { enforceRateLimit, type RateLimiter } from './rate-limit';
+import { httpServerSpans } from './tracing';
 
 export interface ReadinessCheck {
   name: string;
@@ -60,6 +62,8 @@ export interface AppDeps {
    * (clients reconnect elsewhere with `Last-Event-ID`).
    */
   shutdown?: AbortSignal;
+  /** OpenTelemetry tracer: a SERVER span per request (api/tracing.ts); no spans when absent. */
+  tracer?: Tracer;
   logger: Logger;
 }
 
@@ -80,6 +84,7 @@ export function createApp(deps: AppDeps): express.Express {
   const openapi = JSON.stringify(openApiDocument());
   app.disable('x-powered-by');
   app.set('trust proxy', false);
+  if (deps.tracer) app.use(httpServerSpans(deps.tracer));
 
   app.use((req, res, next) => {
     const incoming = req.header('x-request-id');

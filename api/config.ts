@@ -1,6 +1,7 @@
 /** API configuration: parsed once from the environment at start, with a default and a doc line per key. */
 import { resolve } from 'node:path';
 import { z } from 'zod';
+import { tracingConfigShape } from '../telemetry/tracing';
 
 const algorithms = z
   .string()
@@ -112,6 +113,8 @@ export const apiConfigSchema = z.object({
    * the remaining connections are closed.
    */
   API_SHUTDOWN_GRACE_SECONDS: z.coerce.number().int().min(0).max(600).default(20),
+  /** OpenTelemetry tracing (CHOIROS_TRACING, OTEL_EXPORTER_OTLP_*): see telemetry/tracing.ts. */
+  ...tracingConfigShape,
 });
 
 export type ApiConfig = z.output<typeof apiConfigSchema> & {

@@ -22,10 +22,18 @@ import { createTemporalRunService } from './runs/service';
 import { createTemporalWorkGraphService } from './graphs/service';
 import { createTemporalRebuildService } from './rebuilds/service';
 import { loadRebuildTargets, rebuildTargets } from './rebuilds/targets';
+import { startTracing, traceLogFields } from '../telemetry/tracing';
+import { temporalClientTracing } from './tracing';
 
 async function main(): Promise<void> {
   const config = loadApiConfig(process.env);
-  const logger = pino({ level: config.LOG_LEVEL, base: { service: 'choiros-api' } });
+  const logger = pino({ level: config.LOG_LEVEL, base: { service: 'choiros-api' }, mixin: traceLogFields });
+  const tracing = startTracing({
+    serviceName: 'choiros-api',
+    serviceVersion: config.CHOIROS_VERSION,
+    config,
+    logger,
+  });
   let connection: Connection | undefined;
   let nats: NatsConnection | undefined;
   let server: Server | undefined;
@@ -34,7 +42,11 @@ async function main(): Promise<void> {
   try {
     connection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
     const temporalConn = connection;
-    const client = new Client({ connection, namespace: config.TEMPORAL_NAMESPACE });
+    const client = new Client({
+      connection,
+      namespace: config.TEMPORAL_NAMESPACE,
+      ...(tracing ? { interceptors: temporalClientTracing(tracing.tracer) } : {}),
+    });
     nats = await connect({
       servers: config.NATS_URL.split(','),
       name: 'choiros-api',
@@ -87,6 +99,7 @@ async function main(): Promise<void> {
       verifiers,
       metrics: createApiMetrics(),
       shutdown: shutdown.signal,
+      ...(tracing ? { tracer: tracing.tracer } : {}),
       ...(rateLimiter ? { rateLimiter } : {}),
       ...(accountSeed
         ? {
@@ -127,6 +140,7 @@ async function main(): Promise<void> {
         events,
         verifiers,
         ...(rateLimiter ? { rateLimiter } : {}),
+        ...(tracing ? { tracer: tracing.tracer } : {}),
         logger,
       });
       await listenGrpc(grpcServer, config.GRPC_HOST, config.GRPC_PORT);
@@ -175,6 +189,7 @@ async function main(): Promise<void> {
     grpcServer?.forceShutdown();
     await nats?.drain().catch(() => undefined);
     await connection?.close().catch(() => undefined);
+    await tracing?.shutdown();
   }
 }
 

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
+import { tracingConfigShape } from '../telemetry/tracing';
 
 const hostIdDefault = (): string =>
   hostname()
@@ -110,6 +111,8 @@ export const workerConfigSchema = z.object({
   CHOIROS_SHUTDOWN_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(30),
   /** pino log level. */
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+  /** OpenTelemetry tracing (CHOIROS_TRACING, OTEL_EXPORTER_OTLP_*): see telemetry/tracing.ts. */
+  ...tracingConfigShape,
 });
 
 export type WorkerConfig = z.output<typeof workerConfigSchema> & {

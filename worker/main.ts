@@ -1,5 +1,6 @@
 /** Worker process entrypoint: connects to Temporal, NATS and Docker, runs until SIGTERM/SIGINT, then drains. */
 import pino from 'pino';
+import { traceLogFields } from '../telemetry/tracing';
 import { loadWorkerConfig } from './config';
 import { runWorkerProcess } from './process';
 
@@ -8,6 +9,7 @@ async function main(): Promise<void> {
   const logger = pino({
     level: config.LOG_LEVEL,
     base: { service: 'choiros-worker', host: config.CHOIROS_HOST_ID },
+    mixin: traceLogFields,
   });
   await runWorkerProcess({ config, logger });
 }

@@ -12,6 +12,7 @@ import { NativeConnection, Runtime, type WorkflowBundleWithSourceMap } from '@te
 import Docker from 'dockerode';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import type { Logger } from 'pino';
+import { startTracing } from '../telemetry/tracing';
 import type { WorkerConfig } from './config';
 import { createWorkerMetrics, serveWorkerMetrics, type MetricsServer } from './metrics';
 import { createWorkerSet } from './workers';
@@ -39,6 +40,13 @@ export interface WorkerProcessOptions {
 
 export async function runWorkerProcess(opts: WorkerProcessOptions): Promise<void> {
   const { config, logger } = opts;
+  // Traces (OTLP) when configured; spans still buffered are flushed after the drain.
+  const tracing = startTracing({
+    serviceName: 'choiros-worker',
+    serviceVersion: config.CHOIROS_BUILD_ID,
+    config,
+    logger,
+  });
   const metricsOn = config.CHOIROS_METRICS_PORT > 0;
   let sdkMetricsUrl: string | undefined;
   if (metricsOn && config.CHOIROS_TEMPORAL_SDK_METRICS) {
@@ -79,6 +87,7 @@ export async function runWorkerProcess(opts: WorkerProcessOptions): Promise<void
       docker,
       logger,
       metrics,
+      ...(tracing ? { tracing } : {}),
       ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : {}),
     });
     const stop = (signal: string): void => {
@@ -116,5 +125,6 @@ export async function runWorkerProcess(opts: WorkerProcessOptions): Promise<void
     await metricsServer?.close();
     await nats?.drain().catch(() => undefined);
     await connection?.close().catch(() => undefined);
+    await tracing?.shutdown();
   }
 }

@@ -27,6 +27,8 @@ import { createDeployActivities } from '../activities/deploy/activities';
 import type { Deployer } from '../activities/deploy/deployer';
 import type { WorkerConfig } from './config';
 import { createWorkerMetrics, observePublished, type WorkerMetrics } from './metrics';
+import type { Tracing } from '../telemetry/tracing';
+import { WORKFLOW_INTERCEPTOR_MODULES, activityTracingInterceptors, workflowTracingOptions } from './tracing';
 
 export interface WorkerSet {
   workers: Worker[];
@@ -65,6 +67,8 @@ export async function createWorkerSet(opts: {
   deployers?: { docker?: Deployer; noop?: Deployer };
   /** The process's metrics (served by worker/process.ts); a private registry when absent. */
   metrics?: WorkerMetrics;
+  /** The process's tracing (telemetry/tracing.ts); workflow spans go to a no-op sink without it. */
+  tracing?: Tracing;
 }): Promise<WorkerSet> {
   const { config, logger } = opts;
   const metrics = opts.metrics ?? createWorkerMetrics({ worktreeRoot: join(config.dataDir, 'worktrees') });
@@ -142,15 +146,21 @@ export async function createWorkerSet(opts: {
       version: { deploymentName: 'choiros', buildId: config.CHOIROS_BUILD_ID },
       useWorkerVersioning: false as const,
     },
+    interceptors: activityTracingInterceptors(opts.tracing),
   };
+  // A pre-built bundle carries the workflow interceptor modules itself (see worker/tracing.ts).
   const workflowSource = opts.workflowBundle
     ? { workflowBundle: opts.workflowBundle }
-    : { workflowsPath: require.resolve('../workflows') };
+    : {
+        workflowsPath: require.resolve('../workflows'),
+        interceptors: { ...common.interceptors, workflowModules: WORKFLOW_INTERCEPTOR_MODULES },
+      };
 
   const workers = await Promise.all([
     Worker.create({
       ...common,
       ...workflowSource,
+      ...workflowTracingOptions(opts.tracing),
       taskQueue: TASK_QUEUES.orchestration,
       activities: {
         ...eventActivities,

@@ -6,6 +6,7 @@
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { context, type Tracer } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import {
   AppError,
@@ -26,6 +27,7 @@ import { validationError } from '../errors';
 import type { RunEventSource } from '../events/source';
 import { enforceRateLimit, type RateLimiter } from '../rate-limit';
 import type { RunService } from '../runs/service';
+import { startRpcSpan } from '../tracing';
 import { checkIdempotencyKey, parseBody, parseRunId, parseRunRequest } from '../runs/validate';
 
 const PROTO_FILE = join(__dirname, '../../contracts/proto/choiros/v1/runs.proto');
@@ -36,6 +38,8 @@ export interface GrpcDeps {
   events: RunEventSource;
   verifiers: { get(id: string): VerifierSpec | undefined };
   rateLimiter?: RateLimiter;
+  /** OpenTelemetry tracer: a SERVER span per unary call (api/tracing.ts); no spans when absent. */
+  tracer?: Tracer;
   logger: Logger;
 }
 
@@ -186,20 +190,27 @@ export function createGrpcServer(deps: GrpcDeps): grpc.Server {
     <Req, Res>(name: string, fn: (req: Req, metadata: grpc.Metadata) => Promise<Res>) =>
     (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>): void => {
       const started = Date.now();
-      fn(call.request, call.metadata).then(
-        (res) => {
-          logger.info({ event: 'grpc.request', method: name, ms: Date.now() - started }, 'gRPC request');
-          callback(null, res);
-        },
-        (err: unknown) => {
-          const e = toServiceError(err, logger);
-          logger.info(
-            { event: 'grpc.request', method: name, status: e.code, ms: Date.now() - started },
-            'gRPC request',
-          );
-          callback(e, null);
-        },
-      );
+      const span = deps.tracer ? startRpcSpan(deps.tracer, name, call.metadata) : undefined;
+      // Inside the span's context: the handler's Temporal calls are its children, its logs carry its ids.
+      const handle = (): void =>
+        void fn(call.request, call.metadata).then(
+          (res) => {
+            logger.info({ event: 'grpc.request', method: name, ms: Date.now() - started }, 'gRPC request');
+            span?.end(grpc.status.OK);
+            callback(null, res);
+          },
+          (err: unknown) => {
+            const e = toServiceError(err, logger);
+            logger.info(
+              { event: 'grpc.request', method: name, status: e.code, ms: Date.now() - started },
+              'gRPC request',
+            );
+            span?.end(e.code ?? grpc.status.UNKNOWN);
+            callback(e, null);
+          },
+        );
+      if (span) context.with(span.ctx, handle);
+      else handle();
     };
 
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 256 * 1024 });

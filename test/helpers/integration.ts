@@ -39,6 +39,7 @@ import {
   type DevTokenClaims,
 } from '../../infra/dev-issuer/issuer';
 import { loadWorkerConfig } from '../../worker/config';
+import { WORKFLOW_INTERCEPTOR_MODULES } from '../../worker/tracing';
 import { createWorkerSet, type WorkerSet } from '../../worker/workers';
 
 export { poll };
@@ -102,6 +103,7 @@ let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
 export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
   bundle ??= bundleWorkflowCode({
     workflowsPath: require.resolve('../../workflows'),
+    workflowInterceptorModules: WORKFLOW_INTERCEPTOR_MODULES,
     logger: { trace() {}, debug() {}, info() {}, warn() {}, error() {}, log() {} },
   });
   return bundle;

@@ -6,6 +6,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import pino from 'pino';
+import { traceLogFields } from '../../telemetry/tracing';
 import { loadWorkerConfig } from '../../worker/config';
 import { runWorkerProcess } from '../../worker/process';
 
@@ -13,7 +14,11 @@ async function main(): Promise<void> {
   const config = loadWorkerConfig(process.env);
   const bundle = process.env.CHOIROS_CHILD_BUNDLE;
   if (!bundle) throw new Error('CHOIROS_CHILD_BUNDLE is not set');
-  const logger = pino({ level: config.LOG_LEVEL, base: { buildId: config.CHOIROS_BUILD_ID } });
+  const logger = pino({
+    level: config.LOG_LEVEL,
+    base: { buildId: config.CHOIROS_BUILD_ID },
+    mixin: traceLogFields,
+  });
   await runWorkerProcess({
     config,
     logger,

@@ -13,6 +13,7 @@ import {
   bundleWorkflowCode,
   type WorkflowBundleWithSourceMap,
 } from '@temporalio/worker';
+import { WORKFLOW_INTERCEPTOR_MODULES, workflowTracingOptions } from '../../worker/tracing';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -21,7 +22,11 @@ const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
 
 let bundle: WorkflowBundleWithSourceMap;
 beforeAll(async () => {
-  bundle = await bundleWorkflowCode({ workflowsPath: require.resolve('../../workflows') });
+  // With the interceptor modules every worker bundles (worker/tracing.ts): replay sees what runs.
+  bundle = await bundleWorkflowCode({
+    workflowsPath: require.resolve('../../workflows'),
+    workflowInterceptorModules: WORKFLOW_INTERCEPTOR_MODULES,
+  });
 }, 120_000);
 
 test('the recorded histories exist', () => {
@@ -33,7 +38,7 @@ test.each(files)(
   async (file) => {
     const history: unknown = JSON.parse(readFileSync(join(dir, file), 'utf8'));
     await Worker.runReplayHistory(
-      { workflowBundle: bundle, replayName: file },
+      { workflowBundle: bundle, replayName: file, ...workflowTracingOptions(undefined) },
       history,
       file.replace(/\.json$/, ''),
     );
