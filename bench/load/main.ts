@@ -326,15 +326,15 @@ async function main(): Promise<void> {
       `  temporal       RSS peak ${mib(tp.peakRss)}; CPU ${tp.cpuSeconds.toFixed(1)} s = ${(tp.cpuSeconds / elapsedS).toFixed(2)} cores on average (dev server)`,
     );
     console.log(
-      `  machine        ${cpus().length} cores, load average at the end ${loadavg()
-        .map((l) => l.toFixed(1))
-        .join(' ')}`,
-    );
-    console.log(
       `  api            RSS peak ${mib(a.peakRss)}; CPU ${a.cpuSeconds.toFixed(1)} s = ${(a.cpuSeconds / elapsedS).toFixed(2)} cores on average`,
     );
     console.log(
       `  events         ${events} read back from JetStream, gap- and duplicate-free per run; worker /metrics counted ${committedByWorker ?? '?'} committed runs (incl. warm-up)`,
+    );
+    console.log(
+      `  machine        ${cpus().length} cores, load average at the end ${loadavg()
+        .map((l) => l.toFixed(1))
+        .join(' ')}`,
     );
     if (errors > 0) process.exitCode = 1;
   } finally {
