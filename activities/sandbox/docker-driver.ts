@@ -32,6 +32,15 @@ export const LABELS = {
 } as const;
 
 const PROGRESS_INTERVAL_MS = 1_000;
+/**
+ * How long an output stream may stay open after its process is gone (it exited, or was killed on
+ * timeout or cancellation) before it is closed from this side. Docker 20.10 now and then never ends
+ * the attach/exec stream of a process that has exited (seen by the fault suite under load): without
+ * this bound the activity would heartbeat for its whole start-to-close timeout.
+ */
+const STREAM_GRACE_MS = 5_000;
+/** How often a running exec is inspected, so its end is noticed even if its stream never ends. */
+const EXEC_POLL_MS = 2_000;
 const BASE_ENV = ['HOME=/tmp', 'PATH=/usr/local/bin:/usr/bin:/bin'];
 
 /** Name of a run's own network (policy `internal`). */
@@ -184,7 +193,23 @@ export class DockerSandboxDriver implements SandboxDriver {
     const killContainer = async (): Promise<void> => {
       await container.kill().catch(() => undefined);
     };
-    const result = await this.supervise(stream, sink, output, opts, killContainer);
+    let stopPolling = false;
+    const exited = new Promise<void>((resolve) => {
+      const check = (): void => {
+        if (stopPolling) return resolve();
+        exec.inspect().then(
+          (i) => (i.Running ? setTimeout(check, EXEC_POLL_MS) : resolve()),
+          () => setTimeout(check, EXEC_POLL_MS),
+        );
+      };
+      setTimeout(check, EXEC_POLL_MS);
+    });
+    let result: Omit<CommandOutcome, 'exitCode'>;
+    try {
+      result = await this.supervise(stream, sink, output, opts, killContainer, exited);
+    } finally {
+      stopPolling = true;
+    }
     const inspected = await exec.inspect();
     const exitCode = result.timedOut ? 124 : (inspected.ExitCode ?? 137);
     // Docker 20.10 sets State.OOMKilled only when PID 1 dies; an exec'd process killed by the
@@ -382,7 +407,9 @@ export class DockerSandboxDriver implements SandboxDriver {
       const kill = async (): Promise<void> => {
         await container.kill().catch(() => undefined);
       };
-      const result = await this.supervise(stream, sink, output, opts, kill);
+      // Waited for only once started: before, the container is already "not running".
+      const exited: Promise<unknown> = container.wait().catch(() => undefined);
+      const result = await this.supervise(stream, sink, output, opts, kill, exited);
       const waited = (await container.wait()) as { StatusCode?: number };
       const state = (await container.inspect()).State;
       return {
@@ -448,29 +475,44 @@ export class DockerSandboxDriver implements SandboxDriver {
     output: BoundedOutput,
     opts: CommandOptions,
     kill: () => Promise<void>,
+    /** Settles when the engine says the process is gone (its stream gets STREAM_GRACE_MS more). */
+    exited?: Promise<unknown>,
   ): Promise<Omit<CommandOutcome, 'exitCode'>> {
     const started = Date.now();
     let timedOut = false;
+    let finished = false;
     const ended = new Promise<void>((resolve, reject) => {
       stream.on('end', () => resolve());
       stream.on('close', () => resolve());
       stream.on('error', (e: Error) => reject(e));
     });
+    let forceTimer: NodeJS.Timeout | undefined;
+    const closeSoon = (): void => {
+      if (finished || forceTimer) return;
+      forceTimer = setTimeout(() => {
+        (stream as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.();
+      }, STREAM_GRACE_MS);
+    };
+    void exited?.then(closeSoon, closeSoon);
     const timer = setTimeout(() => {
       timedOut = true;
       void kill();
+      closeSoon();
     }, opts.timeoutMs);
     const progress = setInterval(() => {
       opts.onProgress?.({ outputBytes: output.bytes, elapsedMs: Date.now() - started });
     }, PROGRESS_INTERVAL_MS);
     const onAbort = (): void => {
       void kill();
+      closeSoon();
     };
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {
       await ended;
     } finally {
+      finished = true;
       clearTimeout(timer);
+      clearTimeout(forceTimer);
       clearInterval(progress);
       opts.signal?.removeEventListener('abort', onAbort);
     }
