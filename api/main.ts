@@ -19,6 +19,7 @@ import { createApiMetrics } from './metrics';
 import { mintUserCreds } from './nats/credentials';
 import { RateLimiter } from './rate-limit';
 import { createTemporalRunService } from './runs/service';
+import { temporalCallInterceptors } from './temporal';
 import { createTemporalWorkGraphService } from './graphs/service';
 import { createTemporalRebuildService } from './rebuilds/service';
 import { loadRebuildTargets, rebuildTargets } from './rebuilds/targets';
@@ -31,7 +32,10 @@ async function main(): Promise<void> {
   let server: Server | undefined;
   let grpcServer: grpc.Server | undefined;
   try {
-    connection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
+    connection = await Connection.connect({
+      address: config.TEMPORAL_ADDRESS,
+      interceptors: temporalCallInterceptors(config.API_TEMPORAL_CALL_TIMEOUT_SECONDS * 1000),
+    });
     const temporalConn = connection;
     const client = new Client({ connection, namespace: config.TEMPORAL_NAMESPACE });
     nats = await connect({

@@ -215,8 +215,12 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
     failures.push(
       `API answered ${r.status} ${r.code ?? ''} to ${r.route}${r.retryAfter ? '' : ' (no Retry-After)'}`,
     );
-  const noResponse = responses.filter((r) => r.status === 0).length;
-  if (noResponse > 0) failures.push(`${noResponse} requests got no response`);
+  const lost = responses.filter((r) => r.status === 0);
+  const noResponse = lost.length;
+  if (noResponse > 0)
+    failures.push(
+      `${noResponse} requests got no response in 15 s: ${[...new Set(lost.map((r) => r.route))].join(', ')}`,
+    );
 
   log(`${s.name}: ${failures.length === 0 ? 'ok' : `${failures.length} failed check(s)`}`);
   return {

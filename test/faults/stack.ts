@@ -87,6 +87,14 @@ export class FaultStack {
     await mkdir(this.logDir, { recursive: true });
     await mkdir(this.dataDir, { recursive: true });
     await this.startDockerd();
+    // The engine is the suite's own: whatever an interrupted earlier suite run left on it goes.
+    const left = await this.docker.listContainers({
+      all: true,
+      filters: { label: ['choiros.managed=true'] },
+    });
+    for (const c of left) await this.docker.getContainer(c.Id).remove({ force: true });
+    if (left.length > 0)
+      this.opts.log(`removed ${left.length} container(s) an earlier suite run left behind`);
     const img = await ensureSandboxImage({
       docker: this.docker,
       repoRoot: ROOT,
