@@ -60,6 +60,16 @@ export function runNetworkName(runId: string): string {
   return `choiros-net-${runId}`;
 }
 
+/** How long one attempt waits for an engine that stopped answering (a restart) before it fails. */
+const ENGINE_WAIT_MS = 120_000;
+const ENGINE_POLL_MS = 1_000;
+
+/** The engine's socket did not answer (dockerd restarting or down), as opposed to an answer that refuses. */
+export function isEngineUnreachable(err: unknown): boolean {
+  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  return typeof code === 'string' && ['ENOENT', 'ECONNREFUSED', 'ECONNRESET', 'EPIPE'].includes(code);
+}
+
 function isNotFound(err: unknown): boolean {
   return typeof err === 'object' && err !== null && (err as { statusCode?: number }).statusCode === 404;
 }
@@ -75,6 +85,10 @@ export class DockerSandboxDriver implements SandboxDriver {
   ) {}
 
   async imageId(pinned?: string): Promise<string> {
+    return this.onEngine(() => this.inspectImage(pinned));
+  }
+
+  private async inspectImage(pinned?: string): Promise<string> {
     const image = pinned ?? this.opts.image;
     try {
       const info = await this.docker.getImage(image).inspect();
@@ -122,7 +136,51 @@ export class DockerSandboxDriver implements SandboxDriver {
     };
   }
 
+  /**
+   * Runs one engine operation. When the engine stops answering (dockerd restarting; its
+   * containers die with it), the attempt waits — heartbeating through `onProgress` — until the
+   * engine answers again and then fails with the retryable `docker_engine_unavailable`, so the
+   * activity's next attempt starts against a live engine (containers are started again on exec)
+   * instead of spending its retries in the seconds the engine is down.
+   */
+  private async onEngine<T>(fn: () => Promise<T>, opts: Partial<CommandOptions> = {}): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!isEngineUnreachable(err)) throw err;
+      const started = Date.now();
+      for (;;) {
+        if (
+          await this.docker.ping().then(
+            () => true,
+            () => false,
+          )
+        )
+          break;
+        if (opts.signal?.aborted || Date.now() - started > ENGINE_WAIT_MS) break;
+        opts.onProgress?.({ outputBytes: 0, elapsedMs: Date.now() - started });
+        await new Promise((r) => setTimeout(r, ENGINE_POLL_MS));
+      }
+      throw ApplicationFailure.create({
+        type: 'docker_engine_unavailable',
+        message: `the Docker engine did not answer (${err instanceof Error ? err.message : String(err)}); the step is retried`,
+        cause: err instanceof Error ? err : undefined,
+      });
+    }
+  }
+
   async createExecutionSandbox(spec: {
+    name: string;
+    workspace: string;
+    labels: SandboxLabels;
+    network?: NetworkPolicy;
+    egress?: EgressRule[];
+    image?: string;
+  }): Promise<void> {
+    return this.onEngine(() => this.createExecution(spec));
+  }
+
+  private async createExecution(spec: {
     name: string;
     workspace: string;
     labels: SandboxLabels;
@@ -170,6 +228,10 @@ export class DockerSandboxDriver implements SandboxDriver {
   }
 
   async exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome> {
+    return this.onEngine(() => this.execOnce(name, argv, opts), opts);
+  }
+
+  private async execOnce(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome> {
     const started = Date.now();
     const container = this.docker.getContainer(name);
     // A worker that shut down (e.g. replaced by a deploy) cancelled its command and took the
@@ -383,6 +445,13 @@ export class DockerSandboxDriver implements SandboxDriver {
   }
 
   async runVerifier(
+    spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels; image?: string },
+    opts: CommandOptions,
+  ): Promise<CommandOutcome> {
+    return this.onEngine(() => this.runVerifierOnce(spec, opts), opts);
+  }
+
+  private async runVerifierOnce(
     spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels; image?: string },
     opts: CommandOptions,
   ): Promise<CommandOutcome> {
