@@ -11,6 +11,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Client, Connection } from '@temporalio/client';
 import { connect, credsAuthenticator } from 'nats';
 import type { RunView } from '../../contracts';
 import { expectGapFree, readRunEvents } from '../helpers/runs';
@@ -28,10 +29,13 @@ interface Result {
   terminal: number;
   outcomes: Record<string, number>;
   eventsOk: number;
+  /** Runs whose history shows the fault: a retried, failed or timed-out activity or workflow task. */
+  retried: number;
   orphanContainers: number;
   orphanWorktrees: number;
   http5xx: number;
-  documented503: number;
+  readyz503: number;
+  api503: number;
   noResponse: number;
   outageMs: number;
   recoveryMs: number;
@@ -187,6 +191,28 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
     await reader.close();
   }
 
+  // Did the fault reach the runs? Their histories say.
+  const connection = await Connection.connect({ address: stack.temporalAddress });
+  let retried = 0;
+  try {
+    const temporal = new Client({ connection });
+    for (const { id } of views) {
+      const history = await temporal.workflow.getHandle(id).fetchHistory();
+      const hit = (history.events ?? []).some(
+        (e) =>
+          (e.activityTaskStartedEventAttributes?.attempt ?? 1) > 1 ||
+          e.activityTaskFailedEventAttributes ||
+          e.activityTaskTimedOutEventAttributes ||
+          e.workflowTaskTimedOutEventAttributes ||
+          e.workflowTaskFailedEventAttributes,
+      );
+      if (hit) retried += 1;
+    }
+  } finally {
+    await connection.close();
+  }
+  if (s.expect.retried && retried === 0) failures.push('no run shows the fault in its history: it missed');
+
   // Orphans: containers of the platform on the suite's engine, worktrees on disk and in the repos.
   const containers = await stack.docker.listContainers({
     all: true,
@@ -229,10 +255,12 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
     terminal,
     outcomes,
     eventsOk,
+    retried,
     orphanContainers: containers.length,
     orphanWorktrees,
     http5xx: bad.length,
-    documented503: responses.filter(isDocumented503).length,
+    readyz503: responses.filter((r) => isDocumented503(r) && r.route === 'GET /readyz').length,
+    api503: responses.filter((r) => isDocumented503(r) && r.route !== 'GET /readyz').length,
     noResponse,
     outageMs,
     recoveryMs: Math.max(0, recoveryMs),
@@ -243,18 +271,30 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
 function table(results: Result[]): string {
   const s = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
   const rows = [
-    '| fault | runs | terminal | outcomes | events ok | orphans (containers/worktrees) | 5xx | documented 503 | no response | outage | recovery | result |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
-    ...results.map(
-      (r) =>
-        `| ${r.name} | ${r.runs} | ${r.terminal} | ${Object.entries(r.outcomes)
-          .map(([k, n]) => `${k} ×${n}`)
-          .join(
-            ', ',
-          )} | ${r.eventsOk}/${r.runs} | ${r.orphanContainers}/${r.orphanWorktrees} | ${r.http5xx} | ${
-          r.documented503
-        } | ${r.noResponse} | ${s(r.outageMs)} | ${s(r.recoveryMs)} | ${r.failures.length === 0 ? 'PASS' : 'FAIL'} |`,
-    ),
+    '| fault | runs | terminal | outcomes | events ok | hit by fault | orphans (containers/worktrees) | 5xx | 503 /v1 (documented) | 503 /readyz | no response | outage | recovery | result |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...results.map((r) => {
+      const outcomes = Object.entries(r.outcomes)
+        .map(([k, n]) => `${k} ×${n}`)
+        .join(', ');
+      const cells = [
+        r.name,
+        r.runs,
+        r.terminal,
+        outcomes,
+        `${r.eventsOk}/${r.runs}`,
+        r.retried,
+        `${r.orphanContainers}/${r.orphanWorktrees}`,
+        r.http5xx,
+        r.api503,
+        r.readyz503,
+        r.noResponse,
+        s(r.outageMs),
+        s(r.recoveryMs),
+        r.failures.length === 0 ? 'PASS' : 'FAIL',
+      ];
+      return `| ${cells.join(' | ')} |`;
+    }),
   ];
   return rows.join('\n');
 }

@@ -18,8 +18,12 @@ export interface Scenario {
   budgets?: RunBudgets;
   /** Inject once every run started before the fault has reached this status (`created`: at once). */
   injectWhen: 'created' | 'running';
-  /** Outcomes that are correct for this fault. */
-  expect: { statuses: RunStatus[]; errorCodes?: string[] };
+  /**
+   * Outcomes that are correct for this fault. `retried`: at least one run must show the fault in its
+   * history (an activity attempt > 1, a timed-out or failed attempt or workflow task), so a fault
+   * that missed every run does not pass.
+   */
+  expect: { statuses: RunStatus[]; errorCodes?: string[]; retried?: boolean };
   /** Turns the fault on; resolves with the function that heals it. */
   inject(stack: FaultStack): Promise<() => Promise<void>>;
   /** How long the fault stays on before it is healed (an outage length, not a wait for readiness). */
@@ -38,7 +42,7 @@ export const SCENARIOS: Scenario[] = [
     runsDuring: 2,
     command: WORK,
     injectWhen: 'running',
-    expect: { statuses: ['committed'] },
+    expect: { statuses: ['committed'], retried: true },
     downMs: 0,
     async inject(stack) {
       await stack.killWorker();
@@ -81,7 +85,7 @@ export const SCENARIOS: Scenario[] = [
     runsDuring: 2,
     command: WORK,
     injectWhen: 'running',
-    expect: { statuses: ['committed'] },
+    expect: { statuses: ['committed'], retried: true },
     downMs: 5_000,
     async inject(stack) {
       await stack.stopDockerd();

@@ -78,6 +78,10 @@ export class FaultStack {
     return need(this.nats, 'NATS');
   }
 
+  get temporalAddress(): string {
+    return need(this.temporal, 'Temporal').address;
+  }
+
   get worktreeRoot(): string {
     return join(this.dataDir, 'worktrees');
   }
