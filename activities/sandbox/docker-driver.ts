@@ -70,6 +70,32 @@ export function isEngineUnreachable(err: unknown): boolean {
   return typeof code === 'string' && ['ENOENT', 'ECONNREFUSED', 'ECONNRESET', 'EPIPE'].includes(code);
 }
 
+/**
+ * Polls `check` (true once the process is gone) every EXEC_POLL_MS until it says so or is
+ * cancelled; errors (e.g. an engine that does not answer) just mean "ask again".
+ */
+function stoppedWhen(check: () => Promise<boolean>): { stopped: Promise<void>; cancel: () => void } {
+  let cancelled = false;
+  let timer: NodeJS.Timeout | undefined;
+  const stopped = new Promise<void>((resolve) => {
+    const tick = (): void => {
+      if (cancelled) return;
+      check().then(
+        (yes) => (yes ? resolve() : void (timer = setTimeout(tick, EXEC_POLL_MS))),
+        () => void (timer = setTimeout(tick, EXEC_POLL_MS)),
+      );
+    };
+    timer = setTimeout(tick, EXEC_POLL_MS);
+  });
+  return {
+    stopped,
+    cancel: () => {
+      cancelled = true;
+      clearTimeout(timer);
+    },
+  };
+}
+
 function isNotFound(err: unknown): boolean {
   return typeof err === 'object' && err !== null && (err as { statusCode?: number }).statusCode === 404;
 }
@@ -255,22 +281,12 @@ export class DockerSandboxDriver implements SandboxDriver {
     const killContainer = async (): Promise<void> => {
       await container.kill().catch(() => undefined);
     };
-    let stopPolling = false;
-    const exited = new Promise<void>((resolve) => {
-      const check = (): void => {
-        if (stopPolling) return resolve();
-        exec.inspect().then(
-          (i) => (i.Running ? setTimeout(check, EXEC_POLL_MS) : resolve()),
-          () => setTimeout(check, EXEC_POLL_MS),
-        );
-      };
-      setTimeout(check, EXEC_POLL_MS);
-    });
+    const gone = stoppedWhen(async () => !(await exec.inspect()).Running);
     let result: Omit<CommandOutcome, 'exitCode'>;
     try {
-      result = await this.supervise(stream, sink, output, opts, killContainer, exited);
+      result = await this.supervise(stream, sink, output, opts, killContainer, gone.stopped);
     } finally {
-      stopPolling = true;
+      gone.cancel();
     }
     const inspected = await exec.inspect();
     const exitCode = result.timedOut ? 124 : (inspected.ExitCode ?? 137);
@@ -476,14 +492,33 @@ export class DockerSandboxDriver implements SandboxDriver {
       const kill = async (): Promise<void> => {
         await container.kill().catch(() => undefined);
       };
-      // Waited for only once started: before, the container is already "not running".
-      const exited: Promise<unknown> = container.wait().catch(() => undefined);
-      const result = await this.supervise(stream, sink, output, opts, kill, exited);
-      const waited = (await container.wait()) as { StatusCode?: number };
-      const state = (await container.inspect()).State;
+      // Polled, not `wait`ed: the engine's answer is the one thing trusted to notice the exit.
+      const gone = stoppedWhen(async () => !(await container.inspect()).State.Running);
+      let result: Omit<CommandOutcome, 'exitCode'>;
+      try {
+        result = await this.supervise(stream, sink, output, opts, kill, gone.stopped);
+      } finally {
+        gone.cancel();
+      }
+      let state = (await container.inspect()).State;
+      if (state.Running) {
+        // The stream usually ends as the process exits; give the engine a moment to agree, and
+        // past it (a stream closed from this side) the process gets no more time.
+        let t: NodeJS.Timeout | undefined;
+        await Promise.race([
+          container.wait().catch(() => undefined),
+          new Promise((r) => (t = setTimeout(r, STREAM_GRACE_MS))),
+        ]);
+        clearTimeout(t);
+        state = (await container.inspect()).State;
+        if (state.Running) {
+          await kill();
+          state = (await container.inspect()).State;
+        }
+      }
       return {
         ...result,
-        exitCode: result.timedOut ? 124 : (waited.StatusCode ?? 137),
+        exitCode: result.timedOut ? 124 : state.Running ? 137 : state.ExitCode,
         ...(state.OOMKilled && !result.timedOut ? { oomKilled: true } : {}),
       };
     } finally {
@@ -550,7 +585,9 @@ export class DockerSandboxDriver implements SandboxDriver {
     const started = Date.now();
     let timedOut = false;
     let finished = false;
+    let endNow: () => void = () => undefined;
     const ended = new Promise<void>((resolve, reject) => {
+      endNow = resolve;
       stream.on('end', () => resolve());
       stream.on('close', () => resolve());
       stream.on('error', (e: Error) => reject(e));
@@ -559,7 +596,9 @@ export class DockerSandboxDriver implements SandboxDriver {
     const closeSoon = (): void => {
       if (finished || forceTimer) return;
       forceTimer = setTimeout(() => {
+        // Destroying does not always make the stream emit end/close: the wait ends here either way.
         (stream as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.();
+        endNow();
       }, STREAM_GRACE_MS);
     };
     void exited?.then(closeSoon, closeSoon);
