@@ -64,7 +64,8 @@ async function main(): Promise<void> {
       tenantClaim: config.AUTH_TENANT_CLAIM,
       defaultTenant: config.AUTH_DEFAULT_TENANT,
     });
-    const runs = createTemporalRunService({ client, logger });
+    const requestDeadlineMs = config.API_TEMPORAL_CALL_TIMEOUT_SECONDS * 1000;
+    const runs = createTemporalRunService({ client, logger, requestDeadlineMs });
     const targets = existsSync(config.rebuildTargetsFile)
       ? await loadRebuildTargets(config.rebuildTargetsFile)
       : rebuildTargets([]);
@@ -73,6 +74,7 @@ async function main(): Promise<void> {
       targets,
       defaultApprovalTimeoutSeconds: config.CHOIROS_REBUILD_APPROVAL_TIMEOUT_SECONDS,
       logger,
+      requestDeadlineMs,
     });
     const events = createJetStreamEventSource(natsConn);
     const rateLimiter =
@@ -83,7 +85,7 @@ async function main(): Promise<void> {
     const app = createApp({
       verifyToken,
       runs,
-      graphs: createTemporalWorkGraphService({ client, logger }),
+      graphs: createTemporalWorkGraphService({ client, logger, requestDeadlineMs }),
       rebuilds,
       version: config.CHOIROS_VERSION,
       events,

@@ -1,6 +1,7 @@
 /** Temporal client helpers shared by the run, graph and rebuild services. */
 import * as grpc from '@grpc/grpc-js';
 import {
+  type Client,
   ServiceError,
   defaultGrpcRetryOptions,
   isGrpcServiceError,
@@ -33,6 +34,19 @@ export async function guarded<T>(fn: () => Promise<T>): Promise<T> {
   } catch (err) {
     throw mapTemporalError(err);
   }
+}
+
+/**
+ * `guarded`, with every Temporal call `fn` makes sharing one deadline `deadlineMs` away (the
+ * connection's call context), so a request that makes several calls answers 503 in about that
+ * time when Temporal is unreachable, instead of once per call.
+ */
+export function guardedWithin(
+  client: Pick<Client, 'withDeadline'>,
+  deadlineMs: number | undefined,
+): <T>(fn: () => Promise<T>) => Promise<T> {
+  return <T>(fn: () => Promise<T>): Promise<T> =>
+    guarded(deadlineMs ? () => client.withDeadline(Date.now() + deadlineMs, fn) : fn);
 }
 
 /** `p`, or a rejection after `ms` (the timer is cleared either way). */

@@ -69,8 +69,8 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
   const repos: string[] = [];
   const total = s.runs + s.runsDuring;
   for (let i = 0; i < total; i++) {
-    const dir = join(workDir, 'repos', `${s.name}-${i}`);
-    await mkdir(dir, { recursive: true });
+    await mkdir(join(workDir, 'repos'), { recursive: true });
+    const dir = await mkdtemp(join(workDir, 'repos', `${s.name}-${i}-`));
     repos.push(gitRepo(dir));
   }
   const request = (i: number) => ({
@@ -307,11 +307,15 @@ function needEnv(name: string): string {
 
 async function main(): Promise<number> {
   const only = process.env.FAULTS?.split(',').filter(Boolean);
-  const scenarios = only ? SCENARIOS.filter((s) => only.includes(s.name)) : SCENARIOS;
-  if (only && scenarios.length !== only.length)
-    throw new Error(
-      `unknown scenario in FAULTS=${only.join(',')}; known: ${SCENARIOS.map((s) => s.name).join(', ')}`,
-    );
+  // Names may repeat (FAULTS=temporal-restart,temporal-restart runs it twice).
+  const scenarios = only
+    ? only.map((name) => {
+        const s = SCENARIOS.find((x) => x.name === name);
+        if (!s)
+          throw new Error(`unknown scenario ${name}; known: ${SCENARIOS.map((x) => x.name).join(', ')}`);
+        return s;
+      })
+    : SCENARIOS;
   const workDir = await mkdtemp(join(tmpdir(), 'choiros-faults-'));
   const stack = new FaultStack({
     workDir,
