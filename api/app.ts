@@ -28,6 +28,7 @@ import { createApiMetrics, type ApiMetrics } from './metrics';
 import { openApiDocument } from './openapi';
 import { enforceRateLimit, type RateLimiter } from './rate-limit';
 import { httpServerSpans } from './tracing';
+import { withTimeout } from './temporal';
 
 export interface ReadinessCheck {
   name: string;
@@ -68,6 +69,8 @@ export interface AppDeps {
 }
 
 const BODY_LIMIT = '256kb';
+/** A readiness check that has not answered by then counts as failed (`/readyz` answers 503 at once). */
+const READINESS_CHECK_TIMEOUT_MS = 3000;
 /** A graph carries up to 1000 work items. */
 const GRAPH_BODY_LIMIT = '4mb';
 
@@ -137,7 +140,8 @@ export function createApp(deps: AppDeps): express.Express {
       await Promise.all(
         deps.readiness.map(async (r) => {
           try {
-            await r.check();
+            // A dependency that does not answer in time is as not-ready as one that refuses.
+            await withTimeout(r.check(), READINESS_CHECK_TIMEOUT_MS);
             checks[r.name] = { ok: true };
           } catch (err) {
             checks[r.name] = { ok: false, error: err instanceof Error ? err.message : String(err) };

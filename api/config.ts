@@ -37,6 +37,8 @@ export const apiConfigSchema = z.object({
   TEMPORAL_ADDRESS: z.string().min(1).default('127.0.0.1:7233'),
   /** Temporal namespace. */
   TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
+  /** Deadline of one request's Temporal calls together (and of any single call); past it the request answers 503 service_unavailable. */
+  API_TEMPORAL_CALL_TIMEOUT_SECONDS: z.coerce.number().int().min(1).max(300).default(10),
   /** NATS server URL(s), comma-separated. */
   NATS_URL: z.string().min(1).default('nats://127.0.0.1:4222'),
   /** Path of the API's NATS credentials file; none for an open server. */

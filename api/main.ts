@@ -19,6 +19,7 @@ import { createApiMetrics } from './metrics';
 import { mintUserCreds } from './nats/credentials';
 import { RateLimiter } from './rate-limit';
 import { createTemporalRunService } from './runs/service';
+import { temporalCallInterceptors } from './temporal';
 import { createTemporalWorkGraphService } from './graphs/service';
 import { createTemporalRebuildService } from './rebuilds/service';
 import { loadRebuildTargets, rebuildTargets } from './rebuilds/targets';
@@ -40,7 +41,10 @@ async function main(): Promise<void> {
   let grpcServer: grpc.Server | undefined;
   const shutdown = new AbortController();
   try {
-    connection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
+    connection = await Connection.connect({
+      address: config.TEMPORAL_ADDRESS,
+      interceptors: temporalCallInterceptors(config.API_TEMPORAL_CALL_TIMEOUT_SECONDS * 1000),
+    });
     const temporalConn = connection;
     const client = new Client({
       connection,
@@ -73,7 +77,8 @@ async function main(): Promise<void> {
       tenantClaim: config.AUTH_TENANT_CLAIM,
       defaultTenant: config.AUTH_DEFAULT_TENANT,
     });
-    const runs = createTemporalRunService({ client, logger });
+    const requestDeadlineMs = config.API_TEMPORAL_CALL_TIMEOUT_SECONDS * 1000;
+    const runs = createTemporalRunService({ client, logger, requestDeadlineMs });
     const targets = existsSync(config.rebuildTargetsFile)
       ? await loadRebuildTargets(config.rebuildTargetsFile)
       : rebuildTargets([]);
@@ -82,6 +87,7 @@ async function main(): Promise<void> {
       targets,
       defaultApprovalTimeoutSeconds: config.CHOIROS_REBUILD_APPROVAL_TIMEOUT_SECONDS,
       logger,
+      requestDeadlineMs,
     });
     const events = createJetStreamEventSource(natsConn);
     const rateLimiter =
@@ -92,7 +98,7 @@ async function main(): Promise<void> {
     const app = createApp({
       verifyToken,
       runs,
-      graphs: createTemporalWorkGraphService({ client, logger }),
+      graphs: createTemporalWorkGraphService({ client, logger, requestDeadlineMs }),
       rebuilds,
       version: config.CHOIROS_VERSION,
       events,

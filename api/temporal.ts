@@ -1,5 +1,12 @@
 /** Temporal client helpers shared by the run, graph and rebuild services. */
-import { ServiceError, isGrpcServiceError } from '@temporalio/client';
+import * as grpc from '@grpc/grpc-js';
+import {
+  type Client,
+  ServiceError,
+  defaultGrpcRetryOptions,
+  isGrpcServiceError,
+  makeGrpcRetryInterceptor,
+} from '@temporalio/client';
 import { AppError } from '../contracts';
 
 /** How long a view query may take before a service falls back to memo and search attributes. */
@@ -29,6 +36,19 @@ export async function guarded<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/**
+ * `guarded`, with every Temporal call `fn` makes sharing one deadline `deadlineMs` away (the
+ * connection's call context), so a request that makes several calls answers 503 in about that
+ * time when Temporal is unreachable, instead of once per call.
+ */
+export function guardedWithin(
+  client: Pick<Client, 'withDeadline'>,
+  deadlineMs: number | undefined,
+): <T>(fn: () => Promise<T>) => Promise<T> {
+  return <T>(fn: () => Promise<T>): Promise<T> =>
+    guarded(deadlineMs ? () => client.withDeadline(Date.now() + deadlineMs, fn) : fn);
+}
+
 /** `p`, or a rejection after `ms` (the timer is cleared either way). */
 export function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -36,4 +56,20 @@ export function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
     timer = setTimeout(() => reject(new Error('timeout')), ms);
   });
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * gRPC interceptors for the API's Temporal connection: every call without a deadline of its own
+ * gets one `callTimeoutMs` away, outside the SDK's default retries (which would otherwise retry an
+ * unreachable server for ~20 s while the HTTP client waits). Past it the call fails with
+ * DEADLINE_EXCEEDED, which {@link mapTemporalError} answers as a 503 with Retry-After.
+ */
+export function temporalCallInterceptors(callTimeoutMs: number): grpc.Interceptor[] {
+  const deadline: grpc.Interceptor = (options, nextCall) =>
+    new grpc.InterceptingCall(
+      nextCall(
+        options.deadline === undefined ? { ...options, deadline: Date.now() + callTimeoutMs } : options,
+      ),
+    );
+  return [deadline, makeGrpcRetryInterceptor(defaultGrpcRetryOptions())];
 }

@@ -38,6 +38,15 @@ export const LABELS = {
 } as const;
 
 const PROGRESS_INTERVAL_MS = 1_000;
+/**
+ * How long an output stream may stay open after its process is gone (it exited, or was killed on
+ * timeout or cancellation) before it is closed from this side. Docker 20.10 now and then never ends
+ * the attach/exec stream of a process that has exited (seen by the fault suite under load): without
+ * this bound the activity would heartbeat for its whole start-to-close timeout.
+ */
+const STREAM_GRACE_MS = 5_000;
+/** How often a running exec is inspected, so its end is noticed even if its stream never ends. */
+const EXEC_POLL_MS = 2_000;
 const BASE_ENV = ['HOME=/tmp', 'PATH=/usr/local/bin:/usr/bin:/bin'];
 
 /** Name of a run's own network (policy `internal`). */
@@ -58,6 +67,42 @@ export function runNetworkName(runId: string): string {
   return `choiros-net-${runId}`;
 }
 
+/** How long one attempt waits for an engine that stopped answering (a restart) before it fails. */
+const ENGINE_WAIT_MS = 120_000;
+const ENGINE_POLL_MS = 1_000;
+
+/** The engine's socket did not answer (dockerd restarting or down), as opposed to an answer that refuses. */
+export function isEngineUnreachable(err: unknown): boolean {
+  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  return typeof code === 'string' && ['ENOENT', 'ECONNREFUSED', 'ECONNRESET', 'EPIPE'].includes(code);
+}
+
+/**
+ * Polls `check` (true once the process is gone) every EXEC_POLL_MS until it says so or is
+ * cancelled; errors (e.g. an engine that does not answer) just mean "ask again".
+ */
+function stoppedWhen(check: () => Promise<boolean>): { stopped: Promise<void>; cancel: () => void } {
+  let cancelled = false;
+  let timer: NodeJS.Timeout | undefined;
+  const stopped = new Promise<void>((resolve) => {
+    const tick = (): void => {
+      if (cancelled) return;
+      check().then(
+        (yes) => (yes ? resolve() : void (timer = setTimeout(tick, EXEC_POLL_MS))),
+        () => void (timer = setTimeout(tick, EXEC_POLL_MS)),
+      );
+    };
+    timer = setTimeout(tick, EXEC_POLL_MS);
+  });
+  return {
+    stopped,
+    cancel: () => {
+      cancelled = true;
+      clearTimeout(timer);
+    },
+  };
+}
+
 function isNotFound(err: unknown): boolean {
   return typeof err === 'object' && err !== null && (err as { statusCode?: number }).statusCode === 404;
 }
@@ -73,6 +118,10 @@ export class DockerSandboxDriver implements SandboxDriver {
   ) {}
 
   async imageId(pinned?: string): Promise<string> {
+    return this.onEngine(() => this.inspectImage(pinned));
+  }
+
+  private async inspectImage(pinned?: string): Promise<string> {
     const image = pinned ?? this.opts.image;
     try {
       const info = await this.docker.getImage(image).inspect();
@@ -120,7 +169,51 @@ export class DockerSandboxDriver implements SandboxDriver {
     };
   }
 
+  /**
+   * Runs one engine operation. When the engine stops answering (dockerd restarting; its
+   * containers die with it), the attempt waits — heartbeating through `onProgress` — until the
+   * engine answers again and then fails with the retryable `docker_engine_unavailable`, so the
+   * activity's next attempt starts against a live engine (containers are started again on exec)
+   * instead of spending its retries in the seconds the engine is down.
+   */
+  private async onEngine<T>(fn: () => Promise<T>, opts: Partial<CommandOptions> = {}): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!isEngineUnreachable(err)) throw err;
+      const started = Date.now();
+      for (;;) {
+        if (
+          await this.docker.ping().then(
+            () => true,
+            () => false,
+          )
+        )
+          break;
+        if (opts.signal?.aborted || Date.now() - started > ENGINE_WAIT_MS) break;
+        opts.onProgress?.({ outputBytes: 0, elapsedMs: Date.now() - started });
+        await new Promise((r) => setTimeout(r, ENGINE_POLL_MS));
+      }
+      throw ApplicationFailure.create({
+        type: 'docker_engine_unavailable',
+        message: `the Docker engine did not answer (${err instanceof Error ? err.message : String(err)}); the step is retried`,
+        cause: err instanceof Error ? err : undefined,
+      });
+    }
+  }
+
   async createExecutionSandbox(spec: {
+    name: string;
+    workspace: string;
+    labels: SandboxLabels;
+    network?: NetworkPolicy;
+    egress?: EgressRule[];
+    image?: string;
+  }): Promise<void> {
+    return this.onEngine(() => this.createExecution(spec));
+  }
+
+  private async createExecution(spec: {
     name: string;
     workspace: string;
     labels: SandboxLabels;
@@ -168,6 +261,10 @@ export class DockerSandboxDriver implements SandboxDriver {
   }
 
   async exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome> {
+    return this.onEngine(() => this.execOnce(name, argv, opts), opts);
+  }
+
+  private async execOnce(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome> {
     const started = Date.now();
     const container = this.docker.getContainer(name);
     // A worker that shut down (e.g. replaced by a deploy) cancelled its command and took the
@@ -191,7 +288,13 @@ export class DockerSandboxDriver implements SandboxDriver {
     const killContainer = async (): Promise<void> => {
       await container.kill().catch(() => undefined);
     };
-    const result = await this.supervise(stream, sink, output, opts, killContainer);
+    const gone = stoppedWhen(async () => !(await exec.inspect()).Running);
+    let result: Omit<CommandOutcome, 'exitCode'>;
+    try {
+      result = await this.supervise(stream, sink, output, opts, killContainer, gone.stopped);
+    } finally {
+      gone.cancel();
+    }
     const inspected = await exec.inspect();
     const exitCode = result.timedOut ? 124 : (inspected.ExitCode ?? 137);
     // Docker 20.10 sets State.OOMKilled only when PID 1 dies; an exec'd process killed by the
@@ -368,6 +471,13 @@ export class DockerSandboxDriver implements SandboxDriver {
     spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels; image?: string },
     opts: CommandOptions,
   ): Promise<CommandOutcome> {
+    return this.onEngine(() => this.runVerifierOnce(spec, opts), opts);
+  }
+
+  private async runVerifierOnce(
+    spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels; image?: string },
+    opts: CommandOptions,
+  ): Promise<CommandOutcome> {
     await this.remove(spec.name); // a retried attempt starts clean
     const container = await this.docker.createContainer({
       name: spec.name,
@@ -389,12 +499,33 @@ export class DockerSandboxDriver implements SandboxDriver {
       const kill = async (): Promise<void> => {
         await container.kill().catch(() => undefined);
       };
-      const result = await this.supervise(stream, sink, output, opts, kill);
-      const waited = (await container.wait()) as { StatusCode?: number };
-      const state = (await container.inspect()).State;
+      // Polled, not `wait`ed: the engine's answer is the one thing trusted to notice the exit.
+      const gone = stoppedWhen(async () => !(await container.inspect()).State.Running);
+      let result: Omit<CommandOutcome, 'exitCode'>;
+      try {
+        result = await this.supervise(stream, sink, output, opts, kill, gone.stopped);
+      } finally {
+        gone.cancel();
+      }
+      let state = (await container.inspect()).State;
+      if (state.Running) {
+        // The stream usually ends as the process exits; give the engine a moment to agree, and
+        // past it (a stream closed from this side) the process gets no more time.
+        let t: NodeJS.Timeout | undefined;
+        await Promise.race([
+          container.wait().catch(() => undefined),
+          new Promise((r) => (t = setTimeout(r, STREAM_GRACE_MS))),
+        ]);
+        clearTimeout(t);
+        state = (await container.inspect()).State;
+        if (state.Running) {
+          await kill();
+          state = (await container.inspect()).State;
+        }
+      }
       return {
         ...result,
-        exitCode: result.timedOut ? 124 : (waited.StatusCode ?? 137),
+        exitCode: result.timedOut ? 124 : state.Running ? 137 : state.ExitCode,
         ...(state.OOMKilled && !result.timedOut ? { oomKilled: true } : {}),
       };
     } finally {
@@ -455,29 +586,48 @@ export class DockerSandboxDriver implements SandboxDriver {
     output: BoundedOutput,
     opts: CommandOptions,
     kill: () => Promise<void>,
+    /** Settles when the engine says the process is gone (its stream gets STREAM_GRACE_MS more). */
+    exited?: Promise<unknown>,
   ): Promise<Omit<CommandOutcome, 'exitCode'>> {
     const started = Date.now();
     let timedOut = false;
+    let finished = false;
+    let endNow: () => void = () => undefined;
     const ended = new Promise<void>((resolve, reject) => {
+      endNow = resolve;
       stream.on('end', () => resolve());
       stream.on('close', () => resolve());
       stream.on('error', (e: Error) => reject(e));
     });
+    let forceTimer: NodeJS.Timeout | undefined;
+    const closeSoon = (): void => {
+      if (finished || forceTimer) return;
+      forceTimer = setTimeout(() => {
+        // Destroying does not always make the stream emit end/close: the wait ends here either way.
+        (stream as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.();
+        endNow();
+      }, STREAM_GRACE_MS);
+    };
+    void exited?.then(closeSoon, closeSoon);
     const timer = setTimeout(() => {
       timedOut = true;
       void kill();
+      closeSoon();
     }, opts.timeoutMs);
     const progress = setInterval(() => {
       opts.onProgress?.({ outputBytes: output.bytes, elapsedMs: Date.now() - started });
     }, PROGRESS_INTERVAL_MS);
     const onAbort = (): void => {
       void kill();
+      closeSoon();
     };
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {
       await ended;
     } finally {
+      finished = true;
       clearTimeout(timer);
+      clearTimeout(forceTimer);
       clearInterval(progress);
       opts.signal?.removeEventListener('abort', onAbort);
     }

@@ -8,7 +8,7 @@ import {
 } from '@temporalio/client';
 import type { Logger } from 'pino';
 import { authorize, forbidden, type Action } from '../auth/policy';
-import { QUERY_TIMEOUT_MS, guarded, withTimeout } from '../temporal';
+import { QUERY_TIMEOUT_MS, guardedWithin, withTimeout } from '../temporal';
 import {
   AppError,
   GRAPH_STATUSES,
@@ -50,7 +50,13 @@ interface GraphMemo {
   summary: { repo: string; baseRef: string; mood: Mood; parallelism: number; items: number };
 }
 
-export function createTemporalWorkGraphService(deps: { client: Client; logger: Logger }): WorkGraphService {
+export function createTemporalWorkGraphService(deps: {
+  client: Client;
+  logger: Logger;
+  /** Deadline of one request's Temporal calls, together; none: per call only. */
+  requestDeadlineMs?: number;
+}): WorkGraphService {
+  const guarded = guardedWithin(deps.client, deps.requestDeadlineMs);
   const { client, logger } = deps;
 
   const describeOwned = async (

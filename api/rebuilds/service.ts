@@ -9,7 +9,7 @@ import {
 import { defaultPayloadConverter } from '@temporalio/common';
 import type { Logger } from 'pino';
 import { authorize, forbidden, type Action } from '../auth/policy';
-import { QUERY_TIMEOUT_MS, guarded, withTimeout } from '../temporal';
+import { QUERY_TIMEOUT_MS, guardedWithin, withTimeout } from '../temporal';
 import type { RebuildTargets } from './targets';
 import {
   AppError,
@@ -55,8 +55,11 @@ export function createTemporalRebuildService(deps: {
   /** Activity timing knobs for every rebuild (tests shorten heartbeats). */
   timings?: Partial<RebuildTimings>;
   logger: Logger;
+  /** Deadline of one request's Temporal calls, together; none: per call only. */
+  requestDeadlineMs?: number;
 }): RebuildService {
   const { client, logger } = deps;
+  const guarded = guardedWithin(client, deps.requestDeadlineMs);
   const timings = rebuildTimingsSchema.parse(deps.timings ?? {});
 
   const check = (principal: Principal, action: Action): void => {

@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import { decodeTypedSearchAttributes } from '@temporalio/common/lib/converter/payload-search-attributes';
 import { ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
 import { authorize, forbidden, isTenantAdmin, type Action } from '../auth/policy';
-import { QUERY_TIMEOUT_MS, guarded, withTimeout } from '../temporal';
+import { QUERY_TIMEOUT_MS, guardedWithin, withTimeout } from '../temporal';
 import {
   AppError,
   SEARCH_ATTRIBUTES,
@@ -95,8 +95,14 @@ function actorOf(p: Principal): { userId: string; tenant: string; tokenId?: stri
   return { userId: p.userId, tenant: p.tenant, ...(p.tokenId ? { tokenId: p.tokenId } : {}) };
 }
 
-export function createTemporalRunService(deps: { client: Client; logger: Logger }): RunService {
+export function createTemporalRunService(deps: {
+  client: Client;
+  logger: Logger;
+  /** Deadline of one request's Temporal calls, together (API_TEMPORAL_CALL_TIMEOUT_SECONDS); none: per call only. */
+  requestDeadlineMs?: number;
+}): RunService {
   const { client, logger } = deps;
+  const guarded = guardedWithin(client, deps.requestDeadlineMs);
 
   const describeOwned = async (
     principal: Principal,

@@ -1,0 +1,321 @@
+/**
+ * The fault suite's own stack: a dockerd of its own (never the shared engine), a Temporal dev
+ * server with a SQLite file, NATS with a JetStream store dir and the project's operator-mode auth,
+ * the dev issuer, the real API process (api/main.ts) and real worker processes
+ * (test/helpers/worker-child.ts: the worker set with a pre-bundled workflow bundle). Every piece can
+ * be stopped and started again on the same port / data so a fault can be injected and healed.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { bundleWorkflowCode } from '@temporalio/worker';
+import Docker from 'dockerode';
+import {
+  DEV_AUDIENCE,
+  loadOrCreateDevKey,
+  mintDevToken,
+  serveDevIssuer,
+  type DevIssuerKey,
+} from '../../infra/dev-issuer/issuer';
+import { startNatsServer, type NatsServer } from '../../infra/stack/nats';
+import { freePort, startProcess, waitFor, type ManagedProcess } from '../../infra/stack/process';
+import { ensureSandboxImage } from '../../infra/stack/sandbox-image';
+import { startTemporalDevServer, type TemporalDevServer } from '../../infra/stack/temporal';
+
+export const ROOT = resolve(__dirname, '../..');
+export const FAULTS_IMAGE = 'choiros-sandbox:faults';
+
+export interface StackOptions {
+  /** Scratch dir of this suite run: logs, SQLite file, NATS store, worker data, repos. */
+  workDir: string;
+  /** data-root of the suite's own dockerd (kept between suite runs so the image build is cached). */
+  dockerDataRoot: string;
+  /** exec-root of the suite's own dockerd; its socket and managed containerd live here. */
+  dockerExecRoot: string;
+  temporalBin: string;
+  natsBin: string;
+  busybox: string;
+  log: (line: string) => void;
+}
+
+function need<T>(v: T | undefined, what: string): T {
+  if (v === undefined) throw new Error(`${what} is not running`);
+  return v;
+}
+
+export class FaultStack {
+  readonly logDir: string;
+  readonly dataDir: string;
+  readonly dockerSocket: string;
+  readonly docker: Docker;
+  private dockerd?: ManagedProcess;
+  private temporal?: TemporalDevServer;
+  private nats?: NatsServer;
+  private api?: ManagedProcess;
+  private workers: ManagedProcess[] = [];
+  private workerCount = 0;
+  private issuerKey?: DevIssuerKey;
+  private issuerUrl?: string;
+  private closeIssuer?: () => Promise<void>;
+  private bundleFile?: string;
+  private imageId?: string;
+  private temporalPort = 0;
+  private natsPort = 0;
+  apiUrl = '';
+
+  constructor(private readonly opts: StackOptions) {
+    this.logDir = join(opts.workDir, 'logs');
+    this.dataDir = join(opts.workDir, 'worker-data');
+    this.dockerSocket = join(opts.dockerExecRoot, 'docker.sock');
+    this.docker = new Docker({ socketPath: this.dockerSocket });
+  }
+
+  get dockerHost(): string {
+    return `unix://${this.dockerSocket}`;
+  }
+
+  get natsServer(): NatsServer {
+    return need(this.nats, 'NATS');
+  }
+
+  get temporalAddress(): string {
+    return need(this.temporal, 'Temporal').address;
+  }
+
+  get worktreeRoot(): string {
+    return join(this.dataDir, 'worktrees');
+  }
+
+  /** Starts everything, in dependency order. */
+  async start(): Promise<void> {
+    await mkdir(this.logDir, { recursive: true });
+    await mkdir(this.dataDir, { recursive: true });
+    await this.startDockerd();
+    // The engine is the suite's own: whatever an interrupted earlier suite run left on it goes.
+    const left = await this.docker.listContainers({
+      all: true,
+      filters: { label: ['choiros.managed=true'] },
+    });
+    for (const c of left) await this.docker.getContainer(c.Id).remove({ force: true });
+    if (left.length > 0)
+      this.opts.log(`removed ${left.length} container(s) an earlier suite run left behind`);
+    const img = await ensureSandboxImage({
+      docker: this.docker,
+      repoRoot: ROOT,
+      busybox: this.opts.busybox,
+      image: FAULTS_IMAGE,
+      log: (l) => this.opts.log(`  image: ${l}`),
+    });
+    this.imageId = img.id;
+    this.opts.log(`sandbox image ${img.image} ${img.built ? 'built' : 'ready'} on the suite's dockerd`);
+    this.temporalPort = await freePort();
+    await this.startTemporal();
+    this.natsPort = await freePort();
+    await this.startNats();
+    const key = await loadOrCreateDevKey(join(this.opts.workDir, 'issuer'));
+    const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
+    this.issuerKey = key;
+    this.issuerUrl = issuer.issuer;
+    this.closeIssuer = issuer.close;
+    this.opts.log('bundling workflows for the worker processes');
+    const bundle = await bundleWorkflowCode({
+      workflowsPath: require.resolve('../../workflows'),
+      logger: { trace() {}, debug() {}, info() {}, warn() {}, error() {}, log() {} },
+    });
+    this.bundleFile = join(this.opts.workDir, 'workflow-bundle.js');
+    await writeFile(this.bundleFile, bundle.code);
+    await writeFile(`${this.bundleFile}.map`, bundle.sourceMap);
+    await this.startWorker();
+    await this.startApi();
+  }
+
+  /** Stops everything it started, in reverse order; never throws. */
+  async stop(): Promise<void> {
+    await this.api?.stop().catch(() => undefined);
+    for (const w of this.workers) await w.stop().catch(() => undefined);
+    await this.closeIssuer?.().catch(() => undefined);
+    await this.nats?.process.stop().catch(() => undefined);
+    await this.temporal?.process.stop().catch(() => undefined);
+    await this.dockerd?.stop(30_000).catch(() => undefined);
+  }
+
+  async startDockerd(): Promise<void> {
+    const dockerd = ['/usr/sbin/dockerd', '/usr/bin/dockerd', '/usr/local/bin/dockerd'].find((p) =>
+      existsSync(p),
+    );
+    if (!dockerd) throw new Error('the fault suite needs dockerd (apt-get install docker.io)');
+    if (process.getuid?.() !== 0)
+      throw new Error('the fault suite starts its own dockerd and must run as root');
+    await mkdir(this.opts.dockerDataRoot, { recursive: true });
+    await mkdir(this.opts.dockerExecRoot, { recursive: true });
+    if (
+      await this.docker.ping().then(
+        () => true,
+        () => false,
+      )
+    ) {
+      throw new Error(
+        `a dockerd already answers on ${this.dockerSocket} (left behind by an earlier suite run?); stop it first`,
+      );
+    }
+    // Coexists with the shared engine: its own data root, exec root (socket, managed containerd,
+    // netns), pid file, no default bridge and no iptables rules (sandboxes have no network).
+    this.dockerd = startProcess({
+      name: 'dockerd',
+      command: dockerd,
+      args: [
+        '--data-root',
+        this.opts.dockerDataRoot,
+        '--exec-root',
+        this.opts.dockerExecRoot,
+        '--pidfile',
+        join(this.opts.dockerExecRoot, 'dockerd.pid'),
+        '-H',
+        this.dockerHost,
+        '--bridge=none',
+        '--iptables=false',
+        '--ip6tables=false',
+        '--shutdown-timeout',
+        '5',
+      ],
+      logFile: join(this.logDir, 'dockerd.log'),
+    });
+    const proc = this.dockerd;
+    await waitFor('the suite dockerd', () => this.docker.ping().then(() => true), {
+      timeoutMs: 60_000,
+      proc,
+    });
+  }
+
+  async stopDockerd(): Promise<void> {
+    await need(this.dockerd, 'dockerd').stop(60_000);
+    this.dockerd = undefined;
+  }
+
+  async startTemporal(): Promise<void> {
+    this.temporal = await startTemporalDevServer({
+      binary: this.opts.temporalBin,
+      host: '127.0.0.1',
+      port: this.temporalPort,
+      dbFile: join(this.opts.workDir, 'temporal.db'),
+      logDir: this.logDir,
+      namespace: 'default',
+    });
+  }
+
+  async stopTemporal(): Promise<void> {
+    await need(this.temporal, 'Temporal').process.stop();
+    this.temporal = undefined;
+  }
+
+  async startNats(): Promise<void> {
+    this.nats = await startNatsServer({
+      binary: this.opts.natsBin,
+      host: '127.0.0.1',
+      port: this.natsPort,
+      dir: join(this.opts.workDir, 'nats'),
+      logDir: this.logDir,
+    });
+  }
+
+  async stopNats(): Promise<void> {
+    await need(this.nats, 'NATS').process.stop();
+    this.nats = undefined;
+  }
+
+  /** A worker process on host `faults-host` (the same host id and data dir for every replacement). */
+  async startWorker(): Promise<ManagedProcess> {
+    this.workerCount += 1;
+    const temporal = need(this.temporal, 'Temporal');
+    const nats = need(this.nats, 'NATS');
+    const logFile = join(this.logDir, `worker-${this.workerCount}.log`);
+    const proc = startProcess({
+      name: `worker-${this.workerCount}`,
+      command: process.execPath,
+      args: ['--import', 'tsx', join(ROOT, 'test/helpers/worker-child.ts')],
+      cwd: ROOT,
+      logFile,
+      env: {
+        ...process.env,
+        DOCKER_HOST: this.dockerHost,
+        CHOIROS_CHILD_BUNDLE: need(this.bundleFile, 'the workflow bundle'),
+        TEMPORAL_ADDRESS: temporal.address,
+        NATS_URL: nats.url,
+        NATS_CREDS: nats.workerCredsFile,
+        CHOIROS_DATA_DIR: this.dataDir,
+        CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
+        CHOIROS_SANDBOX_IMAGE: need(this.imageId, 'the sandbox image'),
+        CHOIROS_HOST_ID: 'faults-host',
+        // Off: the suite checks that runs clean up after themselves, not that the sweeper does.
+        CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
+        CHOIROS_MAX_RUNS_PER_USER: '16',
+        LOG_LEVEL: 'warn',
+      },
+    });
+    this.workers.push(proc);
+    await waitFor('worker process', async () => (await readFile(logFile, 'utf8')).includes('READY'), {
+      timeoutMs: 120_000,
+      proc,
+    });
+    return proc;
+  }
+
+  /** SIGKILLs the worker process group (no drain, no cleanup: a crashed host process). */
+  async killWorker(): Promise<void> {
+    const w = this.workers.pop();
+    if (!w) throw new Error('no worker to kill');
+    try {
+      process.kill(-w.pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+    await w.exited;
+  }
+
+  async startApi(): Promise<void> {
+    const temporal = need(this.temporal, 'Temporal');
+    const nats = need(this.nats, 'NATS');
+    const port = await freePort();
+    this.api = startProcess({
+      name: 'api',
+      command: process.execPath,
+      args: ['--import', 'tsx', join(ROOT, 'api/main.ts')],
+      cwd: ROOT,
+      logFile: join(this.logDir, 'api.log'),
+      env: {
+        ...process.env,
+        TEMPORAL_ADDRESS: temporal.address,
+        NATS_URL: nats.url,
+        NATS_CREDS: nats.apiCredsFile,
+        NATS_ACCOUNT_SEED_FILE: nats.accountSeedFile,
+        AUTH_ISSUER: need(this.issuerUrl, 'the dev issuer'),
+        AUTH_AUDIENCE: DEV_AUDIENCE,
+        AUTH_ALGORITHMS: 'ES256',
+        API_HOST: '127.0.0.1',
+        API_PORT: String(port),
+        GRPC_PORT: '0',
+        // The suite polls many runs from one principal, like a dashboard would.
+        API_RATE_LIMIT_PER_MINUTE: '0',
+        CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
+        LOG_LEVEL: 'warn',
+      },
+    });
+    this.apiUrl = `http://127.0.0.1:${port}`;
+    const proc = this.api;
+    await waitFor(
+      'API readiness',
+      async () => (await fetch(`${this.apiUrl}/readyz`, { signal: AbortSignal.timeout(2000) })).ok,
+      { timeoutMs: 120_000, proc },
+    );
+  }
+
+  /** A token of `sub` in `tenant`, signed by the dev issuer the API trusts. */
+  token(sub: string, tenant: string): Promise<string> {
+    const issuer = need(this.issuerUrl, 'the dev issuer');
+    return mintDevToken(
+      need(this.issuerKey, 'the dev issuer key'),
+      { issuer, audience: DEV_AUDIENCE },
+      { sub, tenant, ttlSeconds: 3 * 3600 },
+    );
+  }
+}
