@@ -249,6 +249,8 @@ export class FaultStack {
         // Off: the suite checks that runs clean up after themselves, not that the sweeper does.
         CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
         CHOIROS_MAX_RUNS_PER_USER: '16',
+        // A replacement may start before the killed worker's port is free: no metrics endpoint.
+        CHOIROS_METRICS_PORT: '0',
         LOG_LEVEL: 'warn',
       },
     });
