@@ -5,9 +5,11 @@
  * (test/helpers/worker-child.ts: the worker set with a pre-bundled workflow bundle). Every piece can
  * be stopped and started again on the same port / data so a fault can be injected and healed.
  */
+import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
 import { bundleWorkflowCode } from '@temporalio/worker';
 import Docker from 'dockerode';
 import {
@@ -21,6 +23,11 @@ import { startNatsServer, type NatsServer } from '../../infra/stack/nats';
 import { freePort, startProcess, waitFor, type ManagedProcess } from '../../infra/stack/process';
 import { ensureSandboxImage } from '../../infra/stack/sandbox-image';
 import { startTemporalDevServer, type TemporalDevServer } from '../../infra/stack/temporal';
+
+const execFileAsync = promisify(execFile);
+/** The suite engine's default bridge (a link the suite creates and deletes), and its address. */
+const FAULTS_BRIDGE = 'choiros-flt0';
+const FAULTS_BRIDGE_CIDR = '10.231.0.1/24';
 
 export const ROOT = resolve(__dirname, '../..');
 export const FAULTS_IMAGE = 'choiros-sandbox:faults';
@@ -137,6 +144,23 @@ export class FaultStack {
     await this.nats?.process.stop().catch(() => undefined);
     await this.temporal?.process.stop().catch(() => undefined);
     await this.dockerd?.stop(30_000).catch(() => undefined);
+    await execFileAsync('ip', ['link', 'del', FAULTS_BRIDGE]).catch(() => undefined);
+  }
+
+  /**
+   * The suite engine's own bridge interface. dockerd needs a default bridge it may own: with
+   * `--bridge=none` it deletes the host's `docker0` at start (moby removes the default bridge
+   * interface when the bridge is disabled), which breaks the shared engine's containers.
+   */
+  private async ensureBridge(): Promise<void> {
+    const exists = await execFileAsync('ip', ['link', 'show', FAULTS_BRIDGE]).then(
+      () => true,
+      () => false,
+    );
+    if (exists) return;
+    await execFileAsync('ip', ['link', 'add', 'name', FAULTS_BRIDGE, 'type', 'bridge']);
+    await execFileAsync('ip', ['addr', 'add', FAULTS_BRIDGE_CIDR, 'dev', FAULTS_BRIDGE]);
+    await execFileAsync('ip', ['link', 'set', FAULTS_BRIDGE, 'up']);
   }
 
   async startDockerd(): Promise<void> {
@@ -148,6 +172,7 @@ export class FaultStack {
       throw new Error('the fault suite starts its own dockerd and must run as root');
     await mkdir(this.opts.dockerDataRoot, { recursive: true });
     await mkdir(this.opts.dockerExecRoot, { recursive: true });
+    await this.ensureBridge();
     if (
       await this.docker.ping().then(
         () => true,
@@ -159,7 +184,8 @@ export class FaultStack {
       );
     }
     // Coexists with the shared engine: its own data root, exec root (socket, managed containerd,
-    // netns), pid file, no default bridge and no iptables rules (sandboxes have no network).
+    // netns), pid file, its own default bridge (never docker0) and no iptables rules (sandboxes
+    // have no network).
     this.dockerd = startProcess({
       name: 'dockerd',
       command: dockerd,
@@ -172,7 +198,7 @@ export class FaultStack {
         join(this.opts.dockerExecRoot, 'dockerd.pid'),
         '-H',
         this.dockerHost,
-        '--bridge=none',
+        `--bridge=${FAULTS_BRIDGE}`,
         '--iptables=false',
         '--ip6tables=false',
         '--shutdown-timeout',
