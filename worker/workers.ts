@@ -28,7 +28,8 @@ import type { Deployer } from '../activities/deploy/deployer';
 import type { WorkerConfig } from './config';
 import { createWorkerMetrics, observePublished, type WorkerMetrics } from './metrics';
 import type { Tracing } from '../telemetry/tracing';
-import { WORKFLOW_INTERCEPTOR_MODULES, activityTracingInterceptors, workflowTracingOptions } from './tracing';
+import { bundleWorkflows } from './bundle';
+import { activityTracingInterceptors, workflowTracingOptions } from './tracing';
 
 export interface WorkerSet {
   workers: Worker[];
@@ -61,7 +62,7 @@ export async function createWorkerSet(opts: {
   logger: Logger;
   /** Test-only fault injection into event publishing (see createEventActivities). */
   eventFaults?: EventActivityDeps['beforePublish'];
-  /** Pre-bundled workflow code (tests bundle once); otherwise bundled from `workflows/`. */
+  /** Pre-bundled workflow code from bundleWorkflows() (tests bundle once); bundled here otherwise. */
   workflowBundle?: WorkflowBundleWithSourceMap;
   /** Test-only deployer overrides (e.g. a deployer that fails); the docker and noop deployers otherwise. */
   deployers?: { docker?: Deployer; noop?: Deployer };
@@ -148,18 +149,13 @@ export async function createWorkerSet(opts: {
     },
     interceptors: activityTracingInterceptors(opts.tracing),
   };
-  // A pre-built bundle carries the workflow interceptor modules itself (see worker/tracing.ts).
-  const workflowSource = opts.workflowBundle
-    ? { workflowBundle: opts.workflowBundle }
-    : {
-        workflowsPath: require.resolve('../workflows'),
-        interceptors: { ...common.interceptors, workflowModules: WORKFLOW_INTERCEPTOR_MODULES },
-      };
+  // One bundle with the workflow interceptor modules (worker/bundle.ts); tests pass it pre-built.
+  const workflowBundle = opts.workflowBundle ?? (await bundleWorkflows());
 
   const workers = await Promise.all([
     Worker.create({
       ...common,
-      ...workflowSource,
+      workflowBundle,
       ...workflowTracingOptions(opts.tracing),
       taskQueue: TASK_QUEUES.orchestration,
       activities: {

@@ -10,7 +10,6 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import { bundleWorkflowCode } from '@temporalio/worker';
 import Docker from 'dockerode';
 import {
   DEV_AUDIENCE,
@@ -23,6 +22,7 @@ import { startNatsServer, type NatsServer } from '../../infra/stack/nats';
 import { freePort, startProcess, waitFor, type ManagedProcess } from '../../infra/stack/process';
 import { ensureSandboxImage } from '../../infra/stack/sandbox-image';
 import { startTemporalDevServer, type TemporalDevServer } from '../../infra/stack/temporal';
+import { bundleWorkflows } from '../../worker/bundle';
 
 const execFileAsync = promisify(execFile);
 /** The suite engine's default bridge (a link the suite creates and deletes), and its address. */
@@ -125,10 +125,8 @@ export class FaultStack {
     this.issuerUrl = issuer.issuer;
     this.closeIssuer = issuer.close;
     this.opts.log('bundling workflows for the worker processes');
-    const bundle = await bundleWorkflowCode({
-      workflowsPath: require.resolve('../../workflows'),
-      logger: { trace() {}, debug() {}, info() {}, warn() {}, error() {}, log() {} },
-    });
+    // The production bundle (with the tracing interceptor modules), as workers build it.
+    const bundle = await bundleWorkflows();
     this.bundleFile = join(this.opts.workDir, 'workflow-bundle.js');
     await writeFile(this.bundleFile, bundle.code);
     await writeFile(`${this.bundleFile}.map`, bundle.sourceMap);

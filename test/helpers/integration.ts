@@ -10,7 +10,6 @@ import {
   DefaultLogger,
   NativeConnection,
   Runtime,
-  bundleWorkflowCode,
   type WorkflowBundleWithSourceMap,
 } from '@temporalio/worker';
 import Docker from 'dockerode';
@@ -39,7 +38,7 @@ import {
   type DevTokenClaims,
 } from '../../infra/dev-issuer/issuer';
 import { loadWorkerConfig } from '../../worker/config';
-import { WORKFLOW_INTERCEPTOR_MODULES } from '../../worker/tracing';
+import { bundleWorkflows } from '../../worker/bundle';
 import { createWorkerSet, type WorkerSet } from '../../worker/workers';
 
 export { poll };
@@ -101,11 +100,7 @@ export function git(repo: string, ...args: string[]): string {
 let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
 /** Bundles the workflows once per test file. */
 export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
-  bundle ??= bundleWorkflowCode({
-    workflowsPath: require.resolve('../../workflows'),
-    workflowInterceptorModules: WORKFLOW_INTERCEPTOR_MODULES,
-    logger: { trace() {}, debug() {}, info() {}, warn() {}, error() {}, log() {} },
-  });
+  bundle ??= bundleWorkflows();
   return bundle;
 }
 

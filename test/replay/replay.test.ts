@@ -6,14 +6,9 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import {
-  DefaultLogger,
-  Runtime,
-  Worker,
-  bundleWorkflowCode,
-  type WorkflowBundleWithSourceMap,
-} from '@temporalio/worker';
-import { WORKFLOW_INTERCEPTOR_MODULES, workflowTracingOptions } from '../../worker/tracing';
+import { DefaultLogger, Runtime, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { bundleWorkflows } from '../../worker/bundle';
+import { workflowTracingOptions } from '../../worker/tracing';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -22,11 +17,8 @@ const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
 
 let bundle: WorkflowBundleWithSourceMap;
 beforeAll(async () => {
-  // With the interceptor modules every worker bundles (worker/tracing.ts): replay sees what runs.
-  bundle = await bundleWorkflowCode({
-    workflowsPath: require.resolve('../../workflows'),
-    workflowInterceptorModules: WORKFLOW_INTERCEPTOR_MODULES,
-  });
+  // The bundle every worker runs (worker/bundle.ts): replay sees what runs.
+  bundle = await bundleWorkflows();
 }, 120_000);
 
 test('the recorded histories exist', () => {
