@@ -26,8 +26,7 @@ async function main(): Promise<void> {
       code: await readFile(bundle, 'utf8'),
       sourceMap: await readFile(`${bundle}.map`, 'utf8'),
     },
-    onReady: ({ metricsPort }) =>
-      process.stdout.write(`${metricsPort ? `METRICS ${metricsPort}\n` : ''}READY\n`),
+    onReady: () => process.stdout.write('READY\n'),
   });
 }
 

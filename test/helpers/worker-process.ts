@@ -1,6 +1,8 @@
 /**
- * Spawns the real worker process (test/helpers/worker-child.ts → worker/process.ts) against the
- * test stack, with a pre-bundled workflow bundle, and resolves once it polls.
+ * Real service processes for integration tests: an entry point (worker/main.ts, api/main.ts, or
+ * test/helpers/worker-child.ts, the worker process with a pre-bundled workflow bundle) in its own
+ * process group, resolved once it logs its start event. Tests SIGKILL them (a crash) or SIGTERM them
+ * (a drain) through `signal`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
@@ -8,14 +10,90 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ROOT, env, workflowBundle } from './integration';
 
-export interface WorkerProcess {
+export interface ServiceProcess {
   proc: ChildProcess;
+  pid: number;
+  /** Every stdout line so far (pino JSON lines). */
+  lines: string[];
   /** Resolves with the exit code (null after a signal). */
   exited: Promise<number | null>;
+  /** Sends `sig` to the process group (if still running); resolves with the exit code. */
+  signal(sig: NodeJS.Signals): Promise<number | null>;
+}
+
+/** Starts `entry` with `envVars` (over the test's environment); resolves once a line has `"event":"<readyEvent>"`. */
+export async function spawnService(opts: {
+  entry: string;
+  name: string;
+  env: NodeJS.ProcessEnv;
+  readyEvent: string;
+  readyTimeoutMs?: number;
+}): Promise<ServiceProcess> {
+  const log = createWriteStream(join(env.workDir(), `logs/${opts.name}.log`));
+  const proc = spawn(process.execPath, ['--import', 'tsx', join(ROOT, opts.entry)], {
+    cwd: ROOT,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: opts.env,
+  });
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const lines: string[] = [];
+  let partial = '';
+  let stderr = '';
+  proc.stdout?.on('data', (chunk: Buffer) => {
+    log.write(chunk);
+    const parts = (partial + chunk.toString()).split('\n');
+    partial = parts.pop() ?? '';
+    lines.push(...parts);
+  });
+  proc.stderr?.on('data', (chunk: Buffer) => {
+    log.write(chunk);
+    stderr = (stderr + chunk.toString()).slice(-4000);
+  });
+  const service: ServiceProcess = {
+    proc,
+    pid: proc.pid ?? -1,
+    lines,
+    exited,
+    async signal(sig) {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        try {
+          process.kill(-service.pid, sig);
+        } catch {
+          // already gone
+        }
+      }
+      return exited;
+    },
+  };
+  const ready = `"event":"${opts.readyEvent}"`;
+  await new Promise<void>((resolve, reject) => {
+    const done = (err?: Error): void => {
+      clearTimeout(timer);
+      clearInterval(check);
+      if (err) reject(err);
+      else resolve();
+    };
+    const output = (): string => `${lines.slice(-40).join('\n')}\n${stderr}`;
+    const timer = setTimeout(
+      () => done(new Error(`${opts.name} (${opts.entry}) did not start in time:\n${output()}`)),
+      opts.readyTimeoutMs ?? 150_000,
+    );
+    const check = setInterval(() => {
+      if (lines.some((l) => l.includes(ready))) done();
+    }, 100);
+    void exited.then((code) =>
+      done(
+        new Error(`${opts.name} (${opts.entry}) exited with ${String(code)} before it started:\n${output()}`),
+      ),
+    );
+  });
+  return service;
+}
+
+export interface WorkerProcess extends ServiceProcess {
   /** The `/metrics` port, when CHOIROS_METRICS_PORT was set. */
   metricsPort?: number;
-  /** The worker's identity in Temporal histories (`<pid>@<hostname>`, the SDK default). */
-  pid: number;
 }
 
 /** Bundles the workflows once and writes them where child workers read them (CHOIROS_CHILD_BUNDLE). */
@@ -28,19 +106,25 @@ export async function writeWorkflowBundle(): Promise<string> {
   return path;
 }
 
+/**
+ * The real worker process against the test stack: test/helpers/worker-child.ts with `bundlePath`
+ * (ready in seconds), or worker/main.ts, which bundles the workflows itself, without it.
+ */
 export async function spawnWorkerProcess(opts: {
-  bundlePath: string;
+  bundlePath?: string;
   hostId: string;
   dataDir: string;
   name: string;
   extraEnv?: Record<string, string>;
-  readyTimeoutMs?: number;
+  /** The environment the worker's settings go over; the test's own by default. */
+  baseEnv?: NodeJS.ProcessEnv;
 }): Promise<WorkerProcess> {
-  const log = createWriteStream(join(env.workDir(), `logs/worker-${opts.name}.log`));
-  const proc = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test/helpers/worker-child.ts')], {
-    cwd: ROOT,
+  const service = await spawnService({
+    entry: opts.bundlePath ? 'test/helpers/worker-child.ts' : 'worker/main.ts',
+    name: `worker-${opts.name}`,
+    readyEvent: 'worker.started',
     env: {
-      ...process.env,
+      ...(opts.baseEnv ?? process.env),
       TEMPORAL_ADDRESS: env.temporalAddress(),
       NATS_URL: env.natsUrl(),
       NATS_CREDS: env.workerCreds() ?? '',
@@ -50,42 +134,12 @@ export async function spawnWorkerProcess(opts: {
       CHOIROS_HOST_ID: opts.hostId,
       CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
       CHOIROS_METRICS_PORT: '0',
-      CHOIROS_CHILD_BUNDLE: opts.bundlePath,
+      ...(opts.bundlePath ? { CHOIROS_CHILD_BUNDLE: opts.bundlePath } : {}),
       LOG_LEVEL: 'info',
       ...opts.extraEnv,
     },
-    stdio: ['ignore', 'pipe', 'pipe'],
   });
-  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
-  let out = '';
-  let errOut = '';
-  proc.stderr?.on('data', (chunk: Buffer) => {
-    errOut = (errOut + chunk.toString()).slice(-4000);
-    log.write(chunk);
-  });
-  proc.stdout?.on('data', (chunk: Buffer) => {
-    out += chunk.toString();
-    log.write(chunk);
-  });
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`worker ${opts.name} not ready in time:\n${out.slice(-2000)}`)),
-      opts.readyTimeoutMs ?? 120_000,
-    );
-    const check = (): void => {
-      if (out.includes('READY\n')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    proc.stdout?.on('data', check);
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(
-        new Error(`worker ${opts.name} exited with ${String(code)} before it was ready:\n${out}\n${errOut}`),
-      );
-    });
-  });
-  const m = /^METRICS (\d+)$/m.exec(out);
-  return { proc, exited, pid: proc.pid ?? -1, ...(m ? { metricsPort: Number(m[1]) } : {}) };
+  const started = service.lines.find((l) => l.includes('"event":"worker.started"'));
+  const metricsPort = started ? (JSON.parse(started) as { metricsPort?: number | null }).metricsPort : null;
+  return { ...service, ...(metricsPort ? { metricsPort } : {}) };
 }

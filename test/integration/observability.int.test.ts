@@ -25,10 +25,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const w of workers) {
-    w.proc.kill('SIGKILL');
-    await w.exited;
-  }
+  for (const w of workers) await w.signal('SIGKILL');
   await api?.stop();
   await nats?.drain();
 });
@@ -158,8 +155,7 @@ test('worker and API /metrics count a run: during it a sandbox and a started run
   ).toBeGreaterThanOrEqual(1);
   expect(sample(apiText, 'choiros_api_run_starts_total', { mood: 'CALM' })).toBe(1);
 
-  worker.proc.kill('SIGTERM');
-  expect(await worker.exited).toBe(0);
+  expect(await worker.signal('SIGTERM')).toBe(0);
 }, 240_000);
 
 test('a SIGTERMed worker stops taking tasks, finishes its in-flight command, exits 0; a new worker completes the run', async () => {
@@ -182,9 +178,8 @@ test('a SIGTERMed worker stops taking tasks, finishes its in-flight command, exi
     (d) => d.raw.pendingActivities?.some((a) => a.activityType?.name === 'execInSandbox') ?? false,
     60_000,
   );
-  old.proc.kill('SIGTERM');
   // The old worker exits on its own (0) once the command it was running has finished.
-  expect(await old.exited).toBe(0);
+  expect(await old.signal('SIGTERM')).toBe(0);
   const history = await handle.fetchHistory();
   const execScheduled = history.events?.find(
     (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'execInSandbox',

@@ -5,11 +5,8 @@
  * each of the run's activities, across both services; the API's log lines carry its trace id; spans
  * still buffered at SIGTERM are flushed by the drain; and the traced history replays deterministically.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtemp } from 'node:fs/promises';
-import { createServer } from 'node:net';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
@@ -25,96 +22,29 @@ import { ROOT, env, makeGitRepo, workflowBundle, type TestApi } from '../helpers
 import { startOtlpCollector, type CollectedSpan, type OtlpCollector } from '../helpers/otlp-collector';
 import { apiClient, recordHistory } from '../helpers/runs';
 import { workflowTracingOptions } from '../../worker/tracing';
+import { freePort } from '../../infra/stack/process';
+import { spawnService, spawnWorkerProcess, type ServiceProcess } from '../helpers/worker-process';
 
 const hostId = `it-otel-${randomUUID().slice(0, 8)}`;
 const API_VERSION = 'otel-it-api';
 const WORKER_BUILD = 'otel-it-worker';
-const children: ChildProcess[] = [];
+const children: ServiceProcess[] = [];
 let collector: OtlpCollector;
 let issuer: Awaited<ReturnType<typeof serveDevIssuer>>;
 let devKey: DevIssuerKey;
 let connection: Connection;
 
-interface Service {
-  proc: ChildProcess;
-  /** Every stdout line so far (pino JSON). */
-  lines: string[];
-  exited: Promise<number | null>;
-}
-
-/** Starts a service entry point in its own process group; resolves once it logs `readyEvent`. */
-async function startService(entry: string, extraEnv: Record<string, string>, readyEvent: string) {
-  const proc = spawn(process.execPath, ['--import', 'tsx', entry], {
-    cwd: ROOT,
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      // The test's environment without OpenTelemetry settings of its own.
-      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('OTEL_'))),
-      TEMPORAL_ADDRESS: env.temporalAddress(),
-      NATS_URL: env.natsUrl(),
-      CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
-      OTEL_EXPORTER_OTLP_ENDPOINT: collector.url,
-      // Nothing is exported on a timer or a full batch during the test (the status polls make many
-      // spans): every span arrives through the SIGTERM flush.
-      OTEL_BSP_SCHEDULE_DELAY: '600000',
-      OTEL_BSP_MAX_QUEUE_SIZE: '100000',
-      OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '100000',
-      LOG_LEVEL: 'info',
-      ...extraEnv,
-    },
-  });
-  children.push(proc);
-  const service: Service = {
-    proc,
-    lines: [],
-    exited: new Promise((resolve) => proc.once('exit', (code) => resolve(code))),
+/** The test's environment without OpenTelemetry settings of its own, plus the collector's. */
+function tracedEnv(): NodeJS.ProcessEnv {
+  return {
+    ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('OTEL_'))),
+    OTEL_EXPORTER_OTLP_ENDPOINT: collector.url,
+    // Nothing is exported on a timer or a full batch during the test (the status polls make many
+    // spans): every span arrives through the SIGTERM flush.
+    OTEL_BSP_SCHEDULE_DELAY: '600000',
+    OTEL_BSP_MAX_QUEUE_SIZE: '100000',
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '100000',
   };
-  let buffered = '';
-  let stderr = '';
-  proc.stdout?.on('data', (d: Buffer) => {
-    buffered += d.toString();
-    const parts = buffered.split('\n');
-    buffered = parts.pop() ?? '';
-    service.lines.push(...parts);
-  });
-  proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`${entry} did not start in 150 s:\n${service.lines.join('\n')}\n${stderr}`)),
-      150_000,
-    );
-    const check = setInterval(() => {
-      if (service.lines.some((l) => l.includes(`"event":"${readyEvent}"`))) {
-        clearTimeout(timer);
-        clearInterval(check);
-        resolve();
-      }
-    }, 100);
-    void service.exited.then((code) => {
-      clearTimeout(timer);
-      clearInterval(check);
-      reject(
-        new Error(`${entry} exited with ${code} before starting:\n${service.lines.join('\n')}\n${stderr}`),
-      );
-    });
-  });
-  return service;
-}
-
-/** SIGTERM to the process group (the drain), resolved with the exit code. */
-async function stopService(s: Service): Promise<number | null> {
-  if (s.proc.exitCode === null && s.proc.signalCode === null)
-    process.kill(-(s.proc.pid as number), 'SIGTERM');
-  return s.exited;
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
 }
 
 beforeAll(async () => {
@@ -125,15 +55,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const c of children) {
-    if (c.exitCode === null && c.signalCode === null) {
-      try {
-        process.kill(-(c.pid as number), 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-  }
+  for (const c of children) await c.signal('SIGKILL');
   await issuer?.close();
   await connection?.close();
   await collector?.close();
@@ -163,32 +85,35 @@ function ancestry(trace: CollectedSpan[], span: CollectedSpan): string[] {
 test('when a run is started through the API with tracing on, then one trace links the HTTP request, the workflow and its activities across api and worker, and the API logs carry its trace id', async () => {
   const dataDir = await mkdtemp(join(env.workDir(), `data-${hostId}-`));
   const bundle = workflowBundle(); // for the replay at the end, built while the services start
-  const worker = await startService(
-    'worker/main.ts',
-    {
-      NATS_CREDS: env.workerCreds() ?? '',
-      CHOIROS_DATA_DIR: dataDir,
-      CHOIROS_SANDBOX_IMAGE: env.sandboxImage(),
-      CHOIROS_HOST_ID: hostId,
-      CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
-      CHOIROS_BUILD_ID: WORKER_BUILD,
-    },
-    'worker.started',
-  );
+  const worker = await spawnWorkerProcess({
+    hostId,
+    dataDir,
+    name: 'otel',
+    baseEnv: tracedEnv(),
+    extraEnv: { CHOIROS_BUILD_ID: WORKER_BUILD },
+  });
+  children.push(worker);
   const port = await freePort();
-  const api = await startService(
-    'api/main.ts',
-    {
+  const api = await spawnService({
+    entry: 'api/main.ts',
+    name: 'api-otel',
+    readyEvent: 'api.started',
+    env: {
+      ...tracedEnv(),
+      TEMPORAL_ADDRESS: env.temporalAddress(),
+      NATS_URL: env.natsUrl(),
       NATS_CREDS: env.apiCreds() ?? '',
+      CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
       AUTH_ISSUER: issuer.issuer,
       AUTH_AUDIENCE: DEV_AUDIENCE,
       API_HOST: '127.0.0.1',
       API_PORT: String(port),
       GRPC_PORT: '0',
       CHOIROS_VERSION: API_VERSION,
+      LOG_LEVEL: 'info',
     },
-    'api.started',
-  );
+  });
+  children.push(api);
   expect(api.lines.some((l) => l.includes('"event":"otel.started"'))).toBe(true);
 
   const testApi: TestApi = {
@@ -232,8 +157,8 @@ test('when a run is started through the API with tracing on, then one trace link
   // The drain flushes: nothing was exported on a timer (OTEL_BSP_SCHEDULE_DELAY), so every span
   // below reached the collector through the SIGTERM shutdown of each process.
   expect(collector.spans).toHaveLength(0);
-  expect(await stopService(worker)).toBe(0);
-  expect(await stopService(api)).toBe(0);
+  expect(await worker.signal('SIGTERM')).toBe(0);
+  expect(await api.signal('SIGTERM')).toBe(0);
   expect(collector.rejected).toEqual([]);
 
   const spans = collector.spans;

@@ -3,7 +3,6 @@
  * started on the same host; the run completes, every step's outcome is recorded once and the run's
  * events are gap- and duplicate-free. The workers are real child processes (worker/main.ts).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -11,77 +10,22 @@ import { randomUUID } from 'node:crypto';
 import Docker from 'dockerode';
 import type { NatsConnection } from 'nats';
 import type { RunView } from '../../contracts';
-import {
-  ROOT,
-  connectNats,
-  env,
-  git,
-  makeGitRepo,
-  poll,
-  startTestApi,
-  type TestApi,
-} from '../helpers/integration';
+import { connectNats, env, git, makeGitRepo, poll, startTestApi, type TestApi } from '../helpers/integration';
 import { apiClient, expectGapFree, readRunEvents } from '../helpers/runs';
+import { spawnWorkerProcess, type WorkerProcess } from '../helpers/worker-process';
 
 let api: TestApi;
 let nats: NatsConnection;
 const docker = new Docker();
 const hostId = `it-crash-${randomUUID().slice(0, 8)}`;
 let dataDir: string;
-const children: ChildProcess[] = [];
+const children: WorkerProcess[] = [];
 
-/** Starts worker/main.ts as its own process group and resolves once it polls its task queues. */
-async function startWorkerProcess(): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'worker/main.ts'], {
-    cwd: ROOT,
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      ...process.env,
-      TEMPORAL_ADDRESS: env.temporalAddress(),
-      NATS_URL: env.natsUrl(),
-      NATS_CREDS: process.env.CHOIROS_TEST_NATS_WORKER_CREDS ?? '',
-      CHOIROS_DATA_DIR: dataDir,
-      CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
-      CHOIROS_SANDBOX_IMAGE: env.sandboxImage(),
-      CHOIROS_HOST_ID: hostId,
-      CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
-      CHOIROS_METRICS_PORT: '0',
-      LOG_LEVEL: 'info',
-    },
-  });
-  children.push(child);
-  let out = '';
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`worker did not start in 120 s:\n${out}`)), 120_000);
-    const onData = (d: Buffer): void => {
-      out += d.toString();
-      if (out.includes('"event":"worker.started"')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    child.stdout?.on('data', onData);
-    child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`worker exited with ${code} before starting:\n${out}`));
-    });
-  });
-  child.removeAllListeners('exit');
-  return child;
-}
-
-function killGroup(child: ChildProcess, signal: NodeJS.Signals): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once('exit', () => resolve());
-    try {
-      process.kill(-(child.pid as number), signal);
-    } catch {
-      resolve();
-    }
-  });
+/** Starts worker/main.ts (the production entry point) as its own process group; resolves once it polls. */
+async function startWorkerProcess(): Promise<WorkerProcess> {
+  const w = await spawnWorkerProcess({ hostId, dataDir, name: `crash-${children.length}` });
+  children.push(w);
+  return w;
 }
 
 beforeAll(async () => {
@@ -91,7 +35,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const c of children) await killGroup(c, 'SIGTERM');
+  for (const c of children) await c.signal('SIGTERM');
   await api?.stop();
   await nats?.drain();
 });
@@ -129,7 +73,7 @@ test('when the worker is SIGKILLed mid-command and started again, then the run c
     30_000,
   );
 
-  await killGroup(first, 'SIGKILL');
+  await first.signal('SIGKILL');
   await startWorkerProcess();
 
   // The lost execute attempt is retried after its heartbeat timeout (30 s) on the new worker.
