@@ -9,11 +9,9 @@
  * Starts its own Temporal dev server, nats-server and worker (CHOIROS_TEMPORAL_BIN,
  * CHOIROS_NATS_SERVER_BIN: `npm run provision`); nothing else is touched.
  */
-import { execFileSync } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Client, Connection } from '@temporalio/client';
@@ -39,12 +37,9 @@ import { createJetStreamEventSource } from '../api/events/source';
 import { createTemporalWorkGraphService } from '../api/graphs/service';
 import { createTemporalRunService } from '../api/runs/service';
 import { DEV_AUDIENCE, loadOrCreateDevKey, mintDevToken, serveDevIssuer } from '../infra/dev-issuer/issuer';
-import { startNatsServer } from '../infra/stack/nats';
-import { freePort } from '../infra/stack/process';
-import { startTemporalDevServer } from '../infra/stack/temporal';
 import { loadWorkerConfig } from '../worker/config';
 import { createWorkerSet } from '../worker/workers';
-import { pct } from './util';
+import { pct, startBenchStack } from './util';
 
 const STARTS = Number(process.env.BENCH_STARTS ?? 30);
 const CONCURRENT = Number(process.env.BENCH_CONCURRENT_RUNS ?? 40);
@@ -56,12 +51,6 @@ verifiers:
   - { id: V-TRUE, description: always passes, argv: ['true'], timeoutSeconds: 30 }
 `;
 
-function need(name: string): string {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set: run via \`npm run bench:runs\` (it provisions the binaries)`);
-  return v;
-}
-
 const ms = (x: number): string => `${x.toFixed(1)} ms`;
 
 async function main(): Promise<void> {
@@ -70,38 +59,10 @@ async function main(): Promise<void> {
   const deadline = (): void => {
     if (performance.now() - started > DEADLINE_MS) throw new Error(`bench exceeded ${DEADLINE_MS / 1000}s`);
   };
-  const work = await mkdtemp(join(tmpdir(), 'choiros-bench-runs-'));
   const logger = pino({ level: 'error' });
-  const temporal = await startTemporalDevServer({
-    binary: need('CHOIROS_TEMPORAL_BIN'),
-    host: '127.0.0.1',
-    port: await freePort(),
-    logDir: work,
-    namespace: 'default',
-  });
-  const natsServer = await startNatsServer({
-    binary: need('CHOIROS_NATS_SERVER_BIN'),
-    host: '127.0.0.1',
-    port: await freePort(),
-    dir: join(work, 'nats'),
-    logDir: work,
-  });
-  const cleanups: (() => Promise<unknown>)[] = [
-    () => natsServer.process.stop(),
-    () => temporal.process.stop(),
-    () => rm(work, { recursive: true, force: true }),
-  ];
+  const stack = await startBenchStack('bench:runs', VERIFIERS);
+  const { work, temporal, nats: natsServer, repo, verifiersFile, cleanups } = stack;
   try {
-    const repo = join(work, 'repo');
-    execFileSync('git', ['init', '-q', '-b', 'main', repo]);
-    await writeFile(join(repo, 'README.md'), 'hello\n');
-    const g = (...a: string[]) =>
-      execFileSync('git', ['-c', 'user.name=B', '-c', 'user.email=b@x.invalid', ...a], { cwd: repo });
-    g('add', '.');
-    g('commit', '-qm', 'init');
-    const verifiersFile = join(work, 'verifiers.yaml');
-    await writeFile(verifiersFile, VERIFIERS);
-
     // The worker: the real worker set with the local driver.
     const config = loadWorkerConfig({
       TEMPORAL_ADDRESS: temporal.address,
@@ -299,7 +260,7 @@ async function main(): Promise<void> {
       `   ${result.status} in ${gElapsed.toFixed(1)} s: ${(GRAPH_ITEMS / gElapsed).toFixed(2)} items/s (${result.counts.committed ?? 0} committed)`,
     );
   } finally {
-    for (const c of cleanups) await c().catch((err: unknown) => console.error('cleanup failed:', err));
+    await stack.stop();
   }
 }
 

@@ -1,7 +1,80 @@
 /** Small helpers shared by the benchmarks. */
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startNatsServer, type NatsServer } from '../infra/stack/nats';
+import { freePort } from '../infra/stack/process';
+import { startTemporalDevServer, type TemporalDevServer } from '../infra/stack/temporal';
 
 /** The p-th percentile (0-100) of a sample, nearest-rank. */
 export function pct(xs: number[], p: number): number {
   const sorted = [...xs].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
+}
+
+function need(name: string, script: string): string {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set: run via \`npm run ${script}\` (it provisions the binaries)`);
+  return v;
+}
+
+export interface BenchStack {
+  /** Scratch dir, removed by `stop()`. */
+  work: string;
+  temporal: TemporalDevServer;
+  nats: NatsServer;
+  /** A repository with one commit on `main`. */
+  repo: string;
+  /** The bench's verifier allow-list, written to a file. */
+  verifiersFile: string;
+  /** Run by `stop()` in order (put what depends on the services first: `unshift`). */
+  cleanups: (() => Promise<unknown>)[];
+  stop(): Promise<void>;
+}
+
+/**
+ * A benchmark's own services on loopback: an in-memory Temporal dev server, nats-server with the
+ * project's auth, a one-commit repository and the verifier file (CHOIROS_TEMPORAL_BIN,
+ * CHOIROS_NATS_SERVER_BIN: the `npm run <script>` wrapper provisions them).
+ */
+export async function startBenchStack(script: string, verifiersYaml: string): Promise<BenchStack> {
+  const work = await mkdtemp(join(tmpdir(), `choiros-${script.replace(':', '-')}-`));
+  const temporal = await startTemporalDevServer({
+    binary: need('CHOIROS_TEMPORAL_BIN', script),
+    host: '127.0.0.1',
+    port: await freePort(),
+    logDir: work,
+    namespace: 'default',
+  });
+  const cleanups: (() => Promise<unknown>)[] = [
+    () => temporal.process.stop(),
+    () => rm(work, { recursive: true, force: true }),
+  ];
+  const stop = async (): Promise<void> => {
+    for (const c of cleanups) await c().catch((err: unknown) => console.error('cleanup failed:', err));
+  };
+  try {
+    const nats = await startNatsServer({
+      binary: need('CHOIROS_NATS_SERVER_BIN', script),
+      host: '127.0.0.1',
+      port: await freePort(),
+      dir: join(work, 'nats'),
+      logDir: work,
+    });
+    cleanups.unshift(() => nats.process.stop());
+    const repo = join(work, 'repo');
+    execFileSync('git', ['init', '-q', '-b', 'main', repo]);
+    await writeFile(join(repo, 'README.md'), 'hello\n');
+    const g = (...a: string[]) =>
+      execFileSync('git', ['-c', 'user.name=B', '-c', 'user.email=b@x.invalid', ...a], { cwd: repo });
+    g('add', '.');
+    g('commit', '-qm', 'init');
+    const verifiersFile = join(work, 'verifiers.yaml');
+    await writeFile(verifiersFile, verifiersYaml);
+    return { work, temporal, nats, repo, verifiersFile, cleanups, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
 }

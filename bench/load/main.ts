@@ -11,8 +11,8 @@
  * them all at once: BENCH_LOAD_USERS (default 25) users over BENCH_LOAD_TENANTS (default 5).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { cpus, loadavg, tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
+import { cpus, loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Client, Connection } from '@temporalio/client';
@@ -24,11 +24,9 @@ import {
   mintDevToken,
   serveDevIssuer,
 } from '../../infra/dev-issuer/issuer';
-import { startNatsServer } from '../../infra/stack/nats';
 import { freePort, startProcess, waitFor, type ManagedProcess } from '../../infra/stack/process';
 import { expectGapFree, readRunEvents } from '../../infra/stack/run-events';
-import { startTemporalDevServer } from '../../infra/stack/temporal';
-import { pct } from '../util';
+import { pct, startBenchStack } from '../util';
 
 const ROOT = resolve(__dirname, '../..');
 const RUNS = intEnv('BENCH_LOAD_RUNS', 200);
@@ -47,12 +45,6 @@ function intEnv(name: string, fallback: number): number {
   const n = Number(raw);
   if (!Number.isInteger(n) || n < 1) throw new Error(`${name}=${raw} is not a positive integer`);
   return n;
-}
-
-function need(name: string): string {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set: run via \`npm run bench:load\` (it provisions the binaries)`);
-  return v;
 }
 
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
@@ -102,37 +94,10 @@ const msf = (x: number): string => `${x.toFixed(0)} ms`;
 async function main(): Promise<void> {
   const began = performance.now();
   const left = (): number => DEADLINE_MS - (performance.now() - began);
-  const work = await mkdtemp(join(tmpdir(), 'choiros-bench-load-'));
   const say = (m: string): void => void process.stderr.write(`[bench:load] ${m}\n`);
-  const temporal = await startTemporalDevServer({
-    binary: need('CHOIROS_TEMPORAL_BIN'),
-    host: '127.0.0.1',
-    port: await freePort(),
-    logDir: work,
-    namespace: 'default',
-  });
-  const nats = await startNatsServer({
-    binary: need('CHOIROS_NATS_SERVER_BIN'),
-    host: '127.0.0.1',
-    port: await freePort(),
-    dir: join(work, 'nats'),
-    logDir: work,
-  });
-  const cleanups: (() => Promise<unknown>)[] = [
-    () => nats.process.stop(),
-    () => temporal.process.stop(),
-    () => rm(work, { recursive: true, force: true }),
-  ];
+  const stack = await startBenchStack('bench:load', VERIFIERS);
+  const { work, temporal, nats, repo, verifiersFile, cleanups } = stack;
   try {
-    const repo = join(work, 'repo');
-    execFileSync('git', ['init', '-q', '-b', 'main', repo]);
-    await writeFile(join(repo, 'README.md'), 'hello\n');
-    const g = (...a: string[]) =>
-      execFileSync('git', ['-c', 'user.name=B', '-c', 'user.email=b@x.invalid', ...a], { cwd: repo });
-    g('add', '.');
-    g('commit', '-qm', 'init');
-    const verifiersFile = join(work, 'verifiers.yaml');
-    await writeFile(verifiersFile, VERIFIERS);
     const key = await loadOrCreateDevKey(join(work, 'issuer'));
     const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
     cleanups.unshift(() => issuer.close());
@@ -338,7 +303,7 @@ async function main(): Promise<void> {
     );
     if (errors > 0) process.exitCode = 1;
   } finally {
-    for (const c of cleanups) await c().catch((err: unknown) => console.error('cleanup failed:', err));
+    await stack.stop();
   }
 }
 
