@@ -3,9 +3,15 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import type Docker from 'dockerode';
 import { ApplicationFailure } from '@temporalio/common';
-import type { CommandOutcome, EgressRule, NetworkPolicy } from '../../contracts';
+import type { CommandOutcome, EgressRule } from '../../contracts';
 import { BoundedOutput } from './output';
-import type { CommandOptions, SandboxDriver, SandboxLabels } from './driver';
+import type {
+  CommandOptions,
+  ExecutionSandboxSpec,
+  SandboxDriver,
+  SandboxLabels,
+  VerifierRunSpec,
+} from './driver';
 
 export interface DockerDriverOptions {
   image: string;
@@ -202,25 +208,11 @@ export class DockerSandboxDriver implements SandboxDriver {
     }
   }
 
-  async createExecutionSandbox(spec: {
-    name: string;
-    workspace: string;
-    labels: SandboxLabels;
-    network?: NetworkPolicy;
-    egress?: EgressRule[];
-    image?: string;
-  }): Promise<void> {
+  async createExecutionSandbox(spec: ExecutionSandboxSpec): Promise<void> {
     return this.onEngine(() => this.createExecution(spec));
   }
 
-  private async createExecution(spec: {
-    name: string;
-    workspace: string;
-    labels: SandboxLabels;
-    network?: NetworkPolicy;
-    egress?: EgressRule[];
-    image?: string;
-  }): Promise<void> {
+  private async createExecution(spec: ExecutionSandboxSpec): Promise<void> {
     const allowlist = spec.network === 'allowlist';
     const internal = spec.network === 'internal' || allowlist;
     if (internal) await this.ensureRunNetwork(spec.labels);
@@ -467,17 +459,11 @@ export class DockerSandboxDriver implements SandboxDriver {
     return m ? Number(m[1]) : 0;
   }
 
-  async runVerifier(
-    spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels; image?: string },
-    opts: CommandOptions,
-  ): Promise<CommandOutcome> {
+  async runVerifier(spec: VerifierRunSpec, opts: CommandOptions): Promise<CommandOutcome> {
     return this.onEngine(() => this.runVerifierOnce(spec, opts), opts);
   }
 
-  private async runVerifierOnce(
-    spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels; image?: string },
-    opts: CommandOptions,
-  ): Promise<CommandOutcome> {
+  private async runVerifierOnce(spec: VerifierRunSpec, opts: CommandOptions): Promise<CommandOutcome> {
     await this.remove(spec.name); // a retried attempt starts clean
     const container = await this.docker.createContainer({
       name: spec.name,

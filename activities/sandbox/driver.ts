@@ -21,6 +21,27 @@ export interface CommandOptions {
   output?: Writable;
 }
 
+/** The execution-lane container of a run. */
+export interface ExecutionSandboxSpec {
+  name: string;
+  workspace: string;
+  labels: SandboxLabels;
+  network?: NetworkPolicy;
+  /** Allowed destinations for policy `allowlist`. */
+  egress?: EgressRule[];
+  /** Image to run (an id from imageId()); the configured image when absent. */
+  image?: string;
+}
+
+/** One verifier attempt in a fresh container (or process) over the run's worktree. */
+export interface VerifierRunSpec {
+  name: string;
+  workspace: string;
+  argv: string[];
+  labels: SandboxLabels;
+  image?: string;
+}
+
 export interface SandboxDriver {
   /**
    * Identifier of the image sandboxes run (the configured one, or `pinned` when given);
@@ -28,23 +49,11 @@ export interface SandboxDriver {
    */
   imageId(pinned?: string): Promise<string>;
   /** Starts (or finds, on a retry) the long-lived execution-lane container for a run. */
-  createExecutionSandbox(spec: {
-    name: string;
-    workspace: string;
-    labels: SandboxLabels;
-    network?: NetworkPolicy;
-    /** Allowed destinations for policy `allowlist`. */
-    egress?: EgressRule[];
-    /** Image to run (an id from imageId()); the configured image when absent. */
-    image?: string;
-  }): Promise<void>;
+  createExecutionSandbox(spec: ExecutionSandboxSpec): Promise<void>;
   /** Runs argv in the execution-lane container, in /workspace. */
   exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome>;
   /** Runs argv in a fresh, network-less verifier-lane container with the workspace mounted read-only. */
-  runVerifier(
-    spec: { name: string; workspace: string; argv: string[]; labels: SandboxLabels; image?: string },
-    opts: CommandOptions,
-  ): Promise<CommandOutcome>;
+  runVerifier(spec: VerifierRunSpec, opts: CommandOptions): Promise<CommandOutcome>;
   /** Removes an execution container's egress proxy, if the driver makes them; true when one was removed. */
   removeEgressProxy?(container: string): Promise<boolean>;
   /** Removes a container if it exists; true when something was removed. */
