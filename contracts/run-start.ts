@@ -46,12 +46,29 @@ export function runStartMetadata(input: RunWorkflowInput): {
         execute: workItem.execute.join(' ').slice(0, 500),
       },
     },
-    typedSearchAttributes: [
-      { key: SEARCH_ATTRIBUTES.tenant, value: input.tenant },
-      { key: SEARCH_ATTRIBUTES.userId, value: input.userId },
-      { key: SEARCH_ATTRIBUTES.runStatus, value: 'created' },
-      { key: SEARCH_ATTRIBUTES.mood, value: request.mood },
-      { key: SEARCH_ATTRIBUTES.repo, value: request.repo },
-    ],
+    typedSearchAttributes: ownerSearchAttributes({
+      tenant: input.tenant,
+      userId: input.userId,
+      status: 'created',
+      mood: request.mood,
+      repo: request.repo,
+    }),
   };
+}
+
+/** The search attributes a run or work graph starts with (owner, status, mood, repo). */
+export function ownerSearchAttributes(s: {
+  tenant: string;
+  userId: string;
+  status: string;
+  mood: Mood;
+  repo: string;
+}): SearchAttributePair[] {
+  return [
+    { key: SEARCH_ATTRIBUTES.tenant, value: s.tenant },
+    { key: SEARCH_ATTRIBUTES.userId, value: s.userId },
+    { key: SEARCH_ATTRIBUTES.runStatus, value: s.status },
+    { key: SEARCH_ATTRIBUTES.mood, value: s.mood },
+    { key: SEARCH_ATTRIBUTES.repo, value: s.repo },
+  ];
 }

@@ -13,6 +13,7 @@ import {
   AppError,
   GRAPH_STATUSES,
   SEARCH_ATTRIBUTES,
+  ownerSearchAttributes,
   TASK_QUEUES,
   WORKFLOW_TYPES,
   canonicalJson,
@@ -189,13 +190,13 @@ export function createTemporalWorkGraphService(deps: {
         workflowIdConflictPolicy: 'USE_EXISTING',
         workflowIdReusePolicy: 'REJECT_DUPLICATE',
         memo: memo as unknown as Record<string, unknown>,
-        typedSearchAttributes: [
-          { key: SEARCH_ATTRIBUTES.tenant, value: principal.tenant },
-          { key: SEARCH_ATTRIBUTES.userId, value: principal.userId },
-          { key: SEARCH_ATTRIBUTES.runStatus, value: 'running' },
-          { key: SEARCH_ATTRIBUTES.mood, value: request.mood },
-          { key: SEARCH_ATTRIBUTES.repo, value: request.repo },
-        ],
+        typedSearchAttributes: ownerSearchAttributes({
+          tenant: principal.tenant,
+          userId: principal.userId,
+          status: 'running',
+          mood: request.mood,
+          repo: request.repo,
+        }),
         staticSummary: `${principal.userId}: work graph of ${request.items.length} item(s)`,
         staticDetails: `repo ${request.repo} @ ${request.baseRef}, mood ${request.mood}, parallelism ${request.parallelism}, items ${request.items
           .map((i) => i.id)
