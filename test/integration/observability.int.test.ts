@@ -172,12 +172,19 @@ test('a SIGTERMed worker stops taking tasks, finishes its in-flight command, exi
   expect(started.status).toBe(201);
   const runId = started.body.runId;
   const handle = api.client.workflow.getHandle(runId);
-  // Wait until the command runs: execInSandbox is pending.
-  await poll(
+  // Wait until the command runs on the old worker: execInSandbox has heartbeated from it. Pending alone
+  // is not enough — a scheduled activity no worker has picked up yet is pending too, and a SIGTERM
+  // then leaves the old worker nothing in flight to finish.
+  const running = await poll(
     () => handle.describe(),
-    (d) => d.raw.pendingActivities?.some((a) => a.activityType?.name === 'execInSandbox') ?? false,
+    (d) =>
+      d.raw.pendingActivities?.some(
+        (a) => a.activityType?.name === 'execInSandbox' && (a.heartbeatDetails?.payloads?.length ?? 0) > 0,
+      ) ?? false,
     60_000,
   );
+  const pendingExec = running.raw.pendingActivities?.find((a) => a.activityType?.name === 'execInSandbox');
+  expect(pendingExec?.lastWorkerIdentity).toMatch(new RegExp(`^${old.pid}@`));
   // The old worker exits on its own (0) once the command it was running has finished.
   expect(await old.signal('SIGTERM')).toBe(0);
   const history = await handle.fetchHistory();
