@@ -1,9 +1,7 @@
 /** Sandbox activities: worktree + container per run, commands in lanes, commit or discard, teardown. */
-import { execFile } from 'node:child_process';
 import { mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
-import { promisify } from 'node:util';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from 'pino';
@@ -35,8 +33,7 @@ import type {
 import type { SandboxDriver, SandboxLabels } from './driver';
 import { branchExists, git, resolveCommit, resolveRepo, touchedPaths } from './git';
 import { ensureMirror, mirrorPath } from './mirror';
-
-const execFileAsync = promisify(execFile);
+import { runProcess } from './process-helper';
 
 export interface SandboxDeps {
   driver: SandboxDriver;
@@ -172,7 +169,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
         );
         if (process.getuid?.() === 0) {
           // The sandbox runs as an unprivileged user; it must own the worktree to write to it.
-          await execFileAsync('chown', ['-R', '--', deps.sandboxUser, rec.worktree]);
+          await runProcess('chown', ['-R', '--', deps.sandboxUser, rec.worktree], { timeoutMs: 120_000 });
         }
         deps.metrics?.sandboxesCreated.inc();
       }

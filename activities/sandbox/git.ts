@@ -1,7 +1,7 @@
 /** Git operations for run worktrees, through argv (never a shell) with option injection closed off. */
-import { execFile } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 import { ApplicationFailure } from '@temporalio/common';
+import { ProcessError, runProcess } from './process-helper';
 
 export interface GitResult {
   stdout: string;
@@ -29,35 +29,24 @@ export function git(
 ): Promise<GitResult> {
   const safe = (opts.safeDirs ?? []).flatMap((d) => ['-c', `safe.directory=${d}`]);
   const fullArgs = [...safe, '-c', 'core.hooksPath=/dev/null', '-c', 'commit.gpgsign=false', ...args];
-  return new Promise((resolve, reject) => {
-    execFile(
-      'git',
-      fullArgs,
-      {
-        cwd: opts.cwd,
-        timeout: opts.timeoutMs ?? 120_000,
-        maxBuffer: 16 * 1024 * 1024,
-        env: {
-          PATH: process.env.PATH ?? '/usr/bin:/bin',
-          HOME: process.env.HOME ?? '/tmp',
-          GIT_TERMINAL_PROMPT: '0',
-          GIT_CONFIG_NOSYSTEM: '1',
-          LC_ALL: 'C',
-        },
-      },
-      (err, stdout, stderr) => {
-        if (err) {
-          const code = typeof err.code === 'number' ? err.code : null;
-          // Name the subcommand, not a leading `-c key=value` or `--git-dir <dir>`.
-          const sub =
-            args.find((a, i) => !a.startsWith('-') && args[i - 1] !== '-c' && args[i - 1] !== '--git-dir') ??
-            '';
-          reject(new GitError(`git ${sub} failed: ${stderr.trim() || err.message}`, code, stderr));
-          return;
-        }
-        resolve({ stdout, stderr });
-      },
-    );
+  return runProcess('git', fullArgs, {
+    cwd: opts.cwd,
+    timeoutMs: opts.timeoutMs ?? 120_000,
+    maxBuffer: 16 * 1024 * 1024,
+    env: {
+      PATH: process.env.PATH ?? '/usr/bin:/bin',
+      HOME: process.env.HOME ?? '/tmp',
+      GIT_TERMINAL_PROMPT: '0',
+      GIT_CONFIG_NOSYSTEM: '1',
+      LC_ALL: 'C',
+    },
+  }).catch((err: unknown) => {
+    if (!(err instanceof ProcessError)) throw err;
+    const code = typeof err.code === 'number' ? err.code : null;
+    // Name the subcommand, not a leading `-c key=value` or `--git-dir <dir>`.
+    const sub =
+      args.find((a, i) => !a.startsWith('-') && args[i - 1] !== '-c' && args[i - 1] !== '--git-dir') ?? '';
+    throw new GitError(`git ${sub} failed: ${err.stderr.trim() || err.message}`, code, err.stderr);
   });
 }
 
