@@ -379,7 +379,11 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
             () => mirrorPath(deps.mirrorRoot, input.repo),
             () => undefined,
           )
-        : await resolveRepo(input.repo).catch(() => undefined);
+        : await resolveRepo(input.repo).catch((err: unknown) => {
+            // Gone: nothing of it to clean. Any other failure is retried, not taken for "gone".
+            if (err instanceof ApplicationFailure && err.type === 'repo_not_found') return undefined;
+            throw err;
+          });
       const present = await stat(rec.worktree).then(
         () => true,
         () => false,

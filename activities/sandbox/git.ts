@@ -12,12 +12,20 @@ export class GitError extends Error {
   override readonly name = 'GitError';
   constructor(
     message: string,
+    /** Git's exit code; null when git gave no answer (not started, killed, lost with the helper). */
     readonly exitCode: number | null,
     readonly stderr: string,
   ) {
     super(message);
   }
 }
+
+/**
+ * Whether git ran and answered with a failure (an exit code), as opposed to a failure to run it at
+ * all: only an answer may be read as "no such repository/ref/branch"; the rest is transient.
+ */
+export const gitAnswered = (err: unknown): err is GitError =>
+  err instanceof GitError && err.exitCode !== null;
 
 /**
  * Runs git with a fixed, sanitised environment. `safeDirs` are trusted explicitly: worktrees are
@@ -50,7 +58,10 @@ export function git(
   });
 }
 
-/** Resolves `repo` to the top level of a git repository, or fails non-retryably with `repo_not_found`. */
+/**
+ * Resolves `repo` to the top level of a git repository, or fails non-retryably with `repo_not_found`
+ * (a git that could not be run at all fails retryably).
+ */
 export async function resolveRepo(repo: string): Promise<string> {
   try {
     const s = await stat(repo);
@@ -58,6 +69,7 @@ export async function resolveRepo(repo: string): Promise<string> {
     const { stdout } = await git(['rev-parse', '--show-toplevel'], { cwd: repo, safeDirs: [repo] });
     return stdout.trim();
   } catch (err) {
+    if (err instanceof GitError && !gitAnswered(err)) throw err;
     throw ApplicationFailure.create({
       type: 'repo_not_found',
       message: `repository ${repo} is not a git repository on this host`,
@@ -67,7 +79,7 @@ export async function resolveRepo(repo: string): Promise<string> {
   }
 }
 
-/** Resolves a ref to a full commit sha, or fails non-retryably with `ref_not_found`. */
+/** Resolves a ref to a full commit sha, or fails non-retryably with `ref_not_found` (see resolveRepo). */
 export async function resolveCommit(repo: string, ref: string): Promise<string> {
   try {
     const { stdout } = await git(
@@ -81,6 +93,7 @@ export async function resolveCommit(repo: string, ref: string): Promise<string> 
     if (!/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(sha)) throw new Error(`unexpected rev-parse output ${sha}`);
     return sha;
   } catch (err) {
+    if (err instanceof GitError && !gitAnswered(err)) throw err;
     throw ApplicationFailure.create({
       type: 'ref_not_found',
       message: `ref ${ref} does not name a commit in ${repo}`,
@@ -94,8 +107,9 @@ export async function branchExists(repo: string, branch: string): Promise<boolea
   try {
     await git(['show-ref', '--verify', '--quiet', `refs/heads/${branch}`], { cwd: repo, safeDirs: [repo] });
     return true;
-  } catch {
-    return false;
+  } catch (err) {
+    if (gitAnswered(err)) return false;
+    throw err;
   }
 }
 

@@ -6,7 +6,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from 'pino';
 import { isGitUrl, isValidId } from '../../contracts';
-import { GitError, git, resolveCommit, resolveRepo } from './git';
+import { GitError, git, gitAnswered, resolveCommit, resolveRepo } from './git';
 
 export interface PrepareGraphBranchInput {
   graphId: string;
@@ -103,7 +103,8 @@ export function createGraphBranchActivities(deps: { logger: Logger }): GraphBran
           'graph branch created',
         );
       } catch (err) {
-        if (!(err instanceof GitError)) throw err;
+        // It exists already (git said so); a git that did not run at all is retried.
+        if (!gitAnswered(err)) throw err;
       }
       const commit = await resolveCommit(repo, `refs/heads/${branch}`);
       return { branch, commit, baseCommit };
