@@ -51,16 +51,23 @@ const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) |
 
 /**
  * CPU seconds (user + system, including reaped child processes such as git and local sandboxes)
- * and resident bytes of one process, from /proc.
+ * and resident bytes of one process and its live descendants (the worker's process helper, whose
+ * reaped git processes count towards it), from /proc.
  */
 async function procStats(pid: number): Promise<{ cpuSeconds: number; rssBytes: number }> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
   // Fields after the parenthesised command name: utime, stime, cutime, cstime are fields 14-17.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const cpuSeconds = [11, 12, 13, 14].reduce((s, i) => s + Number(fields[i]), 0) / CLK_TCK;
+  let cpuSeconds = [11, 12, 13, 14].reduce((s, i) => s + Number(fields[i]), 0) / CLK_TCK;
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  const rssKb = Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0);
-  return { cpuSeconds, rssBytes: rssKb * 1024 };
+  let rssBytes = Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0) * 1024;
+  const children = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '');
+  for (const child of children.split(' ').filter(Boolean)) {
+    const s = await procStats(Number(child)).catch(() => undefined); // it may have exited meanwhile
+    cpuSeconds += s?.cpuSeconds ?? 0;
+    rssBytes += s?.rssBytes ?? 0;
+  }
+  return { cpuSeconds, rssBytes };
 }
 
 /** Samples a process every 500 ms: peak RSS and CPU seconds used between start() and stop(). */
