@@ -41,6 +41,8 @@ const NON_RETRYABLE = ['repo_not_found', 'ref_not_found', 'sandbox_image_missing
 const { createSandbox } = proxyActivities<SandboxActivities>({
   taskQueue: TASK_QUEUES.sandbox,
   startToCloseTimeout: '3 minutes',
+  // createSandbox heartbeats its phase every 5 s: a worker lost mid-creation is retried after this.
+  heartbeatTimeout: '30 seconds',
   retry: { maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE },
 });
 

@@ -35,6 +35,9 @@ import { branchExists, git, resolveCommit, resolveRepo, touchedPaths } from './g
 import { ensureMirror, mirrorPath } from './mirror';
 import { runProcess } from './process-helper';
 
+/** How often createSandbox heartbeats (the workflow's heartbeat timeout for it is 30 s). */
+const LIVENESS_INTERVAL_MS = 5_000;
+
 export interface SandboxDeps {
   driver: SandboxDriver;
   verifiers: VerifierCatalog;
@@ -130,83 +133,113 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
     return { ...outcome, log: { digest: log.digest, bytes: log.size, truncated: log.truncated } };
   };
 
-  return {
-    async createSandbox(input: CreateSandboxInput): Promise<SandboxHandle> {
-      for (const [k, v] of Object.entries({
-        runId: input.runId,
+  /**
+   * Heartbeats every few seconds while `fn` runs, with the phase it is in: a worker lost in the
+   * middle is noticed within the heartbeat timeout rather than the whole start-to-close timeout,
+   * and the Temporal UI shows a slow step's phase in the pending activity's heartbeat details.
+   */
+  const withLiveness = async <T>(fn: (phase: (name: string) => void) => Promise<T>): Promise<T> => {
+    const ctx = Context.current();
+    let current = 'start';
+    ctx.heartbeat({ phase: current });
+    const beat = setInterval(() => ctx.heartbeat({ phase: current }), LIVENESS_INTERVAL_MS);
+    try {
+      return await fn((name) => {
+        current = name;
+        ctx.heartbeat({ phase: current });
+      });
+    } finally {
+      clearInterval(beat);
+    }
+  };
+
+  const createSandbox = async (
+    input: CreateSandboxInput,
+    phase: (name: string) => void,
+  ): Promise<SandboxHandle> => {
+    for (const [k, v] of Object.entries({
+      runId: input.runId,
+      tenant: input.tenant,
+      userId: input.userId,
+      workItemId: input.workItemId,
+    })) {
+      assertId(k, v);
+    }
+    const rec = record(input.runId);
+    const log = logger.child({ runId: input.runId, workItemId: input.workItemId });
+    phase('image');
+    const imageId = await driver.imageId(input.imageId);
+    phase('repository');
+    // URLs go through the shared bare mirror (refreshed here); local paths are used directly.
+    const repo = isGitUrl(input.repo)
+      ? await ensureMirror(deps.mirrorRoot, input.repo)
+      : await resolveRepo(input.repo);
+    const baseCommit = await resolveCommit(repo, input.baseRef);
+    await mkdir(deps.worktreeRoot, { recursive: true });
+
+    const exists = await stat(rec.worktree).then(
+      () => true,
+      () => false,
+    );
+    if (!exists) {
+      phase('worktree');
+      // A retry after a crash may find the branch without the worktree: reuse it only at the base commit.
+      if (await branchExists(repo, rec.branch)) {
+        await git(['branch', '-D', '--end-of-options', rec.branch], { cwd: repo, safeDirs: [repo] });
+      }
+      await git(['worktree', 'prune'], { cwd: repo, safeDirs: [repo] });
+      await git(
+        ['worktree', 'add', '--no-track', '-b', rec.branch, '--end-of-options', rec.worktree, baseCommit],
+        {
+          cwd: repo,
+          safeDirs: [repo],
+        },
+      );
+      if (process.getuid?.() === 0) {
+        // The sandbox runs as an unprivileged user; it must own the worktree to write to it.
+        await runProcess('chown', ['-R', '--', deps.sandboxUser, rec.worktree], { timeoutMs: 120_000 });
+      }
+      deps.metrics?.sandboxesCreated.inc();
+    }
+    phase('container');
+    await driver.createExecutionSandbox({
+      name: rec.container,
+      workspace: rec.worktree,
+      labels: {
         tenant: input.tenant,
         userId: input.userId,
+        runId: input.runId,
         workItemId: input.workItemId,
-      })) {
-        assertId(k, v);
-      }
-      const rec = record(input.runId);
-      const log = logger.child({ runId: input.runId, workItemId: input.workItemId });
-      const imageId = await driver.imageId(input.imageId);
-      // URLs go through the shared bare mirror (refreshed here); local paths are used directly.
-      const repo = isGitUrl(input.repo)
-        ? await ensureMirror(deps.mirrorRoot, input.repo)
-        : await resolveRepo(input.repo);
-      const baseCommit = await resolveCommit(repo, input.baseRef);
-      await mkdir(deps.worktreeRoot, { recursive: true });
-
-      const exists = await stat(rec.worktree).then(
-        () => true,
-        () => false,
-      );
-      if (!exists) {
-        // A retry after a crash may find the branch without the worktree: reuse it only at the base commit.
-        if (await branchExists(repo, rec.branch)) {
-          await git(['branch', '-D', '--end-of-options', rec.branch], { cwd: repo, safeDirs: [repo] });
-        }
-        await git(['worktree', 'prune'], { cwd: repo, safeDirs: [repo] });
-        await git(
-          ['worktree', 'add', '--no-track', '-b', rec.branch, '--end-of-options', rec.worktree, baseCommit],
-          {
-            cwd: repo,
-            safeDirs: [repo],
-          },
-        );
-        if (process.getuid?.() === 0) {
-          // The sandbox runs as an unprivileged user; it must own the worktree to write to it.
-          await runProcess('chown', ['-R', '--', deps.sandboxUser, rec.worktree], { timeoutMs: 120_000 });
-        }
-        deps.metrics?.sandboxesCreated.inc();
-      }
-      await driver.createExecutionSandbox({
-        name: rec.container,
-        workspace: rec.worktree,
-        labels: {
-          tenant: input.tenant,
-          userId: input.userId,
-          runId: input.runId,
-          workItemId: input.workItemId,
-          lane: 'execution',
-        },
-        network: input.network ?? 'none',
-        ...(input.egress ? { egress: input.egress } : {}),
-        image: imageId,
-      });
-      log.info(
-        {
-          event: 'sandbox.created',
-          worktree: rec.worktree,
-          branch: rec.branch,
-          baseCommit,
-          container: rec.container,
-        },
-        'sandbox created',
-      );
-      return {
-        sandboxId: input.runId,
-        hostId: deps.hostId,
-        hostQueue: deps.hostQueue,
+        lane: 'execution',
+      },
+      network: input.network ?? 'none',
+      ...(input.egress ? { egress: input.egress } : {}),
+      image: imageId,
+    });
+    log.info(
+      {
+        event: 'sandbox.created',
+        worktree: rec.worktree,
         branch: rec.branch,
         baseCommit,
-        image: input.imageId ?? deps.image,
-        imageId,
-      };
-    },
+        container: rec.container,
+      },
+      'sandbox created',
+    );
+    return {
+      sandboxId: input.runId,
+      hostId: deps.hostId,
+      hostQueue: deps.hostQueue,
+      branch: rec.branch,
+      baseCommit,
+      image: input.imageId ?? deps.image,
+      imageId,
+    };
+  };
+
+  return {
+    createSandbox: (input: CreateSandboxInput): Promise<SandboxHandle> =>
+      withLiveness((phase) => createSandbox(input, phase)),
 
     async execInSandbox(input: ExecInput): Promise<CommandOutcome> {
       const rec = record(input.sandboxId);

@@ -38,6 +38,7 @@ let port = 0;
 const connections: string[] = [];
 const sockets = new Set<Socket>();
 const logLines: string[] = [];
+const createHeartbeats: unknown[] = [];
 
 const spec = (id: string, argv: string[], timeoutSeconds = 30): VerifierSpec => ({
   id,
@@ -123,7 +124,15 @@ beforeAll(async () => {
     maxLogBytes: 1024 * 1024,
     logger: pino({ level: 'debug' }, sink),
   });
-  await run((i) => acts.createSandbox(i), { runId, ...owner, repo, baseRef: 'main' });
+  const creating = new MockActivityEnvironment();
+  creating.on('heartbeat', (d: unknown) => createHeartbeats.push(d));
+  await creating.run((i) => acts.createSandbox(i), { runId, ...owner, repo, baseRef: 'main' });
+});
+
+test('when a sandbox is created, then createSandbox heartbeats each phase (a lost worker is noticed within its heartbeat timeout)', () => {
+  expect(createHeartbeats).toEqual(
+    ['start', 'image', 'repository', 'worktree', 'container'].map((phase) => ({ phase })),
+  );
 });
 
 afterAll(async () => {
