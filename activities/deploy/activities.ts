@@ -3,6 +3,7 @@ import { Context } from '@temporalio/activity';
 import type Docker from 'dockerode';
 import type { Logger } from 'pino';
 import type { DeployerKind } from '../../contracts';
+import { heartbeatWhile } from '../heartbeat';
 import type { DeployActivities } from '../images/types';
 import type { Deployer } from './deployer';
 import { DockerDeployer } from './docker';
@@ -22,16 +23,12 @@ export function createDeployActivities(deps: {
   const of = (kind: DeployerKind): Deployer => deployers[kind];
   return {
     deployService: (input) => of(input.target.deployer).deploy(input),
-    checkHealth: (input) => {
-      const ctx = Context.current();
-      const beat = setInterval(
-        () => ctx.heartbeat({ service: input.service.name, checking: 'health' }),
+    checkHealth: (input) =>
+      heartbeatWhile(
+        () => ({ service: input.service.name, checking: 'health' }),
         1000,
-      );
-      return of(input.target.deployer)
-        .health(input, ctx.cancellationSignal)
-        .finally(() => clearInterval(beat));
-    },
+        () => of(input.target.deployer).health(input, Context.current().cancellationSignal),
+      ),
     rollbackService: (input) => of(input.target.deployer).rollback(input, input.previousImage),
     finalizeService: (input) => of(input.target.deployer).finalize(input),
   };

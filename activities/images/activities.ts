@@ -6,6 +6,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type Docker from 'dockerode';
 import type { Logger } from 'pino';
 import { expandTemplate, parseRebuildId, type RebuildTarget } from '../../contracts';
+import { heartbeatWhile } from '../heartbeat';
 import type { SandboxDriver } from '../sandbox/driver';
 import { git, resolveCommit } from '../sandbox/git';
 import { contextFiles } from './context';
@@ -200,53 +201,50 @@ export function createBuildActivities(deps: BuildDeps): BuildActivities {
         Object.entries(image.buildArgs).map(([k, v]) => [k, expandTemplate(v, { commit, images: {} })]),
       );
       const progress: BuildProgress = { image: image.name, step: 0, totalSteps: 0, cachedSteps: 0, line: '' };
-      ctx.heartbeat(progress);
-      // A step may print nothing for minutes (a long RUN): heartbeat on a clock, not only on output.
-      const beat = setInterval(() => ctx.heartbeat(progress), 1000);
-      const stream = await deps.docker
-        .buildImage(
-          { context: contextDir, src: files },
-          {
-            t: tag,
-            dockerfile,
-            buildargs,
-            labels: { ...target.labels, [COMMIT_LABEL]: commit, [TARGET_LABEL]: target.name },
-            rm: true,
-            forcerm: true,
-            abortSignal: ctx.cancellationSignal,
-          },
-        )
-        .catch((err: unknown) => {
-          clearInterval(beat);
-          throw err;
-        });
       let imageId = '';
       let failure: string | undefined;
-      await new Promise<void>((resolve, reject) => {
-        deps.docker.modem.followProgress(
-          stream,
-          (err: Error | null) => (err ? reject(err) : resolve()),
-          (ev: BuildEvent) => {
-            if (ev.error) failure = ev.errorDetail?.message ?? ev.error;
-            if (ev.aux?.ID) imageId = ev.aux.ID;
-            const line = ev.stream?.trim();
-            if (!line) return;
-            const step = /^Step (\d+)\/(\d+) :/.exec(line);
-            if (step) {
-              progress.step = Number(step[1]);
-              progress.totalSteps = Number(step[2]);
-            }
-            if (line.includes('Using cache')) progress.cachedSteps += 1;
-            progress.line = line.slice(0, 300);
-            ctx.heartbeat(progress);
-          },
-        );
-      })
-        .catch((err: unknown) => {
-          if (ctx.cancellationSignal.aborted) throw err;
-          failure ??= err instanceof Error ? err.message : String(err);
-        })
-        .finally(() => clearInterval(beat));
+      // A step may print nothing for minutes (a long RUN): heartbeat on a clock, not only on output.
+      await heartbeatWhile(
+        () => progress,
+        1000,
+        async () => {
+          const stream = await deps.docker.buildImage(
+            { context: contextDir, src: files },
+            {
+              t: tag,
+              dockerfile,
+              buildargs,
+              labels: { ...target.labels, [COMMIT_LABEL]: commit, [TARGET_LABEL]: target.name },
+              rm: true,
+              forcerm: true,
+              abortSignal: ctx.cancellationSignal,
+            },
+          );
+          await new Promise<void>((resolve, reject) => {
+            deps.docker.modem.followProgress(
+              stream,
+              (err: Error | null) => (err ? reject(err) : resolve()),
+              (ev: BuildEvent) => {
+                if (ev.error) failure = ev.errorDetail?.message ?? ev.error;
+                if (ev.aux?.ID) imageId = ev.aux.ID;
+                const line = ev.stream?.trim();
+                if (!line) return;
+                const step = /^Step (\d+)\/(\d+) :/.exec(line);
+                if (step) {
+                  progress.step = Number(step[1]);
+                  progress.totalSteps = Number(step[2]);
+                }
+                if (line.includes('Using cache')) progress.cachedSteps += 1;
+                progress.line = line.slice(0, 300);
+                ctx.heartbeat(progress);
+              },
+            );
+          }).catch((err: unknown) => {
+            if (ctx.cancellationSignal.aborted) throw err;
+            failure ??= err instanceof Error ? err.message : String(err);
+          });
+        },
+      );
       if (failure !== undefined)
         throw ApplicationFailure.create({
           type: 'build_failed',

@@ -33,6 +33,7 @@ import type {
 import type { SandboxDriver, SandboxLabels } from './driver';
 import { branchExists, git, resolveCommit, resolveRepo, touchedPaths } from './git';
 import { ensureMirror, mirrorPath } from './mirror';
+import { heartbeatWhile } from '../heartbeat';
 import { runProcess } from './process-helper';
 
 /** How often createSandbox heartbeats (the workflow's heartbeat timeout for it is 30 s). */
@@ -133,26 +134,6 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
     return { ...outcome, log: { digest: log.digest, bytes: log.size, truncated: log.truncated } };
   };
 
-  /**
-   * Heartbeats every few seconds while `fn` runs, with the phase it is in: a worker lost in the
-   * middle is noticed within the heartbeat timeout rather than the whole start-to-close timeout,
-   * and the Temporal UI shows a slow step's phase in the pending activity's heartbeat details.
-   */
-  const withLiveness = async <T>(fn: (phase: (name: string) => void) => Promise<T>): Promise<T> => {
-    const ctx = Context.current();
-    let current = 'start';
-    ctx.heartbeat({ phase: current });
-    const beat = setInterval(() => ctx.heartbeat({ phase: current }), LIVENESS_INTERVAL_MS);
-    try {
-      return await fn((name) => {
-        current = name;
-        ctx.heartbeat({ phase: current });
-      });
-    } finally {
-      clearInterval(beat);
-    }
-  };
-
   const createSandbox = async (
     input: CreateSandboxInput,
     phase: (name: string) => void,
@@ -238,8 +219,20 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
   };
 
   return {
-    createSandbox: (input: CreateSandboxInput): Promise<SandboxHandle> =>
-      withLiveness((phase) => createSandbox(input, phase)),
+    // Heartbeats its phase on a clock: a worker lost mid-creation is noticed within the heartbeat
+    // timeout, and the Temporal UI shows where a slow creation is (pending activity details).
+    createSandbox: (input: CreateSandboxInput): Promise<SandboxHandle> => {
+      let current = 'start';
+      const phase = (name: string): void => {
+        current = name;
+        Context.current().heartbeat({ phase: name });
+      };
+      return heartbeatWhile(
+        () => ({ phase: current }),
+        LIVENESS_INTERVAL_MS,
+        () => createSandbox(input, phase),
+      );
+    },
 
     async execInSandbox(input: ExecInput): Promise<CommandOutcome> {
       const rec = record(input.sandboxId);
