@@ -13,7 +13,7 @@
 import { execFileSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Client, Connection } from '@temporalio/client';
 import { connect, credsAuthenticator } from 'nats';
@@ -24,11 +24,10 @@ import {
   mintDevToken,
   serveDevIssuer,
 } from '../../infra/dev-issuer/issuer';
-import { freePort, startProcess, waitFor, type ManagedProcess } from '../../infra/stack/process';
+import { freePort, startEntry, waitFor, type ManagedProcess } from '../../infra/stack/process';
 import { expectGapFree, readRunEvents } from '../../infra/stack/run-events';
 import { pct, startBenchStack } from '../util';
 
-const ROOT = resolve(__dirname, '../..');
 const RUNS = intEnv('BENCH_LOAD_RUNS', 200);
 const USERS = intEnv('BENCH_LOAD_USERS', 25);
 const TENANTS = intEnv('BENCH_LOAD_TENANTS', 5);
@@ -118,11 +117,9 @@ async function main(): Promise<void> {
     };
     say('starting the worker (local sandbox driver) and the API');
     const metricsPort = await freePort();
-    const worker = startProcess({
+    const worker = startEntry({
       name: 'worker',
-      command: process.execPath,
-      args: ['--import', 'tsx', join(ROOT, 'worker/main.ts')],
-      cwd: ROOT,
+      entry: 'worker/main.ts',
       logFile: join(work, 'worker.log'),
       env: {
         ...common,
@@ -137,11 +134,9 @@ async function main(): Promise<void> {
     });
     cleanups.unshift(() => worker.stop(30_000));
     const apiPort = await freePort();
-    const api = startProcess({
+    const api = startEntry({
       name: 'api',
-      command: process.execPath,
-      args: ['--import', 'tsx', join(ROOT, 'api/main.ts')],
-      cwd: ROOT,
+      entry: 'api/main.ts',
       logFile: join(work, 'api.log'),
       env: {
         ...common,

@@ -10,7 +10,7 @@ import { ensureDockerEngine } from '../stack/docker';
 import { ensureSandboxImage, DEFAULT_SANDBOX_IMAGE } from '../stack/sandbox-image';
 import { startTemporalDevServer } from '../stack/temporal';
 import { startNatsServer } from '../stack/nats';
-import { portOpen, startProcess, waitFor, type ManagedProcess } from '../stack/process';
+import { portOpen, startEntry, waitFor, type ManagedProcess } from '../stack/process';
 import {
   DEV_AUDIENCE,
   loadOrCreateDevKey,
@@ -192,11 +192,9 @@ async function main(): Promise<void> {
     const grpcPort = envInt('GRPC_PORT', 9090);
     const workerMetricsPort = envInt('CHOIROS_METRICS_PORT', 9464);
     say('starting the worker');
-    const worker = startProcess({
+    const worker = startEntry({
       name: 'worker',
-      command: process.execPath,
-      args: ['--import', 'tsx', join(ROOT, 'worker/main.ts')],
-      cwd: ROOT,
+      entry: 'worker/main.ts',
       logFile: join(logDir, 'worker.log'),
       env: {
         ...serviceEnv,
@@ -207,11 +205,9 @@ async function main(): Promise<void> {
     started.push(worker);
     await recordPids();
     say('starting the API');
-    const api = startProcess({
+    const api = startEntry({
       name: 'api',
-      command: process.execPath,
-      args: ['--import', 'tsx', join(ROOT, 'api/main.ts')],
-      cwd: ROOT,
+      entry: 'api/main.ts',
       logFile: join(logDir, 'api.log'),
       env: {
         ...serviceEnv,

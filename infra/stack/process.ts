@@ -3,6 +3,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { connect } from 'node:net';
 import { createServer } from 'node:net';
+import { join, resolve } from 'node:path';
+
+const ROOT = resolve(__dirname, '../..');
 
 export interface ManagedProcess {
   name: string;
@@ -82,6 +85,27 @@ export function startProcess(opts: {
 }
 
 /** A free TCP port on the loopback interface. */
+/**
+ * Starts one of the project's TypeScript entrypoints (`worker/main.ts`, `api/main.ts`, a test
+ * child), relative to the repository root, under tsx from the root: how the stack, the benches and
+ * the fault suite run the real services.
+ */
+export function startEntry(opts: {
+  name: string;
+  entry: string;
+  logFile: string;
+  env?: NodeJS.ProcessEnv;
+}): ManagedProcess {
+  return startProcess({
+    name: opts.name,
+    command: process.execPath,
+    args: ['--import', 'tsx', join(ROOT, opts.entry)],
+    cwd: ROOT,
+    logFile: opts.logFile,
+    env: opts.env,
+  });
+}
+
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer();

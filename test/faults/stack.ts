@@ -19,7 +19,7 @@ import {
   type DevIssuerKey,
 } from '../../infra/dev-issuer/issuer';
 import { startNatsServer, type NatsServer } from '../../infra/stack/nats';
-import { freePort, startProcess, waitFor, type ManagedProcess } from '../../infra/stack/process';
+import { freePort, startEntry, startProcess, waitFor, type ManagedProcess } from '../../infra/stack/process';
 import { ensureSandboxImage } from '../../infra/stack/sandbox-image';
 import { startTemporalDevServer, type TemporalDevServer } from '../../infra/stack/temporal';
 import { bundleWorkflows } from '../../worker/bundle';
@@ -253,11 +253,9 @@ export class FaultStack {
     const temporal = need(this.temporal, 'Temporal');
     const nats = need(this.nats, 'NATS');
     const logFile = join(this.logDir, `worker-${this.workerCount}.log`);
-    const proc = startProcess({
+    const proc = startEntry({
       name: `worker-${this.workerCount}`,
-      command: process.execPath,
-      args: ['--import', 'tsx', join(ROOT, 'test/helpers/worker-child.ts')],
-      cwd: ROOT,
+      entry: 'test/helpers/worker-child.ts',
       logFile,
       env: {
         ...process.env,
@@ -302,11 +300,9 @@ export class FaultStack {
     const temporal = need(this.temporal, 'Temporal');
     const nats = need(this.nats, 'NATS');
     const port = await freePort();
-    this.api = startProcess({
+    this.api = startEntry({
       name: 'api',
-      command: process.execPath,
-      args: ['--import', 'tsx', join(ROOT, 'api/main.ts')],
-      cwd: ROOT,
+      entry: 'api/main.ts',
       logFile: join(this.logDir, 'api.log'),
       env: {
         ...process.env,
