@@ -108,7 +108,8 @@ async function main(): Promise<void> {
     `   ratio direct/helper: CPU per call ${(d.cpuMsPerCall / h.cpuMsPerCall).toFixed(1)}×, ` +
       `loop delay p99 ${(d.delayP99Ms / h.delayP99Ms).toFixed(1)}×, calls/s ${(h.callsPerSecond / d.callsPerSecond).toFixed(2)}× (helper/direct)`,
   );
-  if (ballast.length + objects.length < 0) console.log('unreachable'); // keep the ballast alive
+  // Referenced here so the ballast stays alive (and the process large) through every block.
+  console.log(`   ballast held throughout: ${ballast.length} MiB of buffers, ${objects.length} objects`);
 }
 
 main().catch((err: unknown) => {

@@ -175,15 +175,14 @@ test('a SIGTERMed worker stops taking tasks, finishes its in-flight command, exi
   // Wait until the command runs on the old worker: execInSandbox has heartbeated from it. Pending alone
   // is not enough — a scheduled activity no worker has picked up yet is pending too, and a SIGTERM
   // then leaves the old worker nothing in flight to finish.
-  const running = await poll(
-    () => handle.describe(),
-    (d) =>
-      d.raw.pendingActivities?.some(
+  const pendingExec = await poll(
+    async () =>
+      (await handle.describe()).raw.pendingActivities?.find(
         (a) => a.activityType?.name === 'execInSandbox' && (a.heartbeatDetails?.payloads?.length ?? 0) > 0,
-      ) ?? false,
+      ),
+    (a) => a !== undefined,
     60_000,
   );
-  const pendingExec = running.raw.pendingActivities?.find((a) => a.activityType?.name === 'execInSandbox');
   expect(pendingExec?.lastWorkerIdentity).toMatch(new RegExp(`^${old.pid}@`));
   // The old worker exits on its own (0) once the command it was running has finished.
   expect(await old.signal('SIGTERM')).toBe(0);
