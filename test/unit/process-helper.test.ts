@@ -68,10 +68,11 @@ test('exit codes, missing programs, timeouts and output limits fail as ProcessEr
 
 test('a helper that dies fails the calls in flight on it, and the next call starts a new one', async () => {
   const h = helper();
-  const first = h.pid ?? (await h.run('true', []), h.pid);
+  await h.run('true', []);
+  const first = h.pid!;
   const inFlight = h.run('sleep', ['10']);
   await new Promise((r) => setTimeout(r, 200));
-  process.kill(first!, 'SIGKILL');
+  process.kill(first, 'SIGKILL');
   const lost = await failure(inFlight);
   expect(lost.code).toBe('helper_exited');
   expect(lost.message).toMatch(/signal SIGKILL.*sleep 10/);
