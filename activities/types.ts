@@ -82,6 +82,8 @@ export interface CommitResult {
 
 export interface DestroyInput {
   sandboxId: string;
+  /** The run's tenant (its mirror, for URL repositories); absent in runs started before it was passed. */
+  tenant?: string;
   /** The run's repository, to remove the worktree registration and branch even if the worktree is gone. */
   repo: string;
   /** Keep the run branch (the run committed); otherwise it is deleted with the worktree. */

@@ -1,7 +1,7 @@
 /**
  * Process-helper benchmark (`npm run bench:process-helper`), local only, bounded: the cost to the
  * worker's event loop of the git calls every run makes, started directly (execFile from the worker)
- * vs through the process helper (activities/sandbox/process-helper.ts), in one process whose heap
+ * vs through the process helper (activities/workspace/process-helper.ts), in one process whose heap
  * is grown to a loaded worker's size first. Blocks alternate A/B/A/B. Per path it prints wall time,
  * calls/s, the main thread's CPU time per call and the event loop's delay (p99 and max) while the
  * calls run, then the ratios.
@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
-import { ProcessHelper } from '../activities/sandbox/process-helper';
+import { ProcessHelper } from '../activities/workspace/process-helper';
 import { pct } from './util';
 
 const HEAP_MB = Number(process.env.BENCH_HEAP_MB ?? 600);

@@ -70,6 +70,7 @@ async function main(): Promise<void> {
       CHOIROS_DATA_DIR: join(work, 'data'),
       CHOIROS_VERIFIERS_FILE: verifiersFile,
       CHOIROS_SANDBOX_DRIVER: 'local',
+      CHOIROS_LOCAL_DRIVER: 'trusted-dev',
       CHOIROS_HOST_ID: 'bench',
       CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
       LOG_LEVEL: 'error',

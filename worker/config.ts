@@ -51,6 +51,22 @@ export const workerConfigSchema = z.object({
   /** CPU limit per sandbox container (cores, fractional allowed). */
   CHOIROS_SANDBOX_CPUS: z.coerce.number().min(0.1).max(64).default(1),
   /** Process limit per sandbox container. */
+  /** Size of each run's own filesystem (its tree) in MiB; 0 turns the per-run quota off. Needs a root worker. */
+  CHOIROS_WORKSPACE_QUOTA_MB: z.coerce.number().int().min(0).max(1_048_576).default(1024),
+  /** Most entries (files, links, directories) a run's tree may hold when the host reads it. */
+  CHOIROS_WORKSPACE_MAX_ENTRIES: z.coerce.number().int().min(100).max(10_000_000).default(100_000),
+  /** Most bytes of file content a run's tree may hold when the host reads it. */
+  CHOIROS_WORKSPACE_MAX_BYTES: z.coerce
+    .number()
+    .int()
+    .min(1024 * 1024)
+    .max(1024 * 1024 * 1024 * 1024)
+    .default(512 * 1024 * 1024),
+  /**
+   * The local driver runs work items as host processes: for trusted development only. It refuses to
+   * start unless this is `trusted-dev`.
+   */
+  CHOIROS_LOCAL_DRIVER: z.enum(['refuse', 'trusted-dev']).default('refuse'),
   CHOIROS_SANDBOX_PIDS: z.coerce.number().int().min(8).max(65536).default(256),
   /** Maximum age of events in the JetStream stream, in days. */
   CHOIROS_EVENTS_MAX_AGE_DAYS: z.coerce.number().int().min(1).max(3650).default(30),

@@ -1,6 +1,6 @@
 /** Builds the worker set of one process: orchestration (workflows + event flush), sandbox and host queues. */
 import { copyFile, mkdir, rename } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Client, WorkflowNotFoundError } from '@temporalio/client';
 import { Worker, type NativeConnection, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import type Docker from 'dockerode';
@@ -16,7 +16,7 @@ import { createAdmissionActivities } from '../activities/admission/activities';
 import { LocalArtifactStore } from '../activities/artifacts/local-store';
 import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
 import { createSandboxActivities } from '../activities/sandbox/activities';
-import { createGraphBranchActivities } from '../activities/sandbox/graph-branch';
+import { createGraphBranchActivities } from '../activities/workspace/graph-branch';
 import { DockerSandboxDriver, EGRESS_PROXY_SCRIPT } from '../activities/sandbox/docker-driver';
 import type { SandboxDriver } from '../activities/sandbox/driver';
 import { LocalSandboxDriver } from '../activities/sandbox/local-driver';
@@ -30,6 +30,9 @@ import { createWorkerMetrics, observePublished, type WorkerMetrics } from './met
 import type { Tracing } from '../telemetry/tracing';
 import { bundleWorkflows } from './bundle';
 import { activityTracingInterceptors, workflowTracingOptions } from './tracing';
+
+/** The checkout (or install dir) this worker runs from. */
+const PLATFORM_ROOT = resolve(__dirname, '..');
 
 export interface WorkerSet {
   workers: Worker[];
@@ -83,6 +86,25 @@ export async function createWorkerSet(opts: {
   const verifiers = await loadVerifierCatalog(config.verifiersFile);
   const egressProxyScript =
     config.CHOIROS_SANDBOX_DRIVER === 'docker' ? await stageEgressProxy(config.dataDir) : undefined;
+  if (config.CHOIROS_SANDBOX_DRIVER === 'local' && config.CHOIROS_LOCAL_DRIVER !== 'trusted-dev') {
+    throw new Error(
+      'CHOIROS_SANDBOX_DRIVER=local runs work items as host processes, without container isolation; ' +
+        'it is for trusted development only and needs CHOIROS_LOCAL_DRIVER=trusted-dev (docs/security.md)',
+    );
+  }
+  const workspace = {
+    quotaMb: config.CHOIROS_WORKSPACE_QUOTA_MB,
+    maxEntries: config.CHOIROS_WORKSPACE_MAX_ENTRIES,
+    maxBytes: config.CHOIROS_WORKSPACE_MAX_BYTES,
+    // The platform's own data and the code it runs from are never a run's repository.
+    forbiddenRepoRoots: [config.dataDir, config.artifactsDir, PLATFORM_ROOT],
+  };
+  if (workspace.quotaMb > 0 && process.getuid?.() !== 0) {
+    logger.warn(
+      { event: 'workspace.quota.off' },
+      'per-run disk quota needs a root worker (loop-mounted filesystems); run trees are plain directories without a size limit',
+    );
+  }
   const driver: SandboxDriver =
     config.CHOIROS_SANDBOX_DRIVER === 'local'
       ? new LocalSandboxDriver({
@@ -108,6 +130,7 @@ export async function createWorkerSet(opts: {
     verifiers,
     worktreeRoot: join(config.dataDir, 'worktrees'),
     mirrorRoot: join(config.dataDir, 'mirrors'),
+    workspace,
     hostId: config.CHOIROS_HOST_ID,
     hostQueue,
     image: config.CHOIROS_SANDBOX_IMAGE,

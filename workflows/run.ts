@@ -648,6 +648,7 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
       try {
         const removed = await destroyOn(handle.hostQueue).destroySandbox({
           sandboxId: handle.sandboxId,
+          tenant,
           repo: request.repo,
           keepBranch,
         });

@@ -44,7 +44,7 @@ import type {
   GraphBranchActivities,
   GraphMergeItem,
   GraphMergeItemResult,
-} from '../activities/sandbox/graph-branch';
+} from '../activities/workspace/graph-branch';
 import type { runWorkflow } from './run';
 import { EventLog } from './lib/event-log';
 

@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import { expandTemplate, parseRebuildId, type RebuildTarget } from '../../contracts';
 import { heartbeatWhile } from '../heartbeat';
 import type { SandboxDriver } from '../sandbox/driver';
-import { git, resolveCommit } from '../sandbox/git';
+import { git, resolveCommit } from '../workspace/git';
 import { contextFiles } from './context';
 import type { BuildActivities, BuildProgress, BuiltImage, RebuildRef, SuiteResult } from './types';
 

@@ -1,6 +1,4 @@
 /** Sandbox activities: worktree + container per run, commands in lanes, commit or discard, teardown. */
-import { mkdir, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
@@ -8,7 +6,6 @@ import type { Logger } from 'pino';
 import type { Counter, Histogram } from 'prom-client';
 import {
   canonicalJson,
-  isGitUrl,
   isValidId,
   selectVerifierPlan,
   verdictOf,
@@ -31,10 +28,8 @@ import type {
   VerifyInput,
 } from '../types';
 import type { SandboxDriver, SandboxLabels } from './driver';
-import { branchExists, git, resolveCommit, resolveRepo, touchedPaths } from './git';
-import { ensureMirror, mirrorPath } from './mirror';
 import { heartbeatWhile } from '../heartbeat';
-import { runProcess } from './process-helper';
+import { Workspaces, runBranch } from '../workspace/workspace';
 
 /** How often createSandbox heartbeats (the workflow's heartbeat timeout for it is 30 s). */
 const LIVENESS_INTERVAL_MS = 5_000;
@@ -42,10 +37,12 @@ const LIVENESS_INTERVAL_MS = 5_000;
 export interface SandboxDeps {
   driver: SandboxDriver;
   verifiers: VerifierCatalog;
-  /** Directory holding run worktrees (`<dataDir>/worktrees`). */
+  /** Directory holding run workspaces (`<dataDir>/worktrees`). */
   worktreeRoot: string;
-  /** Directory holding bare mirrors of repository URLs (`<dataDir>/mirrors`). */
+  /** Directory holding bare mirrors of repository URLs, per tenant (`<dataDir>/mirrors`). */
   mirrorRoot: string;
+  /** Workspace limits (activities/workspace); defaults in WORKSPACE_DEFAULTS. */
+  workspace?: Partial<WorkspaceLimits>;
   hostId: string;
   /** This host's task queue, returned by create so later steps run here. */
   hostQueue: string;
@@ -78,14 +75,29 @@ function commandOutcomeLabel(o: CommandOutcome): string {
 /** Everything the host keeps about one sandbox, derived from its id alone (so any retry finds it). */
 interface SandboxRecord {
   runId: string;
-  worktree: string;
+  tree: string;
   branch: string;
   container: string;
 }
 
-export function runBranch(runId: string): string {
-  return `choiros/run/${runId}`;
+/** Per-run workspace limits (worker settings CHOIROS_WORKSPACE_*). */
+export interface WorkspaceLimits {
+  /** Size of a run's own filesystem in MiB (0: no quota). */
+  quotaMb: number;
+  maxEntries: number;
+  maxBytes: number;
+  /** Paths that can never be a run's repository (the platform's checkout, data dir). */
+  forbiddenRepoRoots: string[];
 }
+
+export const WORKSPACE_DEFAULTS: WorkspaceLimits = {
+  quotaMb: 1024,
+  maxEntries: 100_000,
+  maxBytes: 512 * 1024 * 1024,
+  forbiddenRepoRoots: [],
+};
+
+export { runBranch };
 
 function assertId(kind: string, value: string): void {
   if (!isValidId(value)) {
@@ -99,14 +111,31 @@ function assertId(kind: string, value: string): void {
 
 export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
   const { driver, logger } = deps;
+  const limits = { ...WORKSPACE_DEFAULTS, ...deps.workspace };
+  const workspaces = new Workspaces({
+    root: deps.worktreeRoot,
+    mirrorRoot: deps.mirrorRoot,
+    sandboxUser: deps.sandboxUser,
+    ...limits,
+    logger,
+  });
   const record = (sandboxId: string): SandboxRecord => {
     assertId('sandboxId', sandboxId);
     return {
       runId: sandboxId,
-      worktree: join(deps.worktreeRoot, sandboxId),
+      tree: workspaces.paths(sandboxId).tree,
       branch: runBranch(sandboxId),
       container: `choiros-run-${sandboxId}`,
     };
+  };
+
+  /**
+   * Stops everything of the run's execution lane and seals its tree: from here on nothing of the
+   * run runs, and the host reads the tree only as data (activities/workspace).
+   */
+  const sealed = async (rec: SandboxRecord) => {
+    await driver.stop(rec.container);
+    return workspaces.seal(rec.runId);
   };
 
   const heartbeatingOptions = (timeoutSeconds: number) => {
@@ -150,42 +179,18 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
     const log = logger.child({ runId: input.runId, workItemId: input.workItemId });
     phase('image');
     const imageId = await driver.imageId(input.imageId);
-    phase('repository');
-    // URLs go through the shared bare mirror (refreshed here); local paths are used directly.
-    const repo = isGitUrl(input.repo)
-      ? await ensureMirror(deps.mirrorRoot, input.repo)
-      : await resolveRepo(input.repo);
-    const baseCommit = await resolveCommit(repo, input.baseRef);
-    await mkdir(deps.worktreeRoot, { recursive: true });
-
-    const exists = await stat(rec.worktree).then(
-      () => true,
-      () => false,
-    );
-    if (!exists) {
-      phase('worktree');
-      // A retry after a crash may find the branch without the worktree: reuse it only at the base commit.
-      if (await branchExists(repo, rec.branch)) {
-        await git(['branch', '-D', '--end-of-options', rec.branch], { cwd: repo, safeDirs: [repo] });
-      }
-      await git(['worktree', 'prune'], { cwd: repo, safeDirs: [repo] });
-      await git(
-        ['worktree', 'add', '--no-track', '-b', rec.branch, '--end-of-options', rec.worktree, baseCommit],
-        {
-          cwd: repo,
-          safeDirs: [repo],
-        },
-      );
-      if (process.getuid?.() === 0) {
-        // The sandbox runs as an unprivileged user; it must own the worktree to write to it.
-        await runProcess('chown', ['-R', '--', deps.sandboxUser, rec.worktree], { timeoutMs: 120_000 });
-      }
-      deps.metrics?.sandboxesCreated.inc();
-    }
+    const { baseCommit, tree } = await workspaces.create({
+      runId: input.runId,
+      tenant: input.tenant,
+      repo: input.repo,
+      baseRef: input.baseRef,
+      phase,
+    });
+    deps.metrics?.sandboxesCreated.inc();
     phase('container');
     await driver.createExecutionSandbox({
       name: rec.container,
-      workspace: rec.worktree,
+      workspace: tree,
       labels: {
         tenant: input.tenant,
         userId: input.userId,
@@ -200,9 +205,10 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
     log.info(
       {
         event: 'sandbox.created',
-        worktree: rec.worktree,
+        tree,
         branch: rec.branch,
         baseCommit,
+        quota: workspaces.quotaEnabled,
         container: rec.container,
       },
       'sandbox created',
@@ -241,9 +247,28 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
         { event: 'sandbox.exec.start', argv0: input.argv[0], args: input.argv.length },
         'executing work item',
       );
+      await workspaces.unseal(rec.runId);
       const outcome = await withStoredLog((output) =>
         driver.exec(rec.container, input.argv, { ...heartbeatingOptions(input.timeoutSeconds), output }),
       );
+      // Nothing the command left behind keeps running (best effort here; the seal insists).
+      await driver
+        .stop(rec.container)
+        .catch((err: unknown) =>
+          log.warn(
+            { event: 'sandbox.stop.failed', err },
+            'could not stop the execution lane after its command',
+          ),
+        );
+      const disk = await workspaces.quotaExceeded(rec.runId);
+      if (disk.full) {
+        log.warn({ event: 'workspace.quota.exceeded', ...disk }, 'run filled its workspace');
+        throw ApplicationFailure.create({
+          type: 'disk_quota_exceeded',
+          message: `the work item filled its workspace (${limits.quotaMb} MiB, CHOIROS_WORKSPACE_QUOTA_MB): ${disk.freeBytes} bytes and ${disk.freeInodes} inodes left`,
+          nonRetryable: true,
+        });
+      }
       log.info(
         {
           event: 'sandbox.exec.done',
@@ -286,7 +311,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
         driver.runVerifier(
           {
             name: `choiros-verify-${rec.runId}-${spec.id}`,
-            workspace: rec.worktree,
+            workspace: rec.tree,
             argv: spec.argv,
             labels,
             ...(input.imageId ? { image: input.imageId } : {}),
@@ -329,7 +354,8 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
 
     async planVerifiers(input: PlanInput): Promise<VerifierPlan> {
       const rec = record(input.sandboxId);
-      const paths = await touchedPaths(rec.worktree);
+      await sealed(rec);
+      const paths = await workspaces.touchedPaths(rec.runId);
       const plan = selectVerifierPlan(deps.verifiers, {
         mood: input.mood,
         required: input.required,
@@ -352,45 +378,18 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
 
     async commitSandbox(input: CommitInput): Promise<CommitResult> {
       const rec = record(input.sandboxId);
-      const opts = { cwd: rec.worktree, safeDirs: [rec.worktree] };
-      const head = (await git(['rev-parse', 'HEAD'], opts)).stdout.trim();
-      // The same listing the verifier plan used (tracked changes, both sides of renames, untracked files).
-      const changedPaths = await touchedPaths(rec.worktree);
-      if (changedPaths.length === 0) {
-        // A retried commit finds its own earlier commit: HEAD already moved past the base.
-        const parents = (await git(['rev-list', '--parents', '-n', '1', 'HEAD'], opts)).stdout
-          .trim()
-          .split(' ');
-        const subject = (await git(['log', '-1', '--format=%s', 'HEAD'], opts)).stdout.trim();
-        if (parents.length > 1 && subject === input.message.split('\n')[0]) {
-          const files = (await git(['diff-tree', '--no-commit-id', '--name-only', '-r', '-z', 'HEAD'], opts))
-            .stdout;
-          return { branch: rec.branch, commit: head, changedPaths: files.split('\0').filter(Boolean) };
-        }
-      }
-      await git(['add', '--all', '--', '.'], opts);
-      await git(
-        [
-          '-c',
-          'user.name=ChoirOS',
-          '-c',
-          'user.email=runs@choiros.invalid',
-          'commit',
-          '--allow-empty',
-          '--no-verify',
-          '--author',
-          `${input.authorName} <${input.authorEmail}>`,
-          '-m',
-          input.message,
-        ],
-        opts,
-      );
-      const commit = (await git(['rev-parse', 'HEAD'], opts)).stdout.trim();
+      await sealed(rec);
+      const result = await workspaces.commit(rec.runId, input);
       logger.info(
-        { event: 'sandbox.commit', runId: rec.runId, commit, changed: changedPaths.length },
+        {
+          event: 'sandbox.commit',
+          runId: rec.runId,
+          commit: result.commit,
+          changed: result.changedPaths.length,
+        },
         'run committed',
       );
-      return { branch: rec.branch, commit, changedPaths };
+      return result;
     },
 
     async destroySandbox(input: DestroyInput): Promise<{ removed: string[] }> {
@@ -400,38 +399,14 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       // The proxy before the network it sits on.
       if (await driver.removeEgressProxy?.(rec.container)) removed.push('egress-proxy');
       if (await driver.removeRunNetwork(rec.runId)) removed.push('network');
-      const repo = isGitUrl(input.repo)
-        ? await stat(mirrorPath(deps.mirrorRoot, input.repo)).then(
-            () => mirrorPath(deps.mirrorRoot, input.repo),
-            () => undefined,
-          )
-        : await resolveRepo(input.repo).catch((err: unknown) => {
-            // Gone: nothing of it to clean. Any other failure is retried, not taken for "gone".
-            if (err instanceof ApplicationFailure && err.type === 'repo_not_found') return undefined;
-            throw err;
-          });
-      const present = await stat(rec.worktree).then(
-        () => true,
-        () => false,
-      );
-      if (present) {
-        if (repo) {
-          await git(['worktree', 'remove', '--force', '--end-of-options', rec.worktree], {
-            cwd: repo,
-            safeDirs: [repo, rec.worktree],
-          }).catch(() => undefined);
-        }
-        await rm(rec.worktree, { recursive: true, force: true });
-        removed.push('worktree');
-        deps.metrics?.sandboxesDestroyed.inc();
-      }
-      if (repo) {
-        await git(['worktree', 'prune'], { cwd: repo, safeDirs: [repo] });
-        if (!input.keepBranch && (await branchExists(repo, rec.branch))) {
-          await git(['branch', '-D', '--end-of-options', rec.branch], { cwd: repo, safeDirs: [repo] });
-          removed.push('branch');
-        }
-      }
+      const gone = await workspaces.destroy({
+        runId: rec.runId,
+        ...(input.tenant ? { tenant: input.tenant } : {}),
+        repo: input.repo,
+        keepBranch: input.keepBranch,
+      });
+      if (gone.includes('worktree')) deps.metrics?.sandboxesDestroyed.inc();
+      removed.push(...gone);
       logger.info(
         { event: 'sandbox.destroyed', runId: rec.runId, removed, keptBranch: input.keepBranch },
         'sandbox destroyed',

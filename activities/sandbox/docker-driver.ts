@@ -555,6 +555,26 @@ export class DockerSandboxDriver implements SandboxDriver {
     return this.remove(egressProxyName(container));
   }
 
+  async stop(name: string): Promise<void> {
+    await this.onEngine(async () => {
+      const container = this.docker.getContainer(name);
+      try {
+        if (!(await container.inspect()).State.Running) return;
+        await container.kill();
+      } catch (err) {
+        // Gone, or stopped between the inspect and the kill: either way nothing runs.
+        if (isNotFound(err) || isConflict(err)) return;
+        throw err;
+      }
+      // SIGKILL to PID 1 takes the whole pid namespace down; confirm the engine agrees.
+      for (let i = 0; i < 50 && (await container.inspect()).State.Running; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      if ((await container.inspect()).State.Running)
+        throw new Error(`container ${name} is still running after kill`);
+    });
+  }
+
   async remove(name: string): Promise<boolean> {
     try {
       await this.docker.getContainer(name).remove({ force: true });

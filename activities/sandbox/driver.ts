@@ -56,6 +56,11 @@ export interface SandboxDriver {
   runVerifier(spec: VerifierRunSpec, opts: CommandOptions): Promise<CommandOutcome>;
   /** Removes an execution container's egress proxy, if the driver makes them; true when one was removed. */
   removeEgressProxy?(container: string): Promise<boolean>;
+  /**
+   * Stops every process of an execution lane (a later exec starts it again); nothing of the run
+   * runs once it returns. Succeeds for a lane that is already stopped or gone.
+   */
+  stop(name: string): Promise<void>;
   /** Removes a container if it exists; true when something was removed. */
   remove(name: string): Promise<boolean>;
   /** Removes the run's own network (policy `internal`) if it exists; true when something was removed. */

@@ -99,6 +99,10 @@ export class LocalSandboxDriver implements SandboxDriver {
     return this.run(spec.name, spec.workspace, spec.argv, this.baseEnv(), opts);
   }
 
+  async stop(name: string): Promise<void> {
+    for (const pgid of this.groups.get(name) ?? []) killGroup(pgid);
+  }
+
   async remove(name: string): Promise<boolean> {
     const groups = this.groups.get(name);
     for (const pgid of groups ?? []) killGroup(pgid);

@@ -1,11 +1,11 @@
 /** Orphan sweeper: removes this host's containers and worktrees whose run is finished or unknown to Temporal. */
-import { readFile, readdir, rm, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { readdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import type Docker from 'dockerode';
 import type { Logger } from 'pino';
 import { isValidId } from '../../contracts';
 import { LABELS } from './docker-driver';
-import { git } from './git';
+import { isMountPoint, unmountQuota } from '../workspace/quota';
 
 /** What Temporal says about a run's workflow: still open, closed, or never heard of. */
 export type RunState = 'open' | 'closed' | 'unknown';
@@ -111,19 +111,11 @@ export async function sweepOrphans(deps: SweeperDeps): Promise<SweepResult> {
   return result;
 }
 
-/** Deletes a worktree and unregisters it from its repository (found through its `.git` file). */
+/** Deletes an orphan run directory: its tree's filesystem is unmounted first (activities/workspace). */
 async function removeWorktree(path: string): Promise<void> {
-  const dotGit = await readFile(join(path, '.git'), 'utf8').catch(() => '');
-  const m = /^gitdir: (.+)$/m.exec(dotGit);
+  const tree = join(path, 'tree');
+  if (await isMountPoint(tree)) await unmountQuota(tree);
   await rm(path, { recursive: true, force: true });
-  if (m?.[1]) {
-    // <repo>/.git/worktrees/<name> → <repo>/.git
-    const commonDir = dirname(dirname(m[1].trim()));
-    await git(['--git-dir', commonDir, 'worktree', 'prune'], {
-      cwd: dirname(commonDir),
-      safeDirs: ['*'],
-    }).catch(() => undefined);
-  }
 }
 
 /** Runs `sweepOrphans` now and every `intervalMs`; `stop()` ends it and waits for a sweep in progress. */

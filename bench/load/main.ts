@@ -126,6 +126,7 @@ async function main(): Promise<void> {
         NATS_CREDS: nats.workerCredsFile,
         CHOIROS_DATA_DIR: join(work, 'data'),
         CHOIROS_SANDBOX_DRIVER: 'local',
+        CHOIROS_LOCAL_DRIVER: 'trusted-dev',
         CHOIROS_HOST_ID: 'bench-load',
         CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
         CHOIROS_METRICS_PORT: String(metricsPort),

@@ -130,7 +130,11 @@ describe('a run with CHOIROS_SANDBOX_DRIVER=local', () => {
       "version: 1\nverifiers:\n  - {id: V-RESULT-FILE, description: result, argv: ['test', '-s', 'RESULT.txt'], timeoutSeconds: 30}\n",
     );
     const w = await startTestWorker(`it-local-${suffix}`, {
-      extraEnv: { CHOIROS_SANDBOX_DRIVER: 'local', CHOIROS_VERIFIERS_FILE: file },
+      extraEnv: {
+        CHOIROS_SANDBOX_DRIVER: 'local',
+        CHOIROS_LOCAL_DRIVER: 'trusted-dev',
+        CHOIROS_VERIFIERS_FILE: file,
+      },
     });
     stop = () => w.stop();
     api = await startTestApi();

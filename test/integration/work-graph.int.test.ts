@@ -121,7 +121,9 @@ function expectGapFree(events: EventEnvelope[], graphId: string): void {
 describe('work graphs (local driver)', () => {
   let worker: TestWorker;
   beforeAll(async () => {
-    worker = await startTestWorker('it-graph', { extraEnv: { CHOIROS_SANDBOX_DRIVER: 'local' } });
+    worker = await startTestWorker('it-graph', {
+      extraEnv: { CHOIROS_SANDBOX_DRIVER: 'local', CHOIROS_LOCAL_DRIVER: 'trusted-dev' },
+    });
   });
   afterAll(async () => {
     await worker?.stop();

@@ -14,7 +14,7 @@ import {
   gitAnswered,
   resolveCommit,
   resolveRepo,
-} from '../../activities/sandbox/git';
+} from '../../activities/workspace/git';
 
 let repo: string;
 let notRepo: string;

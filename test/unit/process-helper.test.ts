@@ -1,5 +1,5 @@
 /**
- * The process helper (activities/sandbox/process-helper.ts) with real child processes: programs run
+ * The process helper (activities/workspace/process-helper.ts) with real child processes: programs run
  * in the helper, not in the test process; outcomes keep execFile's meaning (exit codes, spawn
  * errors, timeouts, output limits); a helper that dies fails only the calls it was running and is
  * replaced; one that cannot start leaves calls running directly; it ignores group signals, and it
@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { ProcessError, ProcessHelper } from '../../activities/sandbox/process-helper';
+import { ProcessError, ProcessHelper } from '../../activities/workspace/process-helper';
 
 const helpers: ProcessHelper[] = [];
 const helper = (...args: ConstructorParameters<typeof ProcessHelper>): ProcessHelper => {
@@ -111,7 +111,7 @@ test('a helper that cannot start leaves calls running directly in the caller', a
 
 test('an idle helper does not keep its parent process alive, and exits with it', async () => {
   const script = `
-    const { ProcessHelper } = require(${JSON.stringify(join(__dirname, '../../activities/sandbox/process-helper.ts'))});
+    const { ProcessHelper } = require(${JSON.stringify(join(__dirname, '../../activities/workspace/process-helper.ts'))});
     const h = new ProcessHelper();
     h.run('echo', ['ok']).then((r) => { process.stdout.write(String(h.pid) + ' ' + r.stdout); });
   `;

@@ -14,7 +14,7 @@ import { createApp } from '../../api/app';
 import { main as cli } from '../../api/cli/main';
 import { deriveGraphId } from '../../api/graphs/service';
 import { authorize } from '../../api/auth/policy';
-import { createGraphBranchActivities, graphBranch } from '../../activities/sandbox/graph-branch';
+import { createGraphBranchActivities, graphBranch } from '../../activities/workspace/graph-branch';
 import {
   emptyEventSource,
   fakeRunService,

@@ -1,9 +1,14 @@
-/** Bare mirror cache: one `git clone --mirror` per repository URL, shared by every run of that repository. */
+/**
+ * Bare mirror cache: one mirror per (tenant, repository URL), shared by that tenant's runs of that
+ * repository and by no other tenant's. Fetches take the origin's branches and tags except the
+ * platform's own namespaces (`choiros/*`): run and graph branches live only here, and nothing an
+ * origin serves can overwrite one.
+ */
 import { createHash, randomUUID } from 'node:crypto';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
-import { isGitUrl } from '../../contracts';
+import { isGitUrl, isValidId } from '../../contracts';
 import { git } from './git';
 
 /**
@@ -33,16 +38,20 @@ async function withLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
   return next;
 }
 
-export function mirrorPath(mirrorRoot: string, url: string): string {
-  return join(mirrorRoot, `${createHash('sha256').update(url).digest('hex').slice(0, 32)}.git`);
+export function mirrorPath(mirrorRoot: string, tenant: string, url: string): string {
+  if (!isValidId(tenant)) throw new Error(`tenant ${JSON.stringify(tenant)} is not a valid id`);
+  return join(mirrorRoot, tenant, `${createHash('sha256').update(url).digest('hex').slice(0, 32)}.git`);
 }
 
+/** What a refresh takes from the origin: everything but the platform's own branch namespace. */
+const FETCH_REFSPECS = ['+refs/heads/*:refs/heads/*', '+refs/tags/*:refs/tags/*', '^refs/heads/choiros/*'];
+
 /**
- * Makes (first time: clone into a temp dir, then rename) or refreshes (`fetch --prune`) the bare
+ * Makes (first time: init + fetch into a temp dir, then rename) or refreshes (fetch, no prune) the bare
  * mirror of `url`, and returns its path. Fails non-retryably with `repo_not_found` when the URL
  * is refused or cannot be cloned.
  */
-export async function ensureMirror(mirrorRoot: string, url: string): Promise<string> {
+export async function ensureMirror(mirrorRoot: string, tenant: string, url: string): Promise<string> {
   if (!isGitUrl(url)) {
     throw ApplicationFailure.create({
       type: 'repo_not_found',
@@ -50,19 +59,28 @@ export async function ensureMirror(mirrorRoot: string, url: string): Promise<str
       nonRetryable: true,
     });
   }
-  const path = mirrorPath(mirrorRoot, url);
+  const path = mirrorPath(mirrorRoot, tenant, url);
+  const root = join(mirrorRoot, tenant);
   return withLock(path, async () => {
-    await mkdir(mirrorRoot, { recursive: true });
+    await mkdir(root, { recursive: true });
     const exists = await stat(join(path, 'HEAD')).then(
       () => true,
       () => false,
     );
     try {
       if (!exists) {
-        const tmp = join(mirrorRoot, `.tmp-${randomUUID()}`);
+        const tmp = join(root, `.tmp-${randomUUID()}`);
         try {
-          await git([...PROTOCOL_CONFIG, 'clone', '--mirror', '--quiet', '--end-of-options', url, tmp], {
-            cwd: mirrorRoot,
+          // init + fetch rather than clone --mirror: the same refspecs as a refresh, so an origin's
+          // own `choiros/*` branches are never taken in.
+          await git(['init', '--quiet', '--bare', '--end-of-options', tmp], { cwd: root });
+          await git(['--git-dir', tmp, 'remote', 'add', '--end-of-options', 'origin', url], {
+            cwd: root,
+            safeDirs: [tmp],
+          });
+          await git(['--git-dir', tmp, ...PROTOCOL_CONFIG, 'fetch', '--quiet', 'origin', ...FETCH_REFSPECS], {
+            cwd: root,
+            safeDirs: [tmp],
             timeoutMs: 600_000,
           });
           await rename(tmp, path);
@@ -71,17 +89,11 @@ export async function ensureMirror(mirrorRoot: string, url: string): Promise<str
         }
       } else {
         // No --prune: run branches live only in the mirror and must survive a refresh.
-        await git(
-          [
-            ...PROTOCOL_CONFIG,
-            'fetch',
-            '--quiet',
-            'origin',
-            '+refs/heads/*:refs/heads/*',
-            '+refs/tags/*:refs/tags/*',
-          ],
-          { cwd: path, safeDirs: [path], timeoutMs: 600_000 },
-        );
+        await git(['--git-dir', path, ...PROTOCOL_CONFIG, 'fetch', '--quiet', 'origin', ...FETCH_REFSPECS], {
+          cwd: root,
+          safeDirs: [path],
+          timeoutMs: 600_000,
+        });
       }
     } catch (err) {
       throw ApplicationFailure.create({

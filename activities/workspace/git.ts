@@ -1,4 +1,7 @@
-/** Git operations for run worktrees, through argv (never a shell) with option injection closed off. */
+/**
+ * Host git, through argv (never a shell) with option injection closed off and every
+ * command-running setting switched off (see activities/workspace/workspace.ts for the threat model).
+ */
 import { stat } from 'node:fs/promises';
 import { ApplicationFailure } from '@temporalio/common';
 import { ProcessError, runProcess } from './process-helper';
@@ -28,32 +31,74 @@ export const gitAnswered = (err: unknown): err is GitError =>
   err instanceof GitError && err.exitCode !== null;
 
 /**
- * Runs git with a fixed, sanitised environment. `safeDirs` are trusted explicitly: worktrees are
- * owned by the sandbox user, and git refuses repositories owned by someone else otherwise.
+ * Configuration that makes git run a program, switched off on every host git call (command-line
+ * `-c` wins over every config file). Filters, textconv and diff drivers need a `filter.<x>.*` /
+ * `diff.<x>.*` entry to run anything; run git dirs are made by the platform and have none, and the
+ * user's and the system's config files are not read at all (GIT_CONFIG_GLOBAL / NOSYSTEM below).
+ */
+export const HARDENED_CONFIG: readonly string[] = [
+  'core.fsmonitor=false',
+  'core.hooksPath=/dev/null',
+  'core.pager=cat',
+  'core.askPass=',
+  'core.attributesFile=/dev/null',
+  'core.untrackedCache=false',
+  'core.protectNTFS=true',
+  'core.protectHFS=true',
+  'core.symlinks=true',
+  'core.autocrlf=false',
+  'credential.helper=',
+  'gc.auto=0',
+  'maintenance.auto=false',
+  'commit.gpgsign=false',
+  'tag.gpgsign=false',
+  'submodule.recurse=false',
+  'fetch.recurseSubmodules=false',
+  'protocol.ext.allow=never',
+].flatMap((kv) => ['-c', kv]);
+
+/** The environment of every host git call: nothing inherited that could point git elsewhere. */
+function gitEnv(extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    HOME: process.env.HOME ?? '/tmp',
+    GIT_TERMINAL_PROMPT: '0',
+    GIT_CONFIG_NOSYSTEM: '1',
+    GIT_CONFIG_GLOBAL: '/dev/null',
+    GIT_ATTR_NOSYSTEM: '1',
+    GIT_NO_REPLACE_OBJECTS: '1',
+    GIT_OPTIONAL_LOCKS: '0',
+    GIT_PAGER: 'cat',
+    PAGER: 'cat',
+    LC_ALL: 'C',
+    ...extra,
+  };
+}
+
+/**
+ * Runs git with a fixed, sanitised environment and HARDENED_CONFIG. `safeDirs` are trusted
+ * explicitly (a repository owned by another user is refused otherwise). `env` adds git's own
+ * variables (GIT_INDEX_FILE, GIT_OBJECT_DIRECTORY) for the workspace's explicit git dirs.
  */
 export function git(
   args: string[],
-  opts: { cwd: string; safeDirs?: string[]; timeoutMs?: number },
+  opts: { cwd: string; safeDirs?: string[]; timeoutMs?: number; env?: Record<string, string> },
 ): Promise<GitResult> {
   const safe = (opts.safeDirs ?? []).flatMap((d) => ['-c', `safe.directory=${d}`]);
-  const fullArgs = [...safe, '-c', 'core.hooksPath=/dev/null', '-c', 'commit.gpgsign=false', ...args];
+  const fullArgs = [...safe, ...HARDENED_CONFIG, ...args];
   return runProcess('git', fullArgs, {
     cwd: opts.cwd,
     timeoutMs: opts.timeoutMs ?? 120_000,
     maxBuffer: 16 * 1024 * 1024,
-    env: {
-      PATH: process.env.PATH ?? '/usr/bin:/bin',
-      HOME: process.env.HOME ?? '/tmp',
-      GIT_TERMINAL_PROMPT: '0',
-      GIT_CONFIG_NOSYSTEM: '1',
-      LC_ALL: 'C',
-    },
+    env: gitEnv(opts.env),
   }).catch((err: unknown) => {
     if (!(err instanceof ProcessError)) throw err;
     const code = typeof err.code === 'number' ? err.code : null;
     // Name the subcommand, not a leading `-c key=value` or `--git-dir <dir>`.
     const sub =
-      args.find((a, i) => !a.startsWith('-') && args[i - 1] !== '-c' && args[i - 1] !== '--git-dir') ?? '';
+      args.find(
+        (a, i) => !a.startsWith('-') && !['-c', '--git-dir', '--work-tree'].includes(args[i - 1] ?? ''),
+      ) ?? '';
     throw new GitError(`git ${sub} failed: ${err.stderr.trim() || err.message}`, code, err.stderr);
   });
 }
@@ -111,24 +156,4 @@ export async function branchExists(repo: string, branch: string): Promise<boolea
     if (gitAnswered(err)) return false;
     throw err;
   }
-}
-
-/** Lists registered worktree paths of `repo`. */
-export async function listWorktrees(repo: string): Promise<string[]> {
-  const { stdout } = await git(['worktree', 'list', '--porcelain'], { cwd: repo, safeDirs: [repo] });
-  return stdout
-    .split('\n')
-    .filter((l) => l.startsWith('worktree '))
-    .map((l) => l.slice('worktree '.length));
-}
-
-/**
- * Repository-relative paths a worktree changed against its HEAD: modified, added, deleted, both
- * sides of a rename, and untracked files that are not ignored (what a commit would take).
- */
-export async function touchedPaths(worktree: string): Promise<string[]> {
-  const opts = { cwd: worktree, safeDirs: [worktree] };
-  const changed = (await git(['diff', '--name-only', '--no-renames', '-z', 'HEAD', '--'], opts)).stdout;
-  const untracked = (await git(['ls-files', '--others', '--exclude-standard', '-z', '--'], opts)).stdout;
-  return [...new Set([...changed.split('\0'), ...untracked.split('\0')].filter(Boolean))].sort();
 }
