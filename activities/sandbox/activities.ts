@@ -130,13 +130,10 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
   };
 
   /**
-   * Stops everything of the run's execution lane and seals its tree: from here on nothing of the
-   * run runs, and the host reads the tree only as data (activities/workspace).
+   * Nothing of the run's execution lane may run while the host reads its tree: the workspace seals
+   * the tree on every read (activities/workspace), and this makes sure the lane is stopped first.
    */
-  const sealed = async (rec: SandboxRecord) => {
-    await driver.stop(rec.container);
-    return workspaces.seal(rec.runId);
-  };
+  const stopped = (rec: SandboxRecord) => driver.stop(rec.container);
 
   const heartbeatingOptions = (timeoutSeconds: number) => {
     const ctx = Context.current();
@@ -354,7 +351,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
 
     async planVerifiers(input: PlanInput): Promise<VerifierPlan> {
       const rec = record(input.sandboxId);
-      await sealed(rec);
+      await stopped(rec);
       const paths = await workspaces.touchedPaths(rec.runId);
       const plan = selectVerifierPlan(deps.verifiers, {
         mood: input.mood,
@@ -378,7 +375,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
 
     async commitSandbox(input: CommitInput): Promise<CommitResult> {
       const rec = record(input.sandboxId);
-      await sealed(rec);
+      await stopped(rec);
       const result = await workspaces.commit(rec.runId, input);
       logger.info(
         {

@@ -341,10 +341,12 @@ export class Workspaces {
 
   /**
    * Repository-relative paths the run changed against its base: modified, added, deleted (both
-   * sides of a rename) and untracked files that are not ignored — what a commit takes. Seal first.
+   * sides of a rename) and untracked files that are not ignored — what a commit takes. Seals the
+   * tree first (as commit does): nothing here reads an unsealed tree.
    */
   async touchedPaths(runId: string): Promise<string[]> {
     const state = await this.state(runId);
+    await this.seal(runId);
     await this.refresh(runId, state);
     const changed = (
       await this.runGit(runId, state, [
@@ -371,6 +373,7 @@ export class Workspaces {
     msg: { message: string; authorName: string; authorEmail: string },
   ): Promise<{ branch: string; commit: string; changedPaths: string[] }> {
     const state = await this.state(runId);
+    await this.seal(runId);
     const branch = runBranch(runId);
     const ref = `refs/heads/${branch}`;
     await this.runGit(runId, state, ['add', '--all', '--', '.'], 600_000);
