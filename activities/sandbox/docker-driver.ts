@@ -559,19 +559,25 @@ export class DockerSandboxDriver implements SandboxDriver {
     await this.onEngine(async () => {
       const container = this.docker.getContainer(name);
       try {
-        if (!(await container.inspect()).State.Running) return;
         await container.kill();
       } catch (err) {
-        // Gone, or stopped between the inspect and the kill: either way nothing runs.
+        // Gone, or not running: either way nothing runs.
         if (isNotFound(err) || isConflict(err)) return;
         throw err;
       }
-      // SIGKILL to PID 1 takes the whole pid namespace down; confirm the engine agrees.
-      for (let i = 0; i < 50 && (await container.inspect()).State.Running; i++) {
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      if ((await container.inspect()).State.Running)
+      // SIGKILL to PID 1 takes the whole pid namespace down; the engine says when it is gone.
+      let timer: NodeJS.Timeout | undefined;
+      const stopped = await Promise.race([
+        container.wait({ condition: 'not-running' }).then(
+          () => true,
+          () => false,
+        ),
+        new Promise<boolean>((r) => (timer = setTimeout(() => r(false), STREAM_GRACE_MS))),
+      ]);
+      clearTimeout(timer);
+      if (!stopped && (await container.inspect()).State.Running) {
         throw new Error(`container ${name} is still running after kill`);
+      }
     });
   }
 
