@@ -140,13 +140,14 @@ test('when a run has an egress allow-list, then only the listed name is reachabl
   );
   expect(view.status).toBe('committed');
   if (process.env.CHOIROS_RECORD_HISTORIES === '1') {
-    // A replay fixture through the egress-events patch (see test/replay).
+    // A replay fixture through the egress-events and egress-summary patches (see test/replay);
+    // run-egress-allowlist.json keeps the history from before egress-summary.
     const json = execFileSync(
       process.env.CHOIROS_TEMPORAL_BIN ?? 'temporal',
       ['workflow', 'show', '--workflow-id', runId, '--output', 'json', '--address', env.temporalAddress()],
       { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
     );
-    await writeFile(join(ROOT, 'test/fixtures/histories/run-egress-allowlist.json'), json);
+    await writeFile(join(ROOT, 'test/fixtures/histories/run-egress-summary.json'), json);
   }
   const out = view.execution?.outputTail ?? '';
   expect(out).toContain(`http://${allowedHost}:8080/ => 200 hello-from-allowed`);
