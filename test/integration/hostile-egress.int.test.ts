@@ -8,10 +8,18 @@
  * bounded in count and time.
  */
 import { randomBytes } from 'node:crypto';
+import { mkdtemp } from 'node:fs/promises';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import Docker from 'dockerode';
 import { JSONCodec, type NatsConnection } from 'nats';
 import { EVENT_STREAM, runEventsFilter, type EventEnvelope, type RunView } from '../../contracts';
-import { EGRESS_NETWORK, LABELS } from '../../activities/sandbox/docker-driver';
+import {
+  DockerSandboxDriver,
+  EGRESS_NETWORK,
+  LABELS,
+  egressProxyName,
+} from '../../activities/sandbox/docker-driver';
 import {
   connectNats,
   env,
@@ -400,4 +408,100 @@ test('when a run floods the proxy with 2000 attempts, then they are rate-limited
   expect(history.events?.length ?? 0).toBeLessThan(200);
   expect(Buffer.byteLength(JSON.stringify(history))).toBeLessThan(512 * 1024);
   await normalRunCommits(r.repo, 'after-flood.txt');
+});
+
+/** Runs argv in a running container (as its user) and returns its stdout. */
+async function execIn(container: string, argv: string[]): Promise<string> {
+  const exec = await docker
+    .getContainer(container)
+    .exec({ Cmd: argv, AttachStdout: true, AttachStderr: true });
+  const stream = await exec.start({ hijack: true, stdin: false });
+  const out = new PassThrough();
+  let text = '';
+  out.on('data', (c: Buffer) => (text += c.toString()));
+  docker.modem.demuxStream(stream, out, out);
+  await new Promise((r) => stream.on('end', r));
+  return text;
+}
+
+test('when the allowed CIDRs cover the whole egress bridge, then its gateway (the Docker host) and the denied CIDRs are still refused', async () => {
+  const bridge = (await docker.getNetwork(EGRESS_NETWORK).inspect()) as {
+    IPAM: { Config: { Subnet?: string; Gateway?: string }[] };
+  };
+  const subnet = bridge.IPAM.Config[0]?.Subnet ?? '';
+  const gateway = bridge.IPAM.Config[0]?.Gateway ?? '';
+  expect(gateway).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
+  const [allowedIp, privateIp] = [await ipOf(targets[0]!), await ipOf(targets[1]!)];
+  // A driver as a platform might misconfigure it: the whole bridge excepted, one address denied.
+  const driver = new DockerSandboxDriver(docker, {
+    image: env.sandboxImage(),
+    user: '10001:10001',
+    memoryBytes: 128 * 1024 * 1024,
+    nanoCpus: 1e9,
+    pidsLimit: 64,
+    tmpfsSizeMb: 16,
+    egress: { allowCidrs: [subnet], denyCidrs: [`${privateIp}/32`] },
+  });
+  const runId = `it-hegress-gw-${suffix}`;
+  const name = `choiros-${runId}`;
+  const labels = {
+    tenant: 'acme',
+    userId: 'mallory',
+    runId,
+    workItemId: `wi-${suffix}`,
+    lane: 'execution' as const,
+  };
+  try {
+    await driver.createExecutionSandbox({
+      name,
+      workspace: await mkdtemp(join(env.workDir(), 'ws-gw-')),
+      labels,
+      network: 'allowlist',
+      egress: [
+        { host: allowedHost, port: 8080 },
+        { host: privateHost, port: 8080 },
+      ],
+    });
+    const out = await driver.exec(
+      name,
+      ['node', '-e', CLIENT, `GET http://${allowedHost}:8080/`, `GET http://${privateHost}:8080/`],
+      { timeoutMs: 60_000 },
+    );
+    expect(out.outputTail).toContain(`GET http://${allowedHost}:8080/ => 200 hello-from-allowed`);
+    expect(out.outputTail).toContain(
+      `GET http://${privateHost}:8080/ => 403 egress to ${privateHost}:8080 denied (address denied range)`,
+    );
+    expect(out.egress).toEqual([
+      expect.objectContaining({ host: allowedHost, allowed: true, address: allowedIp }),
+      expect.objectContaining({
+        host: privateHost,
+        allowed: false,
+        reason: 'address denied range',
+        address: privateIp,
+      }),
+    ]);
+    expect(out.egressSummary).toMatchObject({ total: 2, allowed: 1, denied: 1, complete: true });
+    // The gateway cannot be given a DNS name here, so the proxy's own decision function runs in the
+    // proxy container with the environment the driver gave it, resolving one name to the gateway
+    // and one to the allowed target.
+    const decide = [
+      "const p = require('/opt/choiros/egress-proxy.js');",
+      'const [gw, ok] = process.argv.slice(1);',
+      "const env = { ...process.env, CHOIROS_EGRESS_ALLOW: 'gw.test:80,ok.test:80' };",
+      "const lookup = (h, o, cb) => cb(null, [{ address: h === 'gw.test' ? gw : ok, family: 4 }]);",
+      'const proxy = p.createProxy(env, { lookup, write: () => undefined });',
+      "Promise.all(['gw.test', 'ok.test'].map((h) => proxy.decide(h, 80))).then((d) => console.log(JSON.stringify(d)));",
+    ].join('\n');
+    const decisions = JSON.parse(
+      (await execIn(egressProxyName(name), ['node', '-e', decide, gateway, allowedIp])).trim(),
+    ) as unknown;
+    expect(decisions).toEqual([
+      { host: 'gw.test', allowed: false, reason: 'address denied range', address: gateway },
+      { host: 'ok.test', allowed: true, reason: 'allow-list', address: allowedIp },
+    ]);
+  } finally {
+    await driver.remove(name);
+    await driver.removeEgressProxy(name);
+    await driver.removeRunNetwork(runId);
+  }
 });
