@@ -375,6 +375,14 @@ export class DockerSandboxDriver implements SandboxDriver {
   ): Promise<void> {
     // The egress bridge's gateway is the Docker host itself: refused even if an allowed CIDR covers it.
     const gateways = await this.ensureEgressNetwork();
+    // The proxy listens only on the run's network: nothing on the egress bridge can use it.
+    const runSubnets = (
+      (
+        (await this.docker.getNetwork(runNetworkName(labels.runId)).inspect()) as {
+          IPAM?: { Config?: Array<{ Subnet?: string }> };
+        }
+      ).IPAM?.Config ?? []
+    ).flatMap((c) => (c.Subnet ? [c.Subnet] : []));
     const settings = this.opts.egress ?? {};
     const name = egressProxyName(container);
     try {
@@ -390,6 +398,7 @@ export class DockerSandboxDriver implements SandboxDriver {
           `CHOIROS_EGRESS_ALLOW_CIDRS=${(settings.allowCidrs ?? []).join(',')}`,
           `CHOIROS_EGRESS_DENY_CIDRS=${[...gateways, ...(settings.denyCidrs ?? [])].join(',')}`,
           `CHOIROS_EGRESS_LOG_FIRST=${EGRESS_INDIVIDUAL_ATTEMPTS}`,
+          `CHOIROS_EGRESS_LISTEN_CIDRS=${runSubnets.join(',')}`,
           ...(settings.ratePerSecond ? [`CHOIROS_EGRESS_RATE_PER_SECOND=${settings.ratePerSecond}`] : []),
           ...(settings.maxAttempts ? [`CHOIROS_EGRESS_MAX_ATTEMPTS=${settings.maxAttempts}`] : []),
         ],

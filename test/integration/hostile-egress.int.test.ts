@@ -9,6 +9,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import Docker from 'dockerode';
@@ -481,6 +482,25 @@ test('when the allowed CIDRs cover the whole egress bridge, then its gateway (th
       }),
     ]);
     expect(out.egressSummary).toMatchObject({ total: 2, allowed: 1, denied: 1, complete: true });
+    // The proxy listens on the run's network only: from the egress bridge (here, the host through
+    // the bridge gateway) its port is closed.
+    const proxyInfo = (await docker.getContainer(egressProxyName(name)).inspect()) as {
+      NetworkSettings: { Networks: Record<string, { IPAddress: string }> };
+    };
+    const proxyBridgeIp = proxyInfo.NetworkSettings.Networks[EGRESS_NETWORK]?.IPAddress ?? '';
+    expect(proxyBridgeIp).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
+    const answer = await new Promise<string>((resolve) => {
+      const sock = connect(3128, proxyBridgeIp, () => {
+        sock.destroy();
+        resolve('connected');
+      });
+      sock.setTimeout(5000, () => {
+        sock.destroy();
+        resolve('timeout');
+      });
+      sock.on('error', (e: NodeJS.ErrnoException) => resolve(String(e.code)));
+    });
+    expect(answer).toBe('ECONNREFUSED');
     // The gateway cannot be given a DNS name here, so the proxy's own decision function runs in the
     // proxy container with the environment the driver gave it, resolving one name to the gateway
     // and one to the allowed target.

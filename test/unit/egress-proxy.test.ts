@@ -13,6 +13,7 @@ import {
   createLog,
   createProxy,
   isIpLike,
+  listenAddress,
   parseCidrs,
   refuseAddress,
   type Lookup,
@@ -118,6 +119,20 @@ describe('isIpLike', () => {
     'when the host is %s, then it is a name',
     (h) => expect(isIpLike(h)).toBe(false),
   );
+});
+
+describe('listenAddress', () => {
+  const interfaces = {
+    lo: [{ address: '127.0.0.1' }],
+    eth0: [{ address: '172.30.0.3' }], // the egress bridge
+    eth1: [{ address: '172.31.7.2' }], // the run's own network
+  };
+  test('when given the run network, then the proxy listens on its address there only', () => {
+    expect(listenAddress('172.31.0.0/16', interfaces)).toBe('172.31.7.2');
+  });
+  test('when no interface is in it, then the proxy refuses to start rather than listen everywhere', () => {
+    expect(() => listenAddress('10.9.0.0/16', interfaces)).toThrow(/no interface/);
+  });
 });
 
 describe('bounds', () => {

@@ -61,3 +61,8 @@ export function createProxy(
   allow: Set<string>;
 };
 export function v6Bytes(address: string): number[] | null;
+/** The address in `cidrs` among this host's interfaces; 0.0.0.0 when `cidrs` is empty; throws when none. */
+export function listenAddress(
+  cidrs: string | undefined,
+  interfaces?: Record<string, Array<{ address: string }> | undefined>,
+): string;

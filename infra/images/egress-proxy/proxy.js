@@ -397,11 +397,26 @@ function createProxy(env = process.env, deps = {}) {
   return { server, decide, summary: () => log.summary(), allow };
 }
 
+/**
+ * The address to listen on: this container's address inside CHOIROS_EGRESS_LISTEN_CIDRS (the run's
+ * own network), so nothing on the egress bridge (the host, other runs' proxies) can use this proxy;
+ * all interfaces when unset.
+ */
+function listenAddress(cidrText, interfaces = require('node:os').networkInterfaces()) {
+  if (!cidrText) return '0.0.0.0';
+  const cidrs = parseCidrs(cidrText);
+  for (const list of Object.values(interfaces)) {
+    for (const i of list || []) if (inCidrs(i.address, cidrs)) return i.address;
+  }
+  throw new Error(`no interface in ${cidrText}`);
+}
+
 if (require.main === module) {
   const port = Number(process.env.CHOIROS_EGRESS_PORT || 3128);
   const write = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
   const proxy = createProxy(process.env, { write });
-  proxy.server.listen(port, '0.0.0.0', () => write({ ready: true, port, allow: [...proxy.allow] }));
+  const host = listenAddress(process.env.CHOIROS_EGRESS_LISTEN_CIDRS);
+  proxy.server.listen(port, host, () => write({ ready: true, host, port, allow: [...proxy.allow] }));
   // The worker asks for the summary after each command (docker kill --signal SIGUSR2).
   process.on('SIGUSR2', () => write(proxy.summary()));
   process.on('SIGTERM', () => {
@@ -412,6 +427,7 @@ if (require.main === module) {
 }
 
 module.exports = {
+  listenAddress,
   classify,
   refuseAddress,
   parseCidrs,
