@@ -75,6 +75,33 @@ export const EVENT_PAYLOAD_SCHEMAS = {
     allowed: z.boolean(),
     reason: z.string(),
     at: z.number().int(),
+    /** Added in v1.3: the resolved address the proxy decided on (null: none was resolved). */
+    address: z.string().nullable().optional(),
+  }),
+  /**
+   * Added in v1.3: every attempt through the run's egress proxy, counted; at most
+   * EGRESS_INDIVIDUAL_ATTEMPTS `sandbox.egress` events precede it, so a flood costs one event.
+   */
+  'sandbox.egress.summary': z.object({
+    run_id: z.string(),
+    total: z.number().int().nonnegative(),
+    allowed: z.number().int().nonnegative(),
+    denied: z.number().int().nonnegative(),
+    rate_limited: z.number().int().nonnegative(),
+    /** Attempts reported as `sandbox.egress` events. */
+    individual: z.number().int().nonnegative(),
+    destinations: z.array(
+      z.object({
+        host: z.string(),
+        port: z.number().int(),
+        allowed: z.number().int().nonnegative(),
+        denied: z.number().int().nonnegative(),
+      }),
+    ),
+    other: z.object({ allowed: z.number().int().nonnegative(), denied: z.number().int().nonnegative() }),
+    reasons: z.record(z.string(), z.number().int().nonnegative()),
+    /** False when the proxy's own counts were unavailable and only the individual attempts were counted. */
+    complete: z.boolean(),
   }),
   'run.execution.completed': z.object({ ...outputFields, log: storedLog.nullable().optional() }),
   'run.verifier.plan': z.object({

@@ -12,6 +12,7 @@ export const EVENT_TYPES = [
   'sandbox.destroyed',
   'sandbox.destroy.failed',
   'sandbox.egress',
+  'sandbox.egress.summary',
   'run.execution.completed',
   'run.verifier.plan',
   'receipt.verifier.attestations',

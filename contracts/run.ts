@@ -109,7 +109,18 @@ export const NETWORK_POLICIES = ['none', 'internal', 'allowlist'] as const;
 export const networkPolicySchema = z.enum(NETWORK_POLICIES);
 export type NetworkPolicy = z.infer<typeof networkPolicySchema>;
 
-/** A host name (never an IP literal: the allow-list is by name), lower case, RFC 1123. */
+/**
+ * True for a name that a resolver or URL parser would read as an IP address: the WHATWG URL
+ * standard's "ends in a number" rule, i.e. the last label is all digits or `0x` hex. That covers
+ * every IPv4 notation `inet_aton` accepts: 127.0.0.1, 2130706433, 0x7f000001, 0177.0.0.1, 127.1.
+ * (IPv6, bracketed or not, never matches the host-name pattern: it has `:` or `[`.)
+ */
+export function isIpLikeHostName(host: string): boolean {
+  const last = host.replace(/\.$/, '').split('.').pop() ?? '';
+  return /^[0-9]+$/.test(last) || /^0x[0-9a-f]*$/i.test(last);
+}
+
+/** A host name (never an IP address in any notation: the allow-list is by name), lower case, RFC 1123. */
 export const hostNameSchema = z
   .string()
   .max(253)
@@ -117,7 +128,7 @@ export const hostNameSchema = z
     /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/,
     'must be a lower-case host name',
   )
-  .refine((h) => !/^[0-9.]+$/.test(h), 'must be a host name, not an IP address');
+  .refine((h) => !isIpLikeHostName(h), 'must be a host name, not an IP address');
 
 /** One allowed egress destination of the execution lane. */
 export const egressRuleSchema = z
@@ -225,6 +236,52 @@ export const interruptAnswerBodySchema = z
 export const VERIFIER_RESULTS = ['pass', 'fail', 'error', 'timeout'] as const;
 export type VerifierResult = (typeof VERIFIER_RESULTS)[number];
 
+/** Attempts through the egress proxy reported one by one; the rest are only counted. */
+export const EGRESS_INDIVIDUAL_ATTEMPTS = 20;
+/** Distinct destinations (host:port) and reasons a summary counts by key; the rest are "other". */
+export const EGRESS_SUMMARY_MAX_KEYS = 32;
+
+/** One attempt through the egress proxy. `address` is the resolved address it was decided on. */
+export const egressAttemptSchema = z.object({
+  at: z.number().int(),
+  host: z.string(),
+  port: z.number().int(),
+  allowed: z.boolean(),
+  reason: z.string(),
+  address: z.string().optional(),
+});
+export type EgressAttempt = z.infer<typeof egressAttemptSchema>;
+
+/**
+ * Every attempt through one run's egress proxy, counted with bounded keys, so a flood of attempts
+ * costs a fixed size in outcomes, events and history. `complete` is false when the proxy did not
+ * answer with its own counts and these were made from the individual attempts alone.
+ */
+export const egressSummarySchema = z.object({
+  total: z.number().int().nonnegative(),
+  allowed: z.number().int().nonnegative(),
+  denied: z.number().int().nonnegative(),
+  rateLimited: z.number().int().nonnegative(),
+  /** How many of `total` were reported one by one. */
+  individual: z.number().int().nonnegative(),
+  destinations: z
+    .array(
+      z.object({
+        host: z.string(),
+        port: z.number().int(),
+        allowed: z.number().int().nonnegative(),
+        denied: z.number().int().nonnegative(),
+      }),
+    )
+    .max(EGRESS_SUMMARY_MAX_KEYS),
+  /** Attempts to destinations beyond the first EGRESS_SUMMARY_MAX_KEYS. */
+  other: z.object({ allowed: z.number().int().nonnegative(), denied: z.number().int().nonnegative() }),
+  /** Attempts per reason (at most EGRESS_SUMMARY_MAX_KEYS reasons, then `other`). */
+  reasons: z.record(z.string(), z.number().int().nonnegative()),
+  complete: z.boolean(),
+});
+export type EgressSummary = z.infer<typeof egressSummarySchema>;
+
 /** What one command did in the sandbox; output is bounded to a tail. */
 export const commandOutcomeSchema = z.object({
   exitCode: z.number().int(),
@@ -237,18 +294,13 @@ export const commandOutcomeSchema = z.object({
   outputBytes: z.number().int().nonnegative(),
   /** The kernel's OOM killer ended the command (memory limit). */
   oomKilled: z.boolean().optional(),
-  /** Network attempts through the egress proxy while the command ran (policy `allowlist`). */
-  egress: z
-    .array(
-      z.object({
-        at: z.number().int(),
-        host: z.string(),
-        port: z.number().int(),
-        allowed: z.boolean(),
-        reason: z.string(),
-      }),
-    )
-    .optional(),
+  /**
+   * Network attempts through the egress proxy while the command ran (policy `allowlist`): the
+   * first EGRESS_INDIVIDUAL_ATTEMPTS one by one; `egressSummary` counts all of them.
+   */
+  egress: z.array(egressAttemptSchema).optional(),
+  /** Counts of every attempt through the run's egress proxy (bounded keys; see egressSummarySchema). */
+  egressSummary: egressSummarySchema.optional(),
   /** The output as stored in the artifact store (at most CHOIROS_MAX_LOG_BYTES of it). */
   log: z
     .object({

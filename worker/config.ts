@@ -1,5 +1,6 @@
 /** Worker configuration: parsed once from the environment at start, with a default and a doc line per key. */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
@@ -9,6 +10,31 @@ const hostIdDefault = (): string =>
   hostname()
     .replace(/[^A-Za-z0-9_-]/g, '-')
     .slice(0, 40) || 'local';
+
+/** A comma-separated list of CIDRs (a bare address is its /32 or /128), parsed into an array. */
+const cidrList = z
+  .string()
+  .default('')
+  .transform((s) =>
+    s
+      .split(',')
+      .map((c) => c.trim())
+      .filter(Boolean),
+  )
+  .refine(
+    (list) =>
+      list.every((c) => {
+        const [addr = '', bits, extra] = c.split('/');
+        const family = isIP(addr);
+        const max = family === 4 ? 32 : 128;
+        return (
+          family !== 0 &&
+          extra === undefined &&
+          (bits === undefined || (/^[0-9]{1,3}$/.test(bits) && Number(bits) <= max))
+        );
+      }),
+    'must be comma-separated CIDRs (a.b.c.d/n or x:y::/n)',
+  );
 
 export const workerConfigSchema = z.object({
   /** Temporal frontend address (host:port). */
@@ -82,6 +108,18 @@ export const workerConfigSchema = z.object({
    * never the verifier lane, logs or events.
    */
   CHOIROS_SANDBOX_SECRETS: z.string().default(''),
+  /**
+   * Egress proxy (docs/egress.md): CIDRs (`a.b.c.d/n`, IPv6 too) a run's proxy may connect to
+   * although they are not public addresses, comma-separated. Trusted platform configuration for a
+   * known internal service or a test target; empty (the default) lets out public addresses only.
+   */
+  CHOIROS_EGRESS_ALLOW_CIDRS: cidrList,
+  /** CIDRs every egress proxy refuses even when public, e.g. the Docker host's own public addresses. */
+  CHOIROS_EGRESS_DENY_CIDRS: cidrList,
+  /** Sustained egress attempts per second one proxy decides on (bursts of twice that); more are `rate_limited`. */
+  CHOIROS_EGRESS_RATE_PER_SECOND: z.coerce.number().int().min(1).max(10_000).default(50),
+  /** Egress attempts one run's proxy decides on in its life; more are `rate_limited`. */
+  CHOIROS_EGRESS_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(1_000_000).default(1000),
   /** Seconds between orphan sweeps (containers/worktrees of finished or unknown runs); 0 turns it off. */
   CHOIROS_SWEEP_INTERVAL_SECONDS: z.coerce.number().int().min(0).max(86400).default(300),
   /** Orphans younger than this many seconds are left alone. */

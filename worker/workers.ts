@@ -124,6 +124,12 @@ export async function createWorkerSet(opts: {
           executionEnv: config.secrets,
           extraLabels: { [HOST_LABEL]: config.CHOIROS_HOST_ID },
           egressProxyScript,
+          egress: {
+            allowCidrs: config.CHOIROS_EGRESS_ALLOW_CIDRS,
+            denyCidrs: config.CHOIROS_EGRESS_DENY_CIDRS,
+            ratePerSecond: config.CHOIROS_EGRESS_RATE_PER_SECOND,
+            maxAttempts: config.CHOIROS_EGRESS_MAX_ATTEMPTS,
+          },
         });
   const sandboxActivities = createSandboxActivities({
     driver,

@@ -13,6 +13,8 @@ import {
   upsertSearchAttributes,
 } from '@temporalio/workflow';
 import {
+  EGRESS_INDIVIDUAL_ATTEMPTS,
+  EGRESS_SUMMARY_MAX_KEYS,
   SEARCH_ATTRIBUTES,
   TASK_QUEUES,
   admittedSignal,
@@ -354,8 +356,12 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
     view.execution = execution;
     events.emit('run.execution.completed', { ...outputPayload(execution), log: execution.log ?? null });
     if (patched('egress-events')) {
-      // Every attempt through the egress proxy (policy allowlist), allowed or denied, is an event.
-      for (const a of execution.egress ?? []) {
+      // Attempts through the egress proxy (policy allowlist), allowed or denied, are events: before
+      // `egress-summary` every attempt; since, at most the first EGRESS_INDIVIDUAL_ATTEMPTS plus one
+      // summary that counts all of them, so a flood of attempts cannot grow events or history.
+      const bounded = patched('egress-summary');
+      const attempts = execution.egress ?? [];
+      for (const a of bounded ? attempts.slice(0, EGRESS_INDIVIDUAL_ATTEMPTS) : attempts) {
         events.emit('sandbox.egress', {
           run_id: runId,
           host: a.host,
@@ -363,6 +369,22 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
           allowed: a.allowed,
           reason: a.reason,
           at: a.at,
+          ...(bounded ? { address: a.address ?? null } : {}),
+        });
+      }
+      const summary = execution.egressSummary;
+      if (bounded && summary) {
+        events.emit('sandbox.egress.summary', {
+          run_id: runId,
+          total: summary.total,
+          allowed: summary.allowed,
+          denied: summary.denied,
+          rate_limited: summary.rateLimited,
+          individual: Math.min(summary.individual, EGRESS_INDIVIDUAL_ATTEMPTS),
+          destinations: summary.destinations.slice(0, EGRESS_SUMMARY_MAX_KEYS),
+          other: summary.other,
+          reasons: summary.reasons,
+          complete: summary.complete,
         });
       }
     }

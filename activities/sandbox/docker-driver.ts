@@ -3,7 +3,16 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import type Docker from 'dockerode';
 import { ApplicationFailure } from '@temporalio/common';
-import type { CommandOutcome, EgressRule } from '../../contracts';
+import { z } from 'zod';
+import {
+  EGRESS_INDIVIDUAL_ATTEMPTS,
+  egressAttemptSchema,
+  egressSummarySchema,
+  type CommandOutcome,
+  type EgressAttempt,
+  type EgressRule,
+  type EgressSummary,
+} from '../../contracts';
 import { BoundedOutput } from './output';
 import type {
   CommandOptions,
@@ -31,6 +40,20 @@ export interface DockerDriverOptions {
    * path on the host); default: the script next to this code.
    */
   egressProxyScript?: string;
+  /** Trusted platform settings of every run's egress proxy (docs/egress.md). */
+  egress?: EgressProxySettings;
+}
+
+/** Platform configuration of the egress proxy; none of it comes from a run. */
+export interface EgressProxySettings {
+  /** CIDRs the proxy may connect to although they are not public (e.g. a test target); default none. */
+  allowCidrs?: string[];
+  /** CIDRs refused even when public or allowed (e.g. the Docker host's own addresses). */
+  denyCidrs?: string[];
+  /** Sustained attempts per second (token bucket; bursts of twice that). */
+  ratePerSecond?: number;
+  /** Attempts one proxy decides on in its life; the rest are `rate_limited`. */
+  maxAttempts?: number;
 }
 
 /** Label keys; the `choiros.managed` label marks everything this platform owns. */
@@ -67,6 +90,44 @@ export const EGRESS_PROXY_SCRIPT = join(__dirname, '../../infra/images/egress-pr
 /** The egress proxy container of an execution container. */
 export function egressProxyName(container: string): string {
   return `${container}-egress`;
+}
+
+const SUMMARY_POLLS = 30;
+const SUMMARY_POLL_MS = 100;
+
+/** A proxy's summary line (`{"summary":{seq,…}}`, printed on SIGUSR2). */
+const summaryLineSchema = z.object({
+  summary: egressSummarySchema.omit({ complete: true }).extend({ seq: z.number().int() }),
+});
+
+function egressSummaryLine(line: unknown): z.infer<typeof summaryLineSchema>['summary'] | undefined {
+  const parsed = summaryLineSchema.safeParse(line);
+  return parsed.success ? parsed.data.summary : undefined;
+}
+
+/** Counts made from the individual attempts alone, when the proxy could not give its own. */
+function summariseAttempts(attempts: EgressAttempt[]): EgressSummary {
+  const destinations = new Map<string, EgressSummary['destinations'][number]>();
+  const reasons: Record<string, number> = {};
+  for (const a of attempts) {
+    const key = `${a.host}:${a.port}`;
+    const d = destinations.get(key) ?? { host: a.host, port: a.port, allowed: 0, denied: 0 };
+    d[a.allowed ? 'allowed' : 'denied'] += 1;
+    destinations.set(key, d);
+    reasons[a.reason] = (reasons[a.reason] ?? 0) + 1;
+  }
+  const allowed = attempts.filter((a) => a.allowed).length;
+  return {
+    total: attempts.length,
+    allowed,
+    denied: attempts.length - allowed,
+    rateLimited: attempts.filter((a) => a.reason === 'rate_limited').length,
+    individual: attempts.length,
+    destinations: [...destinations.values()],
+    other: { allowed: 0, denied: 0 },
+    reasons,
+    complete: false,
+  };
 }
 
 export function runNetworkName(runId: string): string {
@@ -299,7 +360,7 @@ export class DockerSandboxDriver implements SandboxDriver {
       ...result,
       exitCode,
       ...(oomKilled > 0 ? { oomKilled: true } : {}),
-      ...(egress ? { egress } : {}),
+      ...egress,
     };
   }
 
@@ -312,7 +373,17 @@ export class DockerSandboxDriver implements SandboxDriver {
     labels: SandboxLabels,
     egress: EgressRule[],
   ): Promise<void> {
-    await this.ensureEgressNetwork();
+    // The egress bridge's gateway is the Docker host itself: refused even if an allowed CIDR covers it.
+    const gateways = await this.ensureEgressNetwork();
+    // The proxy listens only on the run's network: nothing on the egress bridge can use it.
+    const runSubnets = (
+      (
+        (await this.docker.getNetwork(runNetworkName(labels.runId)).inspect()) as {
+          IPAM?: { Config?: Array<{ Subnet?: string }> };
+        }
+      ).IPAM?.Config ?? []
+    ).flatMap((c) => (c.Subnet ? [c.Subnet] : []));
+    const settings = this.opts.egress ?? {};
     const name = egressProxyName(container);
     try {
       await this.docker.createContainer({
@@ -324,6 +395,12 @@ export class DockerSandboxDriver implements SandboxDriver {
           ...BASE_ENV,
           `CHOIROS_EGRESS_ALLOW=${egress.map((r) => `${r.host}:${r.port}`).join(',')}`,
           `CHOIROS_EGRESS_PORT=${EGRESS_PROXY_PORT}`,
+          `CHOIROS_EGRESS_ALLOW_CIDRS=${(settings.allowCidrs ?? []).join(',')}`,
+          `CHOIROS_EGRESS_DENY_CIDRS=${[...gateways, ...(settings.denyCidrs ?? [])].join(',')}`,
+          `CHOIROS_EGRESS_LOG_FIRST=${EGRESS_INDIVIDUAL_ATTEMPTS}`,
+          `CHOIROS_EGRESS_LISTEN_CIDRS=${runSubnets.join(',')}`,
+          ...(settings.ratePerSecond ? [`CHOIROS_EGRESS_RATE_PER_SECOND=${settings.ratePerSecond}`] : []),
+          ...(settings.maxAttempts ? [`CHOIROS_EGRESS_MAX_ATTEMPTS=${settings.maxAttempts}`] : []),
         ],
         Labels: this.labels({ ...labels, lane: 'egress-proxy' }),
         HostConfig: {
@@ -335,6 +412,8 @@ export class DockerSandboxDriver implements SandboxDriver {
           PidsLimit: 64,
           Memory: 128 * 1024 * 1024,
           MemorySwap: 128 * 1024 * 1024,
+          // The proxy logs a bounded number of lines by design; the engine bounds the file as well.
+          LogConfig: { Type: 'json-file', Config: { 'max-size': '1m', 'max-file': '1' } },
         },
         NetworkingConfig: {
           EndpointsConfig: { [runNetworkName(labels.runId)]: { Aliases: [EGRESS_PROXY_ALIAS] } },
@@ -359,9 +438,15 @@ export class DockerSandboxDriver implements SandboxDriver {
     throw new Error(`egress proxy ${name} did not start`);
   }
 
-  private async ensureEgressNetwork(): Promise<void> {
+  /**
+   * Creates the project's egress bridge when missing; returns its gateway addresses (the Docker
+   * host's side of the bridge), which every proxy refuses.
+   */
+  private async ensureEgressNetwork(): Promise<string[]> {
+    const network = this.docker.getNetwork(EGRESS_NETWORK);
+    let info: { IPAM?: { Config?: Array<{ Gateway?: string; Subnet?: string }> } };
     try {
-      await this.docker.getNetwork(EGRESS_NETWORK).inspect();
+      info = await network.inspect();
     } catch (err) {
       if (!isNotFound(err)) throw err;
       try {
@@ -374,25 +459,59 @@ export class DockerSandboxDriver implements SandboxDriver {
       } catch (e) {
         if (!isConflict(e)) throw e;
       }
+      info = await network.inspect();
     }
+    const gateways = (info.IPAM?.Config ?? []).flatMap((c) => (c.Gateway ? [c.Gateway] : []));
+    if (gateways.length === 0) throw new Error(`network ${EGRESS_NETWORK} has no gateway address to refuse`);
+    return gateways;
   }
 
-  /** Attempts the run's proxy logged since `sinceMs`; undefined when the run has no proxy. */
+  /**
+   * What the run's proxy saw: the attempts it logged one by one since `sinceMs` (at most
+   * EGRESS_INDIVIDUAL_ATTEMPTS in its life) and its counts of every attempt, which it prints when
+   * sent SIGUSR2. Undefined when the run has no proxy.
+   */
   private async egressAttempts(
     container: string,
     sinceMs: number,
-  ): Promise<NonNullable<CommandOutcome['egress']> | undefined> {
-    let raw: Buffer;
+  ): Promise<Pick<CommandOutcome, 'egress' | 'egressSummary'> | undefined> {
+    const proxy = this.docker.getContainer(egressProxyName(container));
+    let lines: unknown[];
     try {
-      // Only what the proxy logged since this command started (Docker's `since` is in whole seconds).
-      raw = await this.docker
-        .getContainer(egressProxyName(container))
-        .logs({ stdout: true, stderr: false, since: Math.floor(sinceMs / 1000) });
+      lines = await this.proxyLines(proxy);
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw err;
     }
-    const attempts: NonNullable<CommandOutcome['egress']> = [];
+    const lastSeq = (ls: unknown[]): number => Math.max(0, ...ls.map((l) => egressSummaryLine(l)?.seq ?? 0));
+    const before = lastSeq(lines);
+    let summary: EgressSummary | undefined;
+    const signalled = await proxy.kill({ signal: 'SIGUSR2' }).then(
+      () => true,
+      () => false, // a proxy that died (e.g. at its memory limit) has no counts to give
+    );
+    for (let i = 0; signalled && i < SUMMARY_POLLS && !summary; i++) {
+      await new Promise((r) => setTimeout(r, SUMMARY_POLL_MS));
+      lines = await this.proxyLines(proxy);
+      const fresh = lines.map(egressSummaryLine).filter((l) => l !== undefined && l.seq > before);
+      const line = fresh.at(-1);
+      if (line) {
+        const { seq: _seq, ...counts } = line;
+        summary = { ...counts, complete: true };
+      }
+    }
+    const attempts = lines.flatMap((l) => {
+      const a = egressAttemptSchema.safeParse(l);
+      return a.success && a.data.at >= sinceMs ? [a.data] : [];
+    });
+    const egress = attempts.slice(0, EGRESS_INDIVIDUAL_ATTEMPTS);
+    return { egress, egressSummary: summary ?? summariseAttempts(egress) };
+  }
+
+  /** The JSON lines of a proxy's stdout (bounded: the proxy logs a bounded number of lines). */
+  private async proxyLines(proxy: Docker.Container): Promise<unknown[]> {
+    const raw = await proxy.logs({ stdout: true, stderr: false });
+    const lines: unknown[] = [];
     // Non-TTY logs are multiplexed: 8-byte frame headers, then the payload.
     for (let off = 0; off + 8 <= raw.length;) {
       const size = raw.readUInt32BE(off + 4);
@@ -401,33 +520,13 @@ export class DockerSandboxDriver implements SandboxDriver {
       for (const line of text.split('\n')) {
         if (!line.startsWith('{')) continue;
         try {
-          const e = JSON.parse(line) as {
-            at?: number;
-            host?: string;
-            port?: number;
-            allowed?: boolean;
-            reason?: string;
-          };
-          if (
-            typeof e.at === 'number' &&
-            e.at >= sinceMs &&
-            typeof e.host === 'string' &&
-            typeof e.allowed === 'boolean'
-          ) {
-            attempts.push({
-              at: e.at,
-              host: e.host,
-              port: Number(e.port),
-              allowed: e.allowed,
-              reason: String(e.reason ?? ''),
-            });
-          }
+          lines.push(JSON.parse(line));
         } catch {
           /* a partial line: skip */
         }
       }
     }
-    return attempts;
+    return lines;
   }
 
   /** Number of OOM kills in a running container's memory cgroup (v2 `memory.events` or v1 `memory.oom_control`). */

@@ -47,10 +47,14 @@ async function target(name: string, reply: string): Promise<Docker.Container> {
   return c;
 }
 
+async function ipOf(c: Docker.Container): Promise<string> {
+  const info = (await c.inspect()) as {
+    NetworkSettings: { Networks: Record<string, { IPAddress: string }> };
+  };
+  return info.NetworkSettings.Networks[EGRESS_NETWORK]?.IPAddress ?? '';
+}
+
 beforeAll(async () => {
-  worker = await startTestWorker('it-egress');
-  api = await startTestApi();
-  nats = await connectNats(env.apiCreds(), 'egress-test');
   await docker
     .createNetwork({
       Name: EGRESS_NETWORK,
@@ -63,6 +67,13 @@ beforeAll(async () => {
     });
   await target(allowedHost, 'hello-from-allowed');
   await target(otherHost, 'hello-from-other');
+  // The targets are private addresses on the project's bridge; the proxy refuses those unless the
+  // platform excepts them. Exactly the allowed target's address is excepted (docs/egress.md).
+  worker = await startTestWorker('it-egress', {
+    extraEnv: { CHOIROS_EGRESS_ALLOW_CIDRS: `${await ipOf(targets[0]!)}/32` },
+  });
+  api = await startTestApi();
+  nats = await connectNats(env.apiCreds(), 'egress-test');
 });
 
 afterAll(async () => {
@@ -78,9 +89,8 @@ afterAll(async () => {
 });
 
 test('when a run has an egress allow-list, then only the listed name is reachable and each attempt is an event', async () => {
-  const otherIp = (
-    (await targets[1]!.inspect()) as { NetworkSettings: { Networks: Record<string, { IPAddress: string }> } }
-  ).NetworkSettings.Networks[EGRESS_NETWORK]?.IPAddress;
+  const allowedIp = await ipOf(targets[0]!);
+  const otherIp = await ipOf(targets[1]!);
   expect(otherIp).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
   const repo = await makeGitRepo();
   const token = await api.token();
@@ -130,13 +140,14 @@ test('when a run has an egress allow-list, then only the listed name is reachabl
   );
   expect(view.status).toBe('committed');
   if (process.env.CHOIROS_RECORD_HISTORIES === '1') {
-    // A replay fixture through the egress-events patch (see test/replay).
+    // A replay fixture through the egress-events and egress-summary patches (see test/replay);
+    // run-egress-allowlist.json keeps the history from before egress-summary.
     const json = execFileSync(
       process.env.CHOIROS_TEMPORAL_BIN ?? 'temporal',
       ['workflow', 'show', '--workflow-id', runId, '--output', 'json', '--address', env.temporalAddress()],
       { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
     );
-    await writeFile(join(ROOT, 'test/fixtures/histories/run-egress-allowlist.json'), json);
+    await writeFile(join(ROOT, 'test/fixtures/histories/run-egress-summary.json'), json);
   }
   const out = view.execution?.outputTail ?? '';
   expect(out).toContain(`http://${allowedHost}:8080/ => 200 hello-from-allowed`);
@@ -159,9 +170,21 @@ test('when a run has an egress allow-list, then only the listed name is reachabl
   }
   const egress = events
     .filter((e) => e.event_type === 'sandbox.egress')
-    .map((e) => e.payload as { host: string; port: number; allowed: boolean; reason: string });
+    .map(
+      (e) => e.payload as { host: string; port: number; allowed: boolean; reason: string; address?: string },
+    );
   expect(egress.filter((e) => e.allowed).every((e) => e.host === allowedHost && e.port === 8080)).toBe(true);
-  expect(egress.some((e) => e.allowed)).toBe(true);
+  // The proxy connected to the address it resolved and checked.
+  expect(egress.filter((e) => e.allowed).map((e) => e.address)).toEqual([allowedIp]);
+  const summaries = events.filter((e) => e.event_type === 'sandbox.egress.summary');
+  expect(summaries).toHaveLength(1);
+  expect(summaries[0]!.payload).toMatchObject({
+    total: 5,
+    allowed: 1,
+    denied: 4,
+    rate_limited: 0,
+    complete: true,
+  });
   expect(egress).toEqual(
     expect.arrayContaining([
       expect.objectContaining({ host: otherHost, port: 8080, allowed: false, reason: 'not in allow-list' }),
