@@ -15,6 +15,7 @@ import pino from 'pino';
 import type { RunView } from '../../contracts';
 import { LABELS } from '../../activities/sandbox/docker-driver';
 import { HOST_LABEL, sweepOrphans, type RunState } from '../../activities/sandbox/sweeper';
+import { Workspaces } from '../../activities/workspace/workspace';
 import {
   ROOT,
   env,
@@ -252,11 +253,14 @@ describe('bare mirror cache', () => {
     expect(v2.status).toBe('committed');
     expect(v2.baseCommit).toBe(head2);
 
-    const mirrors = await readdir(join(worker.dataDir, 'mirrors'));
+    // One mirror, in the tenant's own mirror directory.
+    expect(await readdir(join(worker.dataDir, 'mirrors'))).toEqual(['acme']);
+    const mirrors = await readdir(join(worker.dataDir, 'mirrors', 'acme'));
     expect(mirrors.filter((m) => m.endsWith('.git'))).toHaveLength(1);
     const mirror = join(
       worker.dataDir,
       'mirrors',
+      'acme',
       mirrors.find((m) => m.endsWith('.git'))!,
     );
     // Both run branches live in the mirror, with the runs' changes; the origin has none of them.
@@ -335,7 +339,18 @@ describe('cancellation and orphans', () => {
     const worktreeRoot = join(worker.dataDir, 'worktrees');
     await mkdir(worktreeRoot, { recursive: true });
     const orphanTree = join(worktreeRoot, orphanRun);
-    git(repo.path, 'worktree', 'add', '-q', '-b', `choiros/run/${orphanRun}`, orphanTree, 'main');
+    // An orphan workspace as a worker that died would leave it: its tree a mounted filesystem.
+    const workspaces = new Workspaces({
+      root: worktreeRoot,
+      mirrorRoot: join(worker.dataDir, 'mirrors'),
+      sandboxUser: '10001:10001',
+      quotaMb: 32,
+      maxEntries: 1000,
+      maxBytes: 1024 * 1024,
+      logger: pino({ level: 'silent' }),
+    });
+    await workspaces.create({ runId: orphanRun, tenant: 'acme', repo: repo.path, baseRef: 'main' });
+    expect(await readFile('/proc/self/mountinfo', 'utf8')).toContain(join(orphanTree, 'tree'));
     // The run that already finished above (cancelled) counts as finished: nothing of it may remain either.
 
     const runState = async (runId: string): Promise<RunState> => {
@@ -357,7 +372,7 @@ describe('cancellation and orphans', () => {
     expect(swept.containers).toEqual([`choiros-run-${orphanRun}`]);
     expect(swept.worktrees).toEqual([orphanTree]);
     expect(existsSync(orphanTree)).toBe(false);
-    expect(git(repo.path, 'worktree', 'list')).not.toContain(orphanRun);
+    expect(await readFile('/proc/self/mountinfo', 'utf8')).not.toContain(orphanTree);
     // The live run is untouched.
     expect(await containerNames(live)).toEqual([`choiros-run-${live}`]);
     expect(existsSync(join(worktreeRoot, live))).toBe(true);
