@@ -15,6 +15,7 @@ import {
 import Docker from 'dockerode';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import pino from 'pino';
+import { Workspaces, type WorkspaceConfig } from '../../activities/workspace/workspace';
 import { poll } from './poll';
 import {
   parseVerifierFile,
@@ -258,4 +259,18 @@ export async function startTestApi(
       await connection.close();
     },
   };
+}
+
+/** The workspace module on its own (activities/workspace), with small limits, under `dataDir`. */
+export function testWorkspaces(dataDir: string, overrides: Partial<WorkspaceConfig> = {}): Workspaces {
+  return new Workspaces({
+    root: join(dataDir, 'worktrees'),
+    mirrorRoot: join(dataDir, 'mirrors'),
+    sandboxUser: '10001:10001',
+    quotaMb: 0,
+    maxEntries: 1000,
+    maxBytes: 1024 * 1024,
+    logger: pino({ level: 'silent' }),
+    ...overrides,
+  });
 }

@@ -11,86 +11,33 @@ import { join } from 'node:path';
 import Docker from 'dockerode';
 import { JSONCodec, type NatsConnection } from 'nats';
 import { EVENT_STREAM, runEventsFilter, type EventEnvelope, type RunView } from '../../contracts';
-import { EGRESS_NETWORK, LABELS } from '../../activities/sandbox/docker-driver';
-import {
-  ROOT,
-  connectNats,
-  env,
-  makeGitRepo,
-  poll,
-  startTestApi,
-  startTestWorker,
-  type TestApi,
-  type TestWorker,
-} from '../helpers/integration';
+import { LABELS } from '../../activities/sandbox/docker-driver';
+import { ROOT, env, makeGitRepo, poll, type TestApi } from '../helpers/integration';
+import { startEgressStack } from '../helpers/egress';
 
 const docker = new Docker();
 const suffix = randomBytes(4).toString('hex');
 const allowedHost = `choiros-it-egress-a-${suffix}`;
 const otherHost = `choiros-it-egress-b-${suffix}`;
 let api: TestApi;
-let worker: TestWorker;
 let nats: NatsConnection;
-const targets: Docker.Container[] = [];
 
-async function target(name: string, reply: string): Promise<Docker.Container> {
-  const c = await docker.createContainer({
-    name,
-    Image: env.sandboxImage(),
-    Cmd: ['node', '-e', `require('http').createServer((q, s) => s.end('${reply}')).listen(8080)`],
-    User: '10001:10001',
-    Labels: { [LABELS.managed]: 'true', 'choiros.test': 'egress' },
-    HostConfig: { NetworkMode: EGRESS_NETWORK, CapDrop: ['ALL'], ReadonlyRootfs: true },
-  });
-  await c.start();
-  targets.push(c);
-  return c;
-}
-
-async function ipOf(c: Docker.Container): Promise<string> {
-  const info = (await c.inspect()) as {
-    NetworkSettings: { Networks: Record<string, { IPAddress: string }> };
-  };
-  return info.NetworkSettings.Networks[EGRESS_NETWORK]?.IPAddress ?? '';
-}
-
+let stack: Awaited<ReturnType<typeof startEgressStack>>;
 beforeAll(async () => {
-  await docker
-    .createNetwork({
-      Name: EGRESS_NETWORK,
-      Driver: 'bridge',
-      CheckDuplicate: true,
-      Labels: { [LABELS.managed]: 'true', 'choiros.purpose': 'egress' },
-    })
-    .catch((err: { statusCode?: number }) => {
-      if (err.statusCode !== 409) throw err;
-    });
-  await target(allowedHost, 'hello-from-allowed');
-  await target(otherHost, 'hello-from-other');
-  // The targets are private addresses on the project's bridge; the proxy refuses those unless the
-  // platform excepts them. Exactly the allowed target's address is excepted (docs/egress.md).
-  worker = await startTestWorker('it-egress', {
-    extraEnv: { CHOIROS_EGRESS_ALLOW_CIDRS: `${await ipOf(targets[0]!)}/32` },
-  });
-  api = await startTestApi();
-  nats = await connectNats(env.apiCreds(), 'egress-test');
+  stack = await startEgressStack(docker, 'it-egress', [
+    { name: allowedHost, reply: 'hello-from-allowed' },
+    { name: otherHost, reply: 'hello-from-other' },
+  ]);
+  ({ api, nats } = stack);
 });
 
 afterAll(async () => {
-  for (const t of targets) await t.remove({ force: true }).catch(() => undefined);
-  // The shared egress network goes too once nothing uses it (another test run may still).
-  await docker
-    .getNetwork(EGRESS_NETWORK)
-    .remove()
-    .catch(() => undefined);
-  await nats?.drain();
-  await api?.stop();
-  await worker?.stop();
+  await stack?.stop();
 });
 
 test('when a run has an egress allow-list, then only the listed name is reachable and each attempt is an event', async () => {
-  const allowedIp = await ipOf(targets[0]!);
-  const otherIp = await ipOf(targets[1]!);
+  const allowedIp = await stack.egress.ipOf(stack.egress.targets[0]!);
+  const otherIp = await stack.egress.ipOf(stack.egress.targets[1]!);
   expect(otherIp).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
   const repo = await makeGitRepo();
   const token = await api.token();

@@ -21,17 +21,8 @@ import {
   LABELS,
   egressProxyName,
 } from '../../activities/sandbox/docker-driver';
-import {
-  connectNats,
-  env,
-  git,
-  makeGitRepo,
-  poll,
-  startTestApi,
-  startTestWorker,
-  type TestApi,
-  type TestWorker,
-} from '../helpers/integration';
+import { env, git, makeGitRepo, poll, type TestApi } from '../helpers/integration';
+import { startEgressStack } from '../helpers/egress';
 
 const docker = new Docker();
 const suffix = randomBytes(4).toString('hex');
@@ -42,9 +33,7 @@ const privateHost = `choiros-it-hegress-p-${suffix}`;
 /** The proxy's own port: on the proxy's loopback it is a live service to be turned inward. */
 const PROXY_PORT = 3128;
 let api: TestApi;
-let worker: TestWorker;
 let nats: NatsConnection;
-const targets: Docker.Container[] = [];
 
 type Egress = { host: string; port: number; allowed: boolean; reason: string; address?: string | null };
 type Summary = {
@@ -57,27 +46,6 @@ type Summary = {
   reasons: Record<string, number>;
   complete: boolean;
 };
-
-async function target(name: string, reply: string): Promise<Docker.Container> {
-  const c = await docker.createContainer({
-    name,
-    Image: env.sandboxImage(),
-    Cmd: ['node', '-e', `require('http').createServer((q, s) => s.end('${reply}')).listen(8080)`],
-    User: '10001:10001',
-    Labels: { [LABELS.managed]: 'true', 'choiros.test': 'hostile-egress' },
-    HostConfig: { NetworkMode: EGRESS_NETWORK, CapDrop: ['ALL'], ReadonlyRootfs: true },
-  });
-  await c.start();
-  targets.push(c);
-  return c;
-}
-
-async function ipOf(c: Docker.Container): Promise<string> {
-  const info = (await c.inspect()) as {
-    NetworkSettings: { Networks: Record<string, { IPAddress: string }> };
-  };
-  return info.NetworkSettings.Networks[EGRESS_NETWORK]?.IPAddress ?? '';
-}
 
 /**
  * The work item's command: sends each spec through the proxy in http_proxy and prints
@@ -244,35 +212,17 @@ function expectControl(out: string): void {
 
 const control = `GET http://${allowedHost}:8080/`;
 
+let stack: Awaited<ReturnType<typeof startEgressStack>>;
 beforeAll(async () => {
-  await docker
-    .createNetwork({
-      Name: EGRESS_NETWORK,
-      Driver: 'bridge',
-      CheckDuplicate: true,
-      Labels: { [LABELS.managed]: 'true', 'choiros.purpose': 'egress' },
-    })
-    .catch((err: { statusCode?: number }) => {
-      if (err.statusCode !== 409) throw err;
-    });
-  await target(allowedHost, 'hello-from-allowed');
-  await target(privateHost, 'hello-from-private');
-  worker = await startTestWorker('it-hostile-egress', {
-    extraEnv: { CHOIROS_EGRESS_ALLOW_CIDRS: `${await ipOf(targets[0]!)}/32` },
-  });
-  api = await startTestApi();
-  nats = await connectNats(env.apiCreds(), 'hostile-egress-test');
+  stack = await startEgressStack(docker, 'it-hostile-egress', [
+    { name: allowedHost, reply: 'hello-from-allowed' },
+    { name: privateHost, reply: 'hello-from-private' },
+  ]);
+  ({ api, nats } = stack);
 });
 
 afterAll(async () => {
-  for (const t of targets) await t.remove({ force: true }).catch(() => undefined);
-  await docker
-    .getNetwork(EGRESS_NETWORK)
-    .remove()
-    .catch(() => undefined);
-  await nats?.drain();
-  await api?.stop();
-  await worker?.stop();
+  await stack?.stop();
 });
 
 test('when an allow-list names an IP address in any notation, then the API answers 400', async () => {
@@ -372,7 +322,7 @@ test('when a run allow-lists `localhost` by name, then the proxy resolves it and
 });
 
 test('when a run allow-lists a private neighbour on the egress bridge by name, then it is refused by address', async () => {
-  const privateIp = await ipOf(targets[1]!);
+  const privateIp = await stack.egress.ipOf(stack.egress.targets[1]!);
   const specs = [`GET http://${privateHost}:8080/`, `CONNECT ${privateHost}:8080`];
   const r = await hostileRun([{ host: privateHost, port: 8080 }], ['node', '-e', CLIENT, control, ...specs]);
   expectControl(r.out);
@@ -432,7 +382,10 @@ test('when the allowed CIDRs cover the whole egress bridge, then its gateway (th
   const subnet = bridge.IPAM.Config[0]?.Subnet ?? '';
   const gateway = bridge.IPAM.Config[0]?.Gateway ?? '';
   expect(gateway).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
-  const [allowedIp, privateIp] = [await ipOf(targets[0]!), await ipOf(targets[1]!)];
+  const [allowedIp, privateIp] = [
+    await stack.egress.ipOf(stack.egress.targets[0]!),
+    await stack.egress.ipOf(stack.egress.targets[1]!),
+  ];
   // A driver as a platform might misconfigure it: the whole bridge excepted, one address denied.
   const driver = new DockerSandboxDriver(docker, {
     image: env.sandboxImage(),

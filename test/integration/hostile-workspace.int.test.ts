@@ -11,15 +11,14 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { link, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import pino from 'pino';
 import type { RunView } from '../../contracts';
-import { Workspaces } from '../../activities/workspace/workspace';
 import {
   env,
   git,
   makeGitRepo,
   startTestApi,
   startTestWorker,
+  testWorkspaces,
   type TestApi,
   type TestWorker,
 } from '../helpers/integration';
@@ -50,18 +49,22 @@ interface Case {
 }
 
 const fsmonitor = (cfg: string): string => `git config ${cfg} core.fsmonitor "touch @PROOF@"`;
+/** A commit in a repository the run made (so HEAD resolves and host git would get to the index). */
+const commitIn = (dir: string): string =>
+  `git -C ${dir} -c user.name=m -c user.email=m@example.invalid commit -qm x`;
 
 const cases: Case[] = [
   {
     name: 'gitdir-pointer-rewrite',
     // The attack as found: a repository of its own, core.fsmonitor, and the .git pointer aimed at it.
-    script: `git init -q evil && ${fsmonitor('-f evil/.git/config')} && printf 'gitdir: evil/.git\\n' > .git && echo c > f.txt`,
+    // (`rm -f .git` first: under git worktrees, the layout this replaced, the tree had a pointer.)
+    script: `rm -f .git; git init -q evil && echo a > evil/a && git -C evil add a && ${commitIn('evil')} && ${fsmonitor('-f evil/.git/config')} && printf 'gitdir: evil/.git\\n' > .git && echo c > f.txt`,
     status: 'committed',
-    files: ['README.md', 'f.txt'],
+    files: ['README.md', 'evil/a', 'f.txt'],
   },
   {
     name: 'gitdir-replaced',
-    script: `git init -q . && ${fsmonitor('-f .git/config')} && git config -f .git/config core.hooksPath hooks && echo c > f.txt`,
+    script: `rm -f .git; git init -q . && git add README.md && ${commitIn('.')} && ${fsmonitor('-f .git/config')} && git config -f .git/config core.hooksPath hooks && echo c > f.txt`,
     status: 'committed',
     files: ['README.md', 'f.txt'],
   },
@@ -101,7 +104,7 @@ const cases: Case[] = [
   {
     name: 'hooks',
     script: [
-      'git init -q .',
+      'rm -f .git; git init -q .',
       'for h in pre-commit post-commit reference-transaction post-checkout post-index-change fsmonitor-watchman pre-auto-gc; do printf "#!/bin/sh\\ntouch @PROOF@\\n" > .git/hooks/$h; chmod +x .git/hooks/$h; done',
       'mkdir -p .githooks && cp .git/hooks/pre-commit .githooks/pre-commit',
       'git config -f .git/config core.hooksPath /workspace/.githooks',
@@ -113,7 +116,7 @@ const cases: Case[] = [
   {
     name: 'dotgit-symlink-to-source-repo',
     // Aimed at the source repository itself: obeying it would commit onto its checked-out branch.
-    script: 'ln -s @REPO@/.git .git && echo c > f.txt',
+    script: 'rm -f .git; ln -s @REPO@/.git .git && echo c > f.txt',
     status: 'committed',
     files: ['README.md', 'f.txt'],
   },
@@ -367,15 +370,7 @@ test(`when ${cases.length} runs attack the workspace boundary, then the host obe
 test('when a tree holds a hard link to a file outside it (a local-driver run could make one), then the seal refuses the tree and nothing is committed', async () => {
   const dataDir = await mkdtemp(join(env.workDir(), 'data-hardlink-'));
   const repo = await makeGitRepo({ 'README.md': 'hello\n' });
-  const ws = new Workspaces({
-    root: join(dataDir, 'worktrees'),
-    mirrorRoot: join(dataDir, 'mirrors'),
-    sandboxUser: '10001:10001',
-    quotaMb: 0,
-    maxEntries: 1000,
-    maxBytes: 1024 * 1024,
-    logger: pino({ level: 'silent' }),
-  });
+  const ws = testWorkspaces(dataDir);
   const runId = `it-hardlink-${suffix}`;
   const { tree } = await ws.create({ runId, tenant: 'acme', repo: repo.path, baseRef: 'main' });
   await mkdir(join(tree, 'sub'));
@@ -395,16 +390,7 @@ test('when a tree holds a hard link to a file outside it (a local-driver run cou
 test('when a run names the platform data dir or a workspace as its repository, then the workspace refuses it before git looks', async () => {
   const dataDir = await mkdtemp(join(env.workDir(), 'data-forbidden-'));
   const platformRepo = await makeGitRepo({ 'README.md': 'platform\n' });
-  const ws = new Workspaces({
-    root: join(dataDir, 'worktrees'),
-    mirrorRoot: join(dataDir, 'mirrors'),
-    sandboxUser: '10001:10001',
-    quotaMb: 0,
-    maxEntries: 1000,
-    maxBytes: 1024 * 1024,
-    forbiddenRepoRoots: [platformRepo.path],
-    logger: pino({ level: 'silent' }),
-  });
+  const ws = testWorkspaces(dataDir, { forbiddenRepoRoots: [platformRepo.path] });
   const first = await ws.create({
     runId: `it-ok-${suffix}`,
     tenant: 'acme',

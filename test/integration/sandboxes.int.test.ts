@@ -15,7 +15,6 @@ import pino from 'pino';
 import type { RunView } from '../../contracts';
 import { LABELS } from '../../activities/sandbox/docker-driver';
 import { HOST_LABEL, sweepOrphans, type RunState } from '../../activities/sandbox/sweeper';
-import { Workspaces } from '../../activities/workspace/workspace';
 import {
   ROOT,
   env,
@@ -24,6 +23,7 @@ import {
   poll,
   startTestApi,
   startTestWorker,
+  testWorkspaces,
   type TestApi,
   type TestWorker,
 } from '../helpers/integration';
@@ -340,15 +340,7 @@ describe('cancellation and orphans', () => {
     await mkdir(worktreeRoot, { recursive: true });
     const orphanTree = join(worktreeRoot, orphanRun);
     // An orphan workspace as a worker that died would leave it: its tree a mounted filesystem.
-    const workspaces = new Workspaces({
-      root: worktreeRoot,
-      mirrorRoot: join(worker.dataDir, 'mirrors'),
-      sandboxUser: '10001:10001',
-      quotaMb: 32,
-      maxEntries: 1000,
-      maxBytes: 1024 * 1024,
-      logger: pino({ level: 'silent' }),
-    });
+    const workspaces = testWorkspaces(worker.dataDir, { quotaMb: 32 });
     await workspaces.create({ runId: orphanRun, tenant: 'acme', repo: repo.path, baseRef: 'main' });
     expect(await readFile('/proc/self/mountinfo', 'utf8')).toContain(join(orphanTree, 'tree'));
     // The run that already finished above (cancelled) counts as finished: nothing of it may remain either.
