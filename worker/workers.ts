@@ -17,6 +17,7 @@ import { LocalArtifactStore } from '../activities/artifacts/local-store';
 import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
 import { createSandboxActivities } from '../activities/sandbox/activities';
 import { createGraphBranchActivities } from '../activities/workspace/graph-branch';
+import { quotaUnavailable } from '../activities/workspace/quota';
 import { DockerSandboxDriver, EGRESS_PROXY_SCRIPT } from '../activities/sandbox/docker-driver';
 import type { SandboxDriver } from '../activities/sandbox/driver';
 import { LocalSandboxDriver } from '../activities/sandbox/local-driver';
@@ -93,18 +94,12 @@ export async function createWorkerSet(opts: {
     );
   }
   const workspace = {
-    quotaMb: config.CHOIROS_WORKSPACE_QUOTA_MB,
+    quotaMb: await usableQuotaMb(config.CHOIROS_WORKSPACE_QUOTA_MB, config.dataDir, logger),
     maxEntries: config.CHOIROS_WORKSPACE_MAX_ENTRIES,
     maxBytes: config.CHOIROS_WORKSPACE_MAX_BYTES,
     // The platform's own data and the code it runs from are never a run's repository.
     forbiddenRepoRoots: [config.dataDir, config.artifactsDir, PLATFORM_ROOT],
   };
-  if (workspace.quotaMb > 0 && process.getuid?.() !== 0) {
-    logger.warn(
-      { event: 'workspace.quota.off' },
-      'per-run disk quota needs a root worker (loop-mounted filesystems); run trees are plain directories without a size limit',
-    );
-  }
   const driver: SandboxDriver =
     config.CHOIROS_SANDBOX_DRIVER === 'local'
       ? new LocalSandboxDriver({
@@ -274,4 +269,20 @@ export async function createWorkerSet(opts: {
       }
     },
   };
+}
+
+/**
+ * The per-run quota size this host can give (CHOIROS_WORKSPACE_QUOTA_MB), or 0 with a warning when
+ * it cannot make loop-mounted filesystems (not root, or a container without the privilege).
+ */
+async function usableQuotaMb(quotaMb: number, dataDir: string, logger: Logger): Promise<number> {
+  if (quotaMb === 0) return 0;
+  await mkdir(dataDir, { recursive: true });
+  const why = await quotaUnavailable(dataDir);
+  if (why === undefined) return quotaMb;
+  logger.warn(
+    { event: 'workspace.quota.off', reason: why },
+    'per-run disk quota is off: this host cannot loop-mount a filesystem per run; run trees are plain directories without a size limit (docs/security.md)',
+  );
+  return 0;
 }

@@ -4,7 +4,8 @@
  * sandbox; the host's disk and other runs are untouched. Needs root (mount); a worker that is not
  * root gets plain directories and says so at start.
  */
-import { open, readFile, rmdir, statfs } from 'node:fs/promises';
+import { mkdir, open, readFile, rm, rmdir, statfs } from 'node:fs/promises';
+import { join } from 'node:path';
 import { runProcess } from './process-helper';
 
 export interface QuotaSpec {
@@ -98,4 +99,25 @@ export async function quotaExhausted(
   const s = await statfs(mountPoint);
   const freeBytes = s.bavail * s.bsize;
   return { full: freeBytes < 1024 * 1024 || s.ffree === 0, freeBytes, freeInodes: s.ffree };
+}
+
+/**
+ * Whether this host can give runs a filesystem of their own: a root process that can make and
+ * loop-mount a small image under `dir` (a container without CAP_SYS_ADMIN or loop devices cannot).
+ * Returns why not, or undefined when it can.
+ */
+export async function quotaUnavailable(dir: string): Promise<string | undefined> {
+  if (process.getuid?.() !== 0) return 'the worker is not root (mount needs it)';
+  const probe = join(dir, `.quota-probe-${process.pid}`);
+  try {
+    await mkdir(join(probe, 'mnt'), { recursive: true });
+    await mountQuota(join(probe, 'disk.img'), join(probe, 'mnt'), { sizeMb: 4, inodes: 64, owner: '0:0' });
+    await unmountQuota(join(probe, 'mnt'));
+    return undefined;
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  } finally {
+    await unmountQuota(join(probe, 'mnt')).catch(() => undefined);
+    await rm(probe, { recursive: true, force: true });
+  }
 }
