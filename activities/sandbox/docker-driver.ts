@@ -308,9 +308,7 @@ export class DockerSandboxDriver implements SandboxDriver {
       // A retried create finds the container it made before.
       if (!isConflict(err)) throw err;
     }
-    const container = this.docker.getContainer(spec.name);
-    const info = await container.inspect();
-    if (!info.State.Running) await container.start();
+    // Not started here: the lane runs only while a command does (exec starts it, stop ends it).
   }
 
   async exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome> {
@@ -320,10 +318,16 @@ export class DockerSandboxDriver implements SandboxDriver {
   private async execOnce(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome> {
     const started = Date.now();
     const container = this.docker.getContainer(name);
-    // A worker that shut down (e.g. replaced by a deploy) cancelled its command and took the
-    // container down with it; the retried attempt on the next worker brings the container back.
-    if (!(await container.inspect()).State.Running) await container.start();
-    const oomBefore = await this.cgroupOomKills(name);
+    // The lane runs only while a command does: exec starts it and the activity stops it afterwards.
+    // (A worker that shut down mid-command took it down too; a retry on the next worker starts it.)
+    const info = await container.inspect();
+    const running = info.State.Running;
+    if (!running) await container.start();
+    // Only a lane on a network of its own can have an egress proxy (policy allowlist).
+    const mayHaveProxy = (info.HostConfig.NetworkMode ?? 'none') !== 'none';
+    // A container started for this command has a new memory cgroup, whose OOM counter starts at 0;
+    // one found running (a stop that failed) may have counted kills before this command.
+    const oomBefore = running ? await this.cgroupOomKills(name) : 0;
     const exec = await container.exec({
       Cmd: argv,
       AttachStdout: true,
@@ -355,7 +359,7 @@ export class DockerSandboxDriver implements SandboxDriver {
     // The cgroup counter covers the container's whole life: only a rise during this command counts.
     const oomKilled =
       exitCode === 137 && !result.timedOut ? (await this.cgroupOomKills(name)) - oomBefore : 0;
-    const egress = await this.egressAttempts(name, started);
+    const egress = mayHaveProxy ? await this.egressAttempts(name, started) : undefined;
     return {
       ...result,
       exitCode,
@@ -656,26 +660,14 @@ export class DockerSandboxDriver implements SandboxDriver {
 
   async stop(name: string): Promise<void> {
     await this.onEngine(async () => {
-      const container = this.docker.getContainer(name);
       try {
-        await container.kill();
+        // SIGKILL (the default) to PID 1 takes the container's whole pid namespace down, and the
+        // engine answers a SIGKILL only once the container has stopped (or fails the call).
+        await this.docker.getContainer(name).kill();
       } catch (err) {
         // Gone, or not running: either way nothing runs.
         if (isNotFound(err) || isConflict(err)) return;
         throw err;
-      }
-      // SIGKILL to PID 1 takes the whole pid namespace down; the engine says when it is gone.
-      let timer: NodeJS.Timeout | undefined;
-      const stopped = await Promise.race([
-        container.wait({ condition: 'not-running' }).then(
-          () => true,
-          () => false,
-        ),
-        new Promise<boolean>((r) => (timer = setTimeout(() => r(false), STREAM_GRACE_MS))),
-      ]);
-      clearTimeout(timer);
-      if (!stopped && (await container.inspect()).State.Running) {
-        throw new Error(`container ${name} is still running after kill`);
       }
     });
   }

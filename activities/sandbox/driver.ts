@@ -48,7 +48,10 @@ export interface SandboxDriver {
    * throws `sandbox_image_missing` when absent.
    */
   imageId(pinned?: string): Promise<string>;
-  /** Starts (or finds, on a retry) the long-lived execution-lane container for a run. */
+  /**
+   * Creates (or finds, on a retry) the execution-lane container for a run. It runs only while a
+   * command does: exec starts it, stop ends it.
+   */
   createExecutionSandbox(spec: ExecutionSandboxSpec): Promise<void>;
   /** Runs argv in the execution-lane container, in /workspace. */
   exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome>;
