@@ -1,11 +1,11 @@
 /** Orphan sweeper: removes this host's containers and worktrees whose run is finished or unknown to Temporal. */
-import { readdir, rm, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Docker from 'dockerode';
 import type { Logger } from 'pino';
 import { isValidId } from '../../contracts';
 import { LABELS } from './docker-driver';
-import { isMountPoint, unmountQuota } from '../workspace/quota';
+import { removeRunDir } from '../workspace/workspace';
 
 /** What Temporal says about a run's workflow: still open, closed, or never heard of. */
 export type RunState = 'open' | 'closed' | 'unknown';
@@ -101,7 +101,7 @@ export async function sweepOrphans(deps: SweeperDeps): Promise<SweepResult> {
       if (now - s.mtimeMs < deps.graceMs) continue;
       const state = await stateOf(runId);
       if (state === 'open') continue;
-      await removeWorktree(path);
+      await removeRunDir(path);
       result.worktrees.push(path);
       deps.logger.info({ event: 'sweeper.worktree.removed', runId, worktree: path, state }, 'orphan removed');
     } catch (err) {
@@ -109,13 +109,6 @@ export async function sweepOrphans(deps: SweeperDeps): Promise<SweepResult> {
     }
   }
   return result;
-}
-
-/** Deletes an orphan run directory: its tree's filesystem is unmounted first (activities/workspace). */
-async function removeWorktree(path: string): Promise<void> {
-  const tree = join(path, 'tree');
-  if (await isMountPoint(tree)) await unmountQuota(tree);
-  await rm(path, { recursive: true, force: true });
 }
 
 /** Runs `sweepOrphans` now and every `intervalMs`; `stop()` ends it and waits for a sweep in progress. */

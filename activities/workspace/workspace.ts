@@ -27,18 +27,7 @@
  *   nothing), at commit time; no other ref of the source repository is ever touched.
  */
 import { randomUUID } from 'node:crypto';
-import {
-  chmod,
-  lstat,
-  mkdir,
-  readdir,
-  readFile,
-  realpath,
-  rename,
-  rm,
-  stat,
-  writeFile,
-} from 'node:fs/promises';
+import { chmod, lstat, mkdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from 'pino';
@@ -117,6 +106,16 @@ const within = (parent: string, child: string): boolean => {
   const rel = relative(parent, child);
   return rel === '' || (!rel.startsWith(`..${sep}`) && rel !== '..' && !isAbsolute(rel));
 };
+
+/**
+ * Unmounts a run directory's tree filesystem and deletes the directory, reading nothing in it and
+ * following no symlink (also the sweeper's way to remove an orphan).
+ */
+export async function removeRunDir(dir: string): Promise<void> {
+  const tree = join(dir, 'tree');
+  if (await isMountPoint(tree)) await unmountQuota(tree);
+  await rm(dir, { recursive: true, force: true });
+}
 
 export function runBranch(runId: string): string {
   return `choiros/run/${runId}`;
@@ -446,10 +445,8 @@ export class Workspaces {
     return { branch, commit, changedPaths: await changedPaths(commit) };
   }
 
-  /** Unmounts and deletes a run directory (no symlink in it is followed). */
   private async removeDir(p: WorkspacePaths): Promise<void> {
-    if (await isMountPoint(p.tree)) await unmountQuota(p.tree);
-    await rm(p.dir, { recursive: true, force: true });
+    await removeRunDir(p.dir);
   }
 
   /**
@@ -504,16 +501,5 @@ export class Workspaces {
         return undefined;
       throw err;
     }
-  }
-
-  /** Run ids with a directory here (for the sweeper and metrics). */
-  async list(): Promise<string[]> {
-    const entries = await readdir(this.cfg.root, { withFileTypes: true }).catch(() => []);
-    return entries.filter((e) => e.isDirectory() && isValidId(e.name)).map((e) => e.name);
-  }
-
-  /** Deletes an orphan's directory (the sweeper; the branch, if any, stays for an operator). */
-  async removeOrphan(runId: string): Promise<void> {
-    await this.removeDir(this.paths(runId));
   }
 }
