@@ -1,4 +1,4 @@
-/** Sandbox activities: worktree + container per run, commands in lanes, commit or discard, teardown. */
+/** Sandbox activities: a workspace (activities/workspace) + containers per run, commands in lanes, commit or discard, teardown. */
 import type { Writable } from 'node:stream';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
