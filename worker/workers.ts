@@ -6,7 +6,8 @@ import { Worker, type NativeConnection, type WorkflowBundleWithSourceMap } from 
 import type Docker from 'dockerode';
 import type { NatsConnection } from 'nats';
 import type { Logger } from 'pino';
-import { TASK_QUEUES, hostSandboxQueue } from '../contracts';
+import { TASK_QUEUES, hostSandboxQueue, tenantCaps } from '../contracts';
+import { createRepoAccess, loadTenantsFile, type RepoAccess } from '../tenancy';
 import {
   createEventActivities,
   ensureEventStream,
@@ -15,7 +16,7 @@ import {
 import { createAdmissionActivities } from '../activities/admission/activities';
 import { LocalArtifactStore } from '../activities/artifacts/local-store';
 import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
-import { createSandboxActivities } from '../activities/sandbox/activities';
+import { createSandboxActivities, type SandboxDeps } from '../activities/sandbox/activities';
 import { createGraphBranchActivities } from '../activities/sandbox/graph-branch';
 import { DockerSandboxDriver, EGRESS_PROXY_SCRIPT } from '../activities/sandbox/docker-driver';
 import type { SandboxDriver } from '../activities/sandbox/driver';
@@ -81,6 +82,12 @@ export async function createWorkerSet(opts: {
     duplicateWindowSeconds: 300,
   });
   const verifiers = await loadVerifierCatalog(config.verifiersFile);
+  // Validated at start (a bad file stops the worker with the bad key's path).
+  const tenants = await loadTenantsFile(config.tenantsFile);
+  const repoAccess = createRepoAccess({
+    config: tenants,
+    platformPaths: [config.dataDir, config.artifactsDir],
+  });
   const egressProxyScript =
     config.CHOIROS_SANDBOX_DRIVER === 'docker' ? await stageEgressProxy(config.dataDir) : undefined;
   const driver: SandboxDriver =
@@ -103,7 +110,11 @@ export async function createWorkerSet(opts: {
           extraLabels: { [HOST_LABEL]: config.CHOIROS_HOST_ID },
           egressProxyScript,
         });
-  const sandboxActivities = createSandboxActivities({
+  // `repoAccess` is for createSandbox to re-check the run's repository grant right before git
+  // touches it (the gateway checked at request time); typed wider than SandboxDeps until
+  // activities/workspace takes it.
+  const sandboxDeps: SandboxDeps & { repoAccess: RepoAccess } = {
+    repoAccess,
     driver,
     verifiers,
     worktreeRoot: join(config.dataDir, 'worktrees'),
@@ -116,7 +127,8 @@ export async function createWorkerSet(opts: {
     maxLogBytes: config.CHOIROS_MAX_LOG_BYTES,
     logger: logger.child({ component: 'sandbox' }),
     metrics,
-  });
+  };
+  const sandboxActivities = createSandboxActivities(sandboxDeps);
   const eventActivities = createEventActivities({
     js: opts.nats.jetstream(),
     logger: logger.child({ component: 'events' }),
@@ -161,8 +173,13 @@ export async function createWorkerSet(opts: {
       activities: {
         ...eventActivities,
         ...createAdmissionActivities({
-          perUser: config.CHOIROS_MAX_RUNS_PER_USER,
-          perTenant: config.CHOIROS_MAX_RUNS_PER_TENANT,
+          capsFor: (tenant) => {
+            const caps = tenantCaps(tenants, tenant, {
+              runsPerUser: config.CHOIROS_MAX_RUNS_PER_USER,
+              runsPerTenant: config.CHOIROS_MAX_RUNS_PER_TENANT,
+            });
+            return { perUser: caps.runsPerUser, perTenant: caps.runsPerTenant };
+          },
           logger: logger.child({ component: 'admission' }),
         }),
       },

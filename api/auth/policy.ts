@@ -23,8 +23,24 @@ export type Action =
 
 export type Scope = 'runs:write' | 'runs:read' | 'runs:approve' | 'rebuild:write' | 'rebuild:approve';
 
-/** Role (in `scope`/`roles`) that lets a user read every run of their own tenant. */
+/** Scope that lets a user read every run of their own tenant. */
 const TENANT_ADMIN_ROLE = 'tenant:admin';
+
+/**
+ * The default roles → scopes mapping (AUTH_ROLE_SCOPES replaces it): named roles, and each scope
+ * as a role of its own so that issuers which put scopes in `roles` keep working.
+ */
+export const DEFAULT_ROLE_SCOPES: Readonly<Record<string, readonly string[]>> = {
+  engineer: ['runs:read', 'runs:write'],
+  reviewer: ['runs:read', 'runs:approve'],
+  'tenant-admin': ['runs:read', TENANT_ADMIN_ROLE],
+  'release-manager': ['rebuild:write', 'rebuild:approve'],
+  ...Object.fromEntries(
+    ['runs:read', 'runs:write', 'runs:approve', 'rebuild:write', 'rebuild:approve', TENANT_ADMIN_ROLE].map(
+      (s) => [s, [s]],
+    ),
+  ),
+};
 
 export const REQUIRED_SCOPE: Record<Action, Scope> = {
   'runs.start': 'runs:write',

@@ -9,6 +9,7 @@ import {
 import type { Logger } from 'pino';
 import { authorize, forbidden, type Action } from '../auth/policy';
 import { QUERY_TIMEOUT_MS, guardedWithin, withTimeout } from '../temporal';
+import { requireRepoGrant, type RepoGate } from '../repo-grants';
 import {
   AppError,
   GRAPH_STATUSES,
@@ -54,6 +55,8 @@ interface GraphMemo {
 export function createTemporalWorkGraphService(deps: {
   client: Client;
   logger: Logger;
+  /** Repository grants of tenants: checked before a graph starts. */
+  repoAccess: RepoGate;
   /** Deadline of one request's Temporal calls, together; none: per call only. */
   requestDeadlineMs?: number;
 }): WorkGraphService {
@@ -153,6 +156,7 @@ export function createTemporalWorkGraphService(deps: {
     request: WorkGraphRequest,
     idempotencyKey: string | undefined,
   ): Promise<WorkGraphView> {
+    await requireRepoGrant(deps.repoAccess, principal.tenant, request.repo);
     const graphId = deriveGraphId(principal.tenant, principal.userId, idempotencyKey ?? randomUUID());
     const requestHash = createHash('sha256').update(canonicalJson(request)).digest('hex');
     const requestedAt = Date.now();

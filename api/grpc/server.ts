@@ -61,6 +61,7 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, grpc.status>> = {
   interrupt_closed: grpc.status.FAILED_PRECONDITION,
   invalid_answer: grpc.status.INVALID_ARGUMENT,
   rerun_unavailable: grpc.status.FAILED_PRECONDITION,
+  repo_not_allowed: grpc.status.PERMISSION_DENIED,
 };
 
 /** The `choiros.v1.Runs` client constructor from the .proto (keepCase: field names as in the file). */
@@ -323,9 +324,10 @@ export function createGrpcServer(deps: GrpcDeps): grpc.Server {
         try {
           const principal = await principalFor(call.metadata, 'runs.watch');
           const runId = parseRunId(call.request.run_id, 'run_id');
-          await deps.runs.checkVisible(principal, runId, 'runs.watch');
+          // The owner's events: a tenant admin or reviewer watches the member's stream, not their own.
+          const owner = await deps.runs.checkVisible(principal, runId, 'runs.watch');
           for await (const e of deps.events.stream(
-            principal.userId,
+            owner,
             runId,
             Math.max(0, call.request.after_seq ?? 0),
             abort.signal,

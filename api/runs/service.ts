@@ -13,6 +13,7 @@ import { decodeTypedSearchAttributes } from '@temporalio/common/lib/converter/pa
 import { ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
 import { authorize, forbidden, isTenantAdmin, type Action } from '../auth/policy';
 import { QUERY_TIMEOUT_MS, guardedWithin, withTimeout } from '../temporal';
+import { requireRepoGrant, type RepoGate } from '../repo-grants';
 import {
   AppError,
   SEARCH_ATTRIBUTES,
@@ -37,6 +38,7 @@ import {
   type RunSummary,
   type RunView,
   type RunWorkflowInput,
+  type SubjectOwner,
 } from '../../contracts';
 
 export interface RunListQuery {
@@ -59,8 +61,15 @@ export interface RunService {
   list(principal: Principal, query: RunListQuery): Promise<RunListPage>;
   /** Requests cancellation; the run cleans up its sandbox and ends `cancelled`. Idempotent. */
   cancel(principal: Principal, runId: string): Promise<RunView>;
-  /** Throws not_found (or forbidden) unless the caller may perform `action` on the run; reads nothing else. */
-  checkVisible(principal: Principal, runId: string, action: 'runs.read' | 'runs.watch'): Promise<void>;
+  /**
+   * Throws not_found (or forbidden) unless the caller may perform `action` on the run; answers the
+   * run's owner (tenant, user), under whose subject prefix its events live. Reads nothing else.
+   */
+  checkVisible(
+    principal: Principal,
+    runId: string,
+    action: 'runs.read' | 'runs.watch',
+  ): Promise<SubjectOwner>;
   /** Approves or rejects a run waiting in `awaiting_approval`, as the verified caller. */
   decide(
     principal: Principal,
@@ -98,6 +107,8 @@ function actorOf(p: Principal): { userId: string; tenant: string; tokenId?: stri
 export function createTemporalRunService(deps: {
   client: Client;
   logger: Logger;
+  /** Repository grants of tenants (tenancy/repo-access.ts): checked before a run starts. */
+  repoAccess: RepoGate;
   /** Deadline of one request's Temporal calls, together (API_TEMPORAL_CALL_TIMEOUT_SECONDS); none: per call only. */
   requestDeadlineMs?: number;
 }): RunService {
@@ -217,7 +228,13 @@ export function createTemporalRunService(deps: {
         return viewOf(desc);
       }),
     checkVisible: (principal, runId, action) =>
-      guarded(async () => void (await describeOwned(principal, runId, action))),
+      guarded(async () => {
+        const desc = await describeOwned(principal, runId, action);
+        return {
+          tenant: desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant) ?? '',
+          userId: desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.userId) ?? '',
+        };
+      }),
     decide: (principal, runId, decision, comment) =>
       guarded(async () => {
         const desc = await describeOwned(principal, runId, 'runs.approve');
@@ -284,6 +301,8 @@ export function createTemporalRunService(deps: {
       );
     }
     const original = await originalInput(runId);
+    // Grants can be withdrawn: a rerun is a new run and passes the gate again.
+    await requireRepoGrant(deps.repoAccess, principal.tenant, original.request.repo);
     const key = idempotencyKey ?? randomUUID();
     const request: RunRequest & { workItem: RunWorkflowInput['request']['workItem'] } = {
       ...original.request,
@@ -348,6 +367,7 @@ export function createTemporalRunService(deps: {
     request: RunRequest,
     idempotencyKey: string | undefined,
   ): Promise<RunView> {
+    await requireRepoGrant(deps.repoAccess, principal.tenant, request.repo);
     const key = idempotencyKey ?? randomUUID();
     const runId = deriveRunId(principal.tenant, principal.userId, key);
     const workItem = { ...request.workItem, id: request.workItem.id ?? `wi-${runId.slice(4, 28)}` };

@@ -17,7 +17,10 @@ import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import pino from 'pino';
 import { poll } from './poll';
 import {
+  issuersForTenant,
   parseVerifierFile,
+  type SubjectOwner,
+  type TenantsConfig,
   type EventEnvelope,
   type RebuildTarget,
   type RebuildTimings,
@@ -25,7 +28,7 @@ import {
 import { createTemporalRebuildService } from '../../api/rebuilds/service';
 import { rebuildTargets } from '../../api/rebuilds/targets';
 import { createApp } from '../../api/app';
-import { createTokenVerifier } from '../../api/auth/token-verifier';
+import { createTokenVerifier, type TokenVerifier } from '../../api/auth/token-verifier';
 import { createJetStreamEventSource } from '../../api/events/source';
 import { mintUserCreds } from '../../api/nats/credentials';
 import { createTemporalRunService } from '../../api/runs/service';
@@ -38,6 +41,7 @@ import {
   type DevTokenClaims,
 } from '../../infra/dev-issuer/issuer';
 import { loadWorkerConfig } from '../../worker/config';
+import { createRepoAccess, type RepoAccess } from '../../tenancy';
 import { bundleWorkflows } from '../../worker/bundle';
 import { createWorkerSet, type WorkerSet } from '../../worker/workers';
 
@@ -172,7 +176,17 @@ export async function startTestWorker(
 export interface TestApi {
   url: string;
   client: Client;
+  /**
+   * A dev token (tenant `acme`, user `alice` unless the claims say otherwise). Unless the API was
+   * started with `tenants`, a tenant named here for the first time is added to its tenants config
+   * with a grant of the test work dir, where makeGitRepo creates repositories.
+   */
   token(claims?: Partial<DevTokenClaims>): Promise<string>;
+  /** The tenants config the API decides with (grants, issuers); tests may change it. */
+  tenants: TenantsConfig;
+  /** The API's token verifier and repository gate, for other front ends under test (gRPC). */
+  verifyToken: TokenVerifier;
+  repoAccess: RepoAccess;
   issuer: string;
   stop(): Promise<void>;
 }
@@ -184,8 +198,19 @@ export async function startTestApi(
     /** Rebuild targets the API knows (self-rebuild routes answer 503 without). */
     rebuildTargets?: RebuildTarget[];
     rebuildTimings?: Partial<RebuildTimings>;
+    /** A fixed tenants config (no tenant is added on demand). */
+    tenants?: TenantsConfig;
+    /** The platform's own paths besides its checkout (e.g. a worker's data dir): never a run's repository. */
+    platformPaths?: string[];
   } = {},
 ): Promise<TestApi> {
+  const fixedTenants = opts.tenants !== undefined;
+  const tenants: TenantsConfig = opts.tenants ?? { version: 1, tenants: {} };
+  const ensureTenant = (tenant: string): void => {
+    if (fixedTenants || Object.prototype.hasOwnProperty.call(tenants.tenants, tenant)) return;
+    tenants.tenants[tenant] = { repos: [`${env.workDir()}/`] };
+  };
+  const repoAccess = createRepoAccess({ config: tenants, platformPaths: opts.platformPaths ?? [] });
   const keyDir = await mkdtemp(join(env.workDir(), 'issuer-'));
   const key = await loadOrCreateDevKey(keyDir);
   const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
@@ -197,16 +222,18 @@ export async function startTestApi(
     await readFile(join(ROOT, 'test/fixtures/verifiers.yaml'), 'utf8'),
     'test verifiers',
   );
+  const verifyToken = createTokenVerifier({
+    issuers: [{ issuer: issuerUrl, audience: DEV_AUDIENCE }],
+    algorithms: ['ES256'],
+    clockToleranceSeconds: 5,
+    tenantClaim: 'tenant',
+    defaultTenant: 'default',
+    tenantIssuers: (tenant) => issuersForTenant(tenants, tenant, issuerUrl),
+  });
   const app = createApp({
-    verifyToken: createTokenVerifier({
-      issuers: [{ issuer: issuerUrl, audience: DEV_AUDIENCE }],
-      algorithms: ['ES256'],
-      clockToleranceSeconds: 5,
-      tenantClaim: 'tenant',
-      defaultTenant: 'default',
-    }),
-    runs: createTemporalRunService({ client, logger }),
-    graphs: createTemporalWorkGraphService({ client, logger }),
+    verifyToken,
+    runs: createTemporalRunService({ client, logger, repoAccess }),
+    graphs: createTemporalWorkGraphService({ client, logger, repoAccess }),
     ...(opts.rebuildTargets
       ? {
           rebuilds: createTemporalRebuildService({
@@ -221,10 +248,10 @@ export async function startTestApi(
     events: createJetStreamEventSource(nats),
     natsCredentials: {
       servers: [env.natsUrl()],
-      mint: async (userId: string) =>
+      mint: async (owner: SubjectOwner) =>
         mintUserCreds(
           (await readFile(join(env.natsAuthDir(), ACCOUNT_SEED_FILE), 'utf8')).trim(),
-          userId,
+          owner,
           300,
         ),
     },
@@ -244,12 +271,17 @@ export async function startTestApi(
     url,
     client,
     issuer: issuerUrl,
-    token: (claims = {}) =>
-      mintDevToken(
+    tenants,
+    verifyToken,
+    repoAccess,
+    token: (claims = {}) => {
+      ensureTenant(claims.tenant ?? 'acme');
+      return mintDevToken(
         key,
         { issuer: issuerUrl, audience: DEV_AUDIENCE },
         { sub: 'alice', tenant: 'acme', ...claims },
-      ),
+      );
+    },
     async stop() {
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));

@@ -150,7 +150,9 @@ test('when a run has an egress allow-list, then only the listed name is reachabl
 
   const consumer = await nats
     .jetstream()
-    .consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter('alice', runId) });
+    .consumers.get(EVENT_STREAM, {
+      filterSubjects: runEventsFilter({ tenant: 'acme', userId: 'alice' }, runId),
+    });
   const codec = JSONCodec<EventEnvelope>();
   const events: EventEnvelope[] = [];
   for await (const m of await consumer.fetch({ max_messages: 1000, expires: 2000 })) {

@@ -117,7 +117,7 @@ describe('self-rebuild pipeline', () => {
     ]);
 
     // Every stage is an event, each valid against the published schema.
-    const events = await readRunEvents(nats, 'rm-alice', rebuildId);
+    const events = await readRunEvents(nats, { tenant: 'acme', userId: 'rm-alice' }, rebuildId);
     for (const e of events) expect(knownEventSchema.safeParse(e).success).toBe(true);
     expect(events.map((e) => e.seq)).toEqual(events.map((_, i) => i + 1));
     const stages = events.filter((e) => e.event_type === 'rebuild.stage').map((e) => e.payload.stage);
@@ -161,7 +161,7 @@ describe('self-rebuild pipeline', () => {
     expect(view.error?.code).toBe('verification_failed');
     for (const image of fx.target.images)
       expect(await imageExists(`${image.image}:${fx.commits.broken}`)).toBe(false);
-    const events = await readRunEvents(nats, 'rm-alice', view.rebuildId);
+    const events = await readRunEvents(nats, { tenant: 'acme', userId: 'rm-alice' }, view.rebuildId);
     expect(events.some((e) => e.event_type === 'rebuild.image.built')).toBe(false);
     expect(await health(fx.ports.api)).toEqual({ status: 200, version: fx.commits.main });
   });
@@ -189,7 +189,7 @@ describe('self-rebuild pipeline', () => {
     expect(view.deploy).toEqual([]);
     // The v2 images were built by the rejected rebuild already: reused, not rebuilt.
     expect(view.images).toHaveLength(3);
-    const events = await readRunEvents(nats, 'rm-alice', view.rebuildId);
+    const events = await readRunEvents(nats, { tenant: 'acme', userId: 'rm-alice' }, view.rebuildId);
     expect(events.find((e) => e.event_type === 'rebuild.approval.decided')?.payload.decision).toBe('timeout');
     expect(await health(fx.ports.worker)).toEqual({ status: 200, version: fx.commits.main });
   });
@@ -213,7 +213,7 @@ describe('self-rebuild pipeline', () => {
     ]);
     expect(await health(fx.ports.api)).toEqual({ status: 200, version: fx.commits.main });
     expect(await health(fx.ports.worker)).toEqual({ status: 200, version: fx.commits.main });
-    const events = await readRunEvents(nats, 'rm-alice', rebuildId);
+    const events = await readRunEvents(nats, { tenant: 'acme', userId: 'rm-alice' }, rebuildId);
     expect(events.find((e) => e.event_type === 'rebuild.rollback')?.payload).toMatchObject({
       service: 'api',
       restored_image: `choiros-fx-${id}-api:${fx.commits.main}`,
