@@ -219,7 +219,9 @@ describe('a run through the API', () => {
   });
 
   test('when the repository does not exist, then the run fails with repo_not_found and no retry storm', async () => {
-    const res = await post(request('/nonexistent/repo', ['true'], ['V-RESULT-FILE']));
+    // Under the tenant's grant (a missing path is judged as written), so the worker is the one to find it missing.
+    const res = await post(request(join(env.workDir(), 'nonexistent-repo'), ['true'], ['V-RESULT-FILE']));
+    expect(res.status).toBe(201);
     const { runId } = (await res.json()) as RunView;
     const view = await waitTerminal(runId, 'run-repo-not-found');
     expect(view.status).toBe('failed');
