@@ -18,6 +18,7 @@ import {
   WORKFLOW_TYPES,
   parseRebuildId,
   rebuildDecisionUpdate,
+  rebuildRefAllowed,
   rebuildIdOf,
   rebuildTimingsSchema,
   rebuildViewQuery,
@@ -147,6 +148,12 @@ export function createTemporalRebuildService(deps: {
           throw new AppError('unknown_target', `no rebuild target named ${request.target}`, {
             errors: [{ field: 'target', message: `known targets: ${deps.targets.names().join(', ')}` }],
           });
+        if (!rebuildRefAllowed(target, request.ref))
+          throw new AppError(
+            'ref_not_allowed',
+            `target ${target.name} may not be rebuilt from ${request.ref}${target.refs ? ` (allowed: ${target.refs.join(', ')})` : ' (run branches never)'}`,
+            { errors: [{ field: 'ref', message: 'not an allowed ref of this target' }] },
+          );
         const workflowId = rebuildWorkflowId(target.name);
         const requestedAt = Date.now();
         const approvalTimeoutSeconds = request.approvalTimeoutSeconds ?? deps.defaultApprovalTimeoutSeconds;
@@ -234,6 +241,17 @@ export function createTemporalRebuildService(deps: {
         const desc = await describeVisible(principal, rebuildId);
         if (desc.status.name !== 'RUNNING')
           throw new AppError('rebuild_not_awaiting_approval', `rebuild ${rebuildId} has finished`);
+        // Four eyes: whoever asked for a rebuild of the shared platform never approves it.
+        // (Rejecting one's own request is allowed: it only stops it.)
+        if (
+          decision === 'approve' &&
+          desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant) === principal.tenant &&
+          desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.userId) === principal.userId
+        )
+          throw new AppError(
+            'self_approval_forbidden',
+            `rebuild ${rebuildId} was requested by you; another release manager must approve it`,
+          );
         const handle = client.workflow.getHandle(desc.workflowId, desc.runId);
         try {
           const view = await handle.executeUpdate(rebuildDecisionUpdate, {

@@ -59,7 +59,14 @@ async function imageExists(tag: string): Promise<boolean> {
 }
 
 describe('self-rebuild pipeline', () => {
-  test('when a rebuild of main is approved, then verify → build (sha-tagged images) → deploy → the new containers answer with the new version → completed', async () => {
+  test('when a rebuild asks for a run branch, or a ref outside the target refs, then 403 ref_not_allowed and nothing starts', async () => {
+    for (const ref of ['choiros/run/run-0123', 'refs/heads/choiros/run/run-0123', 'feature/x']) {
+      const res = await rb.start({ target: fx.target.name, ref });
+      expect([ref, res.status, res.body.code]).toEqual([ref, 403, 'ref_not_allowed']);
+    }
+  });
+
+  test('when a rebuild of main is approved by a second release manager (the requester may not), then verify → build (sha-tagged images) → deploy → the new containers answer with the new version → completed', async () => {
     const started = await rb.start({ target: fx.target.name, ref: 'main', reason: 'first release' });
     expect(started.status).toBe(201);
     const rebuildId = started.body.rebuildId;
@@ -95,9 +102,13 @@ describe('self-rebuild pipeline', () => {
     });
     expect(denied.status).toBe(403);
 
+    // Four eyes: the requester's own approval is refused, whatever their scopes.
+    const own = await rb.decideAsRequester(rebuildId, 'approve');
+    expect([own.status, own.body.code]).toEqual([403, 'self_approval_forbidden']);
+
     const approved = await rb.decide(rebuildId, 'approve', 'looks good');
     expect(approved.status).toBe(200);
-    expect(approved.body.approval).toMatchObject({ decision: 'approve', by: 'rm-alice' });
+    expect(approved.body.approval).toMatchObject({ decision: 'approve', by: 'rm-bob' });
 
     const done = await rb.waitStage(rebuildId, ['completed', 'rolled_back', 'failed']);
     expect(done.stage).toBe('completed');
