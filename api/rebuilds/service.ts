@@ -196,6 +196,12 @@ export function createTemporalRebuildService(deps: {
           if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
           const running = await client.workflow.getHandle(workflowId).describe();
           const runningId = rebuildIdOf(target.name, running.runId);
+          // Name the running rebuild only to a caller who may read it (GET answers 404 otherwise).
+          if (running.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant) !== principal.tenant)
+            throw new AppError(
+              'rebuild_in_progress',
+              `another rebuild of target ${target.name} is still running; retry when it has finished`,
+            );
           throw new AppError(
             'rebuild_in_progress',
             `rebuild ${runningId} of target ${target.name} is still running; wait for it, or approve/reject it`,
