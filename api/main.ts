@@ -9,7 +9,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { Client, Connection } from '@temporalio/client';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import pino from 'pino';
-import { issuersForTenant, parseVerifierFile, type SubjectOwner } from '../contracts';
+import { issuersForTenant, parseVerifierFile, tenantPolicyOf, type SubjectOwner } from '../contracts';
 import { createRepoAccess, loadTenantsFile } from '../tenancy';
 import { createApp, createMetricsApp } from './app';
 import { createTokenVerifier } from './auth/token-verifier';
@@ -94,7 +94,8 @@ async function main(): Promise<void> {
       defaultTenant: config.AUTH_DEFAULT_TENANT,
     });
     const requestDeadlineMs = config.API_TEMPORAL_CALL_TIMEOUT_SECONDS * 1000;
-    const runs = createTemporalRunService({ client, logger, requestDeadlineMs, repoAccess });
+    const tenantPolicy = (tenant: string) => tenantPolicyOf(tenants, tenant);
+    const runs = createTemporalRunService({ client, logger, requestDeadlineMs, repoAccess, tenantPolicy });
     const targets = existsSync(config.rebuildTargetsFile)
       ? await loadRebuildTargets(config.rebuildTargetsFile)
       : rebuildTargets([]);
@@ -115,7 +116,7 @@ async function main(): Promise<void> {
     const app = createApp({
       verifyToken,
       runs,
-      graphs: createTemporalWorkGraphService({ client, logger, requestDeadlineMs, repoAccess }),
+      graphs: createTemporalWorkGraphService({ client, logger, requestDeadlineMs, repoAccess, tenantPolicy }),
       rebuilds,
       version: config.CHOIROS_VERSION,
       events,

@@ -5,6 +5,8 @@
  */
 import { z } from 'zod';
 import { ID_PATTERN } from './ids';
+import { scopeMatches } from './glob';
+import { APPROVAL_RANK, type ApprovalPolicy, type ApprovalRequirement } from './moods';
 
 /** A path grant: an absolute directory prefix ending in "/" (or `~/…`, the platform user's home). */
 const PATH_GRANT = /^(\/|~\/)/;
@@ -56,6 +58,25 @@ const capsSchema = z
   })
   .strict();
 
+/** One approval floor: touching any of `paths` needs this approval, whatever mood and risk tier asked. */
+const protectedPathsSchema = z
+  .object({
+    /** Repository-relative globs (`infra/**`, `*.lock`) or directory prefixes ending in "/". */
+    paths: z.array(z.string().min(1).max(200)).min(1).max(100),
+    approval: z.enum(['owner', 'independent']),
+    /** Distinct approvers needed (default 1). */
+    quorum: z.number().int().min(1).max(10).optional(),
+  })
+  .strict();
+
+/** A tenant's policy: floors a request can raise, never lower. */
+export const tenantPolicySchema = z
+  .object({
+    protected: z.array(protectedPathsSchema).max(100).default([]),
+  })
+  .strict();
+export type TenantPolicy = z.output<typeof tenantPolicySchema>;
+
 const secretRefSchema = z
   .string()
   .regex(/^(env|file):.+$/, 'must be a reference, env:VAR or file:/path (never a value)');
@@ -74,8 +95,8 @@ const tenantSchema = z
     secrets: z
       .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/, 'must be an env-var name'), secretRefSchema)
       .optional(),
-    /** Approval floors (paths that need approval, minimum mood, quorum); reserved, see docs/tenancy.md. */
-    policy: z.record(z.string(), z.unknown()).optional(),
+    /** Approval floors: paths whose change needs approval, whatever the request said. */
+    policy: tenantPolicySchema.optional(),
   })
   .strict();
 
@@ -277,4 +298,48 @@ export function issuersForTenant(
   const t = Object.prototype.hasOwnProperty.call(config.tenants, tenant) ? config.tenants[tenant] : undefined;
   if (!t) return undefined;
   return t.issuers ?? [primaryIssuer];
+}
+
+/**
+ * The approval floor a run carries (RunWorkflowInput.approvalFloor): its tenant's protected paths,
+ * and for a rerun the approval the first run needed. Workflows raise the mood's and risk tier's
+ * approval to it once the touched paths are known; nothing in a request lowers it.
+ */
+export interface ApprovalFloor {
+  protected?: TenantPolicy['protected'];
+  minimum?: { requirement: ApprovalRequirement; quorum: number; reason: string };
+}
+
+/** `base` raised to the floor for `touchedPaths` (pure; the reasons say which rule raised it). */
+export function applyApprovalFloor(
+  base: ApprovalPolicy,
+  floor: ApprovalFloor,
+  touchedPaths: readonly string[],
+): ApprovalPolicy {
+  const raises: { requirement: ApprovalRequirement; quorum: number; reason: string }[] = [];
+  for (const rule of floor.protected ?? []) {
+    const hit = touchedPaths.find((p) => rule.paths.some((g) => scopeMatches(g, p)));
+    if (hit !== undefined)
+      raises.push({
+        requirement: rule.approval,
+        quorum: rule.quorum ?? 1,
+        reason: `tenant policy: ${hit} is protected (${rule.paths.join(', ')})`,
+      });
+  }
+  if (floor.minimum && floor.minimum.requirement !== 'none') raises.push(floor.minimum);
+  let { requirement, quorum } = base;
+  const reasons = [...base.reasons];
+  for (const r of raises) {
+    if (APPROVAL_RANK[r.requirement] > APPROVAL_RANK[requirement]) requirement = r.requirement;
+    quorum = Math.max(quorum, r.quorum);
+    reasons.push(`${r.reason}: ${r.requirement}`);
+  }
+  return { requirement, quorum: requirement === 'none' ? 0 : Math.max(1, quorum), reasons };
+}
+
+/** A tenant's policy, or undefined (unknown tenant, or none configured). */
+export function tenantPolicyOf(config: TenantsConfig, tenant: string): TenantPolicy | undefined {
+  return Object.prototype.hasOwnProperty.call(config.tenants, tenant)
+    ? config.tenants[tenant]?.policy
+    : undefined;
 }

@@ -26,6 +26,7 @@ import {
   type WorkGraphRequest,
   type WorkGraphView,
   type WorkGraphWorkflowInput,
+  type TenantPolicy,
 } from '../../contracts';
 
 export interface WorkGraphService {
@@ -57,6 +58,8 @@ export function createTemporalWorkGraphService(deps: {
   logger: Logger;
   /** Repository grants of tenants: checked before a graph starts. */
   repoAccess: RepoGate;
+  /** A tenant's policy: its protected paths become every run's approval floor. */
+  tenantPolicy?: (tenant: string) => TenantPolicy | undefined;
   /** Deadline of one request's Temporal calls, together; none: per call only. */
   requestDeadlineMs?: number;
 }): WorkGraphService {
@@ -160,6 +163,7 @@ export function createTemporalWorkGraphService(deps: {
     const graphId = deriveGraphId(principal.tenant, principal.userId, idempotencyKey ?? randomUUID());
     const requestHash = createHash('sha256').update(canonicalJson(request)).digest('hex');
     const requestedAt = Date.now();
+    const protectedPaths = deps.tenantPolicy?.(principal.tenant)?.protected ?? [];
     const input: WorkGraphWorkflowInput = {
       graphId,
       tenant: principal.tenant,
@@ -171,6 +175,7 @@ export function createTemporalWorkGraphService(deps: {
       maxAttempts: request.maxAttempts,
       ...(request.budgets ? { budgets: request.budgets } : {}),
       items: request.items,
+      ...(protectedPaths.length > 0 ? { approvalFloor: { protected: protectedPaths } } : {}),
       requestHash,
       requestedAt,
       startedBy: { scopes: principal.scopes, ...(principal.tokenId ? { tokenId: principal.tokenId } : {}) },

@@ -39,6 +39,8 @@ import {
   type RunView,
   type RunWorkflowInput,
   type SubjectOwner,
+  type ApprovalFloor,
+  type TenantPolicy,
 } from '../../contracts';
 
 export interface RunListQuery {
@@ -109,6 +111,8 @@ export function createTemporalRunService(deps: {
   logger: Logger;
   /** Repository grants of tenants (tenancy/repo-access.ts): checked before a run starts. */
   repoAccess: RepoGate;
+  /** A tenant's policy (tenants file): its protected paths become the run's approval floor. */
+  tenantPolicy?: (tenant: string) => TenantPolicy | undefined;
   /** Deadline of one request's Temporal calls, together (API_TEMPORAL_CALL_TIMEOUT_SECONDS); none: per call only. */
   requestDeadlineMs?: number;
 }): RunService {
@@ -308,7 +312,20 @@ export function createTemporalRunService(deps: {
       ...original.request,
       mood: options.mood ?? original.request.mood,
     };
+    // A rerun never needs less approval than its first run did, whatever mood it asks for.
+    const firstApproval = first.approval;
+    const floor = floorFor(
+      principal.tenant,
+      firstApproval
+        ? {
+            requirement: firstApproval.requirement,
+            quorum: firstApproval.quorum,
+            reason: `rerun of ${runId}, which needed it`,
+          }
+        : undefined,
+    );
     return startRun(principal, {
+      ...(floor ? { approvalFloor: floor } : {}),
       runId: deriveRunId(principal.tenant, principal.userId, `rerun:${runId}:${key}`),
       request,
       requestHash: createHash('sha256')
@@ -372,13 +389,26 @@ export function createTemporalRunService(deps: {
     const runId = deriveRunId(principal.tenant, principal.userId, key);
     const workItem = { ...request.workItem, id: request.workItem.id ?? `wi-${runId.slice(4, 28)}` };
     const requestHash = createHash('sha256').update(canonicalJson(request)).digest('hex');
-    return startRun(principal, { runId, request: { ...request, workItem }, requestHash });
+    const floor = floorFor(principal.tenant);
+    return startRun(principal, {
+      runId,
+      request: { ...request, workItem },
+      requestHash,
+      ...(floor ? { approvalFloor: floor } : {}),
+    });
+  }
+
+  /** The approval floor of a new run: the tenant's protected paths, and a minimum (reruns). */
+  function floorFor(tenant: string, minimum?: ApprovalFloor['minimum']): ApprovalFloor | undefined {
+    const rules = deps.tenantPolicy?.(tenant)?.protected ?? [];
+    if (rules.length === 0 && !minimum) return undefined;
+    return { ...(rules.length > 0 ? { protected: rules } : {}), ...(minimum ? { minimum } : {}) };
   }
 
   /** Starts (or finds, for a retried request) the run's workflow and answers with its view. */
   async function startRun(
     principal: Principal,
-    spec: Pick<RunWorkflowInput, 'runId' | 'request' | 'requestHash' | 'rerun'>,
+    spec: Pick<RunWorkflowInput, 'runId' | 'request' | 'requestHash' | 'rerun' | 'approvalFloor'>,
   ): Promise<RunView> {
     const { runId, request, requestHash } = spec;
     const workItem = request.workItem;

@@ -19,6 +19,7 @@ import { poll } from './poll';
 import {
   issuersForTenant,
   parseVerifierFile,
+  tenantPolicyOf,
   type SubjectOwner,
   type TenantsConfig,
   type EventEnvelope,
@@ -211,6 +212,7 @@ export async function startTestApi(
     tenants.tenants[tenant] = { repos: [`${env.workDir()}/`] };
   };
   const repoAccess = createRepoAccess({ config: tenants, platformPaths: opts.platformPaths ?? [] });
+  const tenantPolicy = (tenant: string) => tenantPolicyOf(tenants, tenant);
   const keyDir = await mkdtemp(join(env.workDir(), 'issuer-'));
   const key = await loadOrCreateDevKey(keyDir);
   const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
@@ -232,8 +234,8 @@ export async function startTestApi(
   });
   const app = createApp({
     verifyToken,
-    runs: createTemporalRunService({ client, logger, repoAccess }),
-    graphs: createTemporalWorkGraphService({ client, logger, repoAccess }),
+    runs: createTemporalRunService({ client, logger, repoAccess, tenantPolicy }),
+    graphs: createTemporalWorkGraphService({ client, logger, repoAccess, tenantPolicy }),
     ...(opts.rebuildTargets
       ? {
           rebuilds: createTemporalRebuildService({

@@ -28,7 +28,7 @@ import {
   type TestWorker,
 } from '../helpers/integration';
 import { grpcCode, runsClient, type RunsClient } from '../helpers/grpc-client';
-import { apiClient } from '../helpers/runs';
+import { apiClient, recordHistory } from '../helpers/runs';
 import { readSse } from '../helpers/sse';
 
 let worker: TestWorker;
@@ -55,6 +55,11 @@ beforeAll(async () => {
         globex: { repos: [`${globexDir}/`] },
         // A grant of everything: the platform's own paths must still be refused.
         wide: { repos: ['/'] },
+        // Approval floors: changing RESULT.txt needs the owner's approval, whatever the request says.
+        floors: {
+          repos: [`${env.workDir()}/`],
+          policy: { protected: [{ paths: ['RESULT.txt', 'infra/**'], approval: 'owner' }] },
+        },
       },
     },
     platformPaths: [worker.dataDir],
@@ -106,6 +111,7 @@ const runBody = (repo: string, mood = 'CALM') => ({
     description: 'write the result file',
     execute: ['sh', '-c', 'echo done > RESULT.txt'],
     requiredVerifiers: ['V-RESULT-FILE'],
+    riskTier: 'low',
   },
 });
 
@@ -502,5 +508,69 @@ describe('the cross-tenant matrix', () => {
     expect(cells.length).toBeGreaterThanOrEqual(24);
     // Nothing the intruders did changed the run: it was approved by its owner and committed.
     expect(done.approval?.decidedBy).toMatchObject({ userId: 'alice', tenant: 'acme' });
+  });
+});
+
+describe('approval floors', () => {
+  test('when a low/CALM request touches a path the tenant protects, then it waits for approval; one that does not, commits without', async () => {
+    const alice = await api.token({ sub: 'alice', tenant: 'floors' });
+    const repo = await makeGitRepo();
+    const touching = await client.call<RunView>('POST', '/v1/runs', {
+      token: alice,
+      body: runBody(repo.path, 'CALM'),
+      key: randomUUID(),
+    });
+    expect(touching.status).toBe(201);
+    const untouched = await client.call<RunView>('POST', '/v1/runs', {
+      token: alice,
+      body: {
+        ...runBody(repo.path, 'CALM'),
+        workItem: {
+          description: 'leave the protected file alone',
+          execute: ['sh', '-c', 'echo x > OTHER.txt'],
+          requiredVerifiers: ['V-README-INTACT'],
+          riskTier: 'low',
+        },
+      },
+      key: randomUUID(),
+    });
+    expect(untouched.status).toBe(201);
+    const waiting = await client.waitStatus(touching.body.runId, alice, 'awaiting_approval', 120_000);
+    expect(waiting.approval?.requirement).toBe('owner');
+    expect(waiting.approval?.reasons.join('\n')).toMatch(/tenant policy: RESULT\.txt is protected/);
+    expect((await client.waitTerminal(untouched.body.runId, alice)).status).toBe('committed');
+    expect(
+      (await client.call('POST', `/v1/runs/${touching.body.runId}/approve`, { token: alice, body: {} }))
+        .status,
+    ).toBe(200);
+    expect((await client.waitTerminal(touching.body.runId, alice)).status).toBe('committed');
+    await recordHistory(touching.body.runId, 'run-tenant-approval-floor');
+  });
+
+  test('when a run that needed approval is rerun in a milder mood, then the rerun keeps the floor', async () => {
+    const acmeRepo = await repoIn(acmeDir);
+    const alice = await api.token({ sub: 'alice', tenant: 'acme' });
+    const first = await client.call<RunView>('POST', '/v1/runs', {
+      token: alice,
+      body: runBody(acmeRepo, 'CONTRITE'),
+      key: randomUUID(),
+    });
+    expect(first.status).toBe(201);
+    await client.waitStatus(first.body.runId, alice, 'awaiting_approval', 120_000);
+    await client.call('POST', `/v1/runs/${first.body.runId}/approve`, { token: alice, body: {} });
+    expect((await client.waitTerminal(first.body.runId, alice)).status).toBe('committed');
+
+    const rerun = await client.call<RunView>('POST', `/v1/runs/${first.body.runId}/rerun`, {
+      token: alice,
+      body: { mood: 'CALM' },
+      key: randomUUID(),
+    });
+    expect(rerun.status).toBe(201);
+    const waiting = await client.waitStatus(rerun.body.runId, alice, 'awaiting_approval', 120_000);
+    expect(waiting.mood).toBe('CALM');
+    expect(waiting.approval?.reasons.join('\n')).toMatch(new RegExp(`rerun of ${first.body.runId}`));
+    await client.call('POST', `/v1/runs/${rerun.body.runId}/reject`, { token: alice, body: {} });
+    expect((await client.waitTerminal(rerun.body.runId, alice)).status).toBe('discarded');
+    await recordHistory(rerun.body.runId, 'run-rerun-approval-floor');
   });
 });
