@@ -77,7 +77,12 @@ const READ_ONLY: ReadonlySet<Action> = new Set(['runs.read', 'runs.list', 'runs.
 export interface RunResource {
   tenant: string;
   ownerId: string;
+  /** The run's status (ChoirRunStatus), where known: reviewers read runs awaiting approval. */
+  status?: string;
 }
+
+/** What a tenant's reviewers may read of a run they are asked to approve (status, touched paths, receipts, events). */
+const REVIEW_READ: ReadonlySet<Action> = new Set(['runs.read', 'runs.watch']);
 
 export type Decision = 'allow' | 'forbidden' | 'not_found';
 
@@ -97,6 +102,12 @@ export function authorize(principal: Principal, action: Action, resource?: RunRe
     return REVIEW.has(action) && !principal.scopes.includes(REQUIRED_SCOPE[action]) ? 'forbidden' : 'allow';
   }
   if (reviewer) return 'allow';
+  if (
+    REVIEW_READ.has(action) &&
+    resource.status === 'awaiting_approval' &&
+    principal.scopes.includes(REVIEWER_SCOPE)
+  )
+    return 'allow';
   if (READ_ONLY.has(action) && isTenantAdmin(principal)) return 'allow';
   return 'not_found';
 }

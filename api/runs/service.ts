@@ -137,7 +137,8 @@ export function createTemporalRunService(deps: {
     const tenant = desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant) ?? '';
     if (desc.type !== WORKFLOW_TYPES.run) throw notFound;
     // Someone else's run answers exactly like a run that does not exist.
-    const decision = authorize(principal, action, { tenant, ownerId });
+    const status = desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.runStatus);
+    const decision = authorize(principal, action, { tenant, ownerId, ...(status ? { status } : {}) });
     if (decision === 'forbidden') throw forbidden(action);
     if (decision === 'not_found') throw notFound;
     return desc;

@@ -538,12 +538,19 @@ describe('approval floors', () => {
     const waiting = await client.waitStatus(touching.body.runId, alice, 'awaiting_approval', 120_000);
     expect(waiting.approval?.requirement).toBe('owner');
     expect(waiting.approval?.reasons.join('\n')).toMatch(/tenant policy: RESULT\.txt is protected/);
+    // A reviewer of the tenant reads what they are asked to approve: status and touched paths.
+    const reviewer = await api.token({ sub: 'rev', tenant: 'floors', scope: 'runs:read runs:approve' });
+    const seen = await client.getRun(touching.body.runId, reviewer);
+    expect(seen.status).toBe(200);
+    expect(seen.body.plan?.touchedPaths).toContain('RESULT.txt');
     expect((await client.waitTerminal(untouched.body.runId, alice)).status).toBe('committed');
     expect(
       (await client.call('POST', `/v1/runs/${touching.body.runId}/approve`, { token: alice, body: {} }))
         .status,
     ).toBe(200);
     expect((await client.waitTerminal(touching.body.runId, alice)).status).toBe('committed');
+    // Once decided, the run is the owner's again (tenant admins aside).
+    expect((await client.getRun(touching.body.runId, reviewer)).status).toBe(404);
     await recordHistory(touching.body.runId, 'run-tenant-approval-floor');
   });
 
