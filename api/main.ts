@@ -9,7 +9,13 @@ import type * as grpc from '@grpc/grpc-js';
 import { Client, Connection } from '@temporalio/client';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import pino from 'pino';
-import { issuersForTenant, parseVerifierFile, tenantPolicyOf, type SubjectOwner } from '../contracts';
+import {
+  isPlatformOperatorTenant,
+  issuersForTenant,
+  parseVerifierFile,
+  tenantPolicyOf,
+  type SubjectOwner,
+} from '../contracts';
 import { createRepoAccess, loadTenantsFile } from '../tenancy';
 import { createApp, createMetricsApp } from './app';
 import { createTokenVerifier } from './auth/token-verifier';
@@ -100,6 +106,7 @@ async function main(): Promise<void> {
       ? await loadRebuildTargets(config.rebuildTargetsFile)
       : rebuildTargets([]);
     const rebuilds = createTemporalRebuildService({
+      isOperatorTenant: (tenant) => isPlatformOperatorTenant(tenants, tenant),
       client,
       targets,
       defaultApprovalTimeoutSeconds: config.CHOIROS_REBUILD_APPROVAL_TIMEOUT_SECONDS,

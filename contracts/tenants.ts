@@ -103,6 +103,17 @@ const tenantSchema = z
 export const tenantsConfigSchema = z
   .object({
     version: z.literal(1),
+    /**
+     * Platform operations. A rebuild replaces the platform every tenant shares, so the rebuild
+     * scopes count only in tokens of these tenants (the platform's own operators); absent: no
+     * tenant may rebuild.
+     */
+    platform: z
+      .object({
+        operators: z.array(z.string().regex(ID_PATTERN, 'tenant names are ids')).max(16).default([]),
+      })
+      .strict()
+      .optional(),
     tenants: z.record(
       z.string().regex(ID_PATTERN, 'tenant names are ids (A-Z a-z 0-9 _ -, 1-64)'),
       tenantSchema,
@@ -342,4 +353,9 @@ export function tenantPolicyOf(config: TenantsConfig, tenant: string): TenantPol
   return Object.prototype.hasOwnProperty.call(config.tenants, tenant)
     ? config.tenants[tenant]?.policy
     : undefined;
+}
+
+/** True when `tenant`'s principals may use platform scopes (rebuilds): the file's `platform.operators`. */
+export function isPlatformOperatorTenant(config: TenantsConfig, tenant: string): boolean {
+  return config.platform?.operators.includes(tenant) ?? false;
 }

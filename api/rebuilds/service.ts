@@ -58,6 +58,11 @@ export function createTemporalRebuildService(deps: {
   logger: Logger;
   /** Deadline of one request's Temporal calls, together; none: per call only. */
   requestDeadlineMs?: number;
+  /**
+   * Tenants whose principals operate the platform (tenants file `platform.operators`): the
+   * rebuild scopes count only in their tokens, and they see every rebuild.
+   */
+  isOperatorTenant: (tenant: string) => boolean;
 }): RebuildService {
   const { client, logger } = deps;
   const guarded = guardedWithin(client, deps.requestDeadlineMs);
@@ -65,9 +70,15 @@ export function createTemporalRebuildService(deps: {
 
   const check = (principal: Principal, action: Action): void => {
     if (authorize(principal, action) === 'forbidden') throw forbidden(action);
+    // A tenant's release manager does not replace the platform every tenant shares.
+    if (!deps.isOperatorTenant(principal.tenant))
+      throw new AppError(
+        'forbidden',
+        `rebuilds are platform operations; tenant ${principal.tenant} does not operate the platform`,
+      );
   };
 
-  /** The rebuild's execution, if it exists and belongs to the caller's tenant (else 404). */
+  /** The rebuild's execution, if it exists (else 404); platform operators see every rebuild. */
   const describeVisible = async (
     principal: Principal,
     rebuildId: string,
@@ -83,7 +94,6 @@ export function createTemporalRebuildService(deps: {
       throw err;
     }
     if (desc.type !== WORKFLOW_TYPES.rebuild) throw notFound;
-    if (desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant) !== principal.tenant) throw notFound;
     return desc;
   };
 
@@ -196,12 +206,7 @@ export function createTemporalRebuildService(deps: {
           if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
           const running = await client.workflow.getHandle(workflowId).describe();
           const runningId = rebuildIdOf(target.name, running.runId);
-          // Name the running rebuild only to a caller who may read it (GET answers 404 otherwise).
-          if (running.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant) !== principal.tenant)
-            throw new AppError(
-              'rebuild_in_progress',
-              `another rebuild of target ${target.name} is still running; retry when it has finished`,
-            );
+          // Callers are platform operators (check above), who may read every rebuild: naming it is fine.
           throw new AppError(
             'rebuild_in_progress',
             `rebuild ${runningId} of target ${target.name} is still running; wait for it, or approve/reject it`,

@@ -17,6 +17,7 @@ import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import pino from 'pino';
 import { poll } from './poll';
 import {
+  isPlatformOperatorTenant,
   issuersForTenant,
   parseVerifierFile,
   tenantPolicyOf,
@@ -206,7 +207,12 @@ export async function startTestApi(
   } = {},
 ): Promise<TestApi> {
   const fixedTenants = opts.tenants !== undefined;
-  const tenants: TenantsConfig = opts.tenants ?? { version: 1, tenants: {} };
+  // acme operates the platform here (the rebuild fixtures' release managers are acme's).
+  const tenants: TenantsConfig = opts.tenants ?? {
+    version: 1,
+    platform: { operators: ['acme'] },
+    tenants: {},
+  };
   const ensureTenant = (tenant: string): void => {
     if (fixedTenants || Object.prototype.hasOwnProperty.call(tenants.tenants, tenant)) return;
     tenants.tenants[tenant] = { repos: [`${env.workDir()}/`] };
@@ -239,6 +245,7 @@ export async function startTestApi(
     ...(opts.rebuildTargets
       ? {
           rebuilds: createTemporalRebuildService({
+            isOperatorTenant: (tenant) => isPlatformOperatorTenant(tenants, tenant),
             client,
             targets: rebuildTargets(opts.rebuildTargets),
             defaultApprovalTimeoutSeconds: 300,

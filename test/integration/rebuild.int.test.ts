@@ -93,7 +93,7 @@ describe('self-rebuild pipeline', () => {
     expect(second.status).toBe(409);
     expect(second.body.code).toBe('rebuild_in_progress');
     expect(second.body.detail).toContain(rebuildId);
-    // Another tenant's release manager learns that one runs, not which (they could not read it).
+    // Another tenant's release manager does not operate the platform: its rebuild scopes count for nothing.
     const foreign = await fetch(`${api.url}/v1/rebuilds`, {
       method: 'POST',
       headers: {
@@ -103,9 +103,14 @@ describe('self-rebuild pipeline', () => {
       body: JSON.stringify({ target: fx.target.name, ref: 'v2' }),
     });
     const foreignBody = (await foreign.json()) as { code: string; detail: string };
-    expect([foreign.status, foreignBody.code]).toEqual([409, 'rebuild_in_progress']);
+    expect([foreign.status, foreignBody.code]).toEqual([403, 'forbidden']);
     expect(foreignBody.detail).not.toContain(rebuildId);
-    expect(foreign.headers.get('content-location')).toBeNull();
+    const foreignRead = await fetch(`${api.url}/v1/rebuilds/${rebuildId}`, {
+      headers: {
+        authorization: `Bearer ${await api.token({ sub: 'rm-carol', tenant: 'globex', scope: 'rebuild:write rebuild:approve' })}`,
+      },
+    });
+    expect(foreignRead.status).toBe(403);
 
     // Without rebuild:approve, no approval.
     const writer = await api.token({ sub: 'bob', tenant: 'acme', scope: 'rebuild:write' });

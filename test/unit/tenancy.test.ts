@@ -69,6 +69,7 @@ describe('the tenants file', () => {
   test('when the documented default file is loaded, then tenant default may use /tmp/ and the home dir, and nothing else is configured', async () => {
     const config = await loadTenantsFile(DEFAULT_TENANTS_FILE, '/home/dev');
     expect(config.tenants).toEqual({ default: { repos: ['/tmp/', '/home/dev/'] } });
+    expect(config.platform).toEqual({ operators: ['default'] });
     expect(repoGrant(config, 'default', '/home/dev/src/app', []).allowed).toBe(true);
     expect(repoGrant(config, 'default', '/srv/app', []).allowed).toBe(false);
   });
