@@ -5,6 +5,7 @@
  * worker's createSandbox calls it again right before it does.
  */
 import { realpath } from 'node:fs/promises';
+import { ApplicationFailure } from '@temporalio/common';
 import { resolve } from 'node:path';
 import {
   fileUrlPath,
@@ -86,4 +87,24 @@ export function createRepoAccess(opts: {
       return repoGrant(config, tenant, resolved, platform, grants);
     },
   };
+}
+
+/**
+ * For activities (createSandbox): resolves unless `tenant` may use `repo`, else throws the
+ * non-retryable `repo_not_allowed` failure (a retry will not grant it). The detail names the rule,
+ * never a resolved path.
+ */
+export async function assertRepoAllowed(
+  access: Pick<RepoAccess, 'check'>,
+  tenant: string,
+  repo: string,
+): Promise<void> {
+  const decision = await access.check(tenant, repo);
+  if (decision.allowed) return;
+  throw ApplicationFailure.create({
+    type: 'repo_not_allowed',
+    message: `repository not allowed for tenant ${tenant}: ${decision.detail}`,
+    nonRetryable: true,
+    details: [{ reason: decision.reason }],
+  });
 }

@@ -6,6 +6,7 @@
 import { mkdtemp, mkdir, symlink, writeFile } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { ApplicationFailure } from '@temporalio/common';
 import pino from 'pino';
 import request from 'supertest';
 import { createApp, createMetricsApp } from '../../api/app';
@@ -15,6 +16,7 @@ import { issuersForTenant, repoGrant, type TenantsConfig } from '../../contracts
 import {
   DEFAULT_TENANTS_FILE,
   PLATFORM_ROOT,
+  assertRepoAllowed,
   createRepoAccess,
   loadTenantsFile,
   parseTenantsFile,
@@ -175,6 +177,14 @@ describe('grants on real paths', () => {
       allowed: false,
       reason: 'no_grant',
     });
+  });
+
+  test('when an activity asserts a refused repository, then it throws the non-retryable repo_not_allowed failure', async () => {
+    await expect(assertRepoAllowed(access, 'acme', join(root, 'acme/app'))).resolves.toBeUndefined();
+    const err = await assertRepoAllowed(access, 'acme', join(root, 'acme/escape')).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ApplicationFailure);
+    expect(err).toMatchObject({ type: 'repo_not_allowed', nonRetryable: true });
+    expect((err as Error).message).not.toContain(root);
   });
 
   test("when the platform's checkout is under a grant, then it is refused all the same", async () => {
