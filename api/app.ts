@@ -28,6 +28,7 @@ import type { RebuildService } from './rebuilds/service';
 import { createApiMetrics, type ApiMetrics } from './metrics';
 import { openApiDocument } from './openapi';
 import { enforceRateLimit, type RateLimiter } from './rate-limit';
+import type { StreamLimiter } from './stream-limit';
 import { httpServerSpans } from './tracing';
 import { withTimeout } from './temporal';
 
@@ -50,6 +51,8 @@ export interface AppDeps {
   natsCredentials?: { servers: string[]; mint(owner: SubjectOwner): Promise<UserNatsCredentials> };
   /** Per-principal request limits; none when absent. */
   rateLimiter?: RateLimiter;
+  /** Concurrent event streams per principal (shared with gRPC WatchRun); unlimited when absent. */
+  streamLimiter?: StreamLimiter;
   /** Prometheus metrics; a private registry when absent. */
   metrics?: ApiMetrics;
   /**
@@ -297,7 +300,12 @@ export function createApp(deps: AppDeps): express.Express {
       // Ownership first: someone else's run is a 404 before any byte is sent. The stream is the
       // owner's (tenant, user) prefix, so a tenant admin watching a member's run gets its events.
       const owner = await deps.runs.checkVisible(principal, runId, 'runs.watch');
-      await streamEvents(req, res, deps, owner, runId, afterSeq);
+      const release = deps.streamLimiter?.acquire(principal);
+      try {
+        await streamEvents(req, res, deps, owner, runId, afterSeq);
+      } finally {
+        release?.();
+      }
     }),
   );
 
@@ -347,7 +355,12 @@ export function createApp(deps: AppDeps): express.Express {
       );
       // Ownership first (404 before any byte); the events live under the owner's subject prefix.
       const view = await graphs().get(principalOf(res), graphId);
-      await streamEvents(req, res, deps, { tenant: view.tenant, userId: view.userId }, graphId, afterSeq);
+      const release = deps.streamLimiter?.acquire(principalOf(res));
+      try {
+        await streamEvents(req, res, deps, { tenant: view.tenant, userId: view.userId }, graphId, afterSeq);
+      } finally {
+        release?.();
+      }
     }),
   );
 

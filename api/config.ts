@@ -27,6 +27,8 @@ export const apiConfigSchema = z.object({
   API_RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(0).default(600),
   /** Requests a principal may send at once before the per-minute rate applies. */
   API_RATE_LIMIT_BURST: z.coerce.number().int().min(1).default(60),
+  /** Event streams (SSE and gRPC WatchRun) one principal may hold open at once, unless its tenant's caps say otherwise. */
+  API_MAX_STREAMS_PER_PRINCIPAL: z.coerce.number().int().min(1).max(10_000).default(32),
   /** Port the HTTP API listens on. */
   API_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
   /** Port of the gRPC API (choiros.v1.Runs); 0 turns it off. */

@@ -25,6 +25,7 @@ import { createGrpcServer, listenGrpc } from './grpc/server';
 import { createApiMetrics } from './metrics';
 import { mintUserCreds } from './nats/credentials';
 import { RateLimiter } from './rate-limit';
+import { StreamLimiter } from './stream-limit';
 import { createTemporalRunService } from './runs/service';
 import { temporalCallInterceptors } from './temporal';
 import { createTemporalWorkGraphService } from './graphs/service';
@@ -114,6 +115,12 @@ async function main(): Promise<void> {
       requestDeadlineMs,
     });
     const events = createJetStreamEventSource(natsConn);
+    const streamLimiter = new StreamLimiter(
+      (p) =>
+        (Object.prototype.hasOwnProperty.call(tenants.tenants, p.tenant)
+          ? tenants.tenants[p.tenant]?.caps?.eventStreamsPerPrincipal
+          : undefined) ?? config.API_MAX_STREAMS_PER_PRINCIPAL,
+    );
     const rateLimiter =
       config.API_RATE_LIMIT_PER_MINUTE > 0
         ? new RateLimiter({ perMinute: config.API_RATE_LIMIT_PER_MINUTE, burst: config.API_RATE_LIMIT_BURST })
@@ -136,6 +143,7 @@ async function main(): Promise<void> {
       shutdown: shutdown.signal,
       ...(tracing ? { tracer: tracing.tracer } : {}),
       ...(rateLimiter ? { rateLimiter } : {}),
+      streamLimiter,
       ...(accountSeed
         ? {
             natsCredentials: {
@@ -184,6 +192,7 @@ async function main(): Promise<void> {
         events,
         verifiers,
         ...(rateLimiter ? { rateLimiter } : {}),
+        streamLimiter,
         ...(tracing ? { tracer: tracing.tracer } : {}),
         logger,
       });

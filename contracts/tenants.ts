@@ -55,6 +55,8 @@ const capsSchema = z
     runsPerUser: z.number().int().min(1).max(10_000).optional(),
     /** Runs of the tenant in flight at once (CHOIROS_MAX_RUNS_PER_TENANT otherwise). */
     runsPerTenant: z.number().int().min(1).max(100_000).optional(),
+    /** Event streams (SSE and gRPC WatchRun) one principal may hold open at once (API_MAX_STREAMS_PER_PRINCIPAL otherwise). */
+    eventStreamsPerPrincipal: z.number().int().min(1).max(10_000).optional(),
   })
   .strict();
 

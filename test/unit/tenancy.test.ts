@@ -5,6 +5,7 @@
  */
 import { mkdtemp, mkdir, symlink, writeFile } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import pino from 'pino';
@@ -12,7 +13,9 @@ import request from 'supertest';
 import { createApp, createMetricsApp } from '../../api/app';
 import { loadApiConfig } from '../../api/config';
 import { createApiMetrics } from '../../api/metrics';
-import { issuersForTenant, repoGrant, type TenantsConfig } from '../../contracts';
+import type { RunEventSource } from '../../api/events/source';
+import { StreamLimiter } from '../../api/stream-limit';
+import { issuersForTenant, repoGrant, type EventEnvelope, type TenantsConfig } from '../../contracts';
 import {
   DEFAULT_TENANTS_FILE,
   PLATFORM_ROOT,
@@ -23,6 +26,7 @@ import {
 } from '../../tenancy';
 import { emptyEventSource, fakeRunService, oneVerifierCatalog, testTokenVerifier } from '../helpers/fakes';
 import { TestIssuer, makeKey, type TestKey } from '../helpers/jwks-server';
+import { poll } from '../helpers/poll';
 
 const logger = pino({ level: 'silent' });
 
@@ -347,6 +351,77 @@ describe('operational endpoints', () => {
     const own = createMetricsApp({ metrics });
     expect((await request(own).get('/metrics')).status).toBe(200);
     expect((await request(own).get('/v1/runs')).status).toBe(404);
+  });
+});
+
+describe('event streams per principal', () => {
+  test('when a principal holds its cap of open streams, then one more is 429; closing one frees a slot; another principal is not affected', async () => {
+    const issuer = await new TestIssuer().start();
+    const key = await makeKey('ES256');
+    issuer.published = [key];
+    // A live run with no new events: each stream stays open until its client goes away.
+    const waiting: RunEventSource = {
+      stream: (_o, _r, _a, signal) => ({
+        [Symbol.asyncIterator]: () => ({
+          next: () =>
+            new Promise<IteratorResult<EventEnvelope>>((resolve) =>
+              signal.addEventListener('abort', () => resolve({ done: true, value: undefined }), {
+                once: true,
+              }),
+            ),
+        }),
+      }),
+    };
+    const app = createApp({
+      verifyToken: testTokenVerifier(issuer.url),
+      runs: fakeRunService({ owner: null }),
+      verifiers: oneVerifierCatalog(),
+      readiness: [],
+      events: waiting,
+      streamLimiter: new StreamLimiter((p) => (p.tenant === 'acme' ? 2 : 5)),
+      logger,
+    });
+    const server = app.listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    const { port } = server.address() as AddressInfo;
+    const open = async (sub: string) => {
+      const abort = new AbortController();
+      const res = await fetch(`http://127.0.0.1:${port}/v1/runs/run-abc/events`, {
+        headers: { authorization: `Bearer ${await issuer.sign(key, { claims: { sub } })}` },
+        signal: abort.signal,
+      });
+      return {
+        status: res.status,
+        body: res.status === 200 ? undefined : await res.json(),
+        close: () => abort.abort(),
+      };
+    };
+    try {
+      const a1 = await open('alice');
+      const a2 = await open('alice');
+      const a3 = await open('alice');
+      const b1 = await open('bob');
+      expect([a1.status, a2.status, a3.status, b1.status]).toEqual([200, 200, 429, 200]);
+      expect(a3.body).toMatchObject({ code: 'rate_limited' });
+      a1.close();
+      const again = await poll(
+        async () => {
+          const o = await open('alice');
+          if (o.status === 200) o.close();
+          return o.status;
+        },
+        (st) => st === 200,
+        5000,
+        50,
+      );
+      expect(again).toBe(200);
+      a2.close();
+      b1.close();
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+      await issuer.stop();
+    }
   });
 });
 
