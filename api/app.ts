@@ -2,7 +2,7 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Tracer } from '@opentelemetry/api';
 import type { Logger } from 'pino';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import {
   AppError,
   approvalBodySchema,
@@ -12,6 +12,7 @@ import {
   rebuildRequestSchema,
   rerunRequestSchema,
   runListQuerySchema,
+  type SubjectOwner,
   type VerifierSpec,
 } from '../contracts';
 import { checkIdempotencyKey, parseBody, parseRunId, parseRunRequest } from './runs/validate';
@@ -27,6 +28,7 @@ import type { RebuildService } from './rebuilds/service';
 import { createApiMetrics, type ApiMetrics } from './metrics';
 import { openApiDocument } from './openapi';
 import { enforceRateLimit, type RateLimiter } from './rate-limit';
+import type { StreamLimiter } from './stream-limit';
 import { httpServerSpans } from './tracing';
 import { withTimeout } from './temporal';
 
@@ -45,12 +47,20 @@ export interface AppDeps {
   readiness: ReadinessCheck[];
   /** A run's events from JetStream, for SSE. */
   events: RunEventSource;
-  /** Mints a user's short-lived NATS credentials; absent when the account key is not configured. */
-  natsCredentials?: { servers: string[]; mint(userId: string): Promise<UserNatsCredentials> };
+  /** Mints a principal's (tenant, user) short-lived NATS credentials; absent when the account key is not configured. */
+  natsCredentials?: { servers: string[]; mint(owner: SubjectOwner): Promise<UserNatsCredentials> };
   /** Per-principal request limits; none when absent. */
   rateLimiter?: RateLimiter;
+  /** Concurrent event streams per principal (shared with gRPC WatchRun); unlimited when absent. */
+  streamLimiter?: StreamLimiter;
   /** Prometheus metrics; a private registry when absent. */
   metrics?: ApiMetrics;
+  /**
+   * Where `GET /metrics` is served: on this app unless `onApiPort` is false (a listener of its own,
+   * createMetricsApp), and behind `Authorization: Bearer <token>` when a token is set. Default: on
+   * this app, open.
+   */
+  metricsEndpoint?: { onApiPort: boolean; token?: string };
   /** Self-rebuilds; the rebuild routes answer 503 when absent. */
   rebuilds?: RebuildService;
   /** Version reported on /healthz (the commit a rebuild built this API from). */
@@ -136,7 +146,9 @@ export function createApp(deps: AppDeps): express.Express {
   app.get(
     '/readyz',
     route(async (_req, res) => {
-      const checks: Record<string, { ok: boolean; error?: string }> = {};
+      // Unauthenticated: ready or not per dependency, never the error text (it names hosts, ports
+      // and internals); the reason goes to the log.
+      const checks: Record<string, { ok: boolean }> = {};
       await Promise.all(
         deps.readiness.map(async (r) => {
           try {
@@ -144,7 +156,8 @@ export function createApp(deps: AppDeps): express.Express {
             await withTimeout(r.check(), READINESS_CHECK_TIMEOUT_MS);
             checks[r.name] = { ok: true };
           } catch (err) {
-            checks[r.name] = { ok: false, error: err instanceof Error ? err.message : String(err) };
+            checks[r.name] = { ok: false };
+            deps.logger.warn({ event: 'readyz.not_ready', check: r.name, err }, 'readiness check failed');
           }
         }),
       );
@@ -157,12 +170,9 @@ export function createApp(deps: AppDeps): express.Express {
     res.type('application/json').send(openapi);
   });
 
-  app.get(
-    '/metrics',
-    route(async (_req, res) => {
-      res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
-    }),
-  );
+  if (deps.metricsEndpoint?.onApiPort !== false) {
+    app.get('/metrics', metricsHandler(metrics, deps.metricsEndpoint?.token));
+  }
 
   const v1 = express.Router();
   v1.use(authenticate(deps.verifyToken));
@@ -287,8 +297,15 @@ export function createApp(deps: AppDeps): express.Express {
           (typeof req.query.lastEventId === 'string' ? req.query.lastEventId : undefined),
         runId,
       );
-      await deps.runs.checkVisible(principal, runId, 'runs.watch'); // ownership: someone else's run is a 404 before any byte is sent
-      await streamEvents(req, res, deps, principal.userId, runId, afterSeq);
+      // Ownership first: someone else's run is a 404 before any byte is sent. The stream is the
+      // owner's (tenant, user) prefix, so a tenant admin watching a member's run gets its events.
+      const owner = await deps.runs.checkVisible(principal, runId, 'runs.watch');
+      const release = deps.streamLimiter?.acquire(principal);
+      try {
+        await streamEvents(req, res, deps, owner, runId, afterSeq);
+      } finally {
+        release?.();
+      }
     }),
   );
 
@@ -338,7 +355,12 @@ export function createApp(deps: AppDeps): express.Express {
       );
       // Ownership first (404 before any byte); the events live under the owner's subject prefix.
       const view = await graphs().get(principalOf(res), graphId);
-      await streamEvents(req, res, deps, view.userId, graphId, afterSeq);
+      const release = deps.streamLimiter?.acquire(principalOf(res));
+      try {
+        await streamEvents(req, res, deps, { tenant: view.tenant, userId: view.userId }, graphId, afterSeq);
+      } finally {
+        release?.();
+      }
     }),
   );
 
@@ -358,11 +380,12 @@ export function createApp(deps: AppDeps): express.Express {
       if (!deps.natsCredentials)
         throw new AppError('service_unavailable', 'NATS credentials are not configured on this gateway');
       const principal = principalOf(res);
-      const c = await deps.natsCredentials.mint(principal.userId);
+      const c = await deps.natsCredentials.mint({ tenant: principal.tenant, userId: principal.userId });
       res.setHeader('Cache-Control', 'no-store');
       res.json({
         servers: deps.natsCredentials.servers,
         user_id: principal.userId,
+        tenant: principal.tenant,
         subject_prefix: c.subjectPrefix,
         inbox_prefix: c.inboxPrefix,
         jwt: c.jwt,
@@ -423,6 +446,34 @@ export function createApp(deps: AppDeps): express.Express {
   return app;
 }
 
+/** `GET /metrics`: the registry's text, behind `Authorization: Bearer <token>` when a token is set. */
+function metricsHandler(metrics: ApiMetrics, token: string | undefined) {
+  const expected = token === undefined ? undefined : createHash('sha256').update(token).digest();
+  return route(async (req, res) => {
+    if (expected) {
+      const given = /^Bearer (\S+)$/.exec(req.header('authorization') ?? '')?.[1] ?? '';
+      // Compared as digests: constant time, whatever the lengths.
+      if (!timingSafeEqual(createHash('sha256').update(given).digest(), expected)) {
+        res.setHeader('WWW-Authenticate', 'Bearer realm="metrics"');
+        sendProblem(res, 'unauthenticated', 'GET /metrics needs the metrics bearer token');
+        return;
+      }
+    }
+    res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
+}
+
+/** The `/metrics` endpoint alone, for a listener of its own (API_METRICS_PORT). */
+export function createMetricsApp(opts: { metrics: ApiMetrics; token?: string }): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.get('/metrics', metricsHandler(opts.metrics, opts.token));
+  app.use((_req, res) => {
+    res.status(404).end();
+  });
+  return app;
+}
+
 /** `Last-Event-ID` is an event id `<runId>:<seq>`; events after that seq are sent. */
 function parseLastEventId(raw: string | undefined, runId: string): number {
   if (raw === undefined || raw === '') return 0;
@@ -444,7 +495,7 @@ async function streamEvents(
   req: Request,
   res: Response,
   deps: AppDeps,
-  userId: string,
+  owner: SubjectOwner,
   runId: string,
   afterSeq: number,
 ): Promise<void> {
@@ -462,7 +513,7 @@ async function streamEvents(
   const heartbeat = setInterval(() => res.write(': ping\n\n'), deps.sseHeartbeatMs ?? 15_000);
   let sent = 0;
   try {
-    for await (const event of deps.events.stream(userId, runId, afterSeq, abort.signal)) {
+    for await (const event of deps.events.stream(owner, runId, afterSeq, abort.signal)) {
       res.write(`id: ${event.id}\nevent: ${event.event_type}\ndata: ${JSON.stringify(event)}\n\n`);
       sent += 1;
     }

@@ -2,6 +2,8 @@
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import { tracingConfigShape } from '../telemetry/tracing';
+import { trustedUrlSchema } from '../contracts';
+import { DEFAULT_TENANTS_FILE } from '../tenancy';
 
 const algorithms = z
   .string()
@@ -25,6 +27,8 @@ export const apiConfigSchema = z.object({
   API_RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(0).default(600),
   /** Requests a principal may send at once before the per-minute rate applies. */
   API_RATE_LIMIT_BURST: z.coerce.number().int().min(1).default(60),
+  /** Event streams (SSE and gRPC WatchRun) one principal may hold open at once, unless its tenant's caps say otherwise. */
+  API_MAX_STREAMS_PER_PRINCIPAL: z.coerce.number().int().min(1).max(10_000).default(32),
   /** Port the HTTP API listens on. */
   API_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
   /** Port of the gRPC API (choiros.v1.Runs); 0 turns it off. */
@@ -49,12 +53,12 @@ export const apiConfigSchema = z.object({
   NATS_USER_CREDS_TTL_SECONDS: z.coerce.number().int().min(30).max(86_400).default(900),
   /** NATS URL(s) handed to clients with their credentials; default NATS_URL. */
   NATS_CLIENT_URL: z.string().optional(),
-  /** Expected `iss` of access tokens (an OIDC issuer URL). Required. */
-  AUTH_ISSUER: z.string().url(),
+  /** Expected `iss` of access tokens (an OIDC issuer URL; https, or http on loopback). Required. */
+  AUTH_ISSUER: trustedUrlSchema,
   /** Expected `aud` of access tokens. */
   AUTH_AUDIENCE: z.string().min(1).default('choiros-api'),
-  /** JWKS URL; default: discovered from `${AUTH_ISSUER}/.well-known/openid-configuration`. */
-  AUTH_JWKS_URL: z.string().url().optional(),
+  /** JWKS URL (https, or http on loopback); default: discovered from `${AUTH_ISSUER}/.well-known/openid-configuration`. */
+  AUTH_JWKS_URL: trustedUrlSchema.optional(),
   /** Accepted signature algorithms, comma-separated (asymmetric only). */
   AUTH_ALGORITHMS: algorithms,
   /** Claim that carries the tenant. */
@@ -82,13 +86,41 @@ export const apiConfigSchema = z.object({
       z.array(
         z
           .object({
-            issuer: z.string().url(),
+            issuer: trustedUrlSchema,
             audience: z.string().min(1),
-            jwksUrl: z.string().url().optional(),
+            jwksUrl: trustedUrlSchema.optional(),
           })
           .strict(),
       ),
     ),
+  /**
+   * Oldest access token accepted, in seconds since its `iat` (tokens then need an `iat`); unset:
+   * only `exp` limits a token's life.
+   */
+  AUTH_MAX_TOKEN_AGE_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(7 * 86_400)
+    .optional(),
+  /**
+   * The roles → scopes mapping, as JSON `{"<role>": ["<scope>", ...]}`: values of the token's
+   * `roles` claim grant exactly these scopes (an unknown role grants nothing). OAuth scopes in
+   * `scope`/`scp` are taken as they are. Default: docs/tenancy.md, "Roles".
+   */
+  AUTH_ROLE_SCOPES: z
+    .string()
+    .optional()
+    .transform((s, ctx) => {
+      if (s === undefined || s === '') return undefined;
+      try {
+        return JSON.parse(s) as unknown;
+      } catch {
+        ctx.addIssue({ code: 'custom', message: 'must be a JSON object' });
+        return z.NEVER;
+      }
+    })
+    .pipe(z.record(z.string().min(1), z.array(z.string().min(1))).optional()),
   /** Required JWT `typ` header (e.g. at+jwt); unset accepts any. */
   AUTH_TOKEN_TYP: z.string().min(1).optional(),
   /** At most one JWKS fetch per this many seconds for tokens with an unknown key id. */
@@ -97,6 +129,33 @@ export const apiConfigSchema = z.object({
   AUTH_JWKS_MAX_AGE_SECONDS: z.coerce.number().int().min(10).max(86_400).default(600),
   /** The verifier allow-list (YAML), used to reject unknown verifier ids at request time. */
   CHOIROS_VERIFIERS_FILE: z.string().min(1).default('infra/verifiers.yaml'),
+  /**
+   * The tenants file (YAML, docs/tenancy.md): each tenant's repository grants, issuers and caps.
+   * Validated at start; a bad file stops the API with the path of the bad key.
+   */
+  CHOIROS_TENANTS_FILE: z.string().min(1).default(DEFAULT_TENANTS_FILE),
+  /** The platform's data dir (worktrees, mirrors, artifacts): never a run's repository, whatever the grants. */
+  CHOIROS_DATA_DIR: z.string().min(1).default('.data'),
+  /** More paths of the platform that no run may use as its repository, comma-separated (absolute). */
+  CHOIROS_PLATFORM_PATHS: z
+    .string()
+    .default('')
+    .transform((s) =>
+      s
+        .split(',')
+        .map((p) => p.trim())
+        .filter(Boolean),
+    )
+    .pipe(z.array(z.string().startsWith('/', 'must be an absolute path'))),
+  /**
+   * Port of a separate listener for `GET /metrics` (Prometheus); 0 serves it on the API port.
+   * With a port of its own, the API port answers 404 for /metrics.
+   */
+  API_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(0),
+  /** Interface the separate metrics listener binds to. */
+  API_METRICS_HOST: z.string().min(1).default('127.0.0.1'),
+  /** File holding a bearer token that `GET /metrics` then requires (on whichever listener serves it). */
+  API_METRICS_TOKEN_FILE: z.string().min(1).optional(),
   /** Self-rebuild targets (YAML); a missing file means no targets, and `POST /v1/rebuilds` answers unknown_target. */
   CHOIROS_REBUILD_TARGETS_FILE: z.string().min(1).default('infra/rebuild-targets.yaml'),
   /** How long a rebuild waits for approval when the request names no deadline (seconds). */
@@ -122,6 +181,8 @@ export const apiConfigSchema = z.object({
 export type ApiConfig = z.output<typeof apiConfigSchema> & {
   verifiersFile: string;
   rebuildTargetsFile: string;
+  tenantsFile: string;
+  dataDir: string;
 };
 
 export function loadApiConfig(env: NodeJS.ProcessEnv): ApiConfig {
@@ -134,5 +195,7 @@ export function loadApiConfig(env: NodeJS.ProcessEnv): ApiConfig {
     ...parsed.data,
     verifiersFile: resolve(parsed.data.CHOIROS_VERIFIERS_FILE),
     rebuildTargetsFile: resolve(parsed.data.CHOIROS_REBUILD_TARGETS_FILE),
+    tenantsFile: resolve(parsed.data.CHOIROS_TENANTS_FILE),
+    dataDir: resolve(parsed.data.CHOIROS_DATA_DIR),
   };
 }

@@ -9,8 +9,15 @@ import type * as grpc from '@grpc/grpc-js';
 import { Client, Connection } from '@temporalio/client';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
 import pino from 'pino';
-import { parseVerifierFile } from '../contracts';
-import { createApp } from './app';
+import {
+  isPlatformOperatorTenant,
+  issuersForTenant,
+  parseVerifierFile,
+  tenantPolicyOf,
+  type SubjectOwner,
+} from '../contracts';
+import { createRepoAccess, loadTenantsFile } from '../tenancy';
+import { createApp, createMetricsApp } from './app';
 import { createTokenVerifier } from './auth/token-verifier';
 import { loadApiConfig } from './config';
 import { createJetStreamEventSource } from './events/source';
@@ -18,6 +25,7 @@ import { createGrpcServer, listenGrpc } from './grpc/server';
 import { createApiMetrics } from './metrics';
 import { mintUserCreds } from './nats/credentials';
 import { RateLimiter } from './rate-limit';
+import { StreamLimiter } from './stream-limit';
 import { createTemporalRunService } from './runs/service';
 import { temporalCallInterceptors } from './temporal';
 import { createTemporalWorkGraphService } from './graphs/service';
@@ -38,6 +46,7 @@ async function main(): Promise<void> {
   let connection: Connection | undefined;
   let nats: NatsConnection | undefined;
   let server: Server | undefined;
+  let metricsServer: Server | undefined;
   let grpcServer: grpc.Server | undefined;
   const shutdown = new AbortController();
   try {
@@ -59,6 +68,17 @@ async function main(): Promise<void> {
     });
     const natsConn = nats;
     const verifiers = parseVerifierFile(await readFile(config.verifiersFile, 'utf8'), config.verifiersFile);
+    // Validated before anything listens: a bad tenants file stops the API with the bad key's path.
+    const tenants = await loadTenantsFile(config.tenantsFile);
+    const repoAccess = createRepoAccess({
+      config: tenants,
+      platformPaths: [config.dataDir, ...config.CHOIROS_PLATFORM_PATHS],
+    });
+    const metricsToken = config.API_METRICS_TOKEN_FILE
+      ? (await readFile(config.API_METRICS_TOKEN_FILE, 'utf8')).trim()
+      : undefined;
+    if (metricsToken !== undefined && metricsToken.length < 16)
+      throw new Error('API_METRICS_TOKEN_FILE must hold a token of at least 16 characters');
     const accountSeed = config.NATS_ACCOUNT_SEED_FILE
       ? (await readFile(config.NATS_ACCOUNT_SEED_FILE, 'utf8')).trim()
       : undefined;
@@ -68,6 +88,9 @@ async function main(): Promise<void> {
         ...config.AUTH_EXTRA_ISSUERS,
       ],
       typ: config.AUTH_TOKEN_TYP,
+      ...(config.AUTH_MAX_TOKEN_AGE_SECONDS ? { maxTokenAgeSeconds: config.AUTH_MAX_TOKEN_AGE_SECONDS } : {}),
+      ...(config.AUTH_ROLE_SCOPES ? { roleScopes: config.AUTH_ROLE_SCOPES } : {}),
+      tenantIssuers: (tenant) => issuersForTenant(tenants, tenant, config.AUTH_ISSUER),
       jwksCooldownMs: config.AUTH_JWKS_COOLDOWN_SECONDS * 1000,
       jwksMaxAgeMs: config.AUTH_JWKS_MAX_AGE_SECONDS * 1000,
       onJwksError: (err) =>
@@ -78,11 +101,13 @@ async function main(): Promise<void> {
       defaultTenant: config.AUTH_DEFAULT_TENANT,
     });
     const requestDeadlineMs = config.API_TEMPORAL_CALL_TIMEOUT_SECONDS * 1000;
-    const runs = createTemporalRunService({ client, logger, requestDeadlineMs });
+    const tenantPolicy = (tenant: string) => tenantPolicyOf(tenants, tenant);
+    const runs = createTemporalRunService({ client, logger, requestDeadlineMs, repoAccess, tenantPolicy });
     const targets = existsSync(config.rebuildTargetsFile)
       ? await loadRebuildTargets(config.rebuildTargetsFile)
       : rebuildTargets([]);
     const rebuilds = createTemporalRebuildService({
+      isOperatorTenant: (tenant) => isPlatformOperatorTenant(tenants, tenant),
       client,
       targets,
       defaultApprovalTimeoutSeconds: config.CHOIROS_REBUILD_APPROVAL_TIMEOUT_SECONDS,
@@ -90,29 +115,41 @@ async function main(): Promise<void> {
       requestDeadlineMs,
     });
     const events = createJetStreamEventSource(natsConn);
+    const streamLimiter = new StreamLimiter(
+      (p) =>
+        (Object.prototype.hasOwnProperty.call(tenants.tenants, p.tenant)
+          ? tenants.tenants[p.tenant]?.caps?.eventStreamsPerPrincipal
+          : undefined) ?? config.API_MAX_STREAMS_PER_PRINCIPAL,
+    );
     const rateLimiter =
       config.API_RATE_LIMIT_PER_MINUTE > 0
         ? new RateLimiter({ perMinute: config.API_RATE_LIMIT_PER_MINUTE, burst: config.API_RATE_LIMIT_BURST })
         : undefined;
 
+    const apiMetrics = createApiMetrics();
     const app = createApp({
       verifyToken,
       runs,
-      graphs: createTemporalWorkGraphService({ client, logger, requestDeadlineMs }),
+      graphs: createTemporalWorkGraphService({ client, logger, requestDeadlineMs, repoAccess, tenantPolicy }),
       rebuilds,
       version: config.CHOIROS_VERSION,
       events,
       verifiers,
-      metrics: createApiMetrics(),
+      metrics: apiMetrics,
+      metricsEndpoint: {
+        onApiPort: config.API_METRICS_PORT === 0,
+        ...(metricsToken ? { token: metricsToken } : {}),
+      },
       shutdown: shutdown.signal,
       ...(tracing ? { tracer: tracing.tracer } : {}),
       ...(rateLimiter ? { rateLimiter } : {}),
+      streamLimiter,
       ...(accountSeed
         ? {
             natsCredentials: {
               servers: (config.NATS_CLIENT_URL ?? config.NATS_URL).split(','),
-              mint: (userId: string) =>
-                mintUserCreds(accountSeed, userId, config.NATS_USER_CREDS_TTL_SECONDS),
+              mint: (owner: SubjectOwner) =>
+                mintUserCreds(accountSeed, owner, config.NATS_USER_CREDS_TTL_SECONDS),
             },
           }
         : {}),
@@ -139,6 +176,15 @@ async function main(): Promise<void> {
       listening.once('listening', () => resolve());
       listening.once('error', reject);
     });
+    if (config.API_METRICS_PORT > 0) {
+      const m = createMetricsApp({ metrics: apiMetrics, ...(metricsToken ? { token: metricsToken } : {}) });
+      const listeningMetrics = m.listen(config.API_METRICS_PORT, config.API_METRICS_HOST);
+      metricsServer = listeningMetrics;
+      await new Promise<void>((resolve, reject) => {
+        listeningMetrics.once('listening', () => resolve());
+        listeningMetrics.once('error', reject);
+      });
+    }
     if (config.GRPC_PORT > 0) {
       grpcServer = createGrpcServer({
         verifyToken,
@@ -146,6 +192,7 @@ async function main(): Promise<void> {
         events,
         verifiers,
         ...(rateLimiter ? { rateLimiter } : {}),
+        streamLimiter,
         ...(tracing ? { tracer: tracing.tracer } : {}),
         logger,
       });
@@ -157,6 +204,8 @@ async function main(): Promise<void> {
         port: config.API_PORT,
         host: config.API_HOST,
         grpcPort: config.GRPC_PORT || null,
+        metricsPort: config.API_METRICS_PORT || config.API_PORT,
+        tenants: Object.keys(tenants.tenants),
         issuer: config.AUTH_ISSUER,
         version: config.CHOIROS_VERSION,
         rebuildTargets: targets.names(),
@@ -192,6 +241,8 @@ async function main(): Promise<void> {
     );
   } finally {
     server?.closeAllConnections();
+    metricsServer?.closeAllConnections();
+    metricsServer?.close();
     grpcServer?.forceShutdown();
     await nats?.drain().catch(() => undefined);
     await connection?.close().catch(() => undefined);

@@ -36,6 +36,7 @@ const problemSchema = z.object({
 const natsCredentialsSchema = z.object({
   servers: z.array(z.string()),
   user_id: z.string(),
+  tenant: z.string(),
   subject_prefix: z.string(),
   inbox_prefix: z.string(),
   jwt: z.string(),
@@ -55,7 +56,7 @@ const approvalResponseSchema = z.object({
 
 const readinessSchema = z.object({
   status: z.enum(['ready', 'not_ready']),
-  checks: z.record(z.string(), z.object({ ok: z.boolean(), error: z.string().optional() })),
+  checks: z.record(z.string(), z.object({ ok: z.boolean() })),
 });
 
 const problems = (...statuses: number[]): Record<string, unknown> =>
@@ -178,8 +179,12 @@ export function openApiDocument(): Record<string, unknown> {
       },
       '/metrics': {
         get: {
-          summary: 'Prometheus metrics',
-          responses: { '200': { description: 'text exposition format' } },
+          summary:
+            'Prometheus metrics (on API_METRICS_PORT instead when set; bearer token when API_METRICS_TOKEN_FILE is set)',
+          responses: {
+            '200': { description: 'text exposition format' },
+            '401': { description: 'the metrics token is required and was not given' },
+          },
         },
       },
       '/v1/runs': {

@@ -34,6 +34,7 @@ import { pct } from './util';
 const LATENCY_EVENTS = Number(process.env.BENCH_EVENTS ?? 1000);
 const RATE_PER_SECOND = Number(process.env.BENCH_RATE ?? 200);
 const THROUGHPUT_EVENTS = Number(process.env.BENCH_THROUGHPUT_EVENTS ?? 5000);
+const BENCH_OWNER = { tenant: 'default', userId: 'bench' };
 
 function event(runId: string, seq: number, sentAt: number): EventEnvelope {
   return {
@@ -101,7 +102,7 @@ async function main(): Promise<void> {
   const token = await mintDevToken(key, { issuer: issuer.issuer, audience: DEV_AUDIENCE }, { sub: 'bench' });
 
   // Raw subscriber with a user's credentials.
-  const userCreds = await mintUserCreds(nats.auth.accountSeed, 'bench', 600);
+  const userCreds = await mintUserCreds(nats.auth.accountSeed, BENCH_OWNER, 600);
   const user = await connect({
     servers: nats.url,
     authenticator: credsAuthenticator(new TextEncoder().encode(userCreds.creds)),
@@ -110,7 +111,7 @@ async function main(): Promise<void> {
   const raw: number[] = [];
   const sse: number[] = [];
   const codec = JSONCodec<EventEnvelope>();
-  const sub = user.subscribe(runEventsFilter('bench', runId));
+  const sub = user.subscribe(runEventsFilter(BENCH_OWNER, runId));
   const rawDone = (async () => {
     for await (const m of sub) {
       const e = codec.decode(m.data);
@@ -164,7 +165,7 @@ async function main(): Promise<void> {
   sse.sort((a, b) => a - b);
   const f = (n: number): string => n.toFixed(2);
   console.log(
-    `events: ${LATENCY_EVENTS} at ${RATE_PER_SECOND}/s (latency), ${THROUGHPUT_EVENTS} (throughput); subject ${runEventSubject('bench', runId, 'note.status')}`,
+    `events: ${LATENCY_EVENTS} at ${RATE_PER_SECOND}/s (latency), ${THROUGHPUT_EVENTS} (throughput); subject ${runEventSubject(BENCH_OWNER, runId, 'note.status')}`,
   );
   console.log(
     `raw NATS subscriber   p50 ${f(pct(raw, 50))} ms  p99 ${f(pct(raw, 99))} ms  (n=${raw.length})`,

@@ -12,7 +12,7 @@
 import { readFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
@@ -30,7 +30,10 @@ import {
   type RunView,
   type RunWorkflowInput,
   type WorkGraphView,
+  issuersForTenant,
+  type TenantsConfig,
 } from '../contracts';
+import { createRepoAccess } from '../tenancy';
 import { createApp } from '../api/app';
 import { createTokenVerifier } from '../api/auth/token-verifier';
 import { createJetStreamEventSource } from '../api/events/source';
@@ -104,6 +107,8 @@ async function main(): Promise<void> {
       servers: natsServer.url,
       authenticator: credsAuthenticator(await readFile(natsServer.apiCredsFile)),
     });
+    const tenants: TenantsConfig = { version: 1, tenants: { bench: { repos: [`${dirname(repo)}/`] } } };
+    const repoAccess = createRepoAccess({ config: tenants, platformPaths: [join(work, 'data')] });
     const app = createApp({
       verifyToken: createTokenVerifier({
         issuers: [{ issuer: issuer.issuer, audience: DEV_AUDIENCE }],
@@ -111,9 +116,10 @@ async function main(): Promise<void> {
         clockToleranceSeconds: 5,
         tenantClaim: 'tenant',
         defaultTenant: 'default',
+        tenantIssuers: (tenant) => issuersForTenant(tenants, tenant, issuer.issuer),
       }),
-      runs: createTemporalRunService({ client, logger }),
-      graphs: createTemporalWorkGraphService({ client, logger }),
+      runs: createTemporalRunService({ client, logger, repoAccess }),
+      graphs: createTemporalWorkGraphService({ client, logger, repoAccess }),
       events: createJetStreamEventSource(apiNats),
       verifiers: parseVerifierFile(VERIFIERS, 'bench verifiers'),
       readiness: [],

@@ -38,6 +38,9 @@ export const ERROR_CODES = [
   'build_failed',
   'deploy_failed',
   'invalid_rebuild_request',
+  // Tenancy.
+  'repo_not_allowed',
+  'ref_not_allowed',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -78,6 +81,8 @@ export const HTTP_STATUS_BY_CODE: Record<ErrorCode, number> = {
   build_failed: 500,
   deploy_failed: 500,
   invalid_rebuild_request: 400,
+  repo_not_allowed: 403,
+  ref_not_allowed: 403,
 };
 
 /** Short human titles for problem+json `title`. */
@@ -116,6 +121,8 @@ export const TITLE_BY_CODE: Record<ErrorCode, string> = {
   build_failed: 'Image build failed',
   deploy_failed: 'Deploy failed',
   invalid_rebuild_request: 'Invalid rebuild request',
+  repo_not_allowed: 'Repository not allowed for this tenant',
+  ref_not_allowed: 'Ref not allowed for this rebuild target',
 };
 
 /** One field-level problem, as reported in a 400's `errors` list. */

@@ -90,32 +90,67 @@ function assertSubjectToken(kind: string, value: string): void {
   }
 }
 
-/** `choiros.<userId>.run.<runId>.<event_type>` */
-export function runEventSubject(userId: string, runId: string, eventType: string): string {
-  assertSubjectToken('userId', userId);
+/**
+ * Version of the subject layout (docs/tenancy.md, "Migration"). 1: `choiros.<userId>.run.<runId>.<type>`
+ * (user ids alone: the same user id in two tenants shared a prefix); 2: tenant-qualified, below.
+ * The envelope (`schema_version` 1) did not change: it always carried `tenant`.
+ */
+export const SUBJECT_LAYOUT_VERSION = 2;
+
+/** The owner of a run's events: subjects are keyed by (tenant, user), never by user id alone. */
+export interface SubjectOwner {
+  tenant: string;
+  userId: string;
+}
+
+/** `choiros.<tenant>.<userId>.run.<runId>.<event_type>` */
+export function runEventSubject(owner: SubjectOwner, runId: string, eventType: string): string {
+  assertSubjectToken('tenant', owner.tenant);
+  assertSubjectToken('userId', owner.userId);
   assertSubjectToken('runId', runId);
   if (!EVENT_TYPE_PATTERN.test(eventType))
     throw new Error(`event type ${JSON.stringify(eventType)} is invalid`);
-  return `choiros.${userId}.run.${runId}.${eventType}`;
+  return `choiros.${owner.tenant}.${owner.userId}.run.${runId}.${eventType}`;
 }
 
-/** Every event of one run: `choiros.<userId>.run.<runId>.>` */
-export function runEventsFilter(userId: string, runId: string): string {
+/** The subject of an envelope: built from its own `tenant`, `user_id`, `run_id` and `event_type`. */
+export function eventSubject(
+  event: Pick<EventEnvelope, 'tenant' | 'user_id' | 'run_id' | 'event_type'>,
+): string {
+  return runEventSubject({ tenant: event.tenant, userId: event.user_id }, event.run_id, event.event_type);
+}
+
+/** Every event of one run: `choiros.<tenant>.<userId>.run.<runId>.>` */
+export function runEventsFilter(owner: SubjectOwner, runId: string): string {
+  assertSubjectToken('tenant', owner.tenant);
+  assertSubjectToken('userId', owner.userId);
+  assertSubjectToken('runId', runId);
+  return `choiros.${owner.tenant}.${owner.userId}.run.${runId}.>`;
+}
+
+/** Layout 1 filter of one run's events (`choiros.<userId>.run.<runId>.>`), for migration only. */
+export function legacyRunEventsFilter(userId: string, runId: string): string {
   assertSubjectToken('userId', userId);
   assertSubjectToken('runId', runId);
   return `choiros.${userId}.run.${runId}.>`;
 }
 
-/** A user's own prefix, the only subjects that user may subscribe to: `choiros.<userId>.>` */
-export function userSubjectPrefix(userId: string): string {
-  assertSubjectToken('userId', userId);
-  return `choiros.${userId}.>`;
+/** A principal's own prefix, the only subjects it may subscribe to: `choiros.<tenant>.<userId>.>` */
+export function userSubjectPrefix(owner: SubjectOwner): string {
+  assertSubjectToken('tenant', owner.tenant);
+  assertSubjectToken('userId', owner.userId);
+  return `choiros.${owner.tenant}.${owner.userId}.>`;
 }
 
-/** Per-user inbox prefix, so replies to one user are not visible to another (a shared `_INBOX.>` leaks). */
-export function userInboxPrefix(userId: string): string {
-  assertSubjectToken('userId', userId);
-  return `_INBOX_${userId}`;
+/**
+ * Per-principal inbox prefix `_INBOX_<tenant>.<userId>`, so replies to one principal are not
+ * visible to another (a shared `_INBOX.>` leaks). The tenant ends the first token and the user id
+ * is a token of its own, so no two (tenant, user) pairs share a prefix.
+ */
+export function userInboxPrefix(owner: SubjectOwner): string {
+  assertSubjectToken('tenant', owner.tenant);
+  assertSubjectToken('userId', owner.userId);
+  return `_INBOX_${owner.tenant}.${owner.userId}`;
 }
 
 /** Every subject in the event stream. */

@@ -18,3 +18,4 @@ export * from './work-graph';
 export * from './rebuild';
 export * from './rebuild-defs';
 export * from './run-start';
+export * from './tenants';

@@ -141,7 +141,8 @@ export function stricterMood(mood: Mood): Mood {
   return MOOD_POLICIES[mood].stricter ?? mood;
 }
 
-const APPROVAL_RANK: Record<ApprovalRequirement, number> = { none: 0, owner: 1, independent: 2 };
+/** Approval requirements in order of strictness. */
+export const APPROVAL_RANK: Record<ApprovalRequirement, number> = { none: 0, owner: 1, independent: 2 };
 const RISK_APPROVAL: Record<string, ApprovalRequirement> = {
   low: 'none',
   medium: 'owner',

@@ -2,6 +2,7 @@
 import { z } from 'zod';
 import { argvSchema } from './run';
 import { idSchema, refSchema } from './ids';
+import { globToRegExp } from './glob';
 
 /** Target names end up in workflow ids, container names and image names: lower-case and short. */
 export const TARGET_NAME_PATTERN = /^[a-z0-9][a-z0-9-]{0,22}$/;
@@ -120,6 +121,21 @@ export const rebuildTargetSchema = z
     suites: z.array(rebuildSuiteSchema).max(20).default([]),
     images: z.array(rebuildImageSchema).min(1).max(10),
     deployer: z.enum(DEPLOYERS).default('noop'),
+    /**
+     * Refs this target may be rebuilt from: branch or tag names or globs (`main`, `release/*`).
+     * Absent: any ref. Run branches (`choiros/run/*`) are refused either way.
+     */
+    refs: z
+      .array(
+        z
+          .string()
+          .min(1)
+          .max(200)
+          .regex(/^[A-Za-z0-9._/*?-]+$/, 'must be a ref name or a glob (A-Z a-z 0-9 . _ / - * ?)'),
+      )
+      .min(1)
+      .max(50)
+      .optional(),
     services: z.array(rebuildServiceSchema).max(10).default([]),
     /** Labels put on every container and image of this target (e.g. a test's id). */
     labels: z.record(z.string().regex(/^[a-z0-9._-]{1,64}$/), z.string().max(200)).default({}),
@@ -323,4 +339,19 @@ export function expandTemplate(
   return value
     .replace(/\{\{commit\}\}/g, vars.commit)
     .replace(/\{\{image:([A-Za-z0-9_-]+)\}\}/g, (m, name: string) => vars.images[name] ?? m);
+}
+
+/** A run's branch (`choiros/run/<runId>`, however spelled: `heads/…`, `refs/heads/…`): never a rebuild's source. */
+const RUN_BRANCH = /(^|\/)choiros\/run(\/|$)/;
+
+/**
+ * May `target` be rebuilt from `ref`? Never from a run branch (unreviewed run output); and, when
+ * the target lists `refs`, only from a ref one of them matches (`refs/heads/` or `refs/tags/`
+ * prefixes are ignored for the comparison). Pure: the gateway asks before it starts a rebuild.
+ */
+export function rebuildRefAllowed(target: Pick<RebuildTarget, 'refs'>, ref: string): boolean {
+  if (RUN_BRANCH.test(ref)) return false;
+  if (!target.refs) return true;
+  const name = ref.replace(/^(refs\/)?(heads|tags)\//, '');
+  return target.refs.some((g) => globToRegExp(g).test(name));
 }

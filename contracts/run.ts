@@ -1,6 +1,7 @@
 /** Run request, work item, run status and the workflow's input/output shapes. */
 import { z } from 'zod';
 import { idSchema, refSchema } from './ids';
+import type { ApprovalFloor } from './tenants';
 
 /** Moods: deterministic policy bundles (domain.md §1). */
 export const MOODS = [
@@ -220,6 +221,8 @@ export interface RunWorkflowInput {
   rerun?: { of: string; baseCommit: string; imageId: string };
   /** The work graph this run belongs to (started as its child). */
   graph?: { graphId: string; itemId: string; attempt: number };
+  /** Approval the run needs whatever its request said: tenant policy, a rerun's first run (contracts/tenants.ts). */
+  approvalFloor?: ApprovalFloor;
 }
 
 /** `POST /v1/runs/:runId/rerun` body. */

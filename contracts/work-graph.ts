@@ -2,6 +2,7 @@
 import { z } from 'zod';
 import { idSchema, refSchema } from './ids';
 import { sha256Hex } from './sha256';
+import type { ApprovalFloor } from './tenants';
 import {
   moodSchema,
   repoSchema,
@@ -106,6 +107,8 @@ export interface WorkGraphWorkflowInput {
   requestHash: string;
   requestedAt: number;
   startedBy?: { scopes: string[]; tokenId?: string };
+  /** The tenant's approval floor, handed to every run of the graph (contracts/tenants.ts). */
+  approvalFloor?: ApprovalFloor;
   /** Continue-as-new once this many items have started in one workflow run (default 100): no more start, the started ones finish, then it continues. */
   continueAsNewAfter?: number;
   /** State carried across continue-as-new. */

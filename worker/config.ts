@@ -5,6 +5,7 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { tracingConfigShape } from '../telemetry/tracing';
+import { DEFAULT_TENANTS_FILE } from '../tenancy/load';
 
 const hostIdDefault = (): string =>
   hostname()
@@ -129,9 +130,14 @@ export const workerConfigSchema = z.object({
     .min(0)
     .max(7 * 86400)
     .default(600),
-  /** Runs of one user in flight at once (fairness); more wait as `queued`, in order. */
+  /**
+   * The tenants file (YAML, docs/tenancy.md), validated at start: repository grants (re-checked
+   * before a sandbox is created) and per-tenant caps, which override the two settings below.
+   */
+  CHOIROS_TENANTS_FILE: z.string().min(1).default(DEFAULT_TENANTS_FILE),
+  /** Runs of one user in flight at once (fairness) unless the tenant's caps say otherwise; more wait as `queued`, in order. */
   CHOIROS_MAX_RUNS_PER_USER: z.coerce.number().int().min(1).max(10_000).default(8),
-  /** Runs of one tenant in flight at once; more wait as `queued`. */
+  /** Runs of one tenant in flight at once unless the tenant's caps say otherwise; more wait as `queued`. */
   CHOIROS_MAX_RUNS_PER_TENANT: z.coerce.number().int().min(1).max(100_000).default(64),
   /**
    * Build id of this worker's code (the commit a rebuild deployed it from; `dev` otherwise). Stamped
@@ -173,6 +179,7 @@ export type WorkerConfig = z.output<typeof workerConfigSchema> & {
   dataDir: string;
   verifiersFile: string;
   artifactsDir: string;
+  tenantsFile: string;
   /** Resolved execution-lane secrets (name → value). Never log this object. */
   secrets: Record<string, string>;
 };
@@ -222,5 +229,6 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv): WorkerConfig {
     dataDir,
     artifactsDir: resolve(parsed.data.CHOIROS_ARTIFACTS_DIR ?? join(dataDir, 'artifacts')),
     verifiersFile: resolve(parsed.data.CHOIROS_VERIFIERS_FILE),
+    tenantsFile: resolve(parsed.data.CHOIROS_TENANTS_FILE),
   };
 }

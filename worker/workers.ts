@@ -6,7 +6,8 @@ import { Worker, type NativeConnection, type WorkflowBundleWithSourceMap } from 
 import type Docker from 'dockerode';
 import type { NatsConnection } from 'nats';
 import type { Logger } from 'pino';
-import { TASK_QUEUES, hostSandboxQueue } from '../contracts';
+import { TASK_QUEUES, hostSandboxQueue, tenantCaps } from '../contracts';
+import { createRepoAccess, loadTenantsFile } from '../tenancy';
 import {
   createEventActivities,
   ensureEventStream,
@@ -15,7 +16,7 @@ import {
 import { createAdmissionActivities } from '../activities/admission/activities';
 import { LocalArtifactStore } from '../activities/artifacts/local-store';
 import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
-import { createSandboxActivities } from '../activities/sandbox/activities';
+import { createSandboxActivities, type SandboxDeps } from '../activities/sandbox/activities';
 import { createGraphBranchActivities } from '../activities/workspace/graph-branch';
 import { quotaUnavailable } from '../activities/workspace/quota';
 import { DockerSandboxDriver, EGRESS_PROXY_SCRIPT } from '../activities/sandbox/docker-driver';
@@ -85,6 +86,12 @@ export async function createWorkerSet(opts: {
     duplicateWindowSeconds: 300,
   });
   const verifiers = await loadVerifierCatalog(config.verifiersFile);
+  // Validated at start (a bad file stops the worker with the bad key's path).
+  const tenants = await loadTenantsFile(config.tenantsFile);
+  const repoAccess = createRepoAccess({
+    config: tenants,
+    platformPaths: [config.dataDir, config.artifactsDir],
+  });
   const egressProxyScript =
     config.CHOIROS_SANDBOX_DRIVER === 'docker' ? await stageEgressProxy(config.dataDir) : undefined;
   if (config.CHOIROS_SANDBOX_DRIVER === 'local' && config.CHOIROS_LOCAL_DRIVER !== 'trusted-dev') {
@@ -126,7 +133,8 @@ export async function createWorkerSet(opts: {
             maxAttempts: config.CHOIROS_EGRESS_MAX_ATTEMPTS,
           },
         });
-  const sandboxActivities = createSandboxActivities({
+  const sandboxDeps: SandboxDeps = {
+    repoAccess,
     driver,
     verifiers,
     worktreeRoot: join(config.dataDir, 'worktrees'),
@@ -140,7 +148,8 @@ export async function createWorkerSet(opts: {
     maxLogBytes: config.CHOIROS_MAX_LOG_BYTES,
     logger: logger.child({ component: 'sandbox' }),
     metrics,
-  });
+  };
+  const sandboxActivities = createSandboxActivities(sandboxDeps);
   const eventActivities = createEventActivities({
     js: opts.nats.jetstream(),
     logger: logger.child({ component: 'events' }),
@@ -185,8 +194,13 @@ export async function createWorkerSet(opts: {
       activities: {
         ...eventActivities,
         ...createAdmissionActivities({
-          perUser: config.CHOIROS_MAX_RUNS_PER_USER,
-          perTenant: config.CHOIROS_MAX_RUNS_PER_TENANT,
+          capsFor: (tenant) => {
+            const caps = tenantCaps(tenants, tenant, {
+              runsPerUser: config.CHOIROS_MAX_RUNS_PER_USER,
+              runsPerTenant: config.CHOIROS_MAX_RUNS_PER_TENANT,
+            });
+            return { perUser: caps.runsPerUser, perTenant: caps.runsPerTenant };
+          },
           logger: logger.child({ component: 'admission' }),
         }),
       },

@@ -20,6 +20,7 @@ import {
   admittedSignal,
   answerInterruptUpdate,
   approvalPolicy,
+  applyApprovalFloor,
   approvalUpdate,
   judgeVerifierAttempts,
   moodPolicy,
@@ -95,7 +96,8 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
   // Mood engine, admission, approvals, interrupts, reruns and budgets; histories from before replay without them.
   const v2 = patched('runs-v2');
   const policy = moodPolicy(request.mood);
-  const approval = approvalPolicy(request.mood, workItem.riskTier, request.review);
+  // Raised once the touched paths are known when the run carries an approval floor (tenant policy, rerun).
+  let approval = approvalPolicy(request.mood, workItem.riskTier, request.review);
   const budgets = request.budgets ?? {};
   const wallClockSeconds = Math.min(policy.wallClockSeconds, budgets.wallClockSeconds ?? Infinity);
   const executeTimeoutSeconds = v2
@@ -429,6 +431,11 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
         reasons: plan.reasons,
         touched_paths: plan.touchedPaths,
       });
+      // The tenant's protected paths and a rerun's floor raise the approval the run needs; a
+      // request's mood and risk tier can only add to them.
+      if (input.approvalFloor && patched('tenant-approval-floor')) {
+        approval = applyApprovalFloor(approval, input.approvalFloor, plan.touchedPaths);
+      }
       // Required ids keep the order the request gave them (the run view lists verifiers in it).
       const required = new Set(workItem.requiredVerifiers);
       verifierIds = [

@@ -315,6 +315,7 @@ export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<
         requestHash: sha256Hex(canonicalJson(request)),
         requestedAt: Date.now(),
         ...(input.startedBy ? { startedBy: input.startedBy } : {}),
+        ...(input.approvalFloor ? { approvalFloor: input.approvalFloor } : {}),
         graph: { graphId, itemId: id, attempt },
       };
       const { memo, typedSearchAttributes } = runStartMetadata(runInput);

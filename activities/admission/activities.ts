@@ -13,10 +13,8 @@ import {
 import type { AdmissionActivities } from '../types';
 
 export interface AdmissionDeps {
-  /** Concurrent runs per user. */
-  perUser: number;
-  /** Concurrent runs per tenant. */
-  perTenant: number;
+  /** Concurrent runs per user and per tenant, for one tenant (the tenants file's caps, or the platform defaults). */
+  capsFor(tenant: string): { perUser: number; perTenant: number };
   logger: Logger;
 }
 
@@ -32,9 +30,7 @@ export function createAdmissionActivities(deps: AdmissionDeps): AdmissionActivit
         staticSummary: `fairness gate of tenant ${input.tenant}`,
       });
       const grant = await client.workflow.executeUpdateWithStart(acquireUpdate, {
-        args: [
-          { runId: input.runId, userId: input.userId, perUser: deps.perUser, perTenant: deps.perTenant },
-        ],
+        args: [{ runId: input.runId, userId: input.userId, ...deps.capsFor(input.tenant) }],
         startWorkflowOperation: start,
       });
       deps.logger.info(

@@ -5,7 +5,7 @@ import {
   ALL_EVENTS_SUBJECT,
   EVENT_STREAM,
   eventEnvelopeSchema,
-  runEventSubject,
+  eventSubject,
   type EventEnvelope,
 } from '../../contracts';
 import type { EventActivities, PublishResult } from '../types';
@@ -64,7 +64,7 @@ export function publishEnvelope(
   event: EventEnvelope,
   msgID = event.id,
 ): Promise<PubAck> {
-  return js.publish(runEventSubject(event.user_id, event.run_id, event.event_type), codec.encode(event), {
+  return js.publish(eventSubject(event), codec.encode(event), {
     msgID,
     expect: { streamName: EVENT_STREAM },
     timeout: 10_000,

@@ -6,7 +6,13 @@
 import type { Client } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
 import { JSONCodec, type JetStreamClient } from 'nats';
-import { EVENT_STREAM, eventEnvelopeSchema, runEventsFilter, type EventEnvelope } from '../../contracts';
+import {
+  EVENT_STREAM,
+  eventEnvelopeSchema,
+  runEventsFilter,
+  type EventEnvelope,
+  type SubjectOwner,
+} from '../../contracts';
 import { publishEnvelope } from './publisher';
 
 /** The events recorded in a run's workflow history, unique by id, in seq order. */
@@ -28,10 +34,14 @@ export async function eventsFromHistory(client: Client, runId: string): Promise<
 }
 
 /** Seqs of a run's events currently in the stream. */
-export async function seqsInStream(js: JetStreamClient, userId: string, runId: string): Promise<Set<number>> {
+export async function seqsInStream(
+  js: JetStreamClient,
+  owner: SubjectOwner,
+  runId: string,
+): Promise<Set<number>> {
   const codec = JSONCodec<{ seq?: number }>();
   const seqs = new Set<number>();
-  const consumer = await js.consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(userId, runId) });
+  const consumer = await js.consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(owner, runId) });
   for (;;) {
     const batch = await consumer.fetch({ max_messages: 500, expires: 1000 });
     let got = 0;
@@ -61,7 +71,9 @@ export async function republishRunEvents(
   const events = await eventsFromHistory(deps.client, runId);
   const first = events[0];
   if (!first) return { runId, inHistory: 0, alreadyInStream: 0, republished: 0 };
-  const present = await seqsInStream(deps.js, first.user_id, runId);
+  // Compared on the current (tenant-qualified) layout: events a run published under layout 1
+  // (`choiros.<userId>.…`) count as missing and are re-published on their tenant-qualified subject.
+  const present = await seqsInStream(deps.js, { tenant: first.tenant, userId: first.user_id }, runId);
   let republished = 0;
   for (const event of events) {
     if (present.has(event.seq)) continue;

@@ -30,6 +30,7 @@ import type {
 import type { SandboxDriver, SandboxLabels } from './driver';
 import { heartbeatWhile } from '../heartbeat';
 import { Workspaces, runBranch } from '../workspace/workspace';
+import { assertRepoAllowed, type RepoAccess } from '../../tenancy';
 
 /** How often createSandbox heartbeats (the workflow's heartbeat timeout for it is 30 s). */
 const LIVENESS_INTERVAL_MS = 5_000;
@@ -43,6 +44,11 @@ export interface SandboxDeps {
   mirrorRoot: string;
   /** Workspace limits (activities/workspace); defaults in WORKSPACE_DEFAULTS. */
   workspace?: Partial<WorkspaceLimits>;
+  /**
+   * The tenants' repository grants (tenancy/): createSandbox re-checks the run's repository right
+   * before git touches it (the gateway checked at request time; anyone reaching Temporal did not).
+   */
+  repoAccess?: Pick<RepoAccess, 'check'>;
   hostId: string;
   /** This host's task queue, returned by create so later steps run here. */
   hostQueue: string;
@@ -176,6 +182,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
     const log = logger.child({ runId: input.runId, workItemId: input.workItemId });
     phase('image');
     const imageId = await driver.imageId(input.imageId);
+    if (deps.repoAccess) await assertRepoAllowed(deps.repoAccess, input.tenant, input.repo);
     const { baseCommit, tree } = await workspaces.create({
       runId: input.runId,
       tenant: input.tenant,

@@ -23,8 +23,24 @@ export type Action =
 
 export type Scope = 'runs:write' | 'runs:read' | 'runs:approve' | 'rebuild:write' | 'rebuild:approve';
 
-/** Role (in `scope`/`roles`) that lets a user read every run of their own tenant. */
+/** Scope that lets a user read every run of their own tenant. */
 const TENANT_ADMIN_ROLE = 'tenant:admin';
+
+/**
+ * The default roles → scopes mapping (AUTH_ROLE_SCOPES replaces it): named roles, and each scope
+ * as a role of its own so that issuers which put scopes in `roles` keep working.
+ */
+export const DEFAULT_ROLE_SCOPES: Readonly<Record<string, readonly string[]>> = {
+  engineer: ['runs:read', 'runs:write'],
+  reviewer: ['runs:read', 'runs:approve'],
+  'tenant-admin': ['runs:read', TENANT_ADMIN_ROLE],
+  'release-manager': ['rebuild:write', 'rebuild:approve'],
+  ...Object.fromEntries(
+    ['runs:read', 'runs:write', 'runs:approve', 'rebuild:write', 'rebuild:approve', TENANT_ADMIN_ROLE].map(
+      (s) => [s, [s]],
+    ),
+  ),
+};
 
 export const REQUIRED_SCOPE: Record<Action, Scope> = {
   'runs.start': 'runs:write',
@@ -61,7 +77,12 @@ const READ_ONLY: ReadonlySet<Action> = new Set(['runs.read', 'runs.list', 'runs.
 export interface RunResource {
   tenant: string;
   ownerId: string;
+  /** The run's status (ChoirRunStatus), where known: reviewers read runs awaiting approval. */
+  status?: string;
 }
+
+/** What a tenant's reviewers may read of a run they are asked to approve (status, touched paths, receipts, events). */
+const REVIEW_READ: ReadonlySet<Action> = new Set(['runs.read', 'runs.watch']);
 
 export type Decision = 'allow' | 'forbidden' | 'not_found';
 
@@ -81,6 +102,12 @@ export function authorize(principal: Principal, action: Action, resource?: RunRe
     return REVIEW.has(action) && !principal.scopes.includes(REQUIRED_SCOPE[action]) ? 'forbidden' : 'allow';
   }
   if (reviewer) return 'allow';
+  if (
+    REVIEW_READ.has(action) &&
+    resource.status === 'awaiting_approval' &&
+    principal.scopes.includes(REVIEWER_SCOPE)
+  )
+    return 'allow';
   if (READ_ONLY.has(action) && isTenantAdmin(principal)) return 'allow';
   return 'not_found';
 }

@@ -3,8 +3,9 @@
  * issuer → (JWKS, audience) from configuration; keys are never fetched from a URL named in a token.
  */
 import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
-import { AppError, isValidId, type Principal } from '../../contracts';
+import { AppError, isSecureOrLoopbackUrl, isValidId, type Principal } from '../../contracts';
 import { JwksCache } from './jwks-cache';
+import { DEFAULT_ROLE_SCOPES } from './policy';
 
 export interface IssuerConfig {
   issuer: string;
@@ -21,6 +22,15 @@ export interface TokenVerifierOptions {
   defaultTenant: string;
   /** Required `typ` header (e.g. `at+jwt`), when configured. */
   typ?: string;
+  /** Oldest token accepted (seconds since `iat`, which then becomes required); unset: no limit but `exp`. */
+  maxTokenAgeSeconds?: number;
+  /** Roles (`roles` claim) → scopes; DEFAULT_ROLE_SCOPES when absent. An unknown role grants nothing. */
+  roleScopes?: Readonly<Record<string, readonly string[]>>;
+  /**
+   * The issuers that may assert a tenant (tenants file); undefined for an unknown tenant. A token
+   * whose issuer may not assert its tenant is refused like any bad token. No binding when absent.
+   */
+  tenantIssuers?: (tenant: string) => readonly string[] | undefined;
   fetchTimeoutMs?: number;
   /** At most one JWKS fetch per cooldown for unknown `kid`s. */
   jwksCooldownMs?: number;
@@ -75,21 +85,24 @@ async function discoverJwksUrl(issuer: string, timeoutMs: number): Promise<strin
   if (doc.issuer !== issuer)
     throw new Error(`OIDC discovery at ${url} names issuer ${String(doc.issuer)}, expected ${issuer}`);
   if (typeof doc.jwks_uri !== 'string') throw new Error(`OIDC discovery at ${url} has no jwks_uri`);
+  if (!isSecureOrLoopbackUrl(doc.jwks_uri))
+    throw new Error(`OIDC discovery at ${url} names a JWKS URL that is neither https nor loopback`);
   return doc.jwks_uri;
 }
 
-function scopesOf(payload: JWTPayload): string[] {
+function scopesOf(payload: JWTPayload, roleScopes: Readonly<Record<string, readonly string[]>>): string[] {
   const out = new Set<string>();
-  const add = (v: unknown): void => {
-    if (typeof v === 'string') {
-      for (const s of v.split(/\s+/)) if (s) out.add(s);
-    } else if (Array.isArray(v)) {
-      for (const s of v) if (typeof s === 'string') out.add(s);
-    }
+  const values = (v: unknown): string[] => {
+    if (typeof v === 'string') return v.split(/\s+/).filter(Boolean);
+    if (Array.isArray(v)) return v.filter((s): s is string => typeof s === 'string');
+    return [];
   };
-  add(payload.scope);
-  add(payload.scp);
-  add(payload.roles);
+  for (const s of [...values(payload.scope), ...values(payload.scp)]) out.add(s);
+  // Roles grant what the configured mapping says, and nothing else.
+  for (const role of values(payload.roles)) {
+    const granted = Object.prototype.hasOwnProperty.call(roleScopes, role) ? roleScopes[role] : undefined;
+    for (const s of granted ?? []) out.add(s);
+  }
   return [...out].sort();
 }
 
@@ -105,6 +118,10 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
   }
   const issuers = new Map<string, IssuerState>();
   for (const config of opts.issuers) {
+    for (const url of [config.issuer, config.jwksUrl]) {
+      if (url !== undefined && !isSecureOrLoopbackUrl(url))
+        throw new Error(`issuer and JWKS URLs must be https (http only on loopback): ${url}`);
+    }
     let discovered: Promise<string> | undefined;
     const jwksUrl = (): Promise<string> => {
       if (config.jwksUrl) return Promise.resolve(config.jwksUrl);
@@ -156,7 +173,8 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
           audience: config.audience,
           algorithms: opts.algorithms,
           clockTolerance: opts.clockToleranceSeconds,
-          requiredClaims: ['exp', 'sub'],
+          requiredClaims: opts.maxTokenAgeSeconds ? ['exp', 'sub', 'iat'] : ['exp', 'sub'],
+          ...(opts.maxTokenAgeSeconds ? { maxTokenAge: opts.maxTokenAgeSeconds } : {}),
           ...(opts.typ ? { typ: opts.typ } : {}),
         },
       ));
@@ -169,10 +187,11 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
     const tenantClaim = (payload as Record<string, unknown>)[opts.tenantClaim];
     const tenant = tenantClaim === undefined ? opts.defaultTenant : tenantClaim;
     if (!isValidId(tenant)) throw unauthenticated();
+    if (opts.tenantIssuers && !opts.tenantIssuers(tenant)?.includes(config.issuer)) throw unauthenticated();
     return {
       userId: sub,
       tenant,
-      scopes: scopesOf(payload),
+      scopes: scopesOf(payload, opts.roleScopes ?? DEFAULT_ROLE_SCOPES),
       tokenId: typeof payload.jti === 'string' ? payload.jti : undefined,
     };
   };

@@ -1,14 +1,26 @@
 /** Reads a run's events from JetStream for the gateway (the only way users get history). */
 import { JSONCodec, type NatsConnection } from 'nats';
-import { EVENT_STREAM, eventEnvelopeSchema, runEventsFilter, type EventEnvelope } from '../../contracts';
+import {
+  EVENT_STREAM,
+  eventEnvelopeSchema,
+  runEventsFilter,
+  type EventEnvelope,
+  type SubjectOwner,
+} from '../../contracts';
 
 export interface RunEventSource {
   /**
    * The run's events with `seq > afterSeq`, in order, live: waits for new ones and ends after
    * `run.completed` (`graph.completed` for a work graph, whose events use its id as run id), or
-   * when `signal` aborts.
+   * when `signal` aborts. `owner` is the run's owner (tenant, user) — not the caller, who may be
+   * a tenant admin or a reviewer — since the events live under the owner's subject prefix.
    */
-  stream(userId: string, runId: string, afterSeq: number, signal: AbortSignal): AsyncIterable<EventEnvelope>;
+  stream(
+    owner: SubjectOwner,
+    runId: string,
+    afterSeq: number,
+    signal: AbortSignal,
+  ): AsyncIterable<EventEnvelope>;
 }
 
 const codec = JSONCodec<unknown>();
@@ -19,11 +31,11 @@ const isFinal = (e: EventEnvelope): boolean =>
 
 export function createJetStreamEventSource(nc: NatsConnection): RunEventSource {
   return {
-    async *stream(userId, runId, afterSeq, signal) {
+    async *stream(owner, runId, afterSeq, signal) {
       // An ordered consumer is ephemeral, server-side and flow-controlled; it vanishes with us.
       const consumer = await nc
         .jetstream()
-        .consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(userId, runId) });
+        .consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(owner, runId) });
       const messages = await consumer.consume({ max_messages: 256 });
       const stop = (): void => {
         void messages.close();

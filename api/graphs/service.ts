@@ -9,6 +9,7 @@ import {
 import type { Logger } from 'pino';
 import { authorize, forbidden, type Action } from '../auth/policy';
 import { QUERY_TIMEOUT_MS, guardedWithin, withTimeout } from '../temporal';
+import { requireRepoGrant, type RepoGate } from '../repo-grants';
 import {
   AppError,
   GRAPH_STATUSES,
@@ -25,6 +26,7 @@ import {
   type WorkGraphRequest,
   type WorkGraphView,
   type WorkGraphWorkflowInput,
+  type TenantPolicy,
 } from '../../contracts';
 
 export interface WorkGraphService {
@@ -54,6 +56,10 @@ interface GraphMemo {
 export function createTemporalWorkGraphService(deps: {
   client: Client;
   logger: Logger;
+  /** Repository grants of tenants: checked before a graph starts. */
+  repoAccess: RepoGate;
+  /** A tenant's policy: its protected paths become every run's approval floor. */
+  tenantPolicy?: (tenant: string) => TenantPolicy | undefined;
   /** Deadline of one request's Temporal calls, together; none: per call only. */
   requestDeadlineMs?: number;
 }): WorkGraphService {
@@ -153,9 +159,11 @@ export function createTemporalWorkGraphService(deps: {
     request: WorkGraphRequest,
     idempotencyKey: string | undefined,
   ): Promise<WorkGraphView> {
+    await requireRepoGrant(deps.repoAccess, principal.tenant, request.repo);
     const graphId = deriveGraphId(principal.tenant, principal.userId, idempotencyKey ?? randomUUID());
     const requestHash = createHash('sha256').update(canonicalJson(request)).digest('hex');
     const requestedAt = Date.now();
+    const protectedPaths = deps.tenantPolicy?.(principal.tenant)?.protected ?? [];
     const input: WorkGraphWorkflowInput = {
       graphId,
       tenant: principal.tenant,
@@ -167,6 +175,7 @@ export function createTemporalWorkGraphService(deps: {
       maxAttempts: request.maxAttempts,
       ...(request.budgets ? { budgets: request.budgets } : {}),
       items: request.items,
+      ...(protectedPaths.length > 0 ? { approvalFloor: { protected: protectedPaths } } : {}),
       requestHash,
       requestedAt,
       startedBy: { scopes: principal.scopes, ...(principal.tokenId ? { tokenId: principal.tokenId } : {}) },

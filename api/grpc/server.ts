@@ -26,6 +26,7 @@ import { requireScopeFor, type Action } from '../auth/policy';
 import { validationError } from '../errors';
 import type { RunEventSource } from '../events/source';
 import { enforceRateLimit, type RateLimiter } from '../rate-limit';
+import type { StreamLimiter } from '../stream-limit';
 import type { RunService } from '../runs/service';
 import { startRpcSpan } from '../tracing';
 import { checkIdempotencyKey, parseBody, parseRunId, parseRunRequest } from '../runs/validate';
@@ -38,6 +39,8 @@ export interface GrpcDeps {
   events: RunEventSource;
   verifiers: { get(id: string): VerifierSpec | undefined };
   rateLimiter?: RateLimiter;
+  /** Concurrent event streams per principal, shared with SSE; unlimited when absent. */
+  streamLimiter?: StreamLimiter;
   /** OpenTelemetry tracer: a SERVER span per unary call (api/tracing.ts); no spans when absent. */
   tracer?: Tracer;
   logger: Logger;
@@ -61,6 +64,7 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, grpc.status>> = {
   interrupt_closed: grpc.status.FAILED_PRECONDITION,
   invalid_answer: grpc.status.INVALID_ARGUMENT,
   rerun_unavailable: grpc.status.FAILED_PRECONDITION,
+  repo_not_allowed: grpc.status.PERMISSION_DENIED,
 };
 
 /** The `choiros.v1.Runs` client constructor from the .proto (keepCase: field names as in the file). */
@@ -318,14 +322,17 @@ export function createGrpcServer(deps: GrpcDeps): grpc.Server {
     ),
     WatchRun: (call: grpc.ServerWritableStream<{ run_id?: string; after_seq?: number }, unknown>) => {
       const abort = new AbortController();
+      let release: (() => void) | undefined;
       call.on('cancelled', () => abort.abort());
       void (async () => {
         try {
           const principal = await principalFor(call.metadata, 'runs.watch');
           const runId = parseRunId(call.request.run_id, 'run_id');
-          await deps.runs.checkVisible(principal, runId, 'runs.watch');
+          // The owner's events: a tenant admin or reviewer watches the member's stream, not their own.
+          const owner = await deps.runs.checkVisible(principal, runId, 'runs.watch');
+          release = deps.streamLimiter?.acquire(principal);
           for await (const e of deps.events.stream(
-            principal.userId,
+            owner,
             runId,
             Math.max(0, call.request.after_seq ?? 0),
             abort.signal,
@@ -341,6 +348,8 @@ export function createGrpcServer(deps: GrpcDeps): grpc.Server {
         } catch (err) {
           // grpc-js ends a server stream with a status by emitting it as an error.
           if (!abort.signal.aborted) call.emit('error', toServiceError(err, logger));
+        } finally {
+          release?.();
         }
       })();
     },

@@ -18,6 +18,7 @@ import {
   WORKFLOW_TYPES,
   parseRebuildId,
   rebuildDecisionUpdate,
+  rebuildRefAllowed,
   rebuildIdOf,
   rebuildTimingsSchema,
   rebuildViewQuery,
@@ -57,6 +58,11 @@ export function createTemporalRebuildService(deps: {
   logger: Logger;
   /** Deadline of one request's Temporal calls, together; none: per call only. */
   requestDeadlineMs?: number;
+  /**
+   * Tenants whose principals operate the platform (tenants file `platform.operators`): the
+   * rebuild scopes count only in their tokens, and they see every rebuild.
+   */
+  isOperatorTenant: (tenant: string) => boolean;
 }): RebuildService {
   const { client, logger } = deps;
   const guarded = guardedWithin(client, deps.requestDeadlineMs);
@@ -64,9 +70,15 @@ export function createTemporalRebuildService(deps: {
 
   const check = (principal: Principal, action: Action): void => {
     if (authorize(principal, action) === 'forbidden') throw forbidden(action);
+    // A tenant's release manager does not replace the platform every tenant shares.
+    if (!deps.isOperatorTenant(principal.tenant))
+      throw new AppError(
+        'forbidden',
+        `rebuilds are platform operations; tenant ${principal.tenant} does not operate the platform`,
+      );
   };
 
-  /** The rebuild's execution, if it exists and belongs to the caller's tenant (else 404). */
+  /** The rebuild's execution, if it exists (else 404); platform operators see every rebuild. */
   const describeVisible = async (
     principal: Principal,
     rebuildId: string,
@@ -82,7 +94,6 @@ export function createTemporalRebuildService(deps: {
       throw err;
     }
     if (desc.type !== WORKFLOW_TYPES.rebuild) throw notFound;
-    if (desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant) !== principal.tenant) throw notFound;
     return desc;
   };
 
@@ -147,6 +158,12 @@ export function createTemporalRebuildService(deps: {
           throw new AppError('unknown_target', `no rebuild target named ${request.target}`, {
             errors: [{ field: 'target', message: `known targets: ${deps.targets.names().join(', ')}` }],
           });
+        if (!rebuildRefAllowed(target, request.ref))
+          throw new AppError(
+            'ref_not_allowed',
+            `target ${target.name} may not be rebuilt from ${request.ref}${target.refs ? ` (allowed: ${target.refs.join(', ')})` : ' (run branches never)'}`,
+            { errors: [{ field: 'ref', message: 'not an allowed ref of this target' }] },
+          );
         const workflowId = rebuildWorkflowId(target.name);
         const requestedAt = Date.now();
         const approvalTimeoutSeconds = request.approvalTimeoutSeconds ?? deps.defaultApprovalTimeoutSeconds;
@@ -189,6 +206,7 @@ export function createTemporalRebuildService(deps: {
           if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
           const running = await client.workflow.getHandle(workflowId).describe();
           const runningId = rebuildIdOf(target.name, running.runId);
+          // Callers are platform operators (check above), who may read every rebuild: naming it is fine.
           throw new AppError(
             'rebuild_in_progress',
             `rebuild ${runningId} of target ${target.name} is still running; wait for it, or approve/reject it`,
@@ -234,6 +252,17 @@ export function createTemporalRebuildService(deps: {
         const desc = await describeVisible(principal, rebuildId);
         if (desc.status.name !== 'RUNNING')
           throw new AppError('rebuild_not_awaiting_approval', `rebuild ${rebuildId} has finished`);
+        // Four eyes: whoever asked for a rebuild of the shared platform never approves it.
+        // (Rejecting one's own request is allowed: it only stops it.)
+        if (
+          decision === 'approve' &&
+          desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant) === principal.tenant &&
+          desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.userId) === principal.userId
+        )
+          throw new AppError(
+            'self_approval_forbidden',
+            `rebuild ${rebuildId} was requested by you; another release manager must approve it`,
+          );
         const handle = client.workflow.getHandle(desc.workflowId, desc.runId);
         try {
           const view = await handle.executeUpdate(rebuildDecisionUpdate, {

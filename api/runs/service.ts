@@ -13,6 +13,7 @@ import { decodeTypedSearchAttributes } from '@temporalio/common/lib/converter/pa
 import { ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
 import { authorize, forbidden, isTenantAdmin, type Action } from '../auth/policy';
 import { QUERY_TIMEOUT_MS, guardedWithin, withTimeout } from '../temporal';
+import { requireRepoGrant, type RepoGate } from '../repo-grants';
 import {
   AppError,
   SEARCH_ATTRIBUTES,
@@ -37,6 +38,9 @@ import {
   type RunSummary,
   type RunView,
   type RunWorkflowInput,
+  type SubjectOwner,
+  type ApprovalFloor,
+  type TenantPolicy,
 } from '../../contracts';
 
 export interface RunListQuery {
@@ -59,8 +63,15 @@ export interface RunService {
   list(principal: Principal, query: RunListQuery): Promise<RunListPage>;
   /** Requests cancellation; the run cleans up its sandbox and ends `cancelled`. Idempotent. */
   cancel(principal: Principal, runId: string): Promise<RunView>;
-  /** Throws not_found (or forbidden) unless the caller may perform `action` on the run; reads nothing else. */
-  checkVisible(principal: Principal, runId: string, action: 'runs.read' | 'runs.watch'): Promise<void>;
+  /**
+   * Throws not_found (or forbidden) unless the caller may perform `action` on the run; answers the
+   * run's owner (tenant, user), under whose subject prefix its events live. Reads nothing else.
+   */
+  checkVisible(
+    principal: Principal,
+    runId: string,
+    action: 'runs.read' | 'runs.watch',
+  ): Promise<SubjectOwner>;
   /** Approves or rejects a run waiting in `awaiting_approval`, as the verified caller. */
   decide(
     principal: Principal,
@@ -98,6 +109,10 @@ function actorOf(p: Principal): { userId: string; tenant: string; tokenId?: stri
 export function createTemporalRunService(deps: {
   client: Client;
   logger: Logger;
+  /** Repository grants of tenants (tenancy/repo-access.ts): checked before a run starts. */
+  repoAccess: RepoGate;
+  /** A tenant's policy (tenants file): its protected paths become the run's approval floor. */
+  tenantPolicy?: (tenant: string) => TenantPolicy | undefined;
   /** Deadline of one request's Temporal calls, together (API_TEMPORAL_CALL_TIMEOUT_SECONDS); none: per call only. */
   requestDeadlineMs?: number;
 }): RunService {
@@ -122,7 +137,8 @@ export function createTemporalRunService(deps: {
     const tenant = desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant) ?? '';
     if (desc.type !== WORKFLOW_TYPES.run) throw notFound;
     // Someone else's run answers exactly like a run that does not exist.
-    const decision = authorize(principal, action, { tenant, ownerId });
+    const status = desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.runStatus);
+    const decision = authorize(principal, action, { tenant, ownerId, ...(status ? { status } : {}) });
     if (decision === 'forbidden') throw forbidden(action);
     if (decision === 'not_found') throw notFound;
     return desc;
@@ -217,7 +233,13 @@ export function createTemporalRunService(deps: {
         return viewOf(desc);
       }),
     checkVisible: (principal, runId, action) =>
-      guarded(async () => void (await describeOwned(principal, runId, action))),
+      guarded(async () => {
+        const desc = await describeOwned(principal, runId, action);
+        return {
+          tenant: desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.tenant) ?? '',
+          userId: desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.userId) ?? '',
+        };
+      }),
     decide: (principal, runId, decision, comment) =>
       guarded(async () => {
         const desc = await describeOwned(principal, runId, 'runs.approve');
@@ -284,12 +306,27 @@ export function createTemporalRunService(deps: {
       );
     }
     const original = await originalInput(runId);
+    // Grants can be withdrawn: a rerun is a new run and passes the gate again.
+    await requireRepoGrant(deps.repoAccess, principal.tenant, original.request.repo);
     const key = idempotencyKey ?? randomUUID();
     const request: RunRequest & { workItem: RunWorkflowInput['request']['workItem'] } = {
       ...original.request,
       mood: options.mood ?? original.request.mood,
     };
+    // A rerun never needs less approval than its first run did, whatever mood it asks for.
+    const firstApproval = first.approval;
+    const floor = floorFor(
+      principal.tenant,
+      firstApproval
+        ? {
+            requirement: firstApproval.requirement,
+            quorum: firstApproval.quorum,
+            reason: `rerun of ${runId}, which needed it`,
+          }
+        : undefined,
+    );
     return startRun(principal, {
+      ...(floor ? { approvalFloor: floor } : {}),
       runId: deriveRunId(principal.tenant, principal.userId, `rerun:${runId}:${key}`),
       request,
       requestHash: createHash('sha256')
@@ -348,17 +385,31 @@ export function createTemporalRunService(deps: {
     request: RunRequest,
     idempotencyKey: string | undefined,
   ): Promise<RunView> {
+    await requireRepoGrant(deps.repoAccess, principal.tenant, request.repo);
     const key = idempotencyKey ?? randomUUID();
     const runId = deriveRunId(principal.tenant, principal.userId, key);
     const workItem = { ...request.workItem, id: request.workItem.id ?? `wi-${runId.slice(4, 28)}` };
     const requestHash = createHash('sha256').update(canonicalJson(request)).digest('hex');
-    return startRun(principal, { runId, request: { ...request, workItem }, requestHash });
+    const floor = floorFor(principal.tenant);
+    return startRun(principal, {
+      runId,
+      request: { ...request, workItem },
+      requestHash,
+      ...(floor ? { approvalFloor: floor } : {}),
+    });
+  }
+
+  /** The approval floor of a new run: the tenant's protected paths, and a minimum (reruns). */
+  function floorFor(tenant: string, minimum?: ApprovalFloor['minimum']): ApprovalFloor | undefined {
+    const rules = deps.tenantPolicy?.(tenant)?.protected ?? [];
+    if (rules.length === 0 && !minimum) return undefined;
+    return { ...(rules.length > 0 ? { protected: rules } : {}), ...(minimum ? { minimum } : {}) };
   }
 
   /** Starts (or finds, for a retried request) the run's workflow and answers with its view. */
   async function startRun(
     principal: Principal,
-    spec: Pick<RunWorkflowInput, 'runId' | 'request' | 'requestHash' | 'rerun'>,
+    spec: Pick<RunWorkflowInput, 'runId' | 'request' | 'requestHash' | 'rerun' | 'approvalFloor'>,
   ): Promise<RunView> {
     const { runId, request, requestHash } = spec;
     const workItem = request.workItem;

@@ -13,7 +13,7 @@
 import { execFileSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Client, Connection } from '@temporalio/client';
 import { connect, credsAuthenticator } from 'nats';
@@ -26,6 +26,7 @@ import {
 } from '../../infra/dev-issuer/issuer';
 import { freePort, startEntry, waitFor, type ManagedProcess } from '../../infra/stack/process';
 import { expectGapFree, readRunEvents } from '../../infra/stack/run-events';
+import { writeTenantsFile } from '../../tenancy';
 import { pct, startBenchStack } from '../util';
 
 const RUNS = intEnv('BENCH_LOAD_RUNS', 200);
@@ -135,6 +136,11 @@ async function main(): Promise<void> {
     });
     cleanups.unshift(() => worker.stop(30_000));
     const apiPort = await freePort();
+    const tenantsFile = await writeTenantsFile(
+      join(work, 'tenants.yaml'),
+      Array.from({ length: TENANTS }, (_, t) => `load-t${t}`),
+      [`${dirname(repo)}/`],
+    );
     const api = startEntry({
       name: 'api',
       entry: 'api/main.ts',
@@ -149,6 +155,8 @@ async function main(): Promise<void> {
         API_HOST: '127.0.0.1',
         API_PORT: String(apiPort),
         GRPC_PORT: '0',
+        CHOIROS_TENANTS_FILE: tenantsFile,
+        CHOIROS_DATA_DIR: join(work, 'data'),
       },
     });
     cleanups.unshift(() => api.stop(30_000));
@@ -254,7 +262,11 @@ async function main(): Promise<void> {
       const view = await fetch(`${apiUrl}/v1/runs/${f.runId}`, {
         headers: { authorization: `Bearer ${tokens[f.i % USERS]}` },
       }).then((r) => r.json() as Promise<RunView>);
-      const got = await readRunEvents(reader, userId, f.runId);
+      const got = await readRunEvents(
+        reader,
+        { tenant: `load-t${(f.i % USERS) % TENANTS}`, userId },
+        f.runId,
+      );
       try {
         expectGapFree(got);
         if (got.length !== view.events.emitted) throw new Error(`${got.length} of ${view.events.emitted}`);

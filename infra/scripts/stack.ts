@@ -11,6 +11,7 @@ import { ensureSandboxImage, DEFAULT_SANDBOX_IMAGE } from '../stack/sandbox-imag
 import { startTemporalDevServer } from '../stack/temporal';
 import { startNatsServer } from '../stack/nats';
 import { portOpen, startEntry, waitFor, type ManagedProcess } from '../stack/process';
+import { DEFAULT_TENANTS_FILE } from '../../tenancy/load';
 import {
   DEV_AUDIENCE,
   loadOrCreateDevKey,
@@ -181,8 +182,13 @@ async function main(): Promise<void> {
       say(`dev issuer at ${issuer.issuer} (key in ${dir})`);
     }
 
+    // Tenants (repository grants, issuers, caps): CHOIROS_TENANTS_FILE from the environment, or
+    // the documented default (tenant `default`: local repositories under /tmp/ and the home dir).
+    const tenantsFile = resolve(process.env.CHOIROS_TENANTS_FILE ?? DEFAULT_TENANTS_FILE);
+    say(`tenants file ${tenantsFile}`);
     const serviceEnv: NodeJS.ProcessEnv = {
       ...process.env,
+      CHOIROS_TENANTS_FILE: tenantsFile,
       TEMPORAL_ADDRESS: temporalAddress,
       NATS_URL: natsUrl,
       CHOIROS_DATA_DIR: dataDir,

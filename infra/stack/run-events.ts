@@ -3,17 +3,17 @@
  * benchmark and the fault suite to prove nothing was lost or repeated.
  */
 import { JSONCodec, type NatsConnection } from 'nats';
-import { EVENT_STREAM, runEventsFilter, type EventEnvelope } from '../../contracts';
+import { EVENT_STREAM, runEventsFilter, type EventEnvelope, type SubjectOwner } from '../../contracts';
 
 /** Every event of one run (or graph, or rebuild: their events use its id as run id), in stream order. */
 export async function readRunEvents(
   nats: NatsConnection,
-  userId: string,
+  owner: SubjectOwner,
   runId: string,
 ): Promise<EventEnvelope[]> {
   const consumer = await nats
     .jetstream()
-    .consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(userId, runId) });
+    .consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(owner, runId) });
   const codec = JSONCodec<EventEnvelope>();
   const out: EventEnvelope[] = [];
   for (;;) {

@@ -170,7 +170,7 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
   let eventsOk = 0;
   try {
     for (const { id, i, v } of views) {
-      const events = await readRunEvents(reader, owner(i), id);
+      const events = await readRunEvents(reader, { tenant, userId: owner(i) }, id);
       const problems: string[] = [];
       try {
         expectGapFree(events);

@@ -19,7 +19,10 @@ import {
   type DevIssuerKey,
 } from '../../infra/dev-issuer/issuer';
 import { startNatsServer, type NatsServer } from '../../infra/stack/nats';
+import { tmpdir } from 'node:os';
 import { freePort, startEntry, startProcess, waitFor, type ManagedProcess } from '../../infra/stack/process';
+import { writeTenantsFile } from '../../tenancy';
+import { SCENARIOS } from './scenarios';
 import { ensureSandboxImage } from '../../infra/stack/sandbox-image';
 import { startTemporalDevServer, type TemporalDevServer } from '../../infra/stack/temporal';
 import { bundleWorkflows } from '../../worker/bundle';
@@ -300,6 +303,12 @@ export class FaultStack {
     const temporal = need(this.temporal, 'Temporal');
     const nats = need(this.nats, 'NATS');
     const port = await freePort();
+    // Every scenario's tenant, with its repositories (made under the system temp dir) granted.
+    const tenantsFile = await writeTenantsFile(
+      join(this.logDir, '..', 'tenants.yaml'),
+      SCENARIOS.map((s) => `faults-${s.name}`),
+      [`${tmpdir()}/`],
+    );
     this.api = startEntry({
       name: 'api',
       entry: 'api/main.ts',
@@ -319,6 +328,8 @@ export class FaultStack {
         // The suite polls many runs from one principal, like a dashboard would.
         API_RATE_LIMIT_PER_MINUTE: '0',
         CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
+        CHOIROS_TENANTS_FILE: tenantsFile,
+        CHOIROS_DATA_DIR: this.dataDir,
         LOG_LEVEL: 'warn',
       },
     });

@@ -63,7 +63,7 @@ export function fakeRunService(
     },
     get: async (p, runId) => (visible(p, runId), view),
     cancel: async (p, runId) => (visible(p, runId), view),
-    checkVisible: async (p, runId) => visible(p, runId),
+    checkVisible: async (p, runId) => (visible(p, runId), { tenant: view.tenant, userId: view.userId }),
     list: async () => ({ runs: [] }),
     decide: async (p, runId) => (
       visible(p, runId),

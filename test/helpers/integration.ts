@@ -18,7 +18,12 @@ import pino from 'pino';
 import { Workspaces, type WorkspaceConfig } from '../../activities/workspace/workspace';
 import { poll } from './poll';
 import {
+  isPlatformOperatorTenant,
+  issuersForTenant,
   parseVerifierFile,
+  tenantPolicyOf,
+  type SubjectOwner,
+  type TenantsConfig,
   type EventEnvelope,
   type RebuildTarget,
   type RebuildTimings,
@@ -26,7 +31,7 @@ import {
 import { createTemporalRebuildService } from '../../api/rebuilds/service';
 import { rebuildTargets } from '../../api/rebuilds/targets';
 import { createApp } from '../../api/app';
-import { createTokenVerifier } from '../../api/auth/token-verifier';
+import { createTokenVerifier, type TokenVerifier } from '../../api/auth/token-verifier';
 import { createJetStreamEventSource } from '../../api/events/source';
 import { mintUserCreds } from '../../api/nats/credentials';
 import { createTemporalRunService } from '../../api/runs/service';
@@ -39,6 +44,7 @@ import {
   type DevTokenClaims,
 } from '../../infra/dev-issuer/issuer';
 import { loadWorkerConfig } from '../../worker/config';
+import { createRepoAccess, type RepoAccess } from '../../tenancy';
 import { bundleWorkflows } from '../../worker/bundle';
 import { createWorkerSet, type WorkerSet } from '../../worker/workers';
 
@@ -173,7 +179,17 @@ export async function startTestWorker(
 export interface TestApi {
   url: string;
   client: Client;
+  /**
+   * A dev token (tenant `acme`, user `alice` unless the claims say otherwise). Unless the API was
+   * started with `tenants`, a tenant named here for the first time is added to its tenants config
+   * with a grant of the test work dir, where makeGitRepo creates repositories.
+   */
   token(claims?: Partial<DevTokenClaims>): Promise<string>;
+  /** The tenants config the API decides with (grants, issuers); tests may change it. */
+  tenants: TenantsConfig;
+  /** The API's token verifier and repository gate, for other front ends under test (gRPC). */
+  verifyToken: TokenVerifier;
+  repoAccess: RepoAccess;
   issuer: string;
   stop(): Promise<void>;
 }
@@ -185,8 +201,25 @@ export async function startTestApi(
     /** Rebuild targets the API knows (self-rebuild routes answer 503 without). */
     rebuildTargets?: RebuildTarget[];
     rebuildTimings?: Partial<RebuildTimings>;
+    /** A fixed tenants config (no tenant is added on demand). */
+    tenants?: TenantsConfig;
+    /** The platform's own paths besides its checkout (e.g. a worker's data dir): never a run's repository. */
+    platformPaths?: string[];
   } = {},
 ): Promise<TestApi> {
+  const fixedTenants = opts.tenants !== undefined;
+  // acme operates the platform here (the rebuild fixtures' release managers are acme's).
+  const tenants: TenantsConfig = opts.tenants ?? {
+    version: 1,
+    platform: { operators: ['acme'] },
+    tenants: {},
+  };
+  const ensureTenant = (tenant: string): void => {
+    if (fixedTenants || Object.prototype.hasOwnProperty.call(tenants.tenants, tenant)) return;
+    tenants.tenants[tenant] = { repos: [`${env.workDir()}/`] };
+  };
+  const repoAccess = createRepoAccess({ config: tenants, platformPaths: opts.platformPaths ?? [] });
+  const tenantPolicy = (tenant: string) => tenantPolicyOf(tenants, tenant);
   const keyDir = await mkdtemp(join(env.workDir(), 'issuer-'));
   const key = await loadOrCreateDevKey(keyDir);
   const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
@@ -198,19 +231,22 @@ export async function startTestApi(
     await readFile(join(ROOT, 'test/fixtures/verifiers.yaml'), 'utf8'),
     'test verifiers',
   );
+  const verifyToken = createTokenVerifier({
+    issuers: [{ issuer: issuerUrl, audience: DEV_AUDIENCE }],
+    algorithms: ['ES256'],
+    clockToleranceSeconds: 5,
+    tenantClaim: 'tenant',
+    defaultTenant: 'default',
+    tenantIssuers: (tenant) => issuersForTenant(tenants, tenant, issuerUrl),
+  });
   const app = createApp({
-    verifyToken: createTokenVerifier({
-      issuers: [{ issuer: issuerUrl, audience: DEV_AUDIENCE }],
-      algorithms: ['ES256'],
-      clockToleranceSeconds: 5,
-      tenantClaim: 'tenant',
-      defaultTenant: 'default',
-    }),
-    runs: createTemporalRunService({ client, logger }),
-    graphs: createTemporalWorkGraphService({ client, logger }),
+    verifyToken,
+    runs: createTemporalRunService({ client, logger, repoAccess, tenantPolicy }),
+    graphs: createTemporalWorkGraphService({ client, logger, repoAccess, tenantPolicy }),
     ...(opts.rebuildTargets
       ? {
           rebuilds: createTemporalRebuildService({
+            isOperatorTenant: (tenant) => isPlatformOperatorTenant(tenants, tenant),
             client,
             targets: rebuildTargets(opts.rebuildTargets),
             defaultApprovalTimeoutSeconds: 300,
@@ -222,10 +258,10 @@ export async function startTestApi(
     events: createJetStreamEventSource(nats),
     natsCredentials: {
       servers: [env.natsUrl()],
-      mint: async (userId: string) =>
+      mint: async (owner: SubjectOwner) =>
         mintUserCreds(
           (await readFile(join(env.natsAuthDir(), ACCOUNT_SEED_FILE), 'utf8')).trim(),
-          userId,
+          owner,
           300,
         ),
     },
@@ -245,12 +281,17 @@ export async function startTestApi(
     url,
     client,
     issuer: issuerUrl,
-    token: (claims = {}) =>
-      mintDevToken(
+    tenants,
+    verifyToken,
+    repoAccess,
+    token: (claims = {}) => {
+      ensureTenant(claims.tenant ?? 'acme');
+      return mintDevToken(
         key,
         { issuer: issuerUrl, audience: DEV_AUDIENCE },
         { sub: 'alice', tenant: 'acme', ...claims },
-      ),
+      );
+    },
     async stop() {
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));

@@ -83,7 +83,7 @@ export class TestIssuer {
       .setIssuer(this.url)
       .setAudience(opts.audience ?? 'choiros-api')
       .setSubject(opts.claims?.sub ?? 'alice')
-      .setIssuedAt();
+      .setIssuedAt(opts.claims?.iat);
     if (opts.exp !== null) jwt = jwt.setExpirationTime(opts.exp ?? '10m');
     if (opts.claims?.iss) jwt = jwt.setIssuer(opts.claims.iss);
     if (opts.claims?.nbf) jwt = jwt.setNotBefore(opts.claims.nbf);

@@ -112,6 +112,8 @@ export async function makeRebuildFixture(
   const target = rebuildTargetSchema.parse({
     name,
     repo,
+    // The fixture's branches; anything else (a run branch, feature/*) is refused with ref_not_allowed.
+    refs: ['main', 'v2', 'broken', 'unhealthy'],
     suites: [
       { name: 'unit', argv: ['sh', '-c', 'test -f server.js && test ! -f FAIL_VERIFY'], timeoutSeconds: 60 },
       { name: 'lint', argv: ['sh', '-c', 'grep -q healthz server.js'], timeoutSeconds: 60 },
@@ -198,19 +200,25 @@ export async function health(port: number): Promise<{ status: number; version?: 
 /** A rebuild view, or a problem body (code, detail). */
 type ApiBody = RebuildView & { code?: string; detail?: string };
 
-/** A release manager's view of the rebuild API (token with both rebuild scopes). */
+/**
+ * Release managers' view of the rebuild API: `rm-alice` (both rebuild scopes) requests and reads;
+ * decisions come from a second release manager, `rm-bob` (four eyes: the requester never approves).
+ */
 export function rebuildApi(api: TestApi) {
   const token = (): Promise<string> =>
     api.token({ sub: 'rm-alice', tenant: 'acme', scope: 'rebuild:write rebuild:approve' });
+  const approverToken = (): Promise<string> =>
+    api.token({ sub: 'rm-bob', tenant: 'acme', scope: 'rebuild:write rebuild:approve' });
   const call = async (
     method: string,
     path: string,
     body?: unknown,
+    as: () => Promise<string> = token,
   ): Promise<{ status: number; body: ApiBody }> => {
     const res = await fetch(`${api.url}${path}`, {
       method,
       headers: {
-        authorization: `Bearer ${await token()}`,
+        authorization: `Bearer ${await as()}`,
         ...(body === undefined ? {} : { 'content-type': 'application/json' }),
       },
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -220,10 +228,15 @@ export function rebuildApi(api: TestApi) {
   };
   return {
     token,
+    approverToken,
     start: (body: Record<string, unknown>) => call('POST', '/v1/rebuilds', body),
     get: (id: string) => call('GET', `/v1/rebuilds/${id}`),
+    /** A decision by the second release manager. */
     decide: (id: string, decision: 'approve' | 'reject', reason?: string) =>
-      call('POST', `/v1/rebuilds/${id}/${decision}`, reason ? { reason } : undefined),
+      call('POST', `/v1/rebuilds/${id}/${decision}`, reason ? { reason } : undefined, approverToken),
+    /** A decision by the requester (rm-alice). */
+    decideAsRequester: (id: string, decision: 'approve' | 'reject') =>
+      call('POST', `/v1/rebuilds/${id}/${decision}`, undefined, token),
     /** Polls until the rebuild reaches one of `stages` (and, when terminal, its events are all published). */
     async waitStage(id: string, stages: RebuildStage[], timeoutMs = 180_000): Promise<RebuildView> {
       const r = await poll(

@@ -13,7 +13,7 @@ export interface ApiCall<T = unknown> {
 }
 
 /** A client of one test API, acting with tokens it mints. */
-export function apiClient(api: TestApi) {
+export function apiClient(api: Pick<TestApi, 'url'>) {
   const call = async <T>(
     method: string,
     path: string,

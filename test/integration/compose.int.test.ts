@@ -430,11 +430,11 @@ describe('compose one-shot jobs and health checks against real services', () => 
 
       await connectWith(join(dir, 'api', NATS_INIT_FILES.apiCreds)); // the API's own credentials work
       const seed = (await readFile(join(dir, 'api', NATS_INIT_FILES.apiAccountSeed), 'utf8')).trim();
-      const user = await mintUserCreds(seed, 'alice', 60);
+      const user = await mintUserCreds(seed, { tenant: 'acme', userId: 'alice' }, 60);
       const alice = await connectWith(new TextEncoder().encode(user.creds));
-      const sub = alice.subscribe('choiros.alice.run.r1.created', { max: 1 });
+      const sub = alice.subscribe('choiros.acme.alice.run.r1.created', { max: 1 });
       await alice.flush();
-      worker.publish('choiros.alice.run.r1.created', new Uint8Array([2]));
+      worker.publish('choiros.acme.alice.run.r1.created', new Uint8Array([2]));
       for await (const m of sub) expect(m.data).toEqual(new Uint8Array([2]));
       // (What users may not do is covered by nats-permissions.int.test.ts: same account, same minting.)
     });

@@ -106,9 +106,9 @@ test('when a run has an egress allow-list, then only the listed name is reachabl
   // Around the proxy there is no way out, not even to the allowed host.
   expect(out).toMatch(/DIRECT => ERR /);
 
-  const consumer = await nats
-    .jetstream()
-    .consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter('alice', runId) });
+  const consumer = await nats.jetstream().consumers.get(EVENT_STREAM, {
+    filterSubjects: runEventsFilter({ tenant: 'acme', userId: 'alice' }, runId),
+  });
   const codec = JSONCodec<EventEnvelope>();
   const events: EventEnvelope[] = [];
   for await (const m of await consumer.fetch({ max_messages: 1000, expires: 2000 })) {

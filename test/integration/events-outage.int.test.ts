@@ -116,9 +116,9 @@ test('when NATS is down for 20 s in the middle of a run, then the run completes 
     authenticator: credsAuthenticator(await readFile(nats.apiCredsFile)),
   });
   try {
-    const consumer = await reader
-      .jetstream()
-      .consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter('alice', runId) });
+    const consumer = await reader.jetstream().consumers.get(EVENT_STREAM, {
+      filterSubjects: runEventsFilter({ tenant: 'acme', userId: 'alice' }, runId),
+    });
     const codec = JSONCodec<EventEnvelope>();
     const events: EventEnvelope[] = [];
     for await (const m of await consumer.fetch({ max_messages: 1000, expires: 2000 })) {

@@ -5,7 +5,13 @@
  */
 import { JSONCodec, connect, credsAuthenticator, type NatsConnection } from 'nats';
 import { republishRunEvents } from '../../activities/events/republish';
-import { EVENT_STREAM, runEventsFilter, type EventEnvelope, type RunView } from '../../contracts';
+import {
+  EVENT_STREAM,
+  legacyRunEventsFilter,
+  runEventsFilter,
+  type EventEnvelope,
+  type RunView,
+} from '../../contracts';
 import {
   connectNats,
   env,
@@ -75,11 +81,11 @@ async function waitDone(runId: string, sub = 'alice'): Promise<RunView> {
 }
 
 /** Every message in the stream for the run, duplicates included (raw count matters). */
-async function rawStreamEvents(userId: string, runId: string): Promise<EventEnvelope[]> {
+async function rawStreamEvents(userId: string, runId: string, tenant = 'acme'): Promise<EventEnvelope[]> {
   const codec = JSONCodec<EventEnvelope>();
   const consumer = await service
     .jetstream()
-    .consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter(userId, runId) });
+    .consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter({ tenant, userId }, runId) });
   const out: EventEnvelope[] = [];
   const batch = await consumer.fetch({ max_messages: 1000, expires: 1500 });
   for await (const m of batch) {
@@ -188,8 +194,8 @@ describe('NATS credentials from the gateway', () => {
 
   test('when alice asks, then she gets short-lived credentials scoped to her prefix and inbox', async () => {
     const c = await credsFor('alice');
-    expect(c.subject_prefix).toBe('choiros.alice.>');
-    expect(c.inbox_prefix).toBe('_INBOX_alice');
+    expect(c.subject_prefix).toBe('choiros.acme.alice.>');
+    expect(c.inbox_prefix).toBe('_INBOX_acme.alice');
     const ttl = (Date.parse(c.expires_at) - Date.now()) / 1000;
     expect(ttl).toBeGreaterThan(200);
     expect(ttl).toBeLessThanOrEqual(300);
@@ -200,11 +206,13 @@ describe('NATS credentials from the gateway', () => {
     await waitDone(bobRun, 'bob');
     const nc = await userConnection('alice');
     for (const subject of [
-      'choiros.bob.>',
-      `choiros.bob.run.${bobRun}.>`,
+      'choiros.acme.bob.>',
+      `choiros.acme.bob.run.${bobRun}.>`,
+      'choiros.acme.>',
+      'choiros.*.alice.>',
       'choiros.>',
       '_INBOX.>',
-      '_INBOX_bob.>',
+      '_INBOX_acme.bob.>',
       '$JS.API.>',
     ]) {
       expect([subject, await subscriptionRefused(nc, subject)]).toEqual([subject, true]);
@@ -217,7 +225,7 @@ describe('NATS credentials from the gateway', () => {
         `$JS.API.CONSUMER.CREATE.${EVENT_STREAM}`,
         enc({
           stream_name: EVENT_STREAM,
-          config: { filter_subject: `choiros.bob.>`, deliver_policy: 'all', ack_policy: 'none' },
+          config: { filter_subject: `choiros.acme.bob.>`, deliver_policy: 'all', ack_policy: 'none' },
         }),
       ],
       [
@@ -256,7 +264,9 @@ describe('re-publishing from Temporal history', () => {
     await waitDone(runId);
     const before = await rawStreamEvents('alice', runId);
     const jsm = await service.jetstreamManager();
-    await jsm.streams.purge(EVENT_STREAM, { filter: runEventsFilter('alice', runId) });
+    await jsm.streams.purge(EVENT_STREAM, {
+      filter: runEventsFilter({ tenant: 'acme', userId: 'alice' }, runId),
+    });
     expect(await rawStreamEvents('alice', runId)).toEqual([]);
     const report = await republishRunEvents({ client: api.client, js: service.jetstream() }, runId);
     expect(report).toMatchObject({
@@ -271,6 +281,44 @@ describe('re-publishing from Temporal history', () => {
       (await republishRunEvents({ client: api.client, js: service.jetstream() }, runId)).republished,
     ).toBe(0);
     expect((await rawStreamEvents('alice', runId)).length).toBe(before.length);
+  });
+
+  test('when a run was published under subject layout 1 (user id only) before the upgrade, then republish puts its events on the tenant-qualified subjects and SSE serves them', async () => {
+    const runId = await startRun();
+    await waitDone(runId);
+    const before = await rawStreamEvents('alice', runId);
+    const jsm = await service.jetstreamManager();
+    // What the stream held before the upgrade: the same envelopes on `choiros.<userId>.run.<runId>.<type>`.
+    await jsm.streams.purge(EVENT_STREAM, {
+      filter: runEventsFilter({ tenant: 'acme', userId: 'alice' }, runId),
+    });
+    const codec = JSONCodec<EventEnvelope>();
+    for (const e of before) {
+      await service.jetstream().publish(`choiros.alice.run.${runId}.${e.event_type}`, codec.encode(e), {
+        msgID: `${e.id}:layout1`,
+      });
+    }
+    const legacy = await service
+      .jetstream()
+      .consumers.get(EVENT_STREAM, { filterSubjects: legacyRunEventsFilter('alice', runId) });
+    let legacyCount = 0;
+    for await (const m of await legacy.fetch({ max_messages: 1000, expires: 1500 })) {
+      legacyCount += 1;
+      if (m.info.pending === 0) break;
+    }
+    expect(legacyCount).toBe(before.length);
+    expect(await rawStreamEvents('alice', runId)).toEqual([]);
+    const report = await republishRunEvents({ client: api.client, js: service.jetstream() }, runId);
+    expect(report).toMatchObject({
+      inHistory: before.length,
+      alreadyInStream: 0,
+      republished: before.length,
+    });
+    expect(await rawStreamEvents('alice', runId)).toEqual(before);
+    const sse = await readSse(`${api.url}/v1/runs/${runId}/events`, {
+      authorization: `Bearer ${await api.token()}`,
+    });
+    expect(sse.frames.map((f) => f.id)).toEqual(before.map((e) => e.id));
   });
 });
 

@@ -7,8 +7,6 @@ import { parseVerifierFile } from '../../contracts';
 import { createJetStreamEventSource } from '../../api/events/source';
 import { createGrpcServer, listenGrpc } from '../../api/grpc/server';
 import { createTemporalRunService } from '../../api/runs/service';
-import { createTokenVerifier } from '../../api/auth/token-verifier';
-import { DEV_AUDIENCE } from '../../infra/dev-issuer/issuer';
 import {
   ROOT,
   connectNats,
@@ -34,14 +32,8 @@ beforeAll(async () => {
   api = await startTestApi();
   nats = await connectNats(env.apiCreds(), 'grpc-test');
   server = createGrpcServer({
-    verifyToken: createTokenVerifier({
-      issuers: [{ issuer: api.issuer, audience: DEV_AUDIENCE }],
-      algorithms: ['ES256'],
-      clockToleranceSeconds: 5,
-      tenantClaim: 'tenant',
-      defaultTenant: 'default',
-    }),
-    runs: createTemporalRunService({ client: api.client, logger }),
+    verifyToken: api.verifyToken,
+    runs: createTemporalRunService({ client: api.client, logger, repoAccess: api.repoAccess }),
     events: createJetStreamEventSource(nats),
     verifiers: parseVerifierFile(await readFile(join(ROOT, 'test/fixtures/verifiers.yaml'), 'utf8'), 'test'),
     logger,

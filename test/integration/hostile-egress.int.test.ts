@@ -124,9 +124,9 @@ async function finished(runId: string): Promise<RunView> {
 }
 
 async function runEvents(runId: string): Promise<EventEnvelope[]> {
-  const consumer = await nats
-    .jetstream()
-    .consumers.get(EVENT_STREAM, { filterSubjects: runEventsFilter('alice', runId) });
+  const consumer = await nats.jetstream().consumers.get(EVENT_STREAM, {
+    filterSubjects: runEventsFilter({ tenant: 'acme', userId: 'alice' }, runId),
+  });
   const codec = JSONCodec<EventEnvelope>();
   const events: EventEnvelope[] = [];
   for await (const m of await consumer.fetch({ max_messages: 1000, expires: 2000 })) {

@@ -23,8 +23,12 @@ afterAll(async () => {
   await worker?.drain();
 });
 
-async function connectUser(userId: string, ttlSeconds = 60): Promise<{ nc: NatsConnection }> {
-  const { creds } = await mintUserCreds(accountSeed, userId, ttlSeconds);
+async function connectUser(
+  userId: string,
+  ttlSeconds = 60,
+  tenant = 'acme',
+): Promise<{ nc: NatsConnection }> {
+  const { creds } = await mintUserCreds(accountSeed, { tenant, userId }, ttlSeconds);
   const nc = await connect({
     servers: env.natsUrl(),
     authenticator: credsAuthenticator(new TextEncoder().encode(creds)),
@@ -36,18 +40,28 @@ async function connectUser(userId: string, ttlSeconds = 60): Promise<{ nc: NatsC
 describe('NATS permissions', () => {
   test("when a user subscribes to their own prefix, then they receive the worker's events", async () => {
     const { nc } = await connectUser('alice');
-    const sub = nc.subscribe('choiros.alice.>', { max: 1 });
+    const sub = nc.subscribe('choiros.acme.alice.>', { max: 1 });
     await nc.flush();
-    worker.publish('choiros.alice.run.r1.note.status', new TextEncoder().encode('hi'));
+    worker.publish('choiros.acme.alice.run.r1.note.status', new TextEncoder().encode('hi'));
     const subjects: string[] = [];
     for await (const m of sub) subjects.push(m.subject);
-    expect(subjects).toEqual(['choiros.alice.run.r1.note.status']);
+    expect(subjects).toEqual(['choiros.acme.alice.run.r1.note.status']);
     await nc.close();
   });
 
   test("when a user subscribes to another user's prefix or to everything, then the server refuses", async () => {
     const { nc } = await connectUser('alice');
-    for (const subject of ['choiros.bob.>', 'choiros.>', '>', '$JS.API.>']) {
+    // Another user, the same user id in another tenant, the tenant, layout-1 subjects, everything.
+    for (const subject of [
+      'choiros.acme.bob.>',
+      'choiros.globex.alice.>',
+      'choiros.*.alice.>',
+      'choiros.acme.>',
+      'choiros.alice.>',
+      'choiros.>',
+      '>',
+      '$JS.API.>',
+    ]) {
       const sub = nc.subscribe(subject);
       const err = await (async () => {
         try {
@@ -68,7 +82,7 @@ describe('NATS permissions', () => {
     const received: string[] = [];
     // Subjects of this test only: other test files publish on the same server at the same time.
     const run = `perm-${Date.now()}`;
-    const spies = ['alice', 'bob', 'control'].map((u) => worker.subscribe(`choiros.${u}.run.${run}.>`));
+    const spies = ['alice', 'bob', 'control'].map((u) => worker.subscribe(`choiros.acme.${u}.run.${run}.>`));
     for (const spy of spies) {
       void (async () => {
         for await (const m of spy) received.push(m.subject);
@@ -76,12 +90,12 @@ describe('NATS permissions', () => {
     }
     await worker.flush();
     const { nc } = await connectUser('alice');
-    nc.publish(`choiros.alice.run.${run}.note.status`, new TextEncoder().encode('forged'));
-    nc.publish(`choiros.bob.run.${run}.note.status`, new TextEncoder().encode('forged'));
+    nc.publish(`choiros.acme.alice.run.${run}.note.status`, new TextEncoder().encode('forged'));
+    nc.publish(`choiros.acme.bob.run.${run}.note.status`, new TextEncoder().encode('forged'));
     await nc.flush().catch(() => undefined);
     // The server has handled the forged publishes (flush); a control message sent after them
     // arrives, and by then the forged ones would have too.
-    worker.publish(`choiros.control.run.${run}.note.status`, new TextEncoder().encode('control'));
+    worker.publish(`choiros.acme.control.run.${run}.note.status`, new TextEncoder().encode('control'));
     await poll(
       async () => received,
       (r) => r.length > 0,
@@ -89,12 +103,12 @@ describe('NATS permissions', () => {
       20,
     );
     for (const spy of spies) spy.unsubscribe();
-    expect(received).toEqual([`choiros.control.run.${run}.note.status`]);
+    expect(received).toEqual([`choiros.acme.control.run.${run}.note.status`]);
     await nc.close().catch(() => undefined);
   });
 
   test('when credentials have expired, then the connection is refused', async () => {
-    const { creds } = await mintUserCreds(accountSeed, 'alice', -10);
+    const { creds } = await mintUserCreds(accountSeed, { tenant: 'acme', userId: 'alice' }, -10);
     await expect(
       connect({
         servers: env.natsUrl(),

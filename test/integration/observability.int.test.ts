@@ -102,7 +102,7 @@ test('worker and API /metrics count a run: during it a sandbox and a started run
 
   const view = await client.waitTerminal(runId, token);
   expect(view.status).toBe('committed');
-  const events = await readRunEvents(nats, `obs-${id}`, runId);
+  const events = await readRunEvents(nats, { tenant: 'acme', userId: `obs-${id}` }, runId);
   expectGapFree(events);
 
   const after = await poll(
@@ -207,5 +207,5 @@ test('a SIGTERMed worker stops taking tasks, finishes its in-flight command, exi
   await startWorker('drain-new', {}, dataDir, hostId);
   const view = await client.waitTerminal(runId, token);
   expect(view.status).toBe('committed');
-  expectGapFree(await readRunEvents(nats, `drain-${id}`, runId));
+  expectGapFree(await readRunEvents(nats, { tenant: 'acme', userId: `drain-${id}` }, runId));
 }, 240_000);

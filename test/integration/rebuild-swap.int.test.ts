@@ -135,7 +135,7 @@ test('when the worker is killed during the image build, then the pipeline resume
       )
       .map((e) => e.activityTaskStartedEventAttributes?.attempt ?? 1);
     expect(Math.max(...buildAttempts)).toBeGreaterThan(1);
-    const events = await readRunEvents(nats, 'rm-alice', rebuildId);
+    const events = await readRunEvents(nats, { tenant: 'acme', userId: 'rm-alice' }, rebuildId);
     expect(
       events.filter((e) => e.event_type === 'rebuild.deploy.service').map((e) => e.payload.service),
     ).toEqual(['api', 'worker']);

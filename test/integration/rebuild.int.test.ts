@@ -59,7 +59,14 @@ async function imageExists(tag: string): Promise<boolean> {
 }
 
 describe('self-rebuild pipeline', () => {
-  test('when a rebuild of main is approved, then verify → build (sha-tagged images) → deploy → the new containers answer with the new version → completed', async () => {
+  test('when a rebuild asks for a run branch, or a ref outside the target refs, then 403 ref_not_allowed and nothing starts', async () => {
+    for (const ref of ['choiros/run/run-0123', 'refs/heads/choiros/run/run-0123', 'feature/x']) {
+      const res = await rb.start({ target: fx.target.name, ref });
+      expect([ref, res.status, res.body.code]).toEqual([ref, 403, 'ref_not_allowed']);
+    }
+  });
+
+  test('when a rebuild of main is approved by a second release manager (the requester may not), then verify → build (sha-tagged images) → deploy → the new containers answer with the new version → completed', async () => {
     const started = await rb.start({ target: fx.target.name, ref: 'main', reason: 'first release' });
     expect(started.status).toBe(201);
     const rebuildId = started.body.rebuildId;
@@ -86,6 +93,24 @@ describe('self-rebuild pipeline', () => {
     expect(second.status).toBe(409);
     expect(second.body.code).toBe('rebuild_in_progress');
     expect(second.body.detail).toContain(rebuildId);
+    // Another tenant's release manager does not operate the platform: its rebuild scopes count for nothing.
+    const foreign = await fetch(`${api.url}/v1/rebuilds`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${await api.token({ sub: 'rm-carol', tenant: 'globex', scope: 'rebuild:write' })}`,
+        'content-type': 'application/json',
+      },
+      body: JSON.stringify({ target: fx.target.name, ref: 'v2' }),
+    });
+    const foreignBody = (await foreign.json()) as { code: string; detail: string };
+    expect([foreign.status, foreignBody.code]).toEqual([403, 'forbidden']);
+    expect(foreignBody.detail).not.toContain(rebuildId);
+    const foreignRead = await fetch(`${api.url}/v1/rebuilds/${rebuildId}`, {
+      headers: {
+        authorization: `Bearer ${await api.token({ sub: 'rm-carol', tenant: 'globex', scope: 'rebuild:write rebuild:approve' })}`,
+      },
+    });
+    expect(foreignRead.status).toBe(403);
 
     // Without rebuild:approve, no approval.
     const writer = await api.token({ sub: 'bob', tenant: 'acme', scope: 'rebuild:write' });
@@ -95,9 +120,13 @@ describe('self-rebuild pipeline', () => {
     });
     expect(denied.status).toBe(403);
 
+    // Four eyes: the requester's own approval is refused, whatever their scopes.
+    const own = await rb.decideAsRequester(rebuildId, 'approve');
+    expect([own.status, own.body.code]).toEqual([403, 'self_approval_forbidden']);
+
     const approved = await rb.decide(rebuildId, 'approve', 'looks good');
     expect(approved.status).toBe(200);
-    expect(approved.body.approval).toMatchObject({ decision: 'approve', by: 'rm-alice' });
+    expect(approved.body.approval).toMatchObject({ decision: 'approve', by: 'rm-bob' });
 
     const done = await rb.waitStage(rebuildId, ['completed', 'rolled_back', 'failed']);
     expect(done.stage).toBe('completed');
@@ -117,7 +146,7 @@ describe('self-rebuild pipeline', () => {
     ]);
 
     // Every stage is an event, each valid against the published schema.
-    const events = await readRunEvents(nats, 'rm-alice', rebuildId);
+    const events = await readRunEvents(nats, { tenant: 'acme', userId: 'rm-alice' }, rebuildId);
     for (const e of events) expect(knownEventSchema.safeParse(e).success).toBe(true);
     expect(events.map((e) => e.seq)).toEqual(events.map((_, i) => i + 1));
     const stages = events.filter((e) => e.event_type === 'rebuild.stage').map((e) => e.payload.stage);
@@ -161,7 +190,7 @@ describe('self-rebuild pipeline', () => {
     expect(view.error?.code).toBe('verification_failed');
     for (const image of fx.target.images)
       expect(await imageExists(`${image.image}:${fx.commits.broken}`)).toBe(false);
-    const events = await readRunEvents(nats, 'rm-alice', view.rebuildId);
+    const events = await readRunEvents(nats, { tenant: 'acme', userId: 'rm-alice' }, view.rebuildId);
     expect(events.some((e) => e.event_type === 'rebuild.image.built')).toBe(false);
     expect(await health(fx.ports.api)).toEqual({ status: 200, version: fx.commits.main });
   });
@@ -189,7 +218,7 @@ describe('self-rebuild pipeline', () => {
     expect(view.deploy).toEqual([]);
     // The v2 images were built by the rejected rebuild already: reused, not rebuilt.
     expect(view.images).toHaveLength(3);
-    const events = await readRunEvents(nats, 'rm-alice', view.rebuildId);
+    const events = await readRunEvents(nats, { tenant: 'acme', userId: 'rm-alice' }, view.rebuildId);
     expect(events.find((e) => e.event_type === 'rebuild.approval.decided')?.payload.decision).toBe('timeout');
     expect(await health(fx.ports.worker)).toEqual({ status: 200, version: fx.commits.main });
   });
@@ -213,7 +242,7 @@ describe('self-rebuild pipeline', () => {
     ]);
     expect(await health(fx.ports.api)).toEqual({ status: 200, version: fx.commits.main });
     expect(await health(fx.ports.worker)).toEqual({ status: 200, version: fx.commits.main });
-    const events = await readRunEvents(nats, 'rm-alice', rebuildId);
+    const events = await readRunEvents(nats, { tenant: 'acme', userId: 'rm-alice' }, rebuildId);
     expect(events.find((e) => e.event_type === 'rebuild.rollback')?.payload).toMatchObject({
       service: 'api',
       restored_image: `choiros-fx-${id}-api:${fx.commits.main}`,

@@ -136,7 +136,7 @@ describe('approvals', () => {
     expect(git(repo.path, 'show', `${done.commit}:RESULT.txt`)).toBe('done');
     expect(git(repo.path, 'rev-parse', 'main')).toBe(repo.head);
 
-    const events = await readRunEvents(nats, 'alice', run.runId);
+    const events = await readRunEvents(nats, { tenant: p.tenant, userId: 'alice' }, run.runId);
     expectGapFree(events);
     const requested = events.find((e) => e.event_type === 'run.approval.requested');
     expect(requested?.payload).toMatchObject({ requirement: 'independent', author: 'alice' });
@@ -219,7 +219,7 @@ describe('approvals', () => {
     expect(done).toMatchObject({ status: 'discarded', error: { code: 'approval_timeout' } });
     expect(done.approval?.decision).toBe('timed_out');
     expect(await leftovers(repo.path, run.runId)).toEqual({ containers: 0, worktree: false, branch: '' });
-    const events = await readRunEvents(nats, 'alice', run.runId);
+    const events = await readRunEvents(nats, { tenant: p.tenant, userId: 'alice' }, run.runId);
     expect(events.find((e) => e.event_type === 'receipt.timeout')?.payload).toMatchObject({
       kind: 'approval',
       default_action: 'discard',
@@ -277,7 +277,7 @@ describe('human interrupts', () => {
     expect((await client.call('POST', `/v1/runs/${run.runId}/approve`, { token: p.alice })).status).toBe(200);
     const done = await client.waitTerminal(run.runId, p.alice);
     expect(done.status).toBe('committed');
-    const events = await readRunEvents(nats, 'alice', run.runId);
+    const events = await readRunEvents(nats, { tenant: p.tenant, userId: 'alice' }, run.runId);
     expect(events.find((e) => e.event_type === 'run.interrupt.answered')?.payload).toMatchObject({
       interrupt_id: it.id,
       answer: 'proceed',
@@ -297,7 +297,7 @@ describe('human interrupts', () => {
     const done = await client.waitTerminal(run.runId, p.alice);
     expect(done).toMatchObject({ status: 'discarded', error: { code: 'interrupt_declined' } });
     expect(done.interrupts?.[0]).toMatchObject({ status: 'timed_out', answer: 'abort' });
-    const events = await readRunEvents(nats, 'alice', run.runId);
+    const events = await readRunEvents(nats, { tenant: p.tenant, userId: 'alice' }, run.runId);
     expect(events.map((e) => e.event_type)).not.toContain('sandbox.created');
     expect(events.find((e) => e.event_type === 'receipt.timeout')?.payload).toMatchObject({
       kind: 'interrupt',
@@ -349,7 +349,7 @@ describe('reruns', () => {
     expect(two.baseCommit).toBe(one.baseCommit);
     expect(two.imageId).toBe(one.imageId);
     expect(git(repo.path, 'rev-parse', `${two.commit}^`)).toBe(one.baseCommit);
-    const events = await readRunEvents(nats, 'alice', two.runId);
+    const events = await readRunEvents(nats, { tenant: p.tenant, userId: 'alice' }, two.runId);
     expect(events[0]?.payload).toMatchObject({ rerun_of: first.runId, image_id: one.imageId });
   });
 });
@@ -382,7 +382,7 @@ describe('fairness', () => {
 
     const finals = await Promise.all([a1, a2, a3].map((r) => client.waitTerminal(r.runId, p.alice)));
     expect(finals.map((f) => f.status)).toEqual(['committed', 'committed', 'committed']);
-    const third = await readRunEvents(nats, 'alice', a3.runId);
+    const third = await readRunEvents(nats, { tenant: p.tenant, userId: 'alice' }, a3.runId);
     const types = third.map((e) => e.event_type);
     expect(types).toContain('run.queued');
     expect(types.indexOf('run.admitted')).toBeGreaterThan(types.indexOf('run.queued'));
@@ -407,7 +407,7 @@ describe('mood strictness and budgets', () => {
       attempts: ['fail', 'fail'],
       flaky: false,
     });
-    const events = await readRunEvents(nats, 'alice', run.runId);
+    const events = await readRunEvents(nats, { tenant: p.tenant, userId: 'alice' }, run.runId);
     expect(events.filter((e) => e.event_type === 'run.verifier.rerun')).toHaveLength(1);
     expect(events.find((e) => e.event_type === 'run.mood.policy')?.payload).toMatchObject({
       mood: 'CALM',

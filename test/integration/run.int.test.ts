@@ -133,7 +133,7 @@ describe('a run through the API', () => {
     expect(git(repo.path, 'worktree', 'list')).not.toContain(started.runId);
 
     // Events: complete, gap-free, in order, deterministic ids, on the user's subject prefix.
-    const events = await readRunEvents(nats, 'alice', started.runId);
+    const events = await readRunEvents(nats, { tenant: 'acme', userId: 'alice' }, started.runId);
     expect(events.map((e) => e.seq)).toEqual(events.map((_, i) => i + 1));
     expect(events.length).toBe(view.events.emitted);
     expect(
@@ -201,7 +201,7 @@ describe('a run through the API', () => {
     expect(git(repo.path, 'rev-parse', 'main')).toBe(repo.head);
     expect(await managedContainers(runId)).toBe(0);
     expect(existsSync(join(worker.dataDir, 'worktrees', runId))).toBe(false);
-    const events = await readRunEvents(nats, 'alice', runId);
+    const events = await readRunEvents(nats, { tenant: 'acme', userId: 'alice' }, runId);
     expect(events.map((e) => e.event_type)).toContain('run.discarded');
   });
 
@@ -219,7 +219,9 @@ describe('a run through the API', () => {
   });
 
   test('when the repository does not exist, then the run fails with repo_not_found and no retry storm', async () => {
-    const res = await post(request('/nonexistent/repo', ['true'], ['V-RESULT-FILE']));
+    // Under the tenant's grant (a missing path is judged as written), so the worker is the one to find it missing.
+    const res = await post(request(join(env.workDir(), 'nonexistent-repo'), ['true'], ['V-RESULT-FILE']));
+    expect(res.status).toBe(201);
     const { runId } = (await res.json()) as RunView;
     const view = await waitTerminal(runId, 'run-repo-not-found');
     expect(view.status).toBe('failed');

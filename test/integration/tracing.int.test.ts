@@ -5,6 +5,7 @@
  * each of the run's activities, across both services; the API's log lines carry its trace id; spans
  * still buffered at SIGTERM are flushed by the drain; and the traced history replays deterministically.
  */
+import { writeTenantsFile } from '../../tenancy';
 import { randomUUID } from 'node:crypto';
 import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -104,6 +105,12 @@ test('when a run is started through the API with tracing on, then one trace link
       NATS_URL: env.natsUrl(),
       NATS_CREDS: env.apiCreds() ?? '',
       CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
+      // This test's tenant, with the test work dir (where makeGitRepo creates repositories) granted.
+      CHOIROS_TENANTS_FILE: await writeTenantsFile(
+        join(env.workDir(), `tenants-${hostId}.yaml`),
+        [`otel-${hostId.slice(-8)}`],
+        [`${env.workDir()}/`],
+      ),
       AUTH_ISSUER: issuer.issuer,
       AUTH_AUDIENCE: DEV_AUDIENCE,
       API_HOST: '127.0.0.1',
@@ -116,7 +123,7 @@ test('when a run is started through the API with tracing on, then one trace link
   children.push(api);
   expect(api.lines.some((l) => l.includes('"event":"otel.started"'))).toBe(true);
 
-  const testApi: TestApi = {
+  const testApi: Pick<TestApi, 'url' | 'client' | 'issuer' | 'token' | 'stop'> = {
     url: `http://127.0.0.1:${port}`,
     client: new Client({ connection }),
     issuer: issuer.issuer,

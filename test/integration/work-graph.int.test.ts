@@ -195,7 +195,7 @@ describe('work graphs (local driver)', () => {
     expect(child.parentExecution?.workflowId).toBe(started.graphId);
 
     const events = await poll(
-      () => readRunEvents(nats, 'alice', started.graphId),
+      () => readRunEvents(nats, { tenant: 'acme', userId: 'alice' }, started.graphId),
       (e) => e[e.length - 1]?.event_type === 'graph.completed',
       10_000,
     );
@@ -259,7 +259,7 @@ describe('work graphs (local driver)', () => {
     expect([second.mood, second.status]).toEqual(['SKEPTICAL', 'discarded']);
 
     const events = await poll(
-      () => readRunEvents(nats, 'alice', started.graphId),
+      () => readRunEvents(nats, { tenant: 'acme', userId: 'alice' }, started.graphId),
       (e) => e[e.length - 1]?.event_type === 'graph.completed',
       10_000,
     );
@@ -332,7 +332,7 @@ describe('work graphs (local driver)', () => {
       [],
     ]);
     const events = await poll(
-      () => readRunEvents(nats, 'alice', started.graphId),
+      () => readRunEvents(nats, { tenant: 'acme', userId: 'alice' }, started.graphId),
       (e) => e[e.length - 1]?.event_type === 'graph.completed',
       10_000,
     );
@@ -402,7 +402,7 @@ describe('work graphs (local driver)', () => {
     expect(latest.typedSearchAttributes.get(SEARCH_ATTRIBUTES.runStatus)).toBe('completed');
     expect(latest.memo).toMatchObject({ requestHash: 'direct' });
     const events = await poll(
-      () => readRunEvents(nats, 'alice', graphId),
+      () => readRunEvents(nats, { tenant: 'acme', userId: 'alice' }, graphId),
       (e) => e[e.length - 1]?.event_type === 'graph.completed',
       10_000,
     );
@@ -449,7 +449,7 @@ describe('work graphs (local driver)', () => {
     expect(files).toHaveLength(201);
 
     const events = await poll(
-      () => readRunEvents(nats, 'alice', started.graphId),
+      () => readRunEvents(nats, { tenant: 'acme', userId: 'alice' }, started.graphId),
       (e) => e[e.length - 1]?.event_type === 'graph.completed',
       20_000,
     );

@@ -95,7 +95,7 @@ test('when the worker is SIGKILLed mid-command and started again, then the run c
     expect({ step, completions: count(step) }).toEqual({ step, completions: 1 });
   }
 
-  const events = await readRunEvents(nats, 'alice', runId);
+  const events = await readRunEvents(nats, { tenant: `crash-${hostId.slice(-8)}`, userId: 'alice' }, runId);
   expectGapFree(events);
   expect(new Set(events.map((e) => e.id)).size).toBe(events.length);
   for (const type of [

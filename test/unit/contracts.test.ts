@@ -9,6 +9,7 @@ import {
   runEventSubject,
   runRequestSchema,
   runStartMetadata,
+  userInboxPrefix,
   userSubjectPrefix,
 } from '../../contracts';
 
@@ -24,11 +25,31 @@ describe('ids and subjects', () => {
     },
   );
 
-  test('when building subjects, then they follow choiros.<user>.run.<run>.<type> and refuse wildcards', () => {
-    expect(runEventSubject('alice', 'run-1', 'note.status')).toBe('choiros.alice.run.run-1.note.status');
-    expect(userSubjectPrefix('alice')).toBe('choiros.alice.>');
-    expect(() => runEventSubject('alice.*', 'run-1', 'note.status')).toThrow(/userId/);
-    expect(() => runEventSubject('alice', 'run-1', 'Note.Status')).toThrow(/event type/);
+  test('when building subjects, then they follow choiros.<tenant>.<user>.run.<run>.<type> and refuse wildcards', () => {
+    const alice = { tenant: 'acme', userId: 'alice' };
+    expect(runEventSubject(alice, 'run-1', 'note.status')).toBe('choiros.acme.alice.run.run-1.note.status');
+    expect(userSubjectPrefix(alice)).toBe('choiros.acme.alice.>');
+    expect(userInboxPrefix(alice)).toBe('_INBOX_acme.alice');
+    expect(() => runEventSubject({ tenant: 'acme', userId: 'alice.*' }, 'run-1', 'note.status')).toThrow(
+      /userId/,
+    );
+    expect(() => runEventSubject({ tenant: 'ac.me', userId: 'alice' }, 'run-1', 'note.status')).toThrow(
+      /tenant/,
+    );
+    expect(() => runEventSubject(alice, 'run-1', 'Note.Status')).toThrow(/event type/);
+  });
+
+  test('when the same user id is in two tenants, then their prefixes and inboxes are disjoint, and no pair of (tenant, user) shares one', () => {
+    const a = { tenant: 'acme', userId: 'alice' };
+    const g = { tenant: 'globex', userId: 'alice' };
+    expect(userSubjectPrefix(a)).not.toBe(userSubjectPrefix(g));
+    // `_` and `-` are id characters: joining tenant and user with either would let a_b/c meet a/b_c.
+    expect(userInboxPrefix({ tenant: 'a_b', userId: 'c' })).not.toBe(
+      userInboxPrefix({ tenant: 'a', userId: 'b_c' }),
+    );
+    expect(userSubjectPrefix({ tenant: 'a_b', userId: 'c' })).not.toBe(
+      userSubjectPrefix({ tenant: 'a', userId: 'b_c' }),
+    );
   });
 });
 

@@ -3,8 +3,11 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   EVENT_PAYLOAD_SCHEMAS,
+  EVENT_SCHEMA_VERSION,
   EVENT_TYPES,
+  SUBJECT_LAYOUT_VERSION,
   breakingChanges,
+  eventSubject,
   eventsJsonSchema,
   knownEventSchema,
 } from '../../contracts';
@@ -22,6 +25,28 @@ const baseline = JSON.parse(readFileSync(join(dir, 'events.v1.baseline.json'), '
 
 test('when the zod schemas change, then the published JSON Schema was regenerated (npm run schema:events)', () => {
   expect(readFileSync(join(dir, 'events.v1.schema.json'), 'utf8')).toBe(renderEventsSchema());
+});
+
+test('when the subject layout is published, then it is the layout the publisher builds from the envelope (tenant-qualified)', () => {
+  expect(published['x-choiros-subject']).toEqual({
+    layout: SUBJECT_LAYOUT_VERSION,
+    pattern: 'choiros.<tenant>.<user_id>.run.<run_id>.<event_type>',
+  });
+  expect(SUBJECT_LAYOUT_VERSION).toBe(2);
+  // The envelope did not change with the layout: it always carried the tenant, so v0/v1 readers keep working.
+  expect(EVENT_SCHEMA_VERSION).toBe(1);
+  const subject = eventSubject({
+    tenant: 'acme',
+    user_id: 'alice',
+    run_id: 'run-1',
+    event_type: 'note.status',
+  });
+  const filled = String((published['x-choiros-subject'] as { pattern: string }).pattern)
+    .replace('<tenant>', 'acme')
+    .replace('<user_id>', 'alice')
+    .replace('<run_id>', 'run-1')
+    .replace('<event_type>', 'note.status');
+  expect(subject).toBe(filled);
 });
 
 test('every event type has a payload schema and a branch in the published schema', () => {

@@ -9,6 +9,7 @@ import {
   expandTemplate,
   parseRebuildId,
   rebuildIdOf,
+  rebuildRefAllowed,
   rebuildTargetSchema,
   type Principal,
   type RebuildRequest,
@@ -271,5 +272,22 @@ describe('rebuild routes', () => {
       .set('authorization', `Bearer ${await token('rebuild:write')}`)
       .send({});
     expect(res.status).toBe(503);
+  });
+});
+
+describe('rebuild refs', () => {
+  test.each([
+    [undefined, 'main', true],
+    [undefined, 'choiros/run/run-1', false],
+    [undefined, 'refs/heads/choiros/run/run-1', false],
+    [undefined, 'heads/choiros/run/run-1', false],
+    [['main', 'release/*'], 'main', true],
+    [['main', 'release/*'], 'refs/heads/release/1.2', true],
+    [['main', 'release/*'], 'release/1.2/hotfix', false],
+    [['main', 'release/*'], 'feature/x', false],
+    [['main', 'release/*'], '0123456789abcdef0123456789abcdef01234567', false],
+    [['**'], 'choiros/run/run-1', false],
+  ])('when the target allows %j, then ref %s is allowed=%s', (refs, ref, allowed) => {
+    expect(rebuildRefAllowed(refs ? { refs } : {}, ref)).toBe(allowed);
   });
 });
