@@ -27,7 +27,7 @@ import type { CreateSandboxInput } from '../activities/types';
 import { createBuildActivities } from '../activities/images/activities';
 import { createDeployActivities } from '../activities/deploy/activities';
 import type { Deployer } from '../activities/deploy/deployer';
-import type { WorkerConfig } from './config';
+import { resolveSecretRefs, type WorkerConfig } from './config';
 import { createWorkerMetrics, observePublished, type WorkerMetrics } from './metrics';
 import type { Tracing } from '../telemetry/tracing';
 import { bundleWorkflows } from './bundle';
@@ -88,6 +88,19 @@ export async function createWorkerSet(opts: {
   const verifiers = await loadVerifierCatalog(config.verifiersFile);
   // Validated at start (a bad file stops the worker with the bad key's path).
   const tenants = await loadTenantsFile(config.tenantsFile);
+  // Each tenant's secrets, resolved now (an unset or unreadable reference stops the worker, naming it).
+  const tenantSecrets = Object.fromEntries(
+    Object.entries(tenants.tenants).map(([tenant, t]) => {
+      try {
+        const refs = Object.entries(t.secrets ?? {}).map(([name, ref]) => `${name}=${ref}`);
+        return [tenant, resolveSecretRefs(refs.join(','), process.env)];
+      } catch (err) {
+        const why =
+          err instanceof Error ? err.message.replace(/^CHOIROS_SANDBOX_SECRETS: /, '') : String(err);
+        throw new Error(`${config.tenantsFile}: tenants.${tenant}.secrets: ${why}`);
+      }
+    }),
+  );
   const repoAccess = createRepoAccess({
     config: tenants,
     platformPaths: [config.dataDir, config.artifactsDir],
@@ -135,6 +148,7 @@ export async function createWorkerSet(opts: {
         });
   const sandboxDeps: SandboxDeps = {
     repoAccess,
+    tenantSecrets,
     driver,
     verifiers,
     worktreeRoot: join(config.dataDir, 'worktrees'),

@@ -49,6 +49,8 @@ export interface SandboxDeps {
    * before git touches it (the gateway checked at request time; anyone reaching Temporal did not).
    */
   repoAccess?: Pick<RepoAccess, 'check'>;
+  /** Resolved secrets per tenant (the tenants file's `secrets`), for that tenant's execution lanes only. */
+  tenantSecrets?: Record<string, Record<string, string>>;
   hostId: string;
   /** This host's task queue, returned by create so later steps run here. */
   hostQueue: string;
@@ -204,6 +206,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       },
       network: input.network ?? 'none',
       ...(input.egress ? { egress: input.egress } : {}),
+      ...(deps.tenantSecrets?.[input.tenant] ? { env: deps.tenantSecrets[input.tenant] } : {}),
       image: imageId,
     });
     log.info(

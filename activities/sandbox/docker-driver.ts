@@ -294,7 +294,7 @@ export class DockerSandboxDriver implements SandboxDriver {
         Env: [
           ...BASE_ENV,
           ...proxyEnv,
-          ...Object.entries(this.opts.executionEnv ?? {}).map(([k, v]) => `${k}=${v}`),
+          ...Object.entries({ ...this.opts.executionEnv, ...spec.env }).map(([k, v]) => `${k}=${v}`),
         ],
         Labels: this.labels(spec.labels),
         NetworkDisabled: !internal,

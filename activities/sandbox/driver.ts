@@ -31,6 +31,8 @@ export interface ExecutionSandboxSpec {
   egress?: EgressRule[];
   /** Image to run (an id from imageId()); the configured image when absent. */
   image?: string;
+  /** The run's tenant's secrets (resolved), for this execution lane only; never the verifier lane. */
+  env?: Record<string, string>;
 }
 
 /** One verifier attempt in a fresh container (or process) over the run's worktree. */

@@ -33,6 +33,11 @@ const PROGRESS_INTERVAL_MS = 1_000;
 export class LocalSandboxDriver implements SandboxDriver {
   /** Process groups still running, per sandbox name. */
   private readonly groups = new Map<string, Set<number>>();
+  /**
+   * Tenant secrets per execution lane, kept in memory only (never in the state file): a worker that
+   * restarts runs a retried command without them (this driver is for trusted development).
+   */
+  private readonly laneEnv = new Map<string, Record<string, string>>();
 
   constructor(private readonly opts: LocalDriverOptions) {
     opts.logger.warn(
@@ -66,6 +71,7 @@ export class LocalSandboxDriver implements SandboxDriver {
     workspace: string;
     labels: SandboxLabels;
     network?: NetworkPolicy;
+    env?: Record<string, string>;
   }): Promise<void> {
     if (spec.network === 'internal' || spec.network === 'allowlist') {
       throw ApplicationFailure.create({
@@ -74,6 +80,7 @@ export class LocalSandboxDriver implements SandboxDriver {
         nonRetryable: true,
       });
     }
+    if (spec.env) this.laneEnv.set(spec.name, spec.env);
     await mkdir(this.opts.stateDir, { recursive: true });
     await writeFile(
       this.stateFile(spec.name),
@@ -87,7 +94,7 @@ export class LocalSandboxDriver implements SandboxDriver {
       name,
       state.workspace,
       argv,
-      { ...this.baseEnv(), ...(this.opts.executionEnv ?? {}) },
+      { ...this.baseEnv(), ...this.opts.executionEnv, ...this.laneEnv.get(name) },
       opts,
     );
   }
@@ -107,6 +114,7 @@ export class LocalSandboxDriver implements SandboxDriver {
     const groups = this.groups.get(name);
     for (const pgid of groups ?? []) killGroup(pgid);
     this.groups.delete(name);
+    this.laneEnv.delete(name);
     const existed = await readFile(this.stateFile(name)).then(
       () => true,
       () => false,

@@ -25,6 +25,8 @@ const suffix = randomBytes(4).toString('hex');
 const runId = `it-hostile-${suffix}`;
 const owner = { tenant: 'acme', userId: 'mallory', workItemId: `wi-${suffix}` };
 const SECRET_VALUE = `s3cr3t-${randomBytes(12).toString('hex')}`;
+const ACME_SECRET = `acme-${randomBytes(12).toString('hex')}`;
+const GLOBEX_SECRET = `globex-${randomBytes(12).toString('hex')}`;
 const HOST_MARKER = `host-only-${randomBytes(12).toString('hex')}`;
 const PIDS_LIMIT = 48;
 
@@ -122,6 +124,7 @@ beforeAll(async () => {
     sandboxUser: '10001:10001',
     artifacts: new LocalArtifactStore(join(dataDir, 'artifacts')),
     maxLogBytes: 1024 * 1024,
+    tenantSecrets: { acme: { ACME_TOKEN: ACME_SECRET }, globex: { GLOBEX_TOKEN: GLOBEX_SECRET } },
     logger: pino({ level: 'debug' }, sink),
   });
   const creating = new MockActivityEnvironment();
@@ -220,6 +223,29 @@ test('when a secret is configured, then the execution lane has it and the verifi
   expect(inVerifier.outputTail).toContain('PATH=');
   expect(inVerifier.outputTail).not.toContain(SECRET_VALUE);
   expect(logLines.join('')).not.toContain(SECRET_VALUE);
+});
+
+test("when tenants have secrets, then a run's execution lane has its own tenant's and no other's, and its verifier lane none", async () => {
+  const inAcme = await exec(['sh', '-c', 'echo "acme=$ACME_TOKEN globex=$GLOBEX_TOKEN"']);
+  expect(inAcme.outputTail.trim()).toBe(`acme=${ACME_SECRET} globex=`);
+  const globexRun = `it-globex-${suffix}`;
+  const globexOwner = { tenant: 'globex', userId: 'mallory', workItemId: `wi-g-${suffix}` };
+  try {
+    await run((i) => acts.createSandbox(i), { runId: globexRun, ...globexOwner, repo, baseRef: 'main' });
+    const inGlobex = await run((i) => acts.execInSandbox(i), {
+      sandboxId: globexRun,
+      argv: ['sh', '-c', 'echo "acme=$ACME_TOKEN globex=$GLOBEX_TOKEN"; cat /proc/1/environ'],
+      timeoutSeconds: 30,
+    });
+    expect(inGlobex.outputTail).toContain(`acme= globex=${GLOBEX_SECRET}`);
+    expect(inGlobex.outputTail).not.toContain(ACME_SECRET);
+  } finally {
+    await run((i) => acts.destroySandbox(i), { sandboxId: globexRun, repo, keepBranch: false });
+  }
+  const inVerifier = await verify('V-ENV');
+  expect(inVerifier.outputTail).not.toContain(ACME_SECRET);
+  expect(inVerifier.outputTail).not.toContain(GLOBEX_SECRET);
+  expect(logLines.join('')).not.toContain(ACME_SECRET);
 });
 
 test('when a verifier outlives its timeout, then it is killed, reported timeout, and its container is gone', async () => {
