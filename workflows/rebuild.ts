@@ -92,6 +92,9 @@ export async function rebuildWorkflow(input: RebuildWorkflowInput): Promise<Rebu
         if (view.stage !== 'awaiting_approval' || decision !== undefined)
           throw new Error(`rebuild ${rebuildId} is ${view.stage}, not awaiting approval`);
         if (d.tenant !== tenant) throw new Error('the approver belongs to another tenant');
+        // Four eyes here too, not only at the gateway: anyone reaching Temporal goes around it.
+        if (d.userId === userId)
+          throw new Error('self_approval_forbidden: the requester cannot decide their own rebuild');
       },
     },
   );

@@ -7,7 +7,13 @@
 import { randomUUID } from 'node:crypto';
 import Docker from 'dockerode';
 import type { NatsConnection } from 'nats';
-import { rebuildWorkflowId, parseRebuildId, knownEventSchema, SEARCH_ATTRIBUTES } from '../../contracts';
+import {
+  rebuildDecisionUpdate,
+  rebuildWorkflowId,
+  parseRebuildId,
+  knownEventSchema,
+  SEARCH_ATTRIBUTES,
+} from '../../contracts';
 import {
   connectNats,
   env,
@@ -123,6 +129,14 @@ describe('self-rebuild pipeline', () => {
     // Four eyes: the requester's own approval is refused, whatever their scopes.
     const own = await rb.decideAsRequester(rebuildId, 'approve');
     expect([own.status, own.body.code]).toEqual([403, 'self_approval_forbidden']);
+
+    // …and by the workflow itself, for a caller that goes around the gateway to Temporal.
+    const handle = api.client.workflow.getHandle(rebuildWorkflowId(fx.target.name));
+    await expect(
+      handle.executeUpdate(rebuildDecisionUpdate, {
+        args: [{ decision: 'approve', tenant: 'acme', userId: 'rm-alice' }],
+      }),
+    ).rejects.toMatchObject({ cause: { message: expect.stringMatching(/^self_approval_forbidden/) } });
 
     const approved = await rb.decide(rebuildId, 'approve', 'looks good');
     expect(approved.status).toBe(200);
