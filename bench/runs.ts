@@ -33,7 +33,7 @@ import {
   issuersForTenant,
   type TenantsConfig,
 } from '../contracts';
-import { createRepoAccess } from '../tenancy';
+import { createRepoAccess, writeTenantsConfig } from '../tenancy';
 import { createApp } from '../api/app';
 import { createTokenVerifier } from '../api/auth/token-verifier';
 import { createJetStreamEventSource } from '../api/events/source';
@@ -66,8 +66,10 @@ async function main(): Promise<void> {
   const stack = await startBenchStack('bench:runs', VERIFIERS);
   const { work, temporal, nats: natsServer, repo, verifiersFile, cleanups } = stack;
   try {
-    // The worker: the real worker set with the local driver.
+    // The worker: the real worker set with the local driver, re-checking the API's grants.
+    const tenants: TenantsConfig = { version: 1, tenants: { bench: { repos: [`${dirname(repo)}/`] } } };
     const config = loadWorkerConfig({
+      CHOIROS_TENANTS_FILE: await writeTenantsConfig(join(work, 'tenants.yaml'), tenants),
       TEMPORAL_ADDRESS: temporal.address,
       NATS_URL: natsServer.url,
       CHOIROS_DATA_DIR: join(work, 'data'),
@@ -107,7 +109,6 @@ async function main(): Promise<void> {
       servers: natsServer.url,
       authenticator: credsAuthenticator(await readFile(natsServer.apiCredsFile)),
     });
-    const tenants: TenantsConfig = { version: 1, tenants: { bench: { repos: [`${dirname(repo)}/`] } } };
     const repoAccess = createRepoAccess({ config: tenants, platformPaths: [join(work, 'data')] });
     const app = createApp({
       verifyToken: createTokenVerifier({

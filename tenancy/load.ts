@@ -51,11 +51,15 @@ export async function writeTenantsFile(
   tenants: readonly string[],
   repos: readonly string[],
 ): Promise<string> {
-  const config: TenantsConfig = {
+  return writeTenantsConfig(path, {
     version: 1,
     tenants: Object.fromEntries(tenants.map((t) => [t, { repos: [...repos] }])),
-  };
-  parseTenantsConfig(config, path); // never write a file the platform would refuse
+  });
+}
+
+/** Writes a whole tenants config as a file (validated first: never one the platform would refuse). */
+export async function writeTenantsConfig(path: string, config: TenantsConfig): Promise<string> {
+  parseTenantsConfig(config, path);
   await writeFile(path, stringifyYaml(config));
   return path;
 }

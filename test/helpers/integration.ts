@@ -44,7 +44,7 @@ import {
   type DevTokenClaims,
 } from '../../infra/dev-issuer/issuer';
 import { loadWorkerConfig } from '../../worker/config';
-import { createRepoAccess, type RepoAccess } from '../../tenancy';
+import { createRepoAccess, writeTenantsConfig, type RepoAccess } from '../../tenancy';
 import { bundleWorkflows } from '../../worker/bundle';
 import { createWorkerSet, type WorkerSet } from '../../worker/workers';
 
@@ -119,6 +119,9 @@ export interface TestWorker {
 }
 
 /** Starts the real worker set against the test services, with its own host id and data dir. */
+/** Tenants the integration tests act as (the test API adds them on demand, the worker's file has them). */
+export const TEST_TENANTS = ['acme', 'globex', 'default', 'initech', 'other', 'grpc-control', 't', 'a'];
+
 export async function startTestWorker(
   hostId: string,
   opts: {
@@ -128,9 +131,21 @@ export async function startTestWorker(
     eventFaults?: (event: EventEnvelope, attempt: number) => void;
     /** Extra worker environment (CHOIROS_* settings). */
     extraEnv?: Record<string, string>;
+    /**
+     * The worker's tenants file (it re-checks repository grants): by default the tenants the tests
+     * use, each granted the test work dir. A test with its own tenants gives the API's config here.
+     */
+    tenants?: TenantsConfig;
   } = {},
 ): Promise<TestWorker> {
   const dataDir = await mkdtemp(join(env.workDir(), `data-${hostId}-`));
+  const tenantsFile = await writeTenantsConfig(
+    join(dataDir, 'tenants.yaml'),
+    opts.tenants ?? {
+      version: 1,
+      tenants: Object.fromEntries(TEST_TENANTS.map((t) => [t, { repos: [`${env.workDir()}/`] }])),
+    },
+  );
   const config = loadWorkerConfig({
     TEMPORAL_ADDRESS: opts.temporalAddress ?? env.temporalAddress(),
     NATS_URL: opts.natsUrl ?? env.natsUrl(),
@@ -138,6 +153,7 @@ export async function startTestWorker(
     CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
     CHOIROS_SANDBOX_IMAGE: env.sandboxImage(),
     CHOIROS_HOST_ID: hostId,
+    CHOIROS_TENANTS_FILE: tenantsFile,
     // Off unless a test asks: the Docker engine is shared with other test runs.
     CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
     LOG_LEVEL: 'warn',

@@ -11,7 +11,13 @@ import { mkdir, mkdtemp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { JSONCodec, connect, credsAuthenticator, type NatsConnection, type Subscription } from 'nats';
-import { EVENT_STREAM, parseVerifierFile, type EventEnvelope, type RunView } from '../../contracts';
+import {
+  EVENT_STREAM,
+  parseVerifierFile,
+  type EventEnvelope,
+  type RunView,
+  type TenantsConfig,
+} from '../../contracts';
 import { createJetStreamEventSource } from '../../api/events/source';
 import { createGrpcServer, listenGrpc } from '../../api/grpc/server';
 import { createTemporalRunService } from '../../api/runs/service';
@@ -41,29 +47,28 @@ let acmeDir: string;
 let globexDir: string;
 
 beforeAll(async () => {
-  worker = await startTestWorker('it-tenancy');
   const base = await mkdtemp(join(env.workDir(), 'tenancy-'));
   acmeDir = join(base, 'acme');
   globexDir = join(base, 'globex');
   await mkdir(acmeDir);
   await mkdir(globexDir);
-  api = await startTestApi({
+  const tenants: TenantsConfig = {
+    version: 1,
     tenants: {
-      version: 1,
-      tenants: {
-        acme: { repos: [`${acmeDir}/`] },
-        globex: { repos: [`${globexDir}/`] },
-        // A grant of everything: the platform's own paths must still be refused.
-        wide: { repos: ['/'] },
-        // Approval floors: changing RESULT.txt needs the owner's approval, whatever the request says.
-        floors: {
-          repos: [`${env.workDir()}/`],
-          policy: { protected: [{ paths: ['RESULT.txt', 'infra/**'], approval: 'owner' }] },
-        },
+      acme: { repos: [`${acmeDir}/`] },
+      globex: { repos: [`${globexDir}/`] },
+      // A grant of everything: the platform's own paths must still be refused.
+      wide: { repos: ['/'] },
+      // Approval floors: changing RESULT.txt needs the owner's approval, whatever the request says.
+      floors: {
+        repos: [`${env.workDir()}/`],
+        policy: { protected: [{ paths: ['RESULT.txt', 'infra/**'], approval: 'owner' }] },
       },
     },
-    platformPaths: [worker.dataDir],
-  });
+  };
+  // The worker re-checks grants with the same tenants file as the API's.
+  worker = await startTestWorker('it-tenancy', { tenants });
+  api = await startTestApi({ tenants, platformPaths: [worker.dataDir] });
   client = apiClient(api);
   service = await connectNats(env.apiCreds(), 'tenancy-service');
   grpcServer = createGrpcServer({
