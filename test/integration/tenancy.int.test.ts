@@ -66,8 +66,12 @@ beforeAll(async () => {
       },
     },
   };
-  // The worker re-checks grants with the same tenants file as the API's.
-  worker = await startTestWorker('it-tenancy', { tenants });
+  // The worker re-checks grants with the API's tenants, except that a file cannot grant "/" (the
+  // API's object does, to show the platform paths refused under any grant): the worker's `wide`
+  // grant is the test work dir, where that test's granted repository lives.
+  worker = await startTestWorker('it-tenancy', {
+    tenants: { ...tenants, tenants: { ...tenants.tenants, wide: { repos: [`${env.workDir()}/`] } } },
+  });
   api = await startTestApi({ tenants, platformPaths: [worker.dataDir] });
   client = apiClient(api);
   service = await connectNats(env.apiCreds(), 'tenancy-service');
