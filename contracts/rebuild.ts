@@ -137,6 +137,11 @@ export const rebuildTargetSchema = z
       .max(50)
       .optional(),
     services: z.array(rebuildServiceSchema).max(10).default([]),
+    /**
+     * Network of image builds: `none` (the default: a Dockerfile's RUN steps reach nothing, so a
+     * ref's own Dockerfiles cannot fetch or send anything) or `default` (the engine's bridge).
+     */
+    buildNetwork: z.enum(['none', 'default']).default('none'),
     /** Labels put on every container and image of this target (e.g. a test's id). */
     labels: z.record(z.string().regex(/^[a-z0-9._-]{1,64}$/), z.string().max(200)).default({}),
   })

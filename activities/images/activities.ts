@@ -217,6 +217,8 @@ export function createBuildActivities(deps: BuildDeps): BuildActivities {
               labels: { ...target.labels, [COMMIT_LABEL]: commit, [TARGET_LABEL]: target.name },
               rm: true,
               forcerm: true,
+              // No network unless the target asks (targets captured before the setting had none).
+              ...((target.buildNetwork ?? 'none') === 'none' ? { networkmode: 'none' } : {}),
               abortSignal: ctx.cancellationSignal,
             },
           );

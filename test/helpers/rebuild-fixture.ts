@@ -53,6 +53,8 @@ const SANDBOX_DOCKERFILE = `ARG BASE_IMAGE=choiros-sandbox:local
 FROM \${BASE_IMAGE}
 ARG VERSION=dev
 RUN ["/bin/sh", "-c", "echo \${VERSION} > /tmp/choiros-sandbox-version"]
+# Builds have no network (a target's buildNetwork defaults to none): only loopback may exist here.
+RUN ["/bin/sh", "-c", "test $(ls /sys/class/net | grep -v '^lo$' | wc -l) -eq 0"]
 `;
 
 export interface RebuildFixture {
