@@ -142,6 +142,8 @@ export const rebuildTargetSchema = z
      * ref's own Dockerfiles cannot fetch or send anything) or `default` (the engine's bridge).
      */
     buildNetwork: z.enum(['none', 'default']).default('none'),
+    /** Distinct approvers (never the requester) a rebuild of this target needs before it deploys. */
+    approvalQuorum: z.number().int().min(1).max(5).default(1),
     /** Labels put on every container and image of this target (e.g. a test's id). */
     labels: z.record(z.string().regex(/^[a-z0-9._-]{1,64}$/), z.string().max(200)).default({}),
   })
@@ -269,6 +271,8 @@ export const rebuildViewSchema = z.object({
       reason: z.string().optional(),
     })
     .optional(),
+  /** Who approved so far, when the target needs more than one approver. */
+  approvals: z.array(z.string()).optional(),
   verify: z.array(
     z.object({
       suite: z.string(),

@@ -74,17 +74,23 @@ export async function rebuildWorkflow(input: RebuildWorkflowInput): Promise<Rebu
     events: { emitted: events.emittedCount, published: events.publishedCount },
   });
   let decision: RebuildDecision | undefined;
+  /** Distinct approvers so far; the target's approvalQuorum of them approves the rebuild. */
+  const approvers: RebuildDecision[] = [];
+  const quorum = target.approvalQuorum ?? 1;
   setHandler(rebuildViewQuery, snapshot);
   setHandler(
     rebuildDecisionUpdate,
     (d) => {
-      decision = d;
+      if (d.decision === 'approve') approvers.push(d);
+      // A rejection decides at once; approvals decide once the quorum is reached.
+      if (d.decision === 'reject' || approvers.length >= quorum) decision = d;
       view.approval = {
         decision: d.decision,
         by: d.userId,
         at: new Date().toISOString(),
         ...(d.reason ? { reason: d.reason } : {}),
       };
+      if (quorum > 1) view.approvals = approvers.map((a) => a.userId);
       return snapshot();
     },
     {
@@ -93,8 +99,13 @@ export async function rebuildWorkflow(input: RebuildWorkflowInput): Promise<Rebu
           throw new Error(`rebuild ${rebuildId} is ${view.stage}, not awaiting approval`);
         if (d.tenant !== tenant) throw new Error('the approver belongs to another tenant');
         // Four eyes here too, not only at the gateway: anyone reaching Temporal goes around it.
-        if (d.userId === userId)
-          throw new Error('self_approval_forbidden: the requester cannot decide their own rebuild');
+        // (The requester may still reject their own request: that only stops it.)
+        if (d.decision === 'approve' && d.userId === userId)
+          throw new Error('self_approval_forbidden: the requester cannot approve their own rebuild');
+        if (d.decision === 'approve' && approvers.some((a) => a.userId === d.userId))
+          throw new Error(
+            `already_approved: ${d.userId} approved this rebuild already; another approver is needed`,
+          );
       },
     },
   );
@@ -261,7 +272,7 @@ export async function rebuildWorkflow(input: RebuildWorkflowInput): Promise<Rebu
     events.emit('rebuild.approval.decided', {
       rebuild_id: rebuildId,
       decision: d.decision,
-      by: d.userId,
+      by: d.decision === 'approve' && quorum > 1 ? approvers.map((a) => a.userId).join(',') : d.userId,
       reason: d.reason ?? null,
     });
     if (d.decision === 'reject') {

@@ -281,13 +281,17 @@ export function createTemporalRebuildService(deps: {
           );
           return view;
         } catch (err) {
-          if (err instanceof WorkflowUpdateFailedError)
+          if (err instanceof WorkflowUpdateFailedError) {
+            const message = err.cause instanceof Error ? err.cause.message : '';
+            // The workflow's validator names its refusal first (four eyes, one vote per approver).
+            const code = /^(self_approval_forbidden|already_approved):/.exec(message)?.[1];
+            if (code === 'self_approval_forbidden' || code === 'already_approved')
+              throw new AppError(code, message.slice(code.length + 1).trim());
             throw new AppError(
               'rebuild_not_awaiting_approval',
-              err.cause instanceof Error
-                ? err.cause.message
-                : `rebuild ${rebuildId} is not awaiting approval`,
+              message || `rebuild ${rebuildId} is not awaiting approval`,
             );
+          }
           throw err;
         }
       }),

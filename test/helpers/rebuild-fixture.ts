@@ -236,6 +236,11 @@ export function rebuildApi(api: TestApi) {
     /** A decision by the second release manager. */
     decide: (id: string, decision: 'approve' | 'reject', reason?: string) =>
       call('POST', `/v1/rebuilds/${id}/${decision}`, reason ? { reason } : undefined, approverToken),
+    /** A decision by another release manager of acme, `sub`. */
+    decideAs: (id: string, decision: 'approve' | 'reject', sub: string) =>
+      call('POST', `/v1/rebuilds/${id}/${decision}`, undefined, () =>
+        api.token({ sub, tenant: 'acme', scope: 'rebuild:write rebuild:approve' }),
+      ),
     /** A decision by the requester (rm-alice). */
     decideAsRequester: (id: string, decision: 'approve' | 'reject') =>
       call('POST', `/v1/rebuilds/${id}/${decision}`, undefined, token),

@@ -42,7 +42,15 @@ let rb: ReturnType<typeof rebuildApi>;
 beforeAll(async () => {
   fx = await makeRebuildFixture(id, `fx-${id}`);
   worker = await startTestWorker(`it-rebuild-${id}`);
-  api = await startTestApi({ rebuildTargets: [fx.target] });
+  // A second target of the same repository that needs two approvers and deploys nothing.
+  const quorumTarget = {
+    ...fx.target,
+    name: `${fx.target.name}-q`,
+    approvalQuorum: 2,
+    services: [],
+    deployer: 'noop' as const,
+  };
+  api = await startTestApi({ rebuildTargets: [fx.target, quorumTarget] });
   nats = await connectNats(env.apiCreds(), 'test-rebuild-reader');
   rb = rebuildApi(api);
 }, 120_000);
@@ -187,6 +195,24 @@ describe('self-rebuild pipeline', () => {
     expect(desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.rebuildStage)).toBe('completed');
     expect(desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.rebuildTarget)).toBe(fx.target.name);
     await recordHistory(rebuildWorkflowId(fx.target.name), 'rebuild-completed', parsed.runId);
+  });
+
+  test('when a target needs two approvers, then one approval leaves it waiting, the same approver twice is 409, and a second approver lets it through', async () => {
+    const started = await rb.start({ target: `${fx.target.name}-q`, ref: 'main' });
+    expect(started.status).toBe(201);
+    const rebuildId = started.body.rebuildId;
+    await rb.waitStage(rebuildId, ['awaiting_approval']);
+    const first = await rb.decide(rebuildId, 'approve');
+    expect(first.status).toBe(200);
+    expect(first.body).toMatchObject({ stage: 'awaiting_approval', approvals: ['rm-bob'] });
+    const again = await rb.decide(rebuildId, 'approve');
+    expect([again.status, again.body.code]).toEqual([409, 'already_approved']);
+    const own = await rb.decideAsRequester(rebuildId, 'approve');
+    expect([own.status, own.body.code]).toEqual([403, 'self_approval_forbidden']);
+    const second = await rb.decideAs(rebuildId, 'approve', 'rm-dave');
+    expect(second.status).toBe(200);
+    const done = await rb.waitStage(rebuildId, ['completed', 'failed', 'rolled_back']);
+    expect(done).toMatchObject({ stage: 'completed', approvals: ['rm-bob', 'rm-dave'] });
   });
 
   test('when a verifier suite fails, then the pipeline stops before any build and nothing is deployed', async () => {
