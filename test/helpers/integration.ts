@@ -122,6 +122,20 @@ export interface TestWorker {
 /** Tenants the integration tests act as (the test API adds them on demand, the worker's file has them). */
 export const TEST_TENANTS = ['acme', 'globex', 'default', 'initech', 'other', 'grpc-control', 't', 'a'];
 
+/**
+ * Writes a worker's tenants file: TEST_TENANTS and `extra` (a test's own tenant names), each granted
+ * the test work dir. Workers re-check repository grants, so they must know the tenants the test API
+ * admits.
+ */
+export function writeTestTenantsFile(path: string, extra: readonly string[] = []): Promise<string> {
+  return writeTenantsConfig(path, {
+    version: 1,
+    tenants: Object.fromEntries(
+      [...TEST_TENANTS, ...extra].map((t) => [t, { repos: [`${env.workDir()}/`] }]),
+    ),
+  });
+}
+
 export async function startTestWorker(
   hostId: string,
   opts: {
@@ -136,16 +150,15 @@ export async function startTestWorker(
      * use, each granted the test work dir. A test with its own tenants gives the API's config here.
      */
     tenants?: TenantsConfig;
+    /** Tenant names of the test's own, added to the default tenants. */
+    extraTenants?: string[];
   } = {},
 ): Promise<TestWorker> {
   const dataDir = await mkdtemp(join(env.workDir(), `data-${hostId}-`));
-  const tenantsFile = await writeTenantsConfig(
-    join(dataDir, 'tenants.yaml'),
-    opts.tenants ?? {
-      version: 1,
-      tenants: Object.fromEntries(TEST_TENANTS.map((t) => [t, { repos: [`${env.workDir()}/`] }])),
-    },
-  );
+  const tenantsPath = join(dataDir, 'tenants.yaml');
+  const tenantsFile = opts.tenants
+    ? await writeTenantsConfig(tenantsPath, opts.tenants)
+    : await writeTestTenantsFile(tenantsPath, opts.extraTenants);
   const config = loadWorkerConfig({
     TEMPORAL_ADDRESS: opts.temporalAddress ?? env.temporalAddress(),
     NATS_URL: opts.natsUrl ?? env.natsUrl(),

@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ROOT, env, workflowBundle } from './integration';
+import { ROOT, env, workflowBundle, writeTestTenantsFile } from './integration';
 
 export interface ServiceProcess {
   proc: ChildProcess;
@@ -116,9 +116,15 @@ export async function spawnWorkerProcess(opts: {
   dataDir: string;
   name: string;
   extraEnv?: Record<string, string>;
+  /** Tenant names of the test's own, besides TEST_TENANTS (the worker re-checks grants). */
+  extraTenants?: string[];
   /** The environment the worker's settings go over; the test's own by default. */
   baseEnv?: NodeJS.ProcessEnv;
 }): Promise<WorkerProcess> {
+  const tenantsFile = await writeTestTenantsFile(
+    join(opts.dataDir, `tenants-${opts.name}.yaml`),
+    opts.extraTenants,
+  );
   const service = await spawnService({
     entry: opts.bundlePath ? 'test/helpers/worker-child.ts' : 'worker/main.ts',
     name: `worker-${opts.name}`,
@@ -132,6 +138,7 @@ export async function spawnWorkerProcess(opts: {
       CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
       CHOIROS_SANDBOX_IMAGE: env.sandboxImage(),
       CHOIROS_HOST_ID: opts.hostId,
+      CHOIROS_TENANTS_FILE: tenantsFile,
       CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
       CHOIROS_METRICS_PORT: '0',
       ...(opts.bundlePath ? { CHOIROS_CHILD_BUNDLE: opts.bundlePath } : {}),

@@ -31,7 +31,11 @@ const docker = new Docker();
 const suffix = randomUUID().slice(0, 8);
 
 beforeAll(async () => {
-  worker = await startTestWorker('it-control', { extraEnv: { CHOIROS_MAX_RUNS_PER_USER: '2' } });
+  worker = await startTestWorker('it-control', {
+    extraEnv: { CHOIROS_MAX_RUNS_PER_USER: '2' },
+    // The tenants people() makes (each test its own), which the worker's grant re-check must know.
+    extraTenants: [...PEOPLE, 'other'].map((n) => `${n}-${suffix}`),
+  });
   api = await startTestApi();
   client = apiClient(api);
   nats = await connectNats(env.apiCreds(), 'test-control-reader');
@@ -74,8 +78,21 @@ async function start(token: string, body: unknown): Promise<RunView> {
   return res.body;
 }
 
+const PEOPLE = [
+  'appr',
+  'ask',
+  'budget',
+  'deadline',
+  'fair',
+  'quorum',
+  'reject',
+  'rerun',
+  'rerunv',
+  'silent',
+] as const;
+
 /** Tokens of one tenant of this test: the author, a reviewer and an outsider from another tenant. */
-async function people(name: string) {
+async function people(name: (typeof PEOPLE)[number]) {
   const tenant = `${name}-${suffix}`;
   return {
     tenant,

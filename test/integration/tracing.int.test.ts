@@ -92,6 +92,7 @@ test('when a run is started through the API with tracing on, then one trace link
     name: 'otel',
     baseEnv: tracedEnv(),
     extraEnv: { CHOIROS_BUILD_ID: WORKER_BUILD },
+    extraTenants: [`otel-${hostId.slice(-8)}`],
   });
   children.push(worker);
   const port = await freePort();

@@ -23,7 +23,12 @@ const children: WorkerProcess[] = [];
 
 /** Starts worker/main.ts (the production entry point) as its own process group; resolves once it polls. */
 async function startWorkerProcess(): Promise<WorkerProcess> {
-  const w = await spawnWorkerProcess({ hostId, dataDir, name: `crash-${children.length}` });
+  const w = await spawnWorkerProcess({
+    hostId,
+    dataDir,
+    name: `crash-${children.length}`,
+    extraTenants: [`crash-${hostId.slice(-8)}`],
+  });
   children.push(w);
   return w;
 }
