@@ -38,6 +38,10 @@ export const ERROR_CODES = [
   'build_failed',
   'deploy_failed',
   'invalid_rebuild_request',
+  // Admission (decision 0013).
+  'queue_full',
+  'admission_timeout',
+  'admission_unavailable',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -78,6 +82,9 @@ export const HTTP_STATUS_BY_CODE: Record<ErrorCode, number> = {
   build_failed: 500,
   deploy_failed: 500,
   invalid_rebuild_request: 400,
+  queue_full: 429,
+  admission_timeout: 503,
+  admission_unavailable: 503,
 };
 
 /** Short human titles for problem+json `title`. */
@@ -116,6 +123,9 @@ export const TITLE_BY_CODE: Record<ErrorCode, string> = {
   build_failed: 'Image build failed',
   deploy_failed: 'Deploy failed',
   invalid_rebuild_request: 'Invalid rebuild request',
+  queue_full: "The tenant's run queue is full",
+  admission_timeout: 'The run was not admitted in time',
+  admission_unavailable: 'The admission gate could not be reached',
 };
 
 /** One field-level problem, as reported in a 400's `errors` list. */

@@ -187,6 +187,7 @@ export async function createWorkerSet(opts: {
         ...createAdmissionActivities({
           perUser: config.CHOIROS_MAX_RUNS_PER_USER,
           perTenant: config.CHOIROS_MAX_RUNS_PER_TENANT,
+          maxWaitSeconds: config.CHOIROS_ADMISSION_TIMEOUT_SECONDS,
           logger: logger.child({ component: 'admission' }),
         }),
       },
