@@ -78,7 +78,15 @@ async function main(): Promise<void> {
       defaultTenant: config.AUTH_DEFAULT_TENANT,
     });
     const requestDeadlineMs = config.API_TEMPORAL_CALL_TIMEOUT_SECONDS * 1000;
-    const runs = createTemporalRunService({ client, logger, requestDeadlineMs });
+    const runs = createTemporalRunService({
+      client,
+      logger,
+      requestDeadlineMs,
+      queueBound: {
+        maxQueuedPerTenant: config.CHOIROS_MAX_QUEUED_PER_TENANT,
+        retryAfterSeconds: config.CHOIROS_QUEUE_FULL_RETRY_AFTER_SECONDS,
+      },
+    });
     const targets = existsSync(config.rebuildTargetsFile)
       ? await loadRebuildTargets(config.rebuildTargetsFile)
       : rebuildTargets([]);

@@ -185,6 +185,8 @@ export async function startTestApi(
     /** Rebuild targets the API knows (self-rebuild routes answer 503 without). */
     rebuildTargets?: RebuildTarget[];
     rebuildTimings?: Partial<RebuildTimings>;
+    /** Backpressure bound of `POST /v1/runs` (CHOIROS_MAX_QUEUED_PER_TENANT); none by default. */
+    maxQueuedPerTenant?: number;
   } = {},
 ): Promise<TestApi> {
   const keyDir = await mkdtemp(join(env.workDir(), 'issuer-'));
@@ -206,7 +208,13 @@ export async function startTestApi(
       tenantClaim: 'tenant',
       defaultTenant: 'default',
     }),
-    runs: createTemporalRunService({ client, logger }),
+    runs: createTemporalRunService({
+      client,
+      logger,
+      ...(opts.maxQueuedPerTenant
+        ? { queueBound: { maxQueuedPerTenant: opts.maxQueuedPerTenant, retryAfterSeconds: 7 } }
+        : {}),
+    }),
     graphs: createTemporalWorkGraphService({ client, logger }),
     ...(opts.rebuildTargets
       ? {
