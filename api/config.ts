@@ -45,7 +45,7 @@ export const apiConfigSchema = z.object({
    */
   CHOIROS_MAX_QUEUED_PER_TENANT: z.coerce.number().int().min(0).max(1_000_000).default(1000),
   /** `Retry-After` of a `429 queue_full`, in seconds. */
-  CHOIROS_QUEUE_FULL_RETRY_AFTER_SECONDS: z.coerce.number().int().min(1).max(3600).default(30),
+  CHOIROS_QUEUE_RETRY_AFTER_SECONDS: z.coerce.number().int().min(1).max(3600).default(30),
   /** NATS server URL(s), comma-separated. */
   NATS_URL: z.string().min(1).default('nats://127.0.0.1:4222'),
   /** Path of the API's NATS credentials file; none for an open server. */

@@ -84,7 +84,7 @@ async function main(): Promise<void> {
       requestDeadlineMs,
       queueBound: {
         maxQueuedPerTenant: config.CHOIROS_MAX_QUEUED_PER_TENANT,
-        retryAfterSeconds: config.CHOIROS_QUEUE_FULL_RETRY_AFTER_SECONDS,
+        retryAfterSeconds: config.CHOIROS_QUEUE_RETRY_AFTER_SECONDS,
       },
     });
     const targets = existsSync(config.rebuildTargetsFile)
