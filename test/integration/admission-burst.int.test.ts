@@ -219,8 +219,8 @@ describe('a burst of one tenant', () => {
   test("when a tenant's waiting runs reach the bound, then POST /v1/runs answers 429 queue_full with Retry-After, a retry of a started run is still answered, and there is room again once they leave", async () => {
     const tenant = `full-${suffix}`;
     const repo = await makeGitRepo();
-    const token = await api.token({ sub: 'alice', tenant });
     const bounded = await startTestApi({ maxQueuedPerTenant: 3 });
+    const token = await bounded.token({ sub: 'alice', tenant });
     const client = apiClient(bounded);
     try {
       const slow = runBody(repo.path, ['sh', '-c', 'sleep 30; echo done > RESULT.txt']);
