@@ -22,6 +22,7 @@ import {
   type TestWorker,
 } from '../helpers/integration';
 import { apiClient, readRunEvents, recordHistory } from '../helpers/runs';
+import { waitingRunsQuery } from '../../api/runs/service';
 
 const suffix = randomUUID().slice(0, 8);
 const PER_USER = 2;
@@ -222,21 +223,26 @@ describe('a burst of one tenant', () => {
     const bounded = await startTestApi({ maxQueuedPerTenant: 3 });
     const token = await bounded.token({ sub: 'alice', tenant });
     const client = apiClient(bounded);
+    const slow = runBody(repo.path, ['sh', '-c', 'sleep 30; echo done > RESULT.txt']);
+    const keys = Array.from({ length: 5 }, (_, i) => `full-${i}`);
+    const runs: RunView[] = [];
     try {
-      const slow = runBody(repo.path, ['sh', '-c', 'sleep 30; echo done > RESULT.txt']);
-      const keys = Array.from({ length: 5 }, (_, i) => `full-${i}`);
-      // Two run (the per-user cap), three wait: the bound of 3 is reached.
-      const runs: RunView[] = [];
-      for (const key of keys) {
+      // Two run (the per-user cap), three wait: the bound of 3 is reached. Each start waits until
+      // the visibility store shows it settled (running or queued), so `created` never counts twice.
+      for (const [k, key] of keys.entries()) {
         const res = await client.call<RunView>('POST', '/v1/runs', { token, body: slow, key });
         expect(res.status).toBe(201);
         runs.push(res.body);
+        await poll(
+          async () => [
+            (await api.client.workflow.count(waitingRunsQuery(tenant))).count,
+            (await api.client.workflow.count(`ChoirTenant = '${tenant}' AND ChoirRunStatus = 'created'`))
+              .count,
+          ],
+          ([waiting, created]) => created === 0 && waiting === Math.max(0, k - 1),
+          60_000,
+        );
       }
-      await poll(
-        () => api.client.workflow.count(`ChoirTenant = '${tenant}' AND ChoirRunStatus = 'queued'`),
-        (c) => c.count === 3,
-        60_000,
-      );
       const res = await fetch(`${bounded.url}/v1/runs`, {
         method: 'POST',
         headers: {
@@ -272,6 +278,9 @@ describe('a burst of one tenant', () => {
       expect((await client.waitTerminal(fast.body.runId, token)).status).toBe('committed');
       await recordHistory(`admission-${tenant}`, 'admission-signals');
     } finally {
+      // Also when a check failed: no sandbox outlives the test.
+      await Promise.all(runs.map((r) => client.call('POST', `/v1/runs/${r.runId}/cancel`, { token })));
+      await Promise.all(runs.map((r) => client.waitTerminal(r.runId, token).catch(() => undefined)));
       await bounded.stop();
     }
   });
