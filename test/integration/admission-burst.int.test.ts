@@ -179,6 +179,11 @@ describe('a burst of one tenant', () => {
 
     // No spinning: the gate's workflow tasks did not fail, and no run retried joining the queue.
     const failedTasks = names.filter((n) => n === EVENT.taskFailed || n === EVENT.taskTimedOut).length;
+    // Why, for the summary line (a continue-as-new that raced new signals is UNHANDLED_COMMAND).
+    const causes = gate
+      .map((e) => e.workflowTaskFailedEventAttributes?.cause)
+      .filter((c): c is temporal.api.enums.v1.WorkflowTaskFailedCause => c !== undefined && c !== null)
+      .map((c) => temporal.api.enums.v1.WorkflowTaskFailedCause[c]);
     expect(failedTasks).toBeLessThanOrEqual(3);
     let enqueueRetries = 0;
     let queued = 0;
@@ -212,7 +217,7 @@ describe('a burst of one tenant', () => {
     // Queueing really happened (all but the first few waited), so the order above says something.
     expect(queued).toBeGreaterThan(RUNS - PER_TENANT * 2);
     process.stdout.write(
-      `[burst] ${RUNS} runs, ${USERS} users, caps ${PER_USER}/${PER_TENANT}: submitted in ${submittedS.toFixed(1)} s, all committed in ${drainedS.toFixed(1)} s (${(RUNS / drainedS).toFixed(2)} runs/s); ${queued} queued; peak running ${peakTenant} (per user ${peakUser}); gate ${gate.length} events, ${failedTasks} failed workflow tasks; ${enqueueRetries} enqueue retries\n`,
+      `[burst] ${RUNS} runs, ${USERS} users, caps ${PER_USER}/${PER_TENANT}: submitted in ${submittedS.toFixed(1)} s, all committed in ${drainedS.toFixed(1)} s (${(RUNS / drainedS).toFixed(2)} runs/s); ${queued} queued; peak running ${peakTenant} (per user ${peakUser}); gate ${gate.length} events, ${failedTasks} failed workflow tasks ${JSON.stringify(causes)}; ${enqueueRetries} enqueue retries\n`,
     );
     await recordHistory(aQueuedRun as string, 'run-queued-admitted-by-signal');
   }, 600_000);
