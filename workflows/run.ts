@@ -4,7 +4,6 @@ import {
   ApplicationFailure,
   CancellationScope,
   condition,
-  getExternalWorkflowHandle,
   isCancellation,
   log,
   patched,
@@ -18,28 +17,24 @@ import {
   EGRESS_SUMMARY_MAX_KEYS,
   SEARCH_ATTRIBUTES,
   TASK_QUEUES,
-  admissionWorkflowId,
-  admittedSignal,
   answerInterruptUpdate,
   approvalPolicy,
   approvalUpdate,
   judgeVerifierAttempts,
   moodPolicy,
   nextVerifierAttempt,
-  queuedSignal,
-  releaseSignal,
   runViewQuery,
   type ApprovalDecision,
   type CommandOutcome,
   type InterruptAnswer,
   type InterruptView,
-  type QueuedNotice,
   type RunStatus,
   type RunView,
   type RunWorkflowInput,
   type VerifierOutcome,
 } from '../contracts';
 import type { AdmissionActivities, SandboxActivities, SandboxHandle } from '../activities/types';
+import { AdmissionTicket } from './lib/admission-ticket';
 import { EventLog } from './lib/event-log';
 
 /** Failure types a retry cannot fix; the run fails at once with that code. */
@@ -57,14 +52,6 @@ const { createSandbox } = proxyActivities<SandboxActivities>({
 const admission = proxyActivities<AdmissionActivities>({
   taskQueue: TASK_QUEUES.orchestration,
   startToCloseTimeout: '30 seconds',
-  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '20 seconds' },
-});
-
-// Joining the queue is one signal-with-start; a gate unreachable for minutes fails the run visibly.
-const { enqueueAdmission } = proxyActivities<AdmissionActivities>({
-  taskQueue: TASK_QUEUES.orchestration,
-  startToCloseTimeout: '30 seconds',
-  scheduleToCloseTimeout: '5 minutes',
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '20 seconds' },
 });
 
@@ -137,17 +124,9 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
     ...(interrupts.length > 0 ? { interrupts: interrupts.map((i) => ({ ...i })) } : {}),
     events: { emitted: events.emittedCount, published: events.publishedCount },
   });
-  let admitted = false;
-  let queuedNotice: QueuedNotice | undefined;
-
   // Handlers before the first await: queries, updates and signals may arrive at once.
   setHandler(runViewQuery, snapshot);
-  setHandler(admittedSignal, () => {
-    admitted = true;
-  });
-  setHandler(queuedSignal, (notice) => {
-    queuedNotice = notice;
-  });
+  const ticket = new AdmissionTicket({ tenant, userId, runId });
   setHandler(
     approvalUpdate,
     (d) => {
@@ -611,51 +590,6 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
     return false;
   };
 
-  /**
-   * Joins the tenant's queue and waits, at most the worker's configured bound, for the gate's
-   * `admitted` (a `queued` notice first when the run must wait). Past the bound, or with the gate
-   * unreachable, the run fails with a code that says so — never a silent `created`.
-   */
-  const waitForAdmission = async (): Promise<void> => {
-    const asked = Date.now();
-    let terms;
-    try {
-      terms = await enqueueAdmission({ tenant, userId, runId });
-    } catch (err) {
-      if (isCancellation(err)) throw err;
-      throw ApplicationFailure.create({
-        type: 'admission_unavailable',
-        message: `the tenant's admission gate could not be reached: ${describeFailure(err).message}`,
-        nonRetryable: true,
-      });
-    }
-    const waitMs = terms.maxWaitSeconds * 1000;
-    const timedOut = (): ApplicationFailure =>
-      ApplicationFailure.create({
-        type: 'admission_timeout',
-        message: `not admitted within ${terms.maxWaitSeconds}s${view.queuePosition ? ` (queued at position ${view.queuePosition})` : ''}; the tenant's runs kept every slot (caps ${terms.perUser} per user, ${terms.perTenant} per tenant)`,
-        nonRetryable: true,
-      });
-    if (!(await condition(() => admitted || queuedNotice !== undefined, waitMs))) throw timedOut();
-    if (admitted) return;
-    const notice = queuedNotice as QueuedNotice;
-    const queuedAt = Date.now();
-    view.queuePosition = notice.position;
-    setStatus('queued', 'admission');
-    events.emit('run.queued', { run_id: runId, per_user: notice.perUser, per_tenant: notice.perTenant });
-    if (!(await condition(() => admitted, Math.max(1, waitMs - (queuedAt - asked))))) throw timedOut();
-    events.emit('run.admitted', { run_id: runId, waited_ms: Date.now() - queuedAt });
-  };
-
-  /** Gives the slot back (or leaves the queue); a gate that has ended holds nothing. */
-  const releaseBySignal = async (): Promise<void> => {
-    try {
-      await getExternalWorkflowHandle(admissionWorkflowId(tenant)).signal(releaseSignal, { runId });
-    } catch (err) {
-      log.info('admission gate not running; nothing to release', { runId, tenant, err });
-    }
-  };
-
   try {
     let proceed = true;
     if (v2 && policy.interruptBeforeExecute) {
@@ -675,16 +609,21 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
     if (proceed && v2 && patched('admission-signals')) {
       holdsAdmission = true;
       admissionBySignal = true;
-      await waitForAdmission();
+      await ticket.join((notice) => {
+        view.queuePosition = notice.position;
+        setStatus('queued', 'admission');
+        events.emit('run.queued', { run_id: runId, per_user: notice.perUser, per_tenant: notice.perTenant });
+        return (waitedMs) => events.emit('run.admitted', { run_id: runId, waited_ms: waitedMs });
+      });
     } else if (proceed && v2) {
       holdsAdmission = true;
       const grant = await admission.requestAdmission({ tenant, userId, runId });
-      if (!grant.admitted && !admitted) {
+      if (!grant.admitted && !ticket.admitted) {
         const queuedAt = Date.now();
         view.queuePosition = grant.position;
         setStatus('queued', 'admission');
         events.emit('run.queued', { run_id: runId, per_user: grant.perUser, per_tenant: grant.perTenant });
-        await condition(() => admitted);
+        await condition(() => ticket.admitted);
         events.emit('run.admitted', { run_id: runId, waited_ms: Date.now() - queuedAt });
       }
     }
@@ -755,7 +694,7 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
       }
     }
     // The slot goes back (or the queue place is left) only once the sandbox is gone.
-    if (holdsAdmission && admissionBySignal) await releaseBySignal();
+    if (holdsAdmission && admissionBySignal) await ticket.release();
     else if (holdsAdmission) await admission.releaseAdmission({ tenant, runId });
   });
   if (!keepBranch) delete view.branch;
