@@ -119,6 +119,8 @@ export function createTemporalRunService(deps: {
 }): RunService {
   const { client, logger } = deps;
   const guarded = guardedWithin(client, deps.requestDeadlineMs);
+  /** In-flight counts per tenant: the requests of a burst share one count instead of one each. */
+  const counting = new Map<string, Promise<number>>();
 
   const describeOwned = async (
     principal: Principal,
@@ -371,6 +373,18 @@ export function createTemporalRunService(deps: {
     return startRun(principal, { runId, request: { ...request, workItem }, requestHash });
   }
 
+  function waitingCount(tenant: string): Promise<number> {
+    let pending = counting.get(tenant);
+    if (!pending) {
+      pending = client.workflow
+        .count(waitingRunsQuery(tenant))
+        .then((r) => r.count)
+        .finally(() => counting.delete(tenant));
+      counting.set(tenant, pending);
+    }
+    return pending;
+  }
+
   /**
    * Refuses a new run with `429 queue_full` while the tenant's waiting runs are at the bound; a
    * retried request for a run that exists is answered as usual. The count lags starts by the
@@ -380,7 +394,7 @@ export function createTemporalRunService(deps: {
   async function checkQueueRoom(tenant: string, runId: string): Promise<void> {
     const bound = deps.queueBound;
     if (!bound || bound.maxQueuedPerTenant === 0) return;
-    const { count } = await client.workflow.count(waitingRunsQuery(tenant));
+    const count = await waitingCount(tenant);
     if (count < bound.maxQueuedPerTenant) return;
     const exists = await client.workflow
       .getHandle(runId)
