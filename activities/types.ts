@@ -1,6 +1,7 @@
 /** Activity input/output shapes and the activity interfaces workflows import with `import type`. */
 import type {
   AdmissionGrant,
+  AdmissionTerms,
   CommandOutcome,
   EventEnvelope,
   Mood,
@@ -101,6 +102,8 @@ export interface SandboxActivities {
 }
 
 export interface AdmissionActivities {
+  /** Joins the tenant's fairness queue by signal-with-start; the gate answers by signals to the run. */
+  enqueueAdmission(input: { tenant: string; userId: string; runId: string }): Promise<AdmissionTerms>;
   /** Asks the tenant's fairness gate for a slot; starts the gate when it is not running. */
   requestAdmission(input: { tenant: string; userId: string; runId: string }): Promise<AdmissionGrant>;
   /** Gives the slot back (or leaves the queue); idempotent. */

@@ -43,6 +43,13 @@ export const apiConfigSchema = z.object({
   TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
   /** Deadline of one request's Temporal calls together (and of any single call); past it the request answers 503 service_unavailable. */
   API_TEMPORAL_CALL_TIMEOUT_SECONDS: z.coerce.number().int().min(1).max(300).default(10),
+  /**
+   * Runs of one tenant not yet running (created or queued) at which `POST /v1/runs` answers
+   * `429 queue_full` instead of starting another; 0 turns the bound off.
+   */
+  CHOIROS_MAX_QUEUED_PER_TENANT: z.coerce.number().int().min(0).max(1_000_000).default(1000),
+  /** `Retry-After` of a `429 queue_full`, in seconds. */
+  CHOIROS_QUEUE_RETRY_AFTER_SECONDS: z.coerce.number().int().min(1).max(3600).default(30),
   /** NATS server URL(s), comma-separated. */
   NATS_URL: z.string().min(1).default('nats://127.0.0.1:4222'),
   /** Path of the API's NATS credentials file; none for an open server. */

@@ -102,7 +102,17 @@ async function main(): Promise<void> {
     });
     const requestDeadlineMs = config.API_TEMPORAL_CALL_TIMEOUT_SECONDS * 1000;
     const tenantPolicy = (tenant: string) => tenantPolicyOf(tenants, tenant);
-    const runs = createTemporalRunService({ client, logger, requestDeadlineMs, repoAccess, tenantPolicy });
+    const runs = createTemporalRunService({
+      client,
+      logger,
+      requestDeadlineMs,
+      repoAccess,
+      tenantPolicy,
+      queueBound: {
+        maxQueuedPerTenant: config.CHOIROS_MAX_QUEUED_PER_TENANT,
+        retryAfterSeconds: config.CHOIROS_QUEUE_RETRY_AFTER_SECONDS,
+      },
+    });
     const targets = existsSync(config.rebuildTargetsFile)
       ? await loadRebuildTargets(config.rebuildTargetsFile)
       : rebuildTargets([]);

@@ -206,6 +206,12 @@ export function openApiDocument(): Record<string, unknown> {
           responses: {
             ...ok('the run (same Idempotency-Key, same run)', 'RunView', '201'),
             ...problems(400, 401, 403, 413, 415, 422, 429, 503),
+            '429': {
+              description:
+                "problem (429): `rate_limited`, or `queue_full` when the tenant's runs not yet running reach CHOIROS_MAX_QUEUED_PER_TENANT; retry after `Retry-After` seconds with the same Idempotency-Key",
+              headers: { 'Retry-After': { schema: { type: 'integer', minimum: 1 } } },
+              content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } },
+            },
           },
         },
         get: {

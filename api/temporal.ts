@@ -45,8 +45,31 @@ export function guardedWithin(
   client: Pick<Client, 'withDeadline'>,
   deadlineMs: number | undefined,
 ): <T>(fn: () => Promise<T>) => Promise<T> {
-  return <T>(fn: () => Promise<T>): Promise<T> =>
-    guarded(deadlineMs ? () => client.withDeadline(Date.now() + deadlineMs, fn) : fn);
+  return async <T>(fn: () => Promise<T>): Promise<T> => {
+    if (!deadlineMs) return guarded(fn);
+    const deadline = Date.now() + deadlineMs;
+    try {
+      return await guarded(() => client.withDeadline(deadline, fn));
+    } catch (err) {
+      throw pastDeadline(err, deadline);
+    }
+  };
+}
+
+/**
+ * A call the request's shared deadline cut short comes back CANCELLED (gRPC 1), not
+ * DEADLINE_EXCEEDED: past the deadline that is Temporal not answering in time (a burst of starts
+ * against a busy server), a 503 to retry, not a 500.
+ */
+export function pastDeadline(err: unknown, deadline: number, now = Date.now()): unknown {
+  const cause = err instanceof ServiceError && err.cause ? err.cause : err;
+  if (now >= deadline && isGrpcServiceError(cause) && cause.code === grpc.status.CANCELLED) {
+    return new AppError('service_unavailable', 'the workflow service did not answer in time; retry later', {
+      cause: err,
+      headers: { 'Retry-After': '5' },
+    });
+  }
+  return err;
 }
 
 /** `p`, or a rejection after `ms` (the timer is cleared either way). */

@@ -41,6 +41,10 @@ export const ERROR_CODES = [
   // Tenancy.
   'repo_not_allowed',
   'ref_not_allowed',
+  // Admission (decision 0013).
+  'queue_full',
+  'admission_timeout',
+  'admission_unavailable',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -83,6 +87,9 @@ export const HTTP_STATUS_BY_CODE: Record<ErrorCode, number> = {
   invalid_rebuild_request: 400,
   repo_not_allowed: 403,
   ref_not_allowed: 403,
+  queue_full: 429,
+  admission_timeout: 503,
+  admission_unavailable: 503,
 };
 
 /** Short human titles for problem+json `title`. */
@@ -123,6 +130,9 @@ export const TITLE_BY_CODE: Record<ErrorCode, string> = {
   invalid_rebuild_request: 'Invalid rebuild request',
   repo_not_allowed: 'Repository not allowed for this tenant',
   ref_not_allowed: 'Ref not allowed for this rebuild target',
+  queue_full: "The tenant's run queue is full",
+  admission_timeout: 'The run was not admitted in time',
+  admission_unavailable: 'The admission gate could not be reached',
 };
 
 /** One field-level problem, as reported in a 400's `errors` list. */

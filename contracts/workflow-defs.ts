@@ -71,5 +71,36 @@ export interface AdmissionState {
 
 export const admissionStateQuery = defineQuery<AdmissionState>('admissionState');
 
+/**
+ * A run joins its tenant's queue (decision 0013): sent by signal-with-start, so any number of runs
+ * may enqueue at once (signals have no in-flight limit, unlike updates). The gate answers with
+ * `queued` (when the run must wait) and `admitted` signals to the run's workflow.
+ */
+export interface EnqueueRequest {
+  runId: string;
+  userId: string;
+  /** Caps as configured on the worker that asked; the latest request's caps apply. */
+  perUser: number;
+  perTenant: number;
+}
+
+export const enqueueSignal = defineSignal<[EnqueueRequest]>('enqueue');
+
+/** What a run learns when it enqueues: the caps and how long it may wait (the worker's configuration). */
+export interface AdmissionTerms {
+  perUser: number;
+  perTenant: number;
+  maxWaitSeconds: number;
+}
+
+/** Sent by the gate to a run that must wait: its place in the queue (1 = next) and the caps in force. */
+export interface QueuedNotice {
+  position: number;
+  perUser: number;
+  perTenant: number;
+}
+
+export const queuedSignal = defineSignal<[QueuedNotice]>('queued');
+
 /** Status of a work graph. */
 export const workGraphViewQuery = defineQuery<WorkGraphView>('workGraphView');

@@ -139,6 +139,13 @@ export const workerConfigSchema = z.object({
   CHOIROS_MAX_RUNS_PER_USER: z.coerce.number().int().min(1).max(10_000).default(8),
   /** Runs of one tenant in flight at once unless the tenant's caps say otherwise; more wait as `queued`. */
   CHOIROS_MAX_RUNS_PER_TENANT: z.coerce.number().int().min(1).max(100_000).default(64),
+  /** Longest a run waits for admission (queued) before it fails with `admission_timeout`, in seconds. */
+  CHOIROS_ADMISSION_TIMEOUT_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(7 * 86400)
+    .default(21_600),
   /**
    * Build id of this worker's code (the commit a rebuild deployed it from; `dev` otherwise). Stamped
    * on every workflow task it completes, so a history shows which build ran each step across a swap.

@@ -215,6 +215,7 @@ export async function createWorkerSet(opts: {
             });
             return { perUser: caps.runsPerUser, perTenant: caps.runsPerTenant };
           },
+          maxWaitSeconds: config.CHOIROS_ADMISSION_TIMEOUT_SECONDS,
           logger: logger.child({ component: 'admission' }),
         }),
       },

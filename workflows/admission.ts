@@ -3,12 +3,17 @@
  * admission to its end; per-user and per-tenant caps bound the slots, and waiting runs are
  * admitted in arrival order, skipping only those whose own user is at the cap — so one user's
  * backlog never holds back another user's run.
+ *
+ * Runs join by the `enqueue` signal (signal-with-start) and are answered by `queued` and
+ * `admitted` signals, sent in batches, one batch per workflow task (decision 0013). The `acquire`
+ * update is kept for runs that started before that change.
  */
 import {
   condition,
   continueAsNew,
   getExternalWorkflowHandle,
   log,
+  patched,
   setHandler,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -16,6 +21,8 @@ import {
   acquireUpdate,
   admissionStateQuery,
   admittedSignal,
+  enqueueSignal,
+  queuedSignal,
   releaseSignal,
   type AdmissionGrant,
   type AdmissionState,
@@ -31,11 +38,25 @@ export interface AdmissionWorkflowInput {
 const IDLE_END = '10 minutes';
 /** Handled requests before continuing as new, to keep the history short. */
 const CONTINUE_AFTER = 500;
+/** History events before continuing as new (each answer sent costs two events). */
+const CONTINUE_AFTER_EVENTS = 4000;
+/** Signals sent at once; far below the server's bound on a workflow's pending external signals (2000). */
+const SEND_BATCH = 100;
+
+interface Notice {
+  runId: string;
+  /** Absent: `admitted`; present: `queued` at this position. */
+  position?: number;
+}
 
 export async function admissionWorkflow(input: AdmissionWorkflowInput): Promise<void> {
   const state: AdmissionState = input.state ?? { running: [], queued: [], perUser: 1, perTenant: 1 };
+  // Answers go out in parallel batches; before this, one signal per workflow task.
+  const batched = patched('admission-signals');
   let handled = 0;
   const pendingGrants: string[] = [];
+  /** Runs that joined by `enqueue` and wait: each is told its position once. */
+  const pendingQueued: string[] = [];
 
   const usersRunning = (userId: string): number => state.running.filter((r) => r.userId === userId).length;
   const position = (runId: string): number => state.queued.findIndex((q) => q.runId === runId) + 1;
@@ -74,6 +95,18 @@ export async function admissionWorkflow(input: AdmissionWorkflowInput): Promise<
     }
     return { admitted: false, position: position(req.runId), ...caps };
   });
+  setHandler(enqueueSignal, (req) => {
+    handled += 1;
+    state.perUser = req.perUser;
+    state.perTenant = req.perTenant;
+    const known =
+      state.running.some((r) => r.runId === req.runId) || state.queued.some((q) => q.runId === req.runId);
+    // A repeated enqueue (the activity retried after its signal landed) changes nothing.
+    if (known) return;
+    state.queued.push({ runId: req.runId, userId: req.userId });
+    pump();
+    if (state.queued.some((q) => q.runId === req.runId)) pendingQueued.push(req.runId);
+  });
   setHandler(releaseSignal, ({ runId }) => {
     handled += 1;
     state.running = state.running.filter((r) => r.runId !== runId);
@@ -81,26 +114,70 @@ export async function admissionWorkflow(input: AdmissionWorkflowInput): Promise<
     pump();
   });
 
+  const pending = (): boolean => pendingGrants.length > 0 || pendingQueued.length > 0;
+  const continueDue = (): boolean =>
+    handled >= CONTINUE_AFTER ||
+    workflowInfo().continueAsNewSuggested ||
+    (batched && workflowInfo().historyLength >= CONTINUE_AFTER_EVENTS);
+
+  /** The run is gone (terminated without releasing): free its slot (or its queue place) for the next one. */
+  const gone = (runId: string, err: unknown): void => {
+    log.warn('run not found; slot freed', { tenant: input.tenant, runId, err });
+    state.running = state.running.filter((r) => r.runId !== runId);
+    state.queued = state.queued.filter((q) => q.runId !== runId);
+    pump();
+  };
+
+  /** One batch of answers, sent in parallel: a burst costs a few workflow tasks, not one per run. */
+  const sendBatch = async (): Promise<void> => {
+    const notices: Notice[] = [];
+    while (notices.length < SEND_BATCH && pendingGrants.length > 0) {
+      notices.push({ runId: pendingGrants.shift() as string });
+    }
+    while (notices.length < SEND_BATCH && pendingQueued.length > 0) {
+      const runId = pendingQueued.shift() as string;
+      const at = position(runId);
+      // Admitted before its notice went out: the `admitted` signal says all.
+      if (at > 0) notices.push({ runId, position: at });
+    }
+    const caps = { perUser: state.perUser, perTenant: state.perTenant };
+    await Promise.all(
+      notices.map(async ({ runId, position: at }) => {
+        try {
+          const run = getExternalWorkflowHandle(runId);
+          await (at === undefined
+            ? run.signal(admittedSignal)
+            : run.signal(queuedSignal, { position: at, ...caps }));
+        } catch (err) {
+          gone(runId, err);
+        }
+      }),
+    );
+    log.info('admission answers sent', { tenant: input.tenant, answers: notices.length });
+  };
+
   for (;;) {
     const active = await condition(
-      () => pendingGrants.length > 0 || handled >= CONTINUE_AFTER || workflowInfo().continueAsNewSuggested,
+      () => pending() || continueDue(),
       state.running.length === 0 && state.queued.length === 0 ? IDLE_END : '1 day',
     );
-    while (pendingGrants.length > 0) {
-      const runId = pendingGrants.shift() as string;
-      try {
-        await getExternalWorkflowHandle(runId).signal(admittedSignal);
-        log.info('run admitted', { tenant: input.tenant, runId });
-      } catch (err) {
-        // The run is gone (terminated without releasing): free its slot for the next one.
-        log.warn('admitted run not found; slot freed', { tenant: input.tenant, runId, err });
-        state.running = state.running.filter((r) => r.runId !== runId);
-        pump();
+    // An execution from before the patch keeps its old loop, unless runs already enqueue by signal.
+    if (batched || pendingQueued.length > 0) {
+      while (pending()) await sendBatch();
+    } else {
+      while (pendingGrants.length > 0) {
+        const runId = pendingGrants.shift() as string;
+        try {
+          await getExternalWorkflowHandle(runId).signal(admittedSignal);
+          log.info('run admitted', { tenant: input.tenant, runId });
+        } catch (err) {
+          gone(runId, err);
+        }
       }
     }
     if (!active && state.running.length === 0 && state.queued.length === 0) return;
-    if (handled >= CONTINUE_AFTER || workflowInfo().continueAsNewSuggested) {
-      await condition(() => pendingGrants.length === 0);
+    if (continueDue()) {
+      await condition(() => !pending());
       await continueAsNew<typeof admissionWorkflow>({ tenant: input.tenant, state });
     }
   }

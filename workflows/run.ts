@@ -17,7 +17,6 @@ import {
   EGRESS_SUMMARY_MAX_KEYS,
   SEARCH_ATTRIBUTES,
   TASK_QUEUES,
-  admittedSignal,
   answerInterruptUpdate,
   approvalPolicy,
   applyApprovalFloor,
@@ -36,6 +35,7 @@ import {
   type VerifierOutcome,
 } from '../contracts';
 import type { AdmissionActivities, SandboxActivities, SandboxHandle } from '../activities/types';
+import { AdmissionTicket } from './lib/admission-ticket';
 import { EventLog } from './lib/event-log';
 
 /** Failure types a retry cannot fix; the run fails at once with that code. */
@@ -126,13 +126,9 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
     ...(interrupts.length > 0 ? { interrupts: interrupts.map((i) => ({ ...i })) } : {}),
     events: { emitted: events.emittedCount, published: events.publishedCount },
   });
-  let admitted = false;
-
   // Handlers before the first await: queries, updates and signals may arrive at once.
   setHandler(runViewQuery, snapshot);
-  setHandler(admittedSignal, () => {
-    admitted = true;
-  });
+  const ticket = new AdmissionTicket({ tenant, userId, runId });
   setHandler(
     approvalUpdate,
     (d) => {
@@ -314,6 +310,8 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
   let sandbox: SandboxHandle | undefined;
   let cancellation: Error | undefined;
   let holdsAdmission = false;
+  /** Joined the queue by signal (decision 0013): the slot goes back by a signal from here, too. */
+  let admissionBySignal = false;
   let outcome: Outcome = { status: 'failed', stage: 'created' };
 
   /** Sandbox → execute → plan → verifiers. True when every verifier passed (the commit may follow). */
@@ -615,15 +613,24 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
         outcome = { status: 'discarded', stage: 'review' };
       }
     }
-    if (proceed && v2) {
+    if (proceed && v2 && patched('admission-signals')) {
+      holdsAdmission = true;
+      admissionBySignal = true;
+      await ticket.join((notice) => {
+        view.queuePosition = notice.position;
+        setStatus('queued', 'admission');
+        events.emit('run.queued', { run_id: runId, per_user: notice.perUser, per_tenant: notice.perTenant });
+        return (waitedMs) => events.emit('run.admitted', { run_id: runId, waited_ms: waitedMs });
+      });
+    } else if (proceed && v2) {
       holdsAdmission = true;
       const grant = await admission.requestAdmission({ tenant, userId, runId });
-      if (!grant.admitted && !admitted) {
+      if (!grant.admitted && !ticket.admitted) {
         const queuedAt = Date.now();
         view.queuePosition = grant.position;
         setStatus('queued', 'admission');
         events.emit('run.queued', { run_id: runId, per_user: grant.perUser, per_tenant: grant.perTenant });
-        await condition(() => admitted);
+        await condition(() => ticket.admitted);
         events.emit('run.admitted', { run_id: runId, waited_ms: Date.now() - queuedAt });
       }
     }
@@ -694,7 +701,8 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
       }
     }
     // The slot goes back (or the queue place is left) only once the sandbox is gone.
-    if (holdsAdmission) await admission.releaseAdmission({ tenant, runId });
+    if (holdsAdmission && admissionBySignal) await ticket.release();
+    else if (holdsAdmission) await admission.releaseAdmission({ tenant, runId });
   });
   if (!keepBranch) delete view.branch;
   view.finishedAt = new Date().toISOString();

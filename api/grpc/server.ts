@@ -55,6 +55,7 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, grpc.status>> = {
   conflict: grpc.status.ALREADY_EXISTS,
   idempotency_key_reused: grpc.status.FAILED_PRECONDITION,
   rate_limited: grpc.status.RESOURCE_EXHAUSTED,
+  queue_full: grpc.status.RESOURCE_EXHAUSTED,
   payload_too_large: grpc.status.RESOURCE_EXHAUSTED,
   service_unavailable: grpc.status.UNAVAILABLE,
   not_awaiting_approval: grpc.status.FAILED_PRECONDITION,

@@ -95,6 +95,20 @@ export interface RunService {
   ): Promise<RunView>;
 }
 
+/** The bound on a tenant's runs not yet running (CHOIROS_MAX_QUEUED_PER_TENANT). */
+export interface QueueBound {
+  maxQueuedPerTenant: number;
+  retryAfterSeconds: number;
+}
+
+/**
+ * Visibility query of a tenant's runs waiting for a slot: created (not yet admitted) or queued. A
+ * count in the visibility store costs the hot admission workflow nothing (decision 0013).
+ */
+export function waitingRunsQuery(tenant: string): string {
+  return `WorkflowType = '${WORKFLOW_TYPES.run}' AND ExecutionStatus = 'Running' AND ChoirTenant = '${tenant}' AND ChoirRunStatus IN ('created', 'queued')`;
+}
+
 /** Workflow id = run id, derived from tenant, user and idempotency key: a retried request is the same run. */
 export function deriveRunId(tenant: string, userId: string, idempotencyKey: string): string {
   const digest = createHash('sha256').update(`${tenant}\0${userId}\0${idempotencyKey}`).digest('hex');
@@ -115,9 +129,13 @@ export function createTemporalRunService(deps: {
   tenantPolicy?: (tenant: string) => TenantPolicy | undefined;
   /** Deadline of one request's Temporal calls, together (API_TEMPORAL_CALL_TIMEOUT_SECONDS); none: per call only. */
   requestDeadlineMs?: number;
+  /** Backpressure (decision 0013): absent or 0, runs are started whatever the tenant's backlog. */
+  queueBound?: QueueBound;
 }): RunService {
   const { client, logger } = deps;
   const guarded = guardedWithin(client, deps.requestDeadlineMs);
+  /** In-flight counts per tenant: the requests of a burst share one count instead of one each. */
+  const counting = new Map<string, Promise<number>>();
 
   const describeOwned = async (
     principal: Principal,
@@ -406,6 +424,48 @@ export function createTemporalRunService(deps: {
     return { ...(rules.length > 0 ? { protected: rules } : {}), ...(minimum ? { minimum } : {}) };
   }
 
+  function waitingCount(tenant: string): Promise<number> {
+    let pending = counting.get(tenant);
+    if (!pending) {
+      pending = client.workflow
+        .count(waitingRunsQuery(tenant))
+        .then((r) => r.count)
+        .finally(() => counting.delete(tenant));
+      counting.set(tenant, pending);
+    }
+    return pending;
+  }
+
+  /**
+   * Refuses a new run with `429 queue_full` while the tenant's waiting runs are at the bound; a
+   * retried request for a run that exists is answered as usual. The count lags starts by the
+   * visibility store's delay, so a burst may overshoot the bound once; the gate itself copes with
+   * any number.
+   */
+  async function checkQueueRoom(tenant: string, runId: string): Promise<void> {
+    const bound = deps.queueBound;
+    if (!bound || bound.maxQueuedPerTenant === 0) return;
+    const count = await waitingCount(tenant);
+    if (count < bound.maxQueuedPerTenant) return;
+    const exists = await client.workflow
+      .getHandle(runId)
+      .describe()
+      .then(
+        () => true,
+        (err: unknown) => {
+          if (err instanceof WorkflowNotFoundError) return false;
+          throw err;
+        },
+      );
+    if (exists) return;
+    logger.info({ event: 'run.queue_full', tenant, waiting: count }, 'run refused: queue full');
+    throw new AppError(
+      'queue_full',
+      `tenant ${tenant} has ${count} runs waiting for a slot (bound ${bound.maxQueuedPerTenant}); retry later`,
+      { headers: { 'Retry-After': String(bound.retryAfterSeconds) } },
+    );
+  }
+
   /** Starts (or finds, for a retried request) the run's workflow and answers with its view. */
   async function startRun(
     principal: Principal,
@@ -422,6 +482,7 @@ export function createTemporalRunService(deps: {
       startedBy: { scopes: principal.scopes, ...(principal.tokenId ? { tokenId: principal.tokenId } : {}) },
     };
     const { memo, typedSearchAttributes } = runStartMetadata(input);
+    await checkQueueRoom(principal.tenant, runId);
     try {
       await client.workflow.start(WORKFLOW_TYPES.run, {
         workflowId: runId,

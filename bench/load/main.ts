@@ -7,8 +7,11 @@
  * Starts its own Temporal dev server, nats-server, dev issuer, worker and API
  * (CHOIROS_TEMPORAL_BIN, CHOIROS_NATS_SERVER_BIN: `npm run provision`); nothing else is touched.
  * Bounded: BENCH_LOAD_RUNS (default 200) runs, BENCH_LOAD_DEADLINE_SECONDS (default 900).
- * Runs are spread over users and tenants so the fairness caps (8 per user, 64 per tenant) admit
- * them all at once: BENCH_LOAD_USERS (default 25) users over BENCH_LOAD_TENANTS (default 5).
+ * Modes (BENCH_LOAD_MODES, default `spread,one-tenant`, measured one after the other on one stack):
+ * `spread` spreads the runs over users and tenants so the fairness caps (8 per user, 64 per tenant)
+ * admit them all at once: BENCH_LOAD_USERS (default 25) users over BENCH_LOAD_TENANTS (default 5);
+ * `one-tenant` sends the same runs from the same number of users of one tenant, so they queue at
+ * the tenant's admission gate (issue 18, decision 0013). A summary compares their throughput.
  */
 import { execFileSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
@@ -33,6 +36,11 @@ const RUNS = intEnv('BENCH_LOAD_RUNS', 200);
 const USERS = intEnv('BENCH_LOAD_USERS', 25);
 const TENANTS = intEnv('BENCH_LOAD_TENANTS', 5);
 const DEADLINE_MS = intEnv('BENCH_LOAD_DEADLINE_SECONDS', 900) * 1000;
+const MODES = (process.env.BENCH_LOAD_MODES ?? 'spread,one-tenant').split(',').map((m) => m.trim());
+for (const m of MODES) {
+  if (m !== 'spread' && m !== 'one-tenant') throw new Error(`BENCH_LOAD_MODES: unknown mode ${m}`);
+}
+type Mode = 'spread' | 'one-tenant';
 
 const VERIFIERS = `version: 1
 verifiers:
@@ -109,8 +117,15 @@ async function main(): Promise<void> {
     const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
     cleanups.unshift(() => issuer.close());
 
+    // The API and the worker (which re-checks grants) read the same tenants file.
+    const tenantsFile = await writeTenantsFile(
+      join(work, 'tenants.yaml'),
+      [...Array.from({ length: TENANTS }, (_, t) => `load-t${t}`), 'load-one'],
+      [`${dirname(repo)}/`],
+    );
     const common = {
       ...process.env,
+      CHOIROS_TENANTS_FILE: tenantsFile,
       TEMPORAL_ADDRESS: temporal.address,
       NATS_URL: nats.url,
       CHOIROS_VERIFIERS_FILE: verifiersFile,
@@ -136,11 +151,6 @@ async function main(): Promise<void> {
     });
     cleanups.unshift(() => worker.stop(30_000));
     const apiPort = await freePort();
-    const tenantsFile = await writeTenantsFile(
-      join(work, 'tenants.yaml'),
-      Array.from({ length: TENANTS }, (_, t) => `load-t${t}`),
-      [`${dirname(repo)}/`],
-    );
     const api = startEntry({
       name: 'api',
       entry: 'api/main.ts',
@@ -176,15 +186,21 @@ async function main(): Promise<void> {
     });
     cleanups.unshift(() => reader.drain());
 
-    const tokens = await Promise.all(
-      Array.from({ length: USERS }, (_, u) =>
-        mintDevToken(
-          key,
-          { issuer: issuer.issuer, audience: DEV_AUDIENCE },
-          { sub: `load-u${u}`, tenant: `load-t${u % TENANTS}`, ttlSeconds: 3600 },
+    const tokensOf = (mode: Mode) =>
+      Promise.all(
+        Array.from({ length: USERS }, (_, u) =>
+          mintDevToken(
+            key,
+            { issuer: issuer.issuer, audience: DEV_AUDIENCE },
+            {
+              sub: `load-u${u}`,
+              tenant: mode === 'spread' ? `load-t${u % TENANTS}` : 'load-one',
+              ttlSeconds: 3600,
+            },
+          ),
         ),
-      ),
-    );
+      );
+    let tokens = await tokensOf('spread');
     const body = (i: number) => ({
       repo,
       baseRef: 'main',
@@ -216,107 +232,123 @@ async function main(): Promise<void> {
     if (warm.status !== 201) throw new Error(`warm-up start answered ${warm.status}: ${warm.text}`);
     await client.workflow.getHandle((JSON.parse(warm.text) as RunView).runId).result();
 
-    const workerStats = sampler(worker);
-    const apiStats = sampler(api);
-    const temporalStats = sampler(temporal.process);
-    const idleWorkerRss = await workerStats.idleRss();
-    await workerStats.start();
-    await apiStats.start();
-    await temporalStats.start();
-    say(`starting ${RUNS} runs at once (${USERS} users over ${TENANTS} tenants)`);
-    const t0 = performance.now();
-    const starts = await Promise.all(Array.from({ length: RUNS }, (_, i) => start(i, 'load')));
-    const startErrors = starts.filter((s) => s.status !== 201);
-    const accepted = starts.filter((s) => s.status === 201);
-    const finished: { i: number; runId: string; e2eMs: number; view: RunView }[] = [];
-    let resultErrors = 0;
-    await Promise.all(
-      accepted.map(async (s) => {
-        const runId = (JSON.parse(s.text) as RunView).runId;
-        try {
-          const view = await Promise.race([
-            client.workflow.getHandle(runId).result() as Promise<RunView>,
-            new Promise<never>((_, reject) =>
-              setTimeout(() => reject(new Error('deadline')), Math.max(1000, left())).unref(),
-            ),
-          ]);
-          finished.push({ i: s.i, runId, e2eMs: performance.now() - t0, view });
-          if (finished.length % 25 === 0) say(`${finished.length}/${RUNS} runs finished`);
-        } catch (err) {
-          resultErrors += 1;
-          say(`run ${runId}: ${err instanceof Error ? err.message : String(err)}`);
-        }
-      }),
-    );
-    const elapsedS = (performance.now() - t0) / 1000;
-    const w = await workerStats.stop();
-    const a = await apiStats.stop();
-    const tp = await temporalStats.stop();
-
-    // Every run committed, and its events are all in JetStream, numbered 1..n, each once.
-    const notCommitted = finished.filter((f) => f.view.status !== 'committed');
-    let eventErrors = 0;
-    let events = 0;
-    for (const f of finished) {
-      const userId = `load-u${f.i % USERS}`;
-      const view = await fetch(`${apiUrl}/v1/runs/${f.runId}`, {
-        headers: { authorization: `Bearer ${tokens[f.i % USERS]}` },
-      }).then((r) => r.json() as Promise<RunView>);
-      const got = await readRunEvents(
-        reader,
-        { tenant: `load-t${(f.i % USERS) % TENANTS}`, userId },
-        f.runId,
+    const measure = async (
+      mode: Mode,
+    ): Promise<{ mode: Mode; runsPerS: number; e2e: number[]; errors: number }> => {
+      tokens = await tokensOf(mode);
+      const workerStats = sampler(worker);
+      const apiStats = sampler(api);
+      const temporalStats = sampler(temporal.process);
+      const idleWorkerRss = await workerStats.idleRss();
+      await workerStats.start();
+      await apiStats.start();
+      await temporalStats.start();
+      const shape =
+        mode === 'spread' ? `${USERS} users over ${TENANTS} tenants` : `${USERS} users of one tenant`;
+      say(`${mode}: starting ${RUNS} runs at once (${shape})`);
+      const t0 = performance.now();
+      const starts = await Promise.all(Array.from({ length: RUNS }, (_, i) => start(i, `load-${mode}`)));
+      const startErrors = starts.filter((s) => s.status !== 201);
+      const accepted = starts.filter((s) => s.status === 201);
+      const finished: { i: number; runId: string; e2eMs: number; view: RunView }[] = [];
+      let resultErrors = 0;
+      await Promise.all(
+        accepted.map(async (s) => {
+          const runId = (JSON.parse(s.text) as RunView).runId;
+          try {
+            const view = await Promise.race([
+              client.workflow.getHandle(runId).result() as Promise<RunView>,
+              new Promise<never>((_, reject) =>
+                setTimeout(() => reject(new Error('deadline')), Math.max(1000, left())).unref(),
+              ),
+            ]);
+            finished.push({ i: s.i, runId, e2eMs: performance.now() - t0, view });
+            if (finished.length % 25 === 0) say(`${finished.length}/${RUNS} runs finished`);
+          } catch (err) {
+            resultErrors += 1;
+            say(`run ${runId}: ${err instanceof Error ? err.message : String(err)}`);
+          }
+        }),
       );
-      try {
-        expectGapFree(got);
-        if (got.length !== view.events.emitted) throw new Error(`${got.length} of ${view.events.emitted}`);
-        events += got.length;
-      } catch (err) {
-        eventErrors += 1;
-        say(`run ${f.runId} events: ${err instanceof Error ? err.message : String(err)}`);
-      }
-    }
-    const metrics = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text());
-    const committedByWorker = /^choiros_runs_completed_total\{status="committed"\} (\d+)/m.exec(metrics)?.[1];
+      const elapsedS = (performance.now() - t0) / 1000;
+      const w = await workerStats.stop();
+      const a = await apiStats.stop();
+      const tp = await temporalStats.stop();
 
-    const startMs = starts.map((s) => s.ms);
-    const e2e = finished.map((f) => f.e2eMs);
-    const errors = startErrors.length + resultErrors + notCommitted.length + eventErrors;
-    console.log(
-      `\nbench:load: ${RUNS} runs at once through POST /v1/runs (${USERS} users, ${TENANTS} tenants; local driver; 1 work item + 1 verifier each)`,
-    );
-    console.log(
-      `  completed      ${finished.length - notCommitted.length}/${RUNS} committed in ${elapsedS.toFixed(1)} s  → ${(finished.length / elapsedS).toFixed(2)} runs/s`,
-    );
-    console.log(
-      `  errors         ${errors} (start non-201: ${startErrors.length}, not finished: ${resultErrors}, not committed: ${notCommitted.length}, event gaps: ${eventErrors})`,
-    );
-    if (startErrors.length > 0)
-      console.log(`  first start error: ${startErrors[0]?.status} ${startErrors[0]?.text.slice(0, 300)}`);
-    console.log(
-      `  start latency  p50 ${msf(pct(startMs, 50))}  p95 ${msf(pct(startMs, 95))}  p99 ${msf(pct(startMs, 99))}  max ${msf(Math.max(...startMs))}`,
-    );
-    console.log(
-      `  end to end     p50 ${msf(pct(e2e, 50))}  p95 ${msf(pct(e2e, 95))}  p99 ${msf(pct(e2e, 99))}  max ${msf(Math.max(...e2e))}`,
-    );
-    console.log(
-      `  worker         RSS idle ${mib(idleWorkerRss)}, peak ${mib(w.peakRss)}; CPU ${w.cpuSeconds.toFixed(1)} s = ${(w.cpuSeconds / elapsedS).toFixed(2)} cores on average (incl. git and sandbox processes)`,
-    );
-    console.log(
-      `  temporal       RSS peak ${mib(tp.peakRss)}; CPU ${tp.cpuSeconds.toFixed(1)} s = ${(tp.cpuSeconds / elapsedS).toFixed(2)} cores on average (dev server)`,
-    );
-    console.log(
-      `  api            RSS peak ${mib(a.peakRss)}; CPU ${a.cpuSeconds.toFixed(1)} s = ${(a.cpuSeconds / elapsedS).toFixed(2)} cores on average`,
-    );
-    console.log(
-      `  events         ${events} read back from JetStream, gap- and duplicate-free per run; worker /metrics counted ${committedByWorker ?? '?'} committed runs (incl. warm-up)`,
-    );
-    console.log(
-      `  machine        ${cpus().length} cores, load average at the end ${loadavg()
-        .map((l) => l.toFixed(1))
-        .join(' ')}`,
-    );
-    if (errors > 0) process.exitCode = 1;
+      // Every run committed, and its events are all in JetStream, numbered 1..n, each once.
+      const notCommitted = finished.filter((f) => f.view.status !== 'committed');
+      let eventErrors = 0;
+      let events = 0;
+      for (const f of finished) {
+        const userId = `load-u${f.i % USERS}`;
+        const view = await fetch(`${apiUrl}/v1/runs/${f.runId}`, {
+          headers: { authorization: `Bearer ${tokens[f.i % USERS]}` },
+        }).then((r) => r.json() as Promise<RunView>);
+        const tenant = mode === 'spread' ? `load-t${(f.i % USERS) % TENANTS}` : 'load-one';
+        const got = await readRunEvents(reader, { tenant, userId }, f.runId);
+        try {
+          expectGapFree(got);
+          if (got.length !== view.events.emitted) throw new Error(`${got.length} of ${view.events.emitted}`);
+          events += got.length;
+        } catch (err) {
+          eventErrors += 1;
+          say(`run ${f.runId} events: ${err instanceof Error ? err.message : String(err)}`);
+        }
+      }
+      const metrics = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text());
+      const committedByWorker = /^choiros_runs_completed_total\{status="committed"\} (\d+)/m.exec(
+        metrics,
+      )?.[1];
+
+      const startMs = starts.map((s) => s.ms);
+      const e2e = finished.map((f) => f.e2eMs);
+      const errors = startErrors.length + resultErrors + notCommitted.length + eventErrors;
+      console.log(
+        `\nbench:load ${mode}: ${RUNS} runs at once through POST /v1/runs (${shape}; local driver; 1 work item + 1 verifier each)`,
+      );
+      console.log(
+        `  completed      ${finished.length - notCommitted.length}/${RUNS} committed in ${elapsedS.toFixed(1)} s  → ${(finished.length / elapsedS).toFixed(2)} runs/s`,
+      );
+      console.log(
+        `  errors         ${errors} (start non-201: ${startErrors.length}, not finished: ${resultErrors}, not committed: ${notCommitted.length}, event gaps: ${eventErrors})`,
+      );
+      if (startErrors.length > 0)
+        console.log(`  first start error: ${startErrors[0]?.status} ${startErrors[0]?.text.slice(0, 300)}`);
+      console.log(
+        `  start latency  p50 ${msf(pct(startMs, 50))}  p95 ${msf(pct(startMs, 95))}  p99 ${msf(pct(startMs, 99))}  max ${msf(Math.max(...startMs))}`,
+      );
+      console.log(
+        `  end to end     p50 ${msf(pct(e2e, 50))}  p95 ${msf(pct(e2e, 95))}  p99 ${msf(pct(e2e, 99))}  max ${msf(Math.max(...e2e))}`,
+      );
+      console.log(
+        `  worker         RSS idle ${mib(idleWorkerRss)}, peak ${mib(w.peakRss)}; CPU ${w.cpuSeconds.toFixed(1)} s = ${(w.cpuSeconds / elapsedS).toFixed(2)} cores on average (incl. git and sandbox processes)`,
+      );
+      console.log(
+        `  temporal       RSS peak ${mib(tp.peakRss)}; CPU ${tp.cpuSeconds.toFixed(1)} s = ${(tp.cpuSeconds / elapsedS).toFixed(2)} cores on average (dev server)`,
+      );
+      console.log(
+        `  api            RSS peak ${mib(a.peakRss)}; CPU ${a.cpuSeconds.toFixed(1)} s = ${(a.cpuSeconds / elapsedS).toFixed(2)} cores on average`,
+      );
+      console.log(
+        `  events         ${events} read back from JetStream, gap- and duplicate-free per run; worker /metrics counted ${committedByWorker ?? '?'} committed runs (incl. warm-up)`,
+      );
+      console.log(
+        `  machine        ${cpus().length} cores, load average at the end ${loadavg()
+          .map((l) => l.toFixed(1))
+          .join(' ')}`,
+      );
+      return { mode, runsPerS: finished.length / elapsedS, e2e, errors };
+    };
+
+    const results = [];
+    for (const mode of MODES as Mode[]) results.push(await measure(mode));
+    console.log(`\nbench:load summary (${RUNS} runs each; caps 8 per user, 64 per tenant)`);
+    for (const r of results) {
+      console.log(
+        `  ${r.mode.padEnd(10)}  ${r.runsPerS.toFixed(2)} runs/s  end to end p50 ${msf(pct(r.e2e, 50))}  p95 ${msf(pct(r.e2e, 95))}  errors ${r.errors}`,
+      );
+    }
+    if (results.some((r) => r.errors > 0)) process.exitCode = 1;
   } finally {
     await stack.stop();
   }

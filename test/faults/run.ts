@@ -63,18 +63,18 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
   const failures: string[] = [];
   const client = new RecordingClient(stack.apiUrl);
   const tenant = `faults-${s.name}`;
-  const users = ['alice', 'bob'];
+  const users = s.users ? Array.from({ length: s.users }, (_, u) => `user${u}`) : ['alice', 'bob'];
   const tokens = new Map<string, string>();
   for (const u of users) tokens.set(u, await stack.token(u, tenant));
   const repos: string[] = [];
   const total = s.runs + s.runsDuring;
-  for (let i = 0; i < total; i++) {
+  for (let i = 0; i < (s.sharedRepo ? 1 : total); i++) {
     await mkdir(join(workDir, 'repos'), { recursive: true });
     const dir = await mkdtemp(join(workDir, 'repos', `${s.name}-${i}-`));
     repos.push(gitRepo(dir));
   }
   const request = (i: number) => ({
-    repo: repos[i],
+    repo: s.sharedRepo ? repos[0] : repos[i],
     workItem: {
       description: `${s.name} load ${i}`,
       execute: ['sh', '-c', s.command],
@@ -132,7 +132,7 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
 
   const views = await Promise.all(
     ids.map(async (id, i) => {
-      const v = await client.waitSettled(id, tokenOf(i), faultAt + SETTLE_DEADLINE_MS);
+      const v = await client.waitSettled(id, tokenOf(i), faultAt + (s.settleMs ?? SETTLE_DEADLINE_MS));
       return { id, i, v, at: Date.now() };
     }),
   );
@@ -194,10 +194,27 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
   // Did the fault reach the runs? Their histories say.
   const connection = await Connection.connect({ address: stack.temporalAddress });
   let retried = 0;
+  let admissionRetries = 0;
   try {
     const temporal = new Client({ connection });
+    if (s.expect.admissionClean) {
+      const gate = await temporal.workflow.getHandle(`admission-${tenant}`).fetchHistory();
+      const failedTasks = (gate.events ?? []).filter(
+        (e) => e.workflowTaskFailedEventAttributes || e.workflowTaskTimedOutEventAttributes,
+      ).length;
+      if (failedTasks > 0) failures.push(`the admission gate had ${failedTasks} failed workflow task(s)`);
+    }
     for (const { id } of views) {
       const history = await temporal.workflow.getHandle(id).fetchHistory();
+      const enqueues = new Set(
+        (history.events ?? [])
+          .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'enqueueAdmission')
+          .map((e) => String(e.eventId)),
+      );
+      for (const e of history.events ?? []) {
+        const a = e.activityTaskStartedEventAttributes;
+        if (a && enqueues.has(String(a.scheduledEventId))) admissionRetries += (a.attempt ?? 1) - 1;
+      }
       const hit = (history.events ?? []).some(
         (e) =>
           (e.activityTaskStartedEventAttributes?.attempt ?? 1) > 1 ||
@@ -212,6 +229,11 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
     await connection.close();
   }
   if (s.expect.retried && retried === 0) failures.push('no run shows the fault in its history: it missed');
+  if (s.expect.admissionClean) {
+    log(`${s.name}: joining the admission queue was retried ${admissionRetries} time(s) over ${total} runs`);
+    if (admissionRetries > Math.max(1, Math.floor(total / 50)))
+      failures.push(`joining the admission queue was retried ${admissionRetries} time(s)`);
+  }
 
   // Orphans: containers of the platform on the suite's engine, worktrees on disk and in the repos.
   const containers = await stack.docker.listContainers({

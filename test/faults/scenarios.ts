@@ -13,6 +13,12 @@ export interface Scenario {
   runs: number;
   /** Runs started while the fault is on (their client retries documented 503s). */
   runsDuring: number;
+  /** Users of the scenario's one tenant the runs are spread over (round robin); 2 by default. */
+  users?: number;
+  /** All runs on one repository (a burst), instead of one repository per run. */
+  sharedRepo?: boolean;
+  /** How long the runs may take to settle after the fault; 300 s by default. */
+  settleMs?: number;
   /** The work item's shell command. */
   command: string;
   budgets?: RunBudgets;
@@ -23,12 +29,25 @@ export interface Scenario {
    * history (an activity attempt > 1, a timed-out or failed attempt or workflow task), so a fault
    * that missed every run does not pass.
    */
-  expect: { statuses: RunStatus[]; errorCodes?: string[]; retried?: boolean };
+  expect: {
+    statuses: RunStatus[];
+    errorCodes?: string[];
+    retried?: boolean;
+    /**
+     * Joining the admission queue retried for at most 2 % of the runs (a slow signal-with-start on a
+     * loaded machine times out at 30 s; the livelock of issue 18 retried thousands of times), and
+     * the tenant's gate had no failed workflow task.
+     */
+    admissionClean?: boolean;
+  };
   /** Turns the fault on; resolves with the function that heals it. */
   inject(stack: FaultStack): Promise<() => Promise<void>>;
   /** How long the fault stays on before it is healed (an outage length, not a wait for readiness). */
   downMs: number;
 }
+
+/** Runs of the burst scenario (CHOIROS_FAULTS_BURST_RUNS, default 300, as in issue 18). */
+const BURST_RUNS = Number(process.env.CHOIROS_FAULTS_BURST_RUNS ?? 300);
 
 /** A command that outlives the fault: the fault hits while it runs. */
 const WORK = 'sleep 8; echo done > RESULT.txt';
@@ -90,6 +109,23 @@ export const SCENARIOS: Scenario[] = [
     async inject(stack) {
       await stack.stopDockerd();
       return () => stack.startDockerd();
+    },
+  },
+  {
+    name: 'burst-one-tenant',
+    fault: `${BURST_RUNS} runs of one tenant from 10 users started at once (issue 18: this once livelocked admission)`,
+    runs: BURST_RUNS,
+    runsDuring: 0,
+    users: 10,
+    sharedRepo: true,
+    command: 'echo done > RESULT.txt',
+    injectWhen: 'created',
+    expect: { statuses: ['committed'], admissionClean: true },
+    downMs: 0,
+    settleMs: 1_200_000,
+    inject() {
+      // The load is the fault: every run asks the tenant's one admission gate at once.
+      return Promise.resolve(() => Promise.resolve());
     },
   },
   {

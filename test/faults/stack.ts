@@ -250,6 +250,15 @@ export class FaultStack {
     this.nats = undefined;
   }
 
+  /** Every scenario's tenant, its repositories (made under the system temp dir) granted; one file for API and workers. */
+  private async tenantsFile(): Promise<string> {
+    return writeTenantsFile(
+      join(this.logDir, '..', 'tenants.yaml'),
+      SCENARIOS.map((s) => `faults-${s.name}`),
+      [`${tmpdir()}/`],
+    );
+  }
+
   /** A worker process on host `faults-host` (the same host id and data dir for every replacement). */
   async startWorker(): Promise<ManagedProcess> {
     this.workerCount += 1;
@@ -271,6 +280,8 @@ export class FaultStack {
         CHOIROS_VERIFIERS_FILE: join(ROOT, 'test/fixtures/verifiers.yaml'),
         CHOIROS_SANDBOX_IMAGE: need(this.imageId, 'the sandbox image'),
         CHOIROS_HOST_ID: 'faults-host',
+        // The worker re-checks repository grants with the API's tenants file.
+        CHOIROS_TENANTS_FILE: await this.tenantsFile(),
         // Off: the suite checks that runs clean up after themselves, not that the sweeper does.
         CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
         CHOIROS_MAX_RUNS_PER_USER: '16',
@@ -303,12 +314,7 @@ export class FaultStack {
     const temporal = need(this.temporal, 'Temporal');
     const nats = need(this.nats, 'NATS');
     const port = await freePort();
-    // Every scenario's tenant, with its repositories (made under the system temp dir) granted.
-    const tenantsFile = await writeTenantsFile(
-      join(this.logDir, '..', 'tenants.yaml'),
-      SCENARIOS.map((s) => `faults-${s.name}`),
-      [`${tmpdir()}/`],
-    );
+    const tenantsFile = await this.tenantsFile();
     this.api = startEntry({
       name: 'api',
       entry: 'api/main.ts',

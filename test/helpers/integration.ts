@@ -234,6 +234,8 @@ export async function startTestApi(
     tenants?: TenantsConfig;
     /** The platform's own paths besides its checkout (e.g. a worker's data dir): never a run's repository. */
     platformPaths?: string[];
+    /** Backpressure bound of `POST /v1/runs` (CHOIROS_MAX_QUEUED_PER_TENANT); none by default. */
+    maxQueuedPerTenant?: number;
   } = {},
 ): Promise<TestApi> {
   const fixedTenants = opts.tenants !== undefined;
@@ -270,7 +272,15 @@ export async function startTestApi(
   });
   const app = createApp({
     verifyToken,
-    runs: createTemporalRunService({ client, logger, repoAccess, tenantPolicy }),
+    runs: createTemporalRunService({
+      client,
+      logger,
+      repoAccess,
+      tenantPolicy,
+      ...(opts.maxQueuedPerTenant
+        ? { queueBound: { maxQueuedPerTenant: opts.maxQueuedPerTenant, retryAfterSeconds: 7 } }
+        : {}),
+    }),
     graphs: createTemporalWorkGraphService({ client, logger, repoAccess, tenantPolicy }),
     ...(opts.rebuildTargets
       ? {

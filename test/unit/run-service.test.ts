@@ -2,7 +2,7 @@
 import { ServiceError } from '@temporalio/client';
 import { AppError } from '../../contracts';
 import { deriveRunId } from '../../api/runs/service';
-import { mapTemporalError } from '../../api/temporal';
+import { mapTemporalError, pastDeadline } from '../../api/temporal';
 
 function grpcError(code: number): Error {
   return Object.assign(new Error(`grpc ${code}`), { code, details: 'x', metadata: {} });
@@ -38,6 +38,17 @@ describe('Temporal errors', () => {
       expect((mapped as AppError).options.headers?.['Retry-After']).toBe('5');
     },
   );
+
+  test("when a call is cancelled once the request's deadline has passed, then it maps to 503 with Retry-After; before the deadline it passes through", () => {
+    const cancelled = new ServiceError('Failed to start Workflow', { cause: grpcError(1) });
+    const late = pastDeadline(cancelled, 1000, 1000);
+    expect(late).toBeInstanceOf(AppError);
+    expect((late as AppError).code).toBe('service_unavailable');
+    expect((late as AppError).options.headers?.['Retry-After']).toBe('5');
+    expect(pastDeadline(cancelled, 1000, 999)).toBe(cancelled);
+    const invalid = new ServiceError('bad', { cause: grpcError(3) });
+    expect(pastDeadline(invalid, 1000, 2000)).toBe(invalid);
+  });
 
   test('when the error is anything else, then it passes through unchanged', () => {
     const other = grpcError(3);

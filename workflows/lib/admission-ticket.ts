@@ -1,0 +1,98 @@
+/**
+ * A run's side of its tenant's fairness gate (decision 0013): join the queue by signal-with-start,
+ * wait for the gate's `queued` / `admitted` signals within a bound, give the slot back by signal.
+ */
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  condition,
+  getExternalWorkflowHandle,
+  isCancellation,
+  log,
+  proxyActivities,
+  setHandler,
+} from '@temporalio/workflow';
+import {
+  TASK_QUEUES,
+  admissionWorkflowId,
+  admittedSignal,
+  queuedSignal,
+  releaseSignal,
+  type QueuedNotice,
+} from '../../contracts';
+import type { AdmissionActivities } from '../../activities/types';
+
+// Joining the queue is one signal-with-start; a gate unreachable for minutes fails the run visibly.
+const { enqueueAdmission } = proxyActivities<AdmissionActivities>({
+  taskQueue: TASK_QUEUES.orchestration,
+  startToCloseTimeout: '30 seconds',
+  scheduleToCloseTimeout: '5 minutes',
+  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '20 seconds' },
+});
+
+export interface AdmissionOwner {
+  tenant: string;
+  userId: string;
+  runId: string;
+}
+
+/** Registers the gate's signals at construction: build it before the run's first await. */
+export class AdmissionTicket {
+  /** Set by the gate's `admitted` signal (on the old update path too). */
+  admitted = false;
+  private notice: QueuedNotice | undefined;
+
+  constructor(private readonly owner: AdmissionOwner) {
+    setHandler(admittedSignal, () => {
+      this.admitted = true;
+    });
+    setHandler(queuedSignal, (notice) => {
+      this.notice = notice;
+    });
+  }
+
+  /**
+   * Joins the queue and waits, at most the worker's configured bound, for `admitted`; `onQueued`
+   * runs once when the gate says the run must wait and returns the run's `onAdmitted` callback.
+   * Past the bound, or with the gate unreachable, it throws `admission_timeout` or
+   * `admission_unavailable` — never a silent `created`.
+   */
+  async join(onQueued: (notice: QueuedNotice) => (waitedMs: number) => void): Promise<void> {
+    const asked = Date.now();
+    let terms;
+    try {
+      terms = await enqueueAdmission(this.owner);
+    } catch (err) {
+      if (isCancellation(err)) throw err;
+      const cause = err instanceof ActivityFailure && err.cause ? err.cause : err;
+      throw ApplicationFailure.create({
+        type: 'admission_unavailable',
+        message: `the tenant's admission gate could not be reached: ${cause instanceof Error ? cause.message : String(cause)}`,
+        nonRetryable: true,
+      });
+    }
+    const waitMs = terms.maxWaitSeconds * 1000;
+    const timedOut = (): ApplicationFailure =>
+      ApplicationFailure.create({
+        type: 'admission_timeout',
+        message: `not admitted within ${terms.maxWaitSeconds}s${this.notice ? ` (queued at position ${this.notice.position})` : ''}; the tenant's runs kept every slot (caps ${terms.perUser} per user, ${terms.perTenant} per tenant)`,
+        nonRetryable: true,
+      });
+    if (!(await condition(() => this.admitted || this.notice !== undefined, waitMs))) throw timedOut();
+    if (this.admitted) return;
+    const queuedAt = Date.now();
+    const onAdmitted = onQueued(this.notice as QueuedNotice);
+    if (!(await condition(() => this.admitted, Math.max(1, waitMs - (queuedAt - asked))))) throw timedOut();
+    onAdmitted(Date.now() - queuedAt);
+  }
+
+  /** Gives the slot back (or leaves the queue); a gate that has ended holds nothing. */
+  async release(): Promise<void> {
+    const { tenant, runId } = this.owner;
+    try {
+      await getExternalWorkflowHandle(admissionWorkflowId(tenant)).signal(releaseSignal, { runId });
+    } catch (err) {
+      log.info('admission gate not running; nothing to release', { runId, tenant, err });
+    }
+  }
+}
