@@ -91,9 +91,10 @@ test('worker and API /metrics count a run: during it a sandbox and a started run
   const runId = started.body.runId;
 
   // During the run: one sandbox on this host and the run counted as started, not completed.
+  // (The workspace's directory exists from the start of its creation, the counter once it is made.)
   const during = await poll(
     () => scrape(workerMetrics),
-    (t) => sample(t, 'choiros_sandboxes_active') === 1,
+    (t) => sample(t, 'choiros_sandboxes_active') === 1 && sample(t, 'choiros_sandboxes_created_total') === 1,
     60_000,
   );
   expect(sample(during, 'choiros_runs_started_total')).toBe(1);
