@@ -1,7 +1,7 @@
 /** The memo and search attributes a run starts with, whoever starts it (API, work graph, benchmark). */
 import type { SearchAttributePair } from '@temporalio/common';
 import { SEARCH_ATTRIBUTES } from './constants';
-import type { Mood, RunWorkflowInput } from './run';
+import type { Mood, RunView, RunWorkflowInput } from './run';
 
 /** What a run's memo holds: enough to describe it when no worker answers queries. */
 export type RunMemo = {
@@ -71,4 +71,28 @@ export function ownerSearchAttributes(s: {
     { key: SEARCH_ATTRIBUTES.mood, value: s.mood },
     { key: SEARCH_ATTRIBUTES.repo, value: s.repo },
   ];
+}
+
+/**
+ * A run's view before its first workflow task: everything in it follows from the input, so the API
+ * answers a new start with it instead of asking a worker (issue 17, decision 0021). Pure.
+ */
+export function initialRunView(input: RunWorkflowInput): RunView {
+  const { request } = input;
+  const workItem = request.workItem;
+  return {
+    runId: input.runId,
+    status: 'created',
+    tenant: input.tenant,
+    userId: input.userId,
+    mood: request.mood,
+    repo: request.repo,
+    baseRef: request.baseRef,
+    workItem: { id: workItem.id, description: workItem.description, riskTier: workItem.riskTier },
+    verifiers: [],
+    createdAt: new Date(input.requestedAt).toISOString(),
+    events: { emitted: 0, published: 0 },
+    ...(input.rerun ? { rerunOf: input.rerun.of } : {}),
+    ...(input.graph ? { graph: input.graph } : {}),
+  };
 }

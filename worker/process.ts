@@ -15,6 +15,7 @@ import type { Logger } from 'pino';
 import { startTracing } from '../telemetry/tracing';
 import type { WorkerConfig } from './config';
 import { createWorkerMetrics, serveWorkerMetrics, type MetricsServer } from './metrics';
+import { bundleWorkflowsInChild } from './bundle';
 import { createWorkerSet } from './workers';
 
 /** A free loopback port for the SDK core's exporter (it needs a concrete address). */
@@ -88,7 +89,8 @@ export async function runWorkerProcess(opts: WorkerProcessOptions): Promise<void
       logger,
       metrics,
       ...(tracing ? { tracing } : {}),
-      ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : {}),
+      // Bundled by a child process, not here: webpack's memory would stay with the worker.
+      workflowBundle: opts.workflowBundle ?? (await bundleWorkflowsInChild()),
     });
     const stop = (signal: string): void => {
       logger.info(

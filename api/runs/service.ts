@@ -31,6 +31,7 @@ import {
   type InterruptView,
   type Mood,
   runStartMetadata,
+  initialRunView,
   type Principal,
   type RunMemo,
   type RunRequest,
@@ -120,6 +121,9 @@ function actorOf(p: Principal): { userId: string; tenant: string; tokenId?: stri
   return { userId: p.userId, tenant: p.tenant, ...(p.tokenId ? { tokenId: p.tokenId } : {}) };
 }
 
+/** How long a tenant's waiting-run count is reused while far below the bound. */
+const WAITING_COUNT_TTL_MS = 1000;
+
 export function createTemporalRunService(deps: {
   client: Client;
   logger: Logger;
@@ -136,6 +140,8 @@ export function createTemporalRunService(deps: {
   const guarded = guardedWithin(client, deps.requestDeadlineMs);
   /** In-flight counts per tenant: the requests of a burst share one count instead of one each. */
   const counting = new Map<string, Promise<number>>();
+  /** The last count per tenant and the runs started since (see waitingCount). */
+  const waitingCache = new Map<string, { count: number; at: number; startedSince: number }>();
 
   const describeOwned = async (
     principal: Principal,
@@ -424,16 +430,37 @@ export function createTemporalRunService(deps: {
     return { ...(rules.length > 0 ? { protected: rules } : {}), ...(minimum ? { minimum } : {}) };
   }
 
-  function waitingCount(tenant: string): Promise<number> {
+  /**
+   * The tenant's waiting runs, as far as this API knows: a count from the visibility store, reused
+   * for up to a second plus the runs this API started since. Near the bound (half of it or more)
+   * every request counts afresh, so the bound stays as exact as the visibility store allows; far
+   * below it a start costs no count at all. Requests of a burst share one count.
+   */
+  async function waitingCount(tenant: string, bound: number): Promise<number> {
+    const cached = waitingCache.get(tenant);
+    if (cached && Date.now() - cached.at < WAITING_COUNT_TTL_MS) {
+      const estimate = cached.count + cached.startedSince;
+      if (estimate * 2 < bound) return estimate;
+    }
     let pending = counting.get(tenant);
     if (!pending) {
+      const at = Date.now();
       pending = client.workflow
         .count(waitingRunsQuery(tenant))
-        .then((r) => r.count)
+        .then((r) => {
+          waitingCache.set(tenant, { count: r.count, at, startedSince: 0 });
+          return r.count;
+        })
         .finally(() => counting.delete(tenant));
       counting.set(tenant, pending);
     }
     return pending;
+  }
+
+  /** A run this API started counts as waiting until the next count sees it. */
+  function waitingStarted(tenant: string): void {
+    const cached = waitingCache.get(tenant);
+    if (cached) cached.startedSince += 1;
   }
 
   /**
@@ -445,7 +472,7 @@ export function createTemporalRunService(deps: {
   async function checkQueueRoom(tenant: string, runId: string): Promise<void> {
     const bound = deps.queueBound;
     if (!bound || bound.maxQueuedPerTenant === 0) return;
-    const count = await waitingCount(tenant);
+    const count = await waitingCount(tenant, bound.maxQueuedPerTenant);
     if (count < bound.maxQueuedPerTenant) return;
     const exists = await client.workflow
       .getHandle(runId)
@@ -466,7 +493,12 @@ export function createTemporalRunService(deps: {
     );
   }
 
-  /** Starts (or finds, for a retried request) the run's workflow and answers with its view. */
+  /**
+   * Starts the run's workflow and answers with its view. A new run costs one start call: its
+   * first view follows from the input, and its id is derived from the caller's own tenant and
+   * user, so it is theirs by construction. Only a retried request (the id exists) reads the
+   * existing run, to compare request hashes and check ownership (decision 0021).
+   */
   async function startRun(
     principal: Principal,
     spec: Pick<RunWorkflowInput, 'runId' | 'request' | 'requestHash' | 'rerun' | 'approvalFloor'>,
@@ -483,20 +515,36 @@ export function createTemporalRunService(deps: {
     };
     const { memo, typedSearchAttributes } = runStartMetadata(input);
     await checkQueueRoom(principal.tenant, runId);
+    const logStart = (fresh: boolean): void =>
+      logger.info(
+        {
+          event: 'run.start',
+          runId,
+          tenant: principal.tenant,
+          userId: principal.userId,
+          workItemId: workItem.id,
+          fresh,
+        },
+        fresh ? 'run started' : 'run start retried; answered with the existing run',
+      );
     try {
       await client.workflow.start(WORKFLOW_TYPES.run, {
         workflowId: runId,
         taskQueue: TASK_QUEUES.orchestration,
         args: [input],
-        workflowIdConflictPolicy: 'USE_EXISTING',
+        // An existing id (a retried request, running or closed) is an error, never a second run;
+        // the SDK's own retries of this call carry one request id, which the server deduplicates.
+        workflowIdConflictPolicy: 'FAIL',
         workflowIdReusePolicy: 'REJECT_DUPLICATE',
         memo,
         typedSearchAttributes,
         staticSummary: `${principal.userId}: ${workItem.description.split('\n')[0]?.slice(0, 120) ?? ''}`,
         staticDetails: `repo ${request.repo} @ ${spec.rerun ? `${spec.rerun.baseCommit} (rerun of ${spec.rerun.of}, image ${spec.rerun.imageId})` : request.baseRef}, mood ${request.mood}, execute \`${memo.summary.execute}\`, verifiers ${workItem.requiredVerifiers.join(', ') || '(none)'}`,
       });
+      waitingStarted(principal.tenant);
+      logStart(true);
+      return initialRunView(input);
     } catch (err) {
-      // A closed run with the same key: the retried request is answered with that run.
       if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
     }
     // `runs.start` (not `runs.read`): a write-only token that started the run may be answered.
@@ -508,16 +556,7 @@ export function createTemporalRunService(deps: {
         `Idempotency-Key was already used for run ${runId} with a different request body`,
       );
     }
-    logger.info(
-      {
-        event: 'run.start',
-        runId,
-        tenant: principal.tenant,
-        userId: principal.userId,
-        workItemId: workItem.id,
-      },
-      'run started',
-    );
+    logStart(false);
     return viewOf(desc);
   }
 }

@@ -108,6 +108,20 @@ describe('a run through the API', () => {
 
     const view = await waitTerminal(started.runId, 'run-committed');
     expect(view.status).toBe('committed');
+    // The 201 was answered from the start call alone (decision 0021): it is the run's first view.
+    expect(started.status).toBe('created');
+    const firstView = (({ runId, tenant, userId, mood, repo, baseRef, workItem, createdAt }: RunView) => ({
+      runId,
+      tenant,
+      userId,
+      mood,
+      repo,
+      baseRef,
+      workItem,
+      createdAt,
+    }))(view);
+    expect(started).toMatchObject(firstView);
+    expect(again).toMatchObject(firstView);
     expect(view.execution?.exitCode).toBe(0);
     expect(view.verifiers.map((v) => [v.id, v.result, v.exitCode])).toEqual([
       ['V-RESULT-FILE', 'pass', 0],
