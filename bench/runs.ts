@@ -42,7 +42,7 @@ import { createTemporalRunService } from '../api/runs/service';
 import { DEV_AUDIENCE, loadOrCreateDevKey, mintDevToken, serveDevIssuer } from '../infra/dev-issuer/issuer';
 import { loadWorkerConfig } from '../worker/config';
 import { createWorkerSet } from '../worker/workers';
-import { pct, startBenchStack } from './util';
+import { historyShape, pct, startBenchStack } from './util';
 
 const STARTS = Number(process.env.BENCH_STARTS ?? 30);
 const CONCURRENT = Number(process.env.BENCH_CONCURRENT_RUNS ?? 40);
@@ -217,6 +217,11 @@ async function main(): Promise<void> {
 
     // 2. N minimal runs at once.
     deadline();
+    let peakRss = process.memoryUsage().rss;
+    const rssTimer = setInterval(() => {
+      peakRss = Math.max(peakRss, process.memoryUsage().rss);
+    }, 250);
+    cleanups.unshift(async () => clearInterval(rssTimer));
     const t0 = performance.now();
     const batch = await Promise.all(Array.from({ length: CONCURRENT }, (_, i) => direct(1000 + i)));
     const finishedAt: number[] = [];
@@ -234,6 +239,19 @@ async function main(): Promise<void> {
       `   all finished in ${elapsed.toFixed(1)} s: ${(CONCURRENT / elapsed).toFixed(2)} runs/s (${committed} committed)`,
     );
     console.log(`   time to finish per run   p50 ${ms(pct(finishedAt, 50))}  p95 ${ms(pct(finishedAt, 95))}`);
+    const history = await historyShape(
+      client,
+      batch.map((b) => b.runId),
+    );
+    console.log(
+      `   history events per run   p50 ${pct(history.events, 50)}  max ${Math.max(...history.events)}`,
+    );
+    console.log(
+      `   sandbox ready            p50 ${ms(pct(history.sandboxReadyMs, 50))}  p95 ${ms(pct(history.sandboxReadyMs, 95))} (createSandbox scheduled → completed)`,
+    );
+    console.log(
+      `   bench process peak RSS   ${(peakRss / 1048576).toFixed(0)} MiB (worker and API in one process)`,
+    );
 
     // 3. A work graph of independent minimal items.
     deadline();

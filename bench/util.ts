@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Client } from '@temporalio/client';
 import { startNatsServer, type NatsServer } from '../infra/stack/nats';
 import { freePort } from '../infra/stack/process';
 import { startTemporalDevServer, type TemporalDevServer } from '../infra/stack/temporal';
@@ -77,4 +78,41 @@ export async function startBenchStack(script: string, verifiersYaml: string): Pr
     await stop();
     throw err;
   }
+}
+
+/**
+ * History events per run and sandbox-ready time (createSandbox scheduled → completed, as the run
+ * saw it: queueing, worktree and container), read from each run's history, ten at a time.
+ */
+export async function historyShape(
+  client: Client,
+  runIds: string[],
+): Promise<{ events: number[]; sandboxReadyMs: number[] }> {
+  const events: number[] = [];
+  const sandboxReadyMs: number[] = [];
+  const queue = [...runIds];
+  const ms = (
+    t: { seconds?: { toNumber(): number } | number | null; nanos?: number | null } | null | undefined,
+  ) => (t ? Number(t.seconds ?? 0) * 1000 + (t.nanos ?? 0) / 1e6 : NaN);
+  await Promise.all(
+    Array.from({ length: 10 }, async () => {
+      for (let id = queue.shift(); id; id = queue.shift()) {
+        const h = await client.workflow.getHandle(id).fetchHistory();
+        const list = h.events ?? [];
+        events.push(list.length);
+        const scheduled = list.find(
+          (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'createSandbox',
+        );
+        const done = scheduled
+          ? list.find(
+              (e) =>
+                Number(e.activityTaskCompletedEventAttributes?.scheduledEventId ?? -1) ===
+                Number(scheduled.eventId),
+            )
+          : undefined;
+        if (scheduled && done) sandboxReadyMs.push(ms(done.eventTime) - ms(scheduled.eventTime));
+      }
+    }),
+  );
+  return { events, sandboxReadyMs };
 }

@@ -29,8 +29,10 @@ import {
 } from '../../infra/dev-issuer/issuer';
 import { freePort, startEntry, waitFor, type ManagedProcess } from '../../infra/stack/process';
 import { expectGapFree, readRunEvents } from '../../infra/stack/run-events';
+import { ensureDockerEngine } from '../../infra/stack/docker';
+import { ensureSandboxImage } from '../../infra/stack/sandbox-image';
 import { writeTenantsFile } from '../../tenancy';
-import { pct, startBenchStack } from '../util';
+import { historyShape, pct, startBenchStack } from '../util';
 
 const RUNS = intEnv('BENCH_LOAD_RUNS', 200);
 const USERS = intEnv('BENCH_LOAD_USERS', 25);
@@ -41,6 +43,8 @@ for (const m of MODES) {
   if (m !== 'spread' && m !== 'one-tenant') throw new Error(`BENCH_LOAD_MODES: unknown mode ${m}`);
 }
 type Mode = 'spread' | 'one-tenant';
+const DRIVER = process.env.BENCH_LOAD_DRIVER ?? 'local';
+if (DRIVER !== 'local' && DRIVER !== 'docker') throw new Error(`BENCH_LOAD_DRIVER: unknown driver ${DRIVER}`);
 
 const VERIFIERS = `version: 1
 verifiers:
@@ -62,44 +66,51 @@ const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) |
  * and resident bytes of one process and its live descendants (the worker's process helper, whose
  * reaped git processes count towards it), from /proc.
  */
-async function procStats(pid: number): Promise<{ cpuSeconds: number; rssBytes: number }> {
+async function procStats(
+  pid: number,
+): Promise<{ cpuSeconds: number; rssBytes: number; selfRssBytes: number }> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
   // Fields after the parenthesised command name: utime, stime, cutime, cstime are fields 14-17.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   let cpuSeconds = [11, 12, 13, 14].reduce((s, i) => s + Number(fields[i]), 0) / CLK_TCK;
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  let rssBytes = Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0) * 1024;
+  const selfRssBytes = Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0) * 1024;
+  let rssBytes = selfRssBytes;
   const children = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '');
   for (const child of children.split(' ').filter(Boolean)) {
     const s = await procStats(Number(child)).catch(() => undefined); // it may have exited meanwhile
     cpuSeconds += s?.cpuSeconds ?? 0;
     rssBytes += s?.rssBytes ?? 0;
   }
-  return { cpuSeconds, rssBytes };
+  return { cpuSeconds, rssBytes, selfRssBytes };
 }
 
 /** Samples a process every 500 ms: peak RSS and CPU seconds used between start() and stop(). */
 function sampler(proc: Pick<ManagedProcess, 'pid'>) {
   let peakRss = 0;
+  let peakSelfRss = 0;
   let cpu0 = 0;
   let timer: NodeJS.Timeout | undefined;
   const sample = async (): Promise<number> => {
     const s = await procStats(proc.pid);
     peakRss = Math.max(peakRss, s.rssBytes);
+    peakSelfRss = Math.max(peakSelfRss, s.selfRssBytes);
     return s.cpuSeconds;
   };
   return {
     async start() {
       cpu0 = await sample();
       peakRss = 0;
+      peakSelfRss = 0;
       timer = setInterval(() => void sample().catch(() => undefined), 500);
     },
     async stop() {
       clearInterval(timer);
       const cpu = (await sample()) - cpu0;
-      return { peakRss, cpuSeconds: cpu };
+      return { peakRss, peakSelfRss, cpuSeconds: cpu };
     },
     idleRss: async () => (await procStats(proc.pid)).rssBytes,
+    idleSelfRss: async () => (await procStats(proc.pid)).selfRssBytes,
   };
 }
 
@@ -131,7 +142,7 @@ async function main(): Promise<void> {
       CHOIROS_VERIFIERS_FILE: verifiersFile,
       LOG_LEVEL: 'warn',
     };
-    say('starting the worker (local sandbox driver) and the API');
+    say(`starting the worker (${DRIVER} sandbox driver) and the API`);
     const metricsPort = await freePort();
     const worker = startEntry({
       name: 'worker',
@@ -141,8 +152,9 @@ async function main(): Promise<void> {
         ...common,
         NATS_CREDS: nats.workerCredsFile,
         CHOIROS_DATA_DIR: join(work, 'data'),
-        CHOIROS_SANDBOX_DRIVER: 'local',
-        CHOIROS_LOCAL_DRIVER: 'trusted-dev',
+        ...(DRIVER === 'local'
+          ? { CHOIROS_SANDBOX_DRIVER: 'local', CHOIROS_LOCAL_DRIVER: 'trusted-dev' }
+          : { CHOIROS_SANDBOX_DRIVER: 'docker', CHOIROS_SANDBOX_IMAGE: await dockerSandboxImage(work, say) }),
         CHOIROS_HOST_ID: 'bench-load',
         CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
         CHOIROS_METRICS_PORT: String(metricsPort),
@@ -234,12 +246,20 @@ async function main(): Promise<void> {
 
     const measure = async (
       mode: Mode,
-    ): Promise<{ mode: Mode; runsPerS: number; e2e: number[]; errors: number }> => {
+    ): Promise<{
+      mode: Mode;
+      runsPerS: number;
+      e2e: number[];
+      errors: number;
+      events: number;
+      peakSelfRss: number;
+    }> => {
       tokens = await tokensOf(mode);
       const workerStats = sampler(worker);
       const apiStats = sampler(api);
       const temporalStats = sampler(temporal.process);
       const idleWorkerRss = await workerStats.idleRss();
+      const idleWorkerSelfRss = await workerStats.idleSelfRss();
       await workerStats.start();
       await apiStats.start();
       await temporalStats.start();
@@ -295,6 +315,10 @@ async function main(): Promise<void> {
           say(`run ${f.runId} events: ${err instanceof Error ? err.message : String(err)}`);
         }
       }
+      const history = await historyShape(
+        client,
+        finished.map((f) => f.runId),
+      );
       const metrics = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text());
       const committedByWorker = /^choiros_runs_completed_total\{status="committed"\} (\d+)/m.exec(
         metrics,
@@ -304,7 +328,7 @@ async function main(): Promise<void> {
       const e2e = finished.map((f) => f.e2eMs);
       const errors = startErrors.length + resultErrors + notCommitted.length + eventErrors;
       console.log(
-        `\nbench:load ${mode}: ${RUNS} runs at once through POST /v1/runs (${shape}; local driver; 1 work item + 1 verifier each)`,
+        `\nbench:load ${mode}: ${RUNS} runs at once through POST /v1/runs (${shape}; ${DRIVER} driver; 1 work item + 1 verifier each)`,
       );
       console.log(
         `  completed      ${finished.length - notCommitted.length}/${RUNS} committed in ${elapsedS.toFixed(1)} s  → ${(finished.length / elapsedS).toFixed(2)} runs/s`,
@@ -321,7 +345,13 @@ async function main(): Promise<void> {
         `  end to end     p50 ${msf(pct(e2e, 50))}  p95 ${msf(pct(e2e, 95))}  p99 ${msf(pct(e2e, 99))}  max ${msf(Math.max(...e2e))}`,
       );
       console.log(
-        `  worker         RSS idle ${mib(idleWorkerRss)}, peak ${mib(w.peakRss)}; CPU ${w.cpuSeconds.toFixed(1)} s = ${(w.cpuSeconds / elapsedS).toFixed(2)} cores on average (incl. git and sandbox processes)`,
+        `  history        ${history.events.length} runs: events per run p50 ${pct(history.events, 50)}, max ${Math.max(...history.events)}; sandbox ready (createSandbox scheduled → completed) p50 ${msf(pct(history.sandboxReadyMs, 50))}, p95 ${msf(pct(history.sandboxReadyMs, 95))}`,
+      );
+      console.log(
+        `  worker process RSS idle ${mib(idleWorkerSelfRss)}, peak ${mib(w.peakSelfRss)} (the Node process alone)`,
+      );
+      console.log(
+        `  worker tree    RSS idle ${mib(idleWorkerRss)}, peak ${mib(w.peakRss)}; CPU ${w.cpuSeconds.toFixed(1)} s = ${(w.cpuSeconds / elapsedS).toFixed(2)} cores on average (incl. git and sandbox processes)`,
       );
       console.log(
         `  temporal       RSS peak ${mib(tp.peakRss)}; CPU ${tp.cpuSeconds.toFixed(1)} s = ${(tp.cpuSeconds / elapsedS).toFixed(2)} cores on average (dev server)`,
@@ -337,7 +367,14 @@ async function main(): Promise<void> {
           .map((l) => l.toFixed(1))
           .join(' ')}`,
       );
-      return { mode, runsPerS: finished.length / elapsedS, e2e, errors };
+      return {
+        mode,
+        runsPerS: finished.length / elapsedS,
+        e2e,
+        errors,
+        events: pct(history.events, 50),
+        peakSelfRss: w.peakSelfRss,
+      };
     };
 
     const results = [];
@@ -345,13 +382,28 @@ async function main(): Promise<void> {
     console.log(`\nbench:load summary (${RUNS} runs each; caps 8 per user, 64 per tenant)`);
     for (const r of results) {
       console.log(
-        `  ${r.mode.padEnd(10)}  ${r.runsPerS.toFixed(2)} runs/s  end to end p50 ${msf(pct(r.e2e, 50))}  p95 ${msf(pct(r.e2e, 95))}  errors ${r.errors}`,
+        `  ${r.mode.padEnd(10)}  ${r.runsPerS.toFixed(2)} runs/s  end to end p50 ${msf(pct(r.e2e, 50))}  p95 ${msf(pct(r.e2e, 95))}  history events p50 ${r.events}  worker peak RSS ${mib(r.peakSelfRss)}  errors ${r.errors}`,
       );
     }
     if (results.some((r) => r.errors > 0)) process.exitCode = 1;
   } finally {
     await stack.stop();
   }
+}
+
+/** The sandbox image for BENCH_LOAD_DRIVER=docker: the engine started if needed, the image built once. */
+async function dockerSandboxImage(work: string, say: (m: string) => void): Promise<string> {
+  const engine = await ensureDockerEngine({
+    dataRoot: process.env.CHOIROS_DOCKER_DATA_ROOT ?? '/var/lib/choiros-docker',
+    logDir: work,
+  });
+  const img = await ensureSandboxImage({
+    docker: engine.docker,
+    repoRoot: join(__dirname, '../..'),
+    busybox: process.env.CHOIROS_BUSYBOX || '/bin/busybox',
+    log: (line) => say(line),
+  });
+  return img.image;
 }
 
 main().catch((err: unknown) => {
