@@ -32,6 +32,7 @@ import { expectGapFree, readRunEvents } from '../../infra/stack/run-events';
 import { ensureDockerEngine } from '../../infra/stack/docker';
 import { ensureSandboxImage } from '../../infra/stack/sandbox-image';
 import { writeTenantsFile } from '../../tenancy';
+import { formatProfiles, summariseProfiles } from '../profile';
 import { historyShape, pct, startBenchStack } from '../util';
 
 const RUNS = intEnv('BENCH_LOAD_RUNS', 200);
@@ -44,6 +45,7 @@ for (const m of MODES) {
 }
 type Mode = 'spread' | 'one-tenant';
 const DRIVER = process.env.BENCH_LOAD_DRIVER ?? 'local';
+const PROFILE = process.env.BENCH_LOAD_PROFILE === '1';
 if (DRIVER !== 'local' && DRIVER !== 'docker') throw new Error(`BENCH_LOAD_DRIVER: unknown driver ${DRIVER}`);
 
 const VERIFIERS = `version: 1
@@ -148,6 +150,8 @@ async function main(): Promise<void> {
       name: 'worker',
       entry: 'worker/main.ts',
       logFile: join(work, 'worker.log'),
+      // Profiles are written when the worker exits (after the measurements, on the bench's SIGTERM).
+      ...(PROFILE ? { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${join(work, 'profile')}`] } : {}),
       env: {
         ...common,
         NATS_CREDS: nats.workerCredsFile,
@@ -384,6 +388,14 @@ async function main(): Promise<void> {
       console.log(
         `  ${r.mode.padEnd(10)}  ${r.runsPerS.toFixed(2)} runs/s  end to end p50 ${msf(pct(r.e2e, 50))}  p95 ${msf(pct(r.e2e, 95))}  history events p50 ${r.events}  worker peak RSS ${mib(r.peakSelfRss)}  errors ${r.errors}`,
       );
+    }
+    if (PROFILE) {
+      say('stopping the worker to collect its CPU profiles');
+      await worker.stop(60_000);
+      const runs = RUNS * results.length + 1;
+      console.log(`\nworker CPU profile (${runs} runs incl. warm-up; start-up and drain included)`);
+      for (const line of formatProfiles(await summariseProfiles(join(work, 'profile')), runs))
+        console.log(line);
     }
     if (results.some((r) => r.errors > 0)) process.exitCode = 1;
   } finally {

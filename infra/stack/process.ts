@@ -95,11 +95,13 @@ export function startEntry(opts: {
   entry: string;
   logFile: string;
   env?: NodeJS.ProcessEnv;
+  /** Extra Node flags (e.g. `--cpu-prof`, which NODE_OPTIONS does not accept). */
+  nodeArgs?: string[];
 }): ManagedProcess {
   return startProcess({
     name: opts.name,
     command: process.execPath,
-    args: ['--import', 'tsx', join(ROOT, opts.entry)],
+    args: [...(opts.nodeArgs ?? []), '--import', 'tsx', join(ROOT, opts.entry)],
     cwd: ROOT,
     logFile: opts.logFile,
     env: opts.env,
