@@ -13,10 +13,20 @@ import { WORKFLOW_INTERCEPTOR_MODULES } from './tracing';
 
 const quiet = { trace() {}, debug() {}, info() {}, warn() {}, error() {}, log() {} };
 
+/**
+ * Modules evaluated once per workflow context and shared by every workflow in it (the SDK's
+ * reusable V8 context deep-freezes them). Without this each workflow evaluates its own copy of
+ * the contracts and what they import (zod, yaml): measured ~6 MiB and ~100 ms of workflow-thread
+ * CPU per run (issue 17, docs/benchmarks.md). Only stateless modules belong here: contracts holds
+ * schemas, constants and pure functions, and nothing in it keeps per-workflow state.
+ */
+export const SHARED_WORKFLOW_MODULES = [require.resolve('../contracts')];
+
 export function bundleWorkflows(): Promise<WorkflowBundleWithSourceMap> {
   return bundleWorkflowCode({
     workflowsPath: require.resolve('../workflows'),
     workflowInterceptorModules: WORKFLOW_INTERCEPTOR_MODULES,
+    preloadModules: SHARED_WORKFLOW_MODULES,
     logger: quiet,
   });
 }
