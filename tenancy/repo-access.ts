@@ -38,12 +38,26 @@ async function realForms(path: string): Promise<string[]> {
   }
 }
 
+/** How long the real paths of grants and platform paths are reused (the repository's never is). */
+const FORMS_TTL_MS = 5000;
+
 export function createRepoAccess(opts: {
   config: TenantsConfig;
   /** The platform's own paths (data dir, artifact store, …); PLATFORM_ROOT is always added. */
   platformPaths: readonly string[];
 }): RepoAccess {
   const { config } = opts;
+  // Grants and platform paths are the operator's, not the caller's: their real paths are reused
+  // for a few seconds instead of costing each request several realpath calls (issue 17). The
+  // run's repository, which the caller names, is resolved afresh every time.
+  const forms = new Map<string, { at: number; value: Promise<string[]> }>();
+  const cachedForms = (path: string): Promise<string[]> => {
+    const hit = forms.get(path);
+    if (hit && Date.now() - hit.at < FORMS_TTL_MS) return hit.value;
+    const value = realForms(path);
+    forms.set(path, { at: Date.now(), value });
+    return value;
+  };
 
   const grantsOf = async (tenant: string): Promise<ResolvedGrants> => {
     const paths = new Map<string, string[]>();
@@ -55,7 +69,7 @@ export function createRepoAccess(opts: {
       if (dir === undefined) continue;
       paths.set(
         grant,
-        (await realForms(dir)).map((d) => (d.endsWith('/') ? d : `${d}/`)),
+        (await cachedForms(dir)).map((d) => (d.endsWith('/') ? d : `${d}/`)),
       );
     }
     return { paths };
@@ -65,7 +79,7 @@ export function createRepoAccess(opts: {
     config,
     async check(tenant, repo) {
       const platform = (
-        await Promise.all([...opts.platformPaths, PLATFORM_ROOT].map((p) => realForms(p)))
+        await Promise.all([...opts.platformPaths, PLATFORM_ROOT].map((p) => cachedForms(p)))
       ).flat();
       const grants = await grantsOf(tenant);
       // First on the path as written, touching nothing outside a grant…
