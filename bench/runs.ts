@@ -247,7 +247,7 @@ async function main(): Promise<void> {
       `   history events per run   p50 ${pct(history.events, 50)}  max ${Math.max(...history.events)}`,
     );
     console.log(
-      `   sandbox ready            p50 ${ms(pct(history.sandboxReadyMs, 50))}  p95 ${ms(pct(history.sandboxReadyMs, 95))} (createSandbox scheduled → completed)`,
+      `   sandbox ready            p50 ${ms(pct(history.sandboxReadyMs, 50))}  p95 ${ms(pct(history.sandboxReadyMs, 95))} (sandbox step scheduled → completed)`,
     );
     console.log(
       `   bench process peak RSS   ${(peakRss / 1048576).toFixed(0)} MiB (worker and API in one process)`,

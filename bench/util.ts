@@ -81,9 +81,12 @@ export async function startBenchStack(script: string, verifiersYaml: string): Pr
 }
 
 /**
- * History events per run and sandbox-ready time (createSandbox scheduled → completed, as the run
+ * History events per run and sandbox-ready time (sandbox step scheduled → completed, as the run
  * saw it: queueing, worktree and container), read from each run's history, ten at a time.
  */
+/** The activity that makes a run's sandbox, by run shape (v2: createSandbox, lean: createSandboxStep). */
+const SANDBOX_STEPS = new Set(['createSandbox', 'createSandboxStep']);
+
 export async function historyShape(
   client: Client,
   runIds: string[],
@@ -100,8 +103,8 @@ export async function historyShape(
         const h = await client.workflow.getHandle(id).fetchHistory();
         const list = h.events ?? [];
         events.push(list.length);
-        const scheduled = list.find(
-          (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'createSandbox',
+        const scheduled = list.find((e) =>
+          SANDBOX_STEPS.has(e.activityTaskScheduledEventAttributes?.activityType?.name ?? ''),
         );
         const done = scheduled
           ? list.find(

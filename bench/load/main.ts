@@ -265,6 +265,20 @@ async function main(): Promise<void> {
       const idleWorkerRss = await workerStats.idleRss();
       const idleWorkerSelfRss = await workerStats.idleSelfRss();
       await workerStats.start();
+      // The worker's main-thread heap from its /metrics (prom-client defaults): what of its RSS is V8.
+      const heap = { used: 0, total: 0, external: 0 };
+      const heapTimer = setInterval(() => {
+        void fetch(`http://127.0.0.1:${metricsPort}/metrics`)
+          .then((r) => r.text())
+          .then((text) => {
+            const v = (name: string): number =>
+              Number(new RegExp(`^choiros_worker_${name} (\\S+)`, 'm').exec(text)?.[1] ?? 0);
+            heap.used = Math.max(heap.used, v('nodejs_heap_size_used_bytes'));
+            heap.total = Math.max(heap.total, v('nodejs_heap_size_total_bytes'));
+            heap.external = Math.max(heap.external, v('nodejs_external_memory_bytes'));
+          })
+          .catch(() => undefined);
+      }, 2000);
       await apiStats.start();
       await temporalStats.start();
       const shape =
@@ -295,6 +309,7 @@ async function main(): Promise<void> {
         }),
       );
       const elapsedS = (performance.now() - t0) / 1000;
+      clearInterval(heapTimer);
       const w = await workerStats.stop();
       const a = await apiStats.stop();
       const tp = await temporalStats.stop();
@@ -340,6 +355,8 @@ async function main(): Promise<void> {
       console.log(
         `  errors         ${errors} (start non-201: ${startErrors.length}, not finished: ${resultErrors}, not committed: ${notCommitted.length}, event gaps: ${eventErrors})`,
       );
+      for (const f of notCommitted.slice(0, 5))
+        console.log(`  not committed: ${f.runId} ${f.view.status} ${JSON.stringify(f.view.error ?? null)}`);
       if (startErrors.length > 0)
         console.log(`  first start error: ${startErrors[0]?.status} ${startErrors[0]?.text.slice(0, 300)}`);
       console.log(
@@ -349,10 +366,10 @@ async function main(): Promise<void> {
         `  end to end     p50 ${msf(pct(e2e, 50))}  p95 ${msf(pct(e2e, 95))}  p99 ${msf(pct(e2e, 99))}  max ${msf(Math.max(...e2e))}`,
       );
       console.log(
-        `  history        ${history.events.length} runs: events per run p50 ${pct(history.events, 50)}, max ${Math.max(...history.events)}; sandbox ready (createSandbox scheduled → completed) p50 ${msf(pct(history.sandboxReadyMs, 50))}, p95 ${msf(pct(history.sandboxReadyMs, 95))}`,
+        `  history        ${history.events.length} runs: events per run p50 ${pct(history.events, 50)}, max ${Math.max(...history.events)}; sandbox ready (sandbox step scheduled → completed) p50 ${msf(pct(history.sandboxReadyMs, 50))}, p95 ${msf(pct(history.sandboxReadyMs, 95))}`,
       );
       console.log(
-        `  worker process RSS idle ${mib(idleWorkerSelfRss)}, peak ${mib(w.peakSelfRss)} (the Node process alone)`,
+        `  worker process RSS idle ${mib(idleWorkerSelfRss)}, peak ${mib(w.peakSelfRss)} (the Node process alone); main-thread V8 heap peak ${mib(heap.used)} used of ${mib(heap.total)}, external ${mib(heap.external)}`,
       );
       console.log(
         `  worker tree    RSS idle ${mib(idleWorkerRss)}, peak ${mib(w.peakRss)}; CPU ${w.cpuSeconds.toFixed(1)} s = ${(w.cpuSeconds / elapsedS).toFixed(2)} cores on average (incl. git and sandbox processes)`,
