@@ -95,6 +95,14 @@ export const workerConfigSchema = z.object({
    */
   CHOIROS_LOCAL_DRIVER: z.enum(['refuse', 'trusted-dev']).default('refuse'),
   CHOIROS_SANDBOX_PIDS: z.coerce.number().int().min(8).max(65536).default(256),
+  /**
+   * Warm sandbox pool (decision 0016): execution-lane containers kept made and started, each over a
+   * prepared workspace slot, so a run's sandbox is ready without a cold create; 0 (the default)
+   * turns it off. Serves runs with network policy `none` and no tenant secrets (Docker driver).
+   */
+  CHOIROS_SANDBOX_POOL_SIZE: z.coerce.number().int().min(0).max(64).default(0),
+  /** Pool slots made at the same time while the pool refills in the background. */
+  CHOIROS_SANDBOX_POOL_REFILL: z.coerce.number().int().min(1).max(16).default(2),
   /** Maximum age of events in the JetStream stream, in days. */
   CHOIROS_EVENTS_MAX_AGE_DAYS: z.coerce.number().int().min(1).max(3650).default(30),
   /** Maximum size of the event stream in bytes. */

@@ -16,7 +16,13 @@ import {
 import { createAdmissionActivities } from '../activities/admission/activities';
 import { LocalArtifactStore } from '../activities/artifacts/local-store';
 import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
-import { createSandboxActivities, type SandboxDeps } from '../activities/sandbox/activities';
+import {
+  createSandboxActivities,
+  isPoolDriver,
+  workspacesFor,
+  type SandboxDeps,
+} from '../activities/sandbox/activities';
+import { SandboxPool } from '../activities/sandbox/pool';
 import { createGraphBranchActivities } from '../activities/workspace/graph-branch';
 import { quotaUnavailable } from '../activities/workspace/quota';
 import { DockerSandboxDriver, EGRESS_PROXY_SCRIPT } from '../activities/sandbox/docker-driver';
@@ -163,6 +169,24 @@ export async function createWorkerSet(opts: {
     logger: logger.child({ component: 'sandbox' }),
     metrics,
   };
+  // The warm pool (decision 0016): the Docker driver only; size 0 turns it off.
+  const pool =
+    config.CHOIROS_SANDBOX_POOL_SIZE > 0 && isPoolDriver(driver)
+      ? new SandboxPool({
+          driver,
+          workspaces: workspacesFor(sandboxDeps),
+          root: sandboxDeps.worktreeRoot,
+          settings: {
+            size: config.CHOIROS_SANDBOX_POOL_SIZE,
+            refillConcurrency: config.CHOIROS_SANDBOX_POOL_REFILL,
+          },
+          logger: logger.child({ component: 'sandbox-pool' }),
+        })
+      : undefined;
+  if (pool) {
+    await pool.start();
+    sandboxDeps.pool = pool;
+  }
   const sandboxActivities = createSandboxActivities(sandboxDeps);
   const eventActivities = createEventActivities({
     js: opts.nats.jetstream(),
@@ -265,6 +289,7 @@ export async function createWorkerSet(opts: {
             graceMs: config.CHOIROS_SWEEP_GRACE_SECONDS * 1000,
             runState,
             logger: logger.child({ component: 'sweeper' }),
+            ...(isPoolDriver(driver) ? { pools: { driver, livePoolId: pool?.id } } : {}),
           },
           config.CHOIROS_SWEEP_INTERVAL_SECONDS * 1000,
         )
@@ -278,6 +303,7 @@ export async function createWorkerSet(opts: {
       // Names only: secret values never reach a log line.
       executionSecrets: Object.keys(config.secrets),
       sweepIntervalSeconds: config.CHOIROS_SWEEP_INTERVAL_SECONDS,
+      poolSize: pool ? config.CHOIROS_SANDBOX_POOL_SIZE : 0,
     },
     'workers created',
   );
@@ -289,6 +315,8 @@ export async function createWorkerSet(opts: {
         await Promise.all(workers.map((w) => w.run()));
       } finally {
         await sweeper?.stop();
+        // Idle pool containers and slots go with the worker (a killed worker's: the next one's start).
+        await pool?.stop();
       }
     },
     shutdown() {

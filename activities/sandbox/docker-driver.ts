@@ -17,6 +17,8 @@ import { BoundedOutput } from './output';
 import type {
   CommandOptions,
   ExecutionSandboxSpec,
+  PoolSandboxInfo,
+  PoolSandboxSpec,
   SandboxDriver,
   SandboxLabels,
   VerifierRunSpec,
@@ -64,7 +66,14 @@ export const LABELS = {
   runId: 'choiros.run-id',
   workItemId: 'choiros.work-item-id',
   lane: 'choiros.lane',
+  /** Pool containers (activities/sandbox/pool.ts): the id of the pool that made them. */
+  pool: 'choiros.pool',
+  /** Pool containers: the worktree root whose `.pool/` holds their slot (and their pool's lease). */
+  poolRoot: 'choiros.pool-root',
 } as const;
+
+/** Name prefix of an idle pool container; a claimed one is renamed to its run's container name. */
+export const POOL_CONTAINER_PREFIX = 'choiros-pool-';
 
 const PROGRESS_INTERVAL_MS = 1_000;
 /**
@@ -284,31 +293,129 @@ export class DockerSandboxDriver implements SandboxDriver {
         )
       : [];
     try {
-      await this.docker.createContainer({
-        name: spec.name,
-        Image: spec.image ?? this.opts.image,
-        // An idle PID 1 that keeps the sandbox alive between execs.
-        Cmd: ['sleep', '2147483647'],
-        User: this.opts.user,
-        WorkingDir: '/workspace',
-        Env: [
-          ...BASE_ENV,
-          ...proxyEnv,
-          ...Object.entries({ ...this.opts.executionEnv, ...spec.env }).map(([k, v]) => `${k}=${v}`),
-        ],
-        Labels: this.labels(spec.labels),
-        NetworkDisabled: !internal,
-        HostConfig: this.hostConfig(
-          spec.workspace,
-          false,
-          internal ? runNetworkName(spec.labels.runId) : 'none',
-        ),
-      });
+      await this.docker.createContainer(
+        this.executionContainer({
+          name: spec.name,
+          image: spec.image ?? this.opts.image,
+          workspace: spec.workspace,
+          proxyEnv,
+          env: spec.env ?? {},
+          labels: this.labels(spec.labels),
+          network: internal ? runNetworkName(spec.labels.runId) : 'none',
+        }),
+      );
     } catch (err) {
       // A retried create finds the container it made before.
       if (!isConflict(err)) throw err;
     }
     // Not started here: the lane runs only while a command does (exec starts it, stop ends it).
+  }
+
+  /**
+   * The one definition of an execution-lane container, for a run's own (createExecutionSandbox) and
+   * a pool's (createPoolSandbox) alike: the same image rules, user, environment and locked-down host
+   * config, so a pooled sandbox is hardened exactly as a cold one.
+   */
+  private executionContainer(c: {
+    name: string;
+    image: string;
+    workspace: string;
+    /** The egress proxy's variables (policy allowlist). */
+    proxyEnv: string[];
+    /** The run's own variables (its tenant's secrets), merged over the platform's execution secrets. */
+    env: Record<string, string>;
+    labels: Record<string, string>;
+    network: string;
+  }): Docker.ContainerCreateOptions {
+    return {
+      name: c.name,
+      Image: c.image,
+      // An idle PID 1 that keeps the sandbox alive between execs.
+      Cmd: ['sleep', '2147483647'],
+      User: this.opts.user,
+      WorkingDir: '/workspace',
+      Env: [
+        ...BASE_ENV,
+        ...c.proxyEnv,
+        ...Object.entries({ ...this.opts.executionEnv, ...c.env }).map(([k, v]) => `${k}=${v}`),
+      ],
+      Labels: c.labels,
+      NetworkDisabled: c.network === 'none',
+      HostConfig: this.hostConfig(c.workspace, false, c.network),
+    };
+  }
+
+  /**
+   * Creates and starts one pool container (decision 0016): an execution-lane container exactly as
+   * a run's with policy `none` and no tenant secrets, over a pool slot's empty tree, idling in its
+   * PID 1 until a run claims it. Returns the image id it runs.
+   */
+  async createPoolSandbox(spec: PoolSandboxSpec): Promise<{ imageId: string }> {
+    return this.onEngine(async () => {
+      const imageId = await this.inspectImage();
+      const container = await this.docker.createContainer(
+        this.executionContainer({
+          name: spec.name,
+          image: imageId,
+          workspace: spec.workspace,
+          proxyEnv: [],
+          env: {},
+          labels: {
+            ...(this.opts.extraLabels ?? {}),
+            [LABELS.managed]: 'true',
+            [LABELS.lane]: 'execution',
+            [LABELS.pool]: spec.poolId,
+            [LABELS.poolRoot]: spec.root,
+          },
+          network: 'none',
+        }),
+      );
+      try {
+        await container.start();
+      } catch (err) {
+        await container.remove({ force: true }).catch(() => undefined);
+        throw err;
+      }
+      return { imageId };
+    });
+  }
+
+  /**
+   * Hands an idle pool container to a run: renamed to the run's container name, atomically on the
+   * engine (a second claim of the same container finds no such name and fails). False when the
+   * container is gone or not running (it is then no use to anyone).
+   */
+  async adoptPoolSandbox(poolName: string, runName: string): Promise<boolean> {
+    const container = this.docker.getContainer(poolName);
+    try {
+      await container.rename({ name: runName });
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw err;
+    }
+    // Renamed first, checked after: a container that died while idle is removed, never reused.
+    const info = await this.docker
+      .getContainer(runName)
+      .inspect()
+      .catch(() => undefined);
+    if (info?.State.Running && !info.State.Restarting) return true;
+    await this.remove(runName);
+    return false;
+  }
+
+  /** Pool containers on this engine made for `root`'s pools (any pool id), idle or claimed. */
+  async listPoolSandboxes(root: string): Promise<PoolSandboxInfo[]> {
+    const list = await this.docker.listContainers({
+      all: true,
+      filters: { label: [`${LABELS.managed}=true`, `${LABELS.poolRoot}=${root}`] },
+    });
+    return list.map((c) => ({
+      id: c.Id,
+      name: (c.Names[0] ?? c.Id).replace(/^\//, ''),
+      poolId: c.Labels[LABELS.pool] ?? '',
+      imageId: c.ImageID,
+      running: c.State === 'running',
+    }));
   }
 
   async exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome> {
