@@ -254,7 +254,10 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
     phase('container');
     // The slot's directory is the run's now; its container becomes the run's by name, or (gone
     // meanwhile) the run gets a cold one over the same tree.
-    const pooled = slot !== undefined && isPoolDriver(driver) && (await driver.adoptPoolSandbox(slot.container, rec.container));
+    const pooled =
+      slot !== undefined &&
+      isPoolDriver(driver) &&
+      (await driver.adoptPoolSandbox(slot.container, rec.container));
     if (!pooled) {
       await driver.createExecutionSandbox({
         name: rec.container,

@@ -383,24 +383,17 @@ export class DockerSandboxDriver implements SandboxDriver {
   /**
    * Hands an idle pool container to a run: renamed to the run's container name, atomically on the
    * engine (a second claim of the same container finds no such name and fails). False when the
-   * container is gone or not running (it is then no use to anyone).
+   * container is gone. One that died while idle ran nothing but its PID 1: exec starts it again,
+   * like any stopped lane, over the run's tree (the slot's path is a link to it).
    */
   async adoptPoolSandbox(poolName: string, runName: string): Promise<boolean> {
-    const container = this.docker.getContainer(poolName);
     try {
-      await container.rename({ name: runName });
+      await this.docker.getContainer(poolName).rename({ name: runName });
+      return true;
     } catch (err) {
       if (isNotFound(err)) return false;
       throw err;
     }
-    // Renamed first, checked after: a container that died while idle is removed, never reused.
-    const info = await this.docker
-      .getContainer(runName)
-      .inspect()
-      .catch(() => undefined);
-    if (info?.State.Running && !info.State.Restarting) return true;
-    await this.remove(runName);
-    return false;
   }
 
   /** Pool containers on this engine made for `root`'s pools (any pool id), idle or claimed. */
@@ -434,7 +427,10 @@ export class DockerSandboxDriver implements SandboxDriver {
     const mayHaveProxy = (info.HostConfig.NetworkMode ?? 'none') !== 'none';
     // A container started for this command has a new memory cgroup, whose OOM counter starts at 0;
     // one found running (a stop that failed) may have counted kills before this command.
-    const oomBefore = running ? await this.cgroupOomKills(name) : 0;
+    // A pool container that no exec has entered has run only its PID 1 (whose death would have
+    // stopped it): its counter is 0 without asking.
+    const untouched = info.Config.Labels[LABELS.pool] !== undefined && (info.ExecIDs ?? []).length === 0;
+    const oomBefore = running && !untouched ? await this.cgroupOomKills(name) : 0;
     const exec = await container.exec({
       Cmd: argv,
       AttachStdout: true,

@@ -42,7 +42,12 @@ export const HOST_LABEL = 'choiros.host-id';
 /** One sweep. Never throws for a single resource: it logs and moves on. */
 export async function sweepOrphans(deps: SweeperDeps): Promise<SweepResult> {
   const now = deps.now?.() ?? Date.now();
-  const result: SweepResult = { containers: [], networks: [], worktrees: [], pool: { containers: [], slots: [] } };
+  const result: SweepResult = {
+    containers: [],
+    networks: [],
+    worktrees: [],
+    pool: { containers: [], slots: [] },
+  };
   const states = new Map<string, RunState>();
   const stateOf = async (runId: string): Promise<RunState> => {
     let s = states.get(runId);

@@ -29,9 +29,11 @@
 import { randomUUID } from 'node:crypto';
 import {
   chmod,
+  lchown,
   lstat,
   mkdir,
   readFile,
+  readdir,
   realpath,
   rename,
   rm,
@@ -136,6 +138,33 @@ export async function removeRunDir(dir: string): Promise<void> {
 /** Directory of the warm pool's slots (and their pools' leases) under a worktree root (decision 0016). */
 export const POOL_DIR = '.pool';
 
+/** Checkouts of up to this many entries are chowned in process; larger ones by `chown -R`. */
+const CHOWN_IN_PROCESS_MAX = 2_000;
+
+/**
+ * Gives a freshly checked-out tree to `owner` (`uid:gid`) entry by entry, never following a
+ * symlink (lchown; links are not descended). Returns false, part done, when the tree has more than
+ * `max` entries, for the caller to finish with `chown -R`.
+ */
+async function chownSmallTree(tree: string, owner: string, max: number): Promise<boolean> {
+  const [uid, gid] = owner.split(':').map(Number);
+  if (uid === undefined || gid === undefined || !Number.isInteger(uid) || !Number.isInteger(gid))
+    return false;
+  let count = 0;
+  const walk = async (dir: string): Promise<boolean> => {
+    const entries = await readdir(dir, { withFileTypes: true });
+    count += entries.length;
+    if (count > max) return false;
+    await Promise.all(entries.map((e) => lchown(join(dir, e.name), uid, gid)));
+    for (const e of entries) {
+      if (e.isDirectory() && !(await walk(join(dir, e.name)))) return false;
+    }
+    return true;
+  };
+  await lchown(tree, uid, gid);
+  return walk(tree);
+}
+
 export function runBranch(runId: string): string {
   return `choiros/run/${runId}`;
 }
@@ -164,7 +193,8 @@ export class Workspaces {
 
   /** A warm pool slot's directory: `<root>/.pool/<slot>`, on the same filesystem as run directories. */
   slotDir(slot: string): string {
-    if (!isValidId(slot)) throw refuse('invalid_sandbox_request', `slot ${JSON.stringify(slot)} is not a valid id`);
+    if (!isValidId(slot))
+      throw refuse('invalid_sandbox_request', `slot ${JSON.stringify(slot)} is not a valid id`);
     return join(this.cfg.root, POOL_DIR, slot);
   }
 
@@ -317,10 +347,14 @@ export class Workspaces {
     await this.runGit(input.runId, state, ['read-tree', '--reset', '-u', baseCommit], 600_000);
     if (isRoot()) {
       // The sandbox runs as an unprivileged user; it owns the tree (and nothing else of the run).
-      await runProcess('chown', ['-R', '--', this.cfg.sandboxUser, p.tree], { timeoutMs: 120_000 });
+      // A small checkout is walked here (no process to start); a large one goes to chown -R.
+      if (!(await chownSmallTree(p.tree, this.cfg.sandboxUser, CHOWN_IN_PROCESS_MAX))) {
+        await runProcess('chown', ['-R', '--', this.cfg.sandboxUser, p.tree], { timeoutMs: 120_000 });
+      }
     }
-    // The chown changed every file's ctime: refresh now, so the run's changes are all that differ later.
-    await this.refresh(input.runId, state);
+    // The chown changed every file's ctime, so the index's stat data is stale until refreshed. The
+    // refresh re-reads every file, and the first host read (touchedPaths, commit) refreshes anyway:
+    // it is left to then, off the path to the run's first command (decision 0016).
     await chmod(p.index, 0o600);
     const tmp = `${p.state}.${randomUUID()}`;
     await writeFile(tmp, JSON.stringify(state), { mode: 0o600 });

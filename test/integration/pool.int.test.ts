@@ -15,7 +15,11 @@ import Docker from 'dockerode';
 import pino from 'pino';
 import { VerifierCatalog, type RunView } from '../../contracts';
 import { LocalArtifactStore } from '../../activities/artifacts/local-store';
-import { createSandboxActivities, workspacesFor, type SandboxDeps } from '../../activities/sandbox/activities';
+import {
+  createSandboxActivities,
+  workspacesFor,
+  type SandboxDeps,
+} from '../../activities/sandbox/activities';
 import { DockerSandboxDriver, LABELS } from '../../activities/sandbox/docker-driver';
 import { SandboxPool, LEASE_STALE_MS } from '../../activities/sandbox/pool';
 import { HOST_LABEL, sweepOrphans } from '../../activities/sandbox/sweeper';
@@ -119,7 +123,11 @@ const containerId = (name: string): Promise<string | undefined> =>
 
 afterAll(async () => {
   for (const p of pools) await p.stop();
-  for (const image of testImages) await docker.getImage(image).remove({ force: true }).catch(() => undefined);
+  for (const image of testImages)
+    await docker
+      .getImage(image)
+      .remove({ force: true })
+      .catch(() => undefined);
   // Nothing this file's pools made is left on the engine.
   const left = await docker.listContainers({ all: true, filters: { label: [`${HOST_LABEL}=${hostId}`] } });
   expect(left.map((c) => c.Names)).toEqual([]);
@@ -138,7 +146,12 @@ describe('a pool container serves one run', () => {
       await full(s.pool, 2);
       for (const id of (await idleContainers(s.pool.id)).values()) seen.add(id);
       const runId = `pool-${suffix}-${i}`;
-      const handle = await run((x) => s.acts.createSandbox(x), { runId, ...owner, repo: repo.path, baseRef: 'main' });
+      const handle = await run((x) => s.acts.createSandbox(x), {
+        runId,
+        ...owner,
+        repo: repo.path,
+        baseRef: 'main',
+      });
       const id = await containerId(`choiros-run-${runId}`);
       expect(id).toBeDefined();
       // It was one of the pool's idle containers, made and started before the run existed.
@@ -166,7 +179,12 @@ describe('a pool container serves one run', () => {
       expect(plan.touchedPaths).toEqual(['RESULT.txt']);
       // Released once its command is done (a run waiting for approval holds no container).
       expect(await containerId(`choiros-run-${runId}`)).toBeUndefined();
-      expect(await docker.getContainer(id ?? '').inspect().catch((e: { statusCode?: number }) => e.statusCode)).toBe(404);
+      expect(
+        await docker
+          .getContainer(id ?? '')
+          .inspect()
+          .catch((e: { statusCode?: number }) => e.statusCode),
+      ).toBe(404);
       const commit = await run((x) => s.acts.commitSandbox(x), {
         sandboxId: runId,
         message: `run ${i}`,
@@ -422,7 +440,12 @@ describe('through the API, with a worker whose pool is on', () => {
         repo,
         baseRef: 'main',
         mood: 'CALM',
-        workItem: { description: 'pool test', execute, requiredVerifiers: ['V-RESULT-FILE'], riskTier: 'low' },
+        workItem: {
+          description: 'pool test',
+          execute,
+          requiredVerifiers: ['V-RESULT-FILE'],
+          riskTier: 'low',
+        },
       }),
     });
     expect(res.status).toBe(201);
@@ -431,13 +454,18 @@ describe('through the API, with a worker whose pool is on', () => {
 
   const getRun = async (runId: string): Promise<RunView> =>
     (await (
-      await fetch(`${api.url}/v1/runs/${runId}`, { headers: { authorization: `Bearer ${await api.token()}` } })
+      await fetch(`${api.url}/v1/runs/${runId}`, {
+        headers: { authorization: `Bearer ${await api.token()}` },
+      })
     ).json()) as RunView;
 
   /** The worker's pool: its containers carry its root label. */
   const workerPool = async () => {
     const root = join(worker.dataDir, 'worktrees');
-    const list = await docker.listContainers({ all: true, filters: { label: [`${LABELS.poolRoot}=${root}`] } });
+    const list = await docker.listContainers({
+      all: true,
+      filters: { label: [`${LABELS.poolRoot}=${root}`] },
+    });
     return list.map((c) => ({ name: (c.Names[0] ?? '').replace(/^\//, ''), id: c.Id }));
   };
 
@@ -453,7 +481,11 @@ describe('through the API, with a worker whose pool is on', () => {
     );
     expect(view.status).toBe('committed');
     expect(git(repo.path, 'show', `choiros/run/${runId}:RESULT.txt`)).toBe('ok');
-    await poll(workerPool, (l) => l.length === 2 && l.every((c) => c.name.startsWith('choiros-pool-')), 60_000);
+    await poll(
+      workerPool,
+      (l) => l.length === 2 && l.every((c) => c.name.startsWith('choiros-pool-')),
+      60_000,
+    );
     // One of the idle containers served it and is gone; the pool holds a new one in its place.
     const now = (await workerPool()).map((c) => c.id);
     expect(idle.filter((id) => !now.includes(id))).toHaveLength(1);
@@ -471,7 +503,9 @@ describe('through the API, with a worker whose pool is on', () => {
           .getContainer(lane)
           .top()
           .catch(() => ({ Processes: [] as string[][] }));
-        const busy = (top as { Processes: string[][] }).Processes.some((p) => p.join(' ').includes('sleep 600'));
+        const busy = (top as { Processes: string[][] }).Processes.some((p) =>
+          p.join(' ').includes('sleep 600'),
+        );
         return busy ? await containerId(lane) : undefined;
       },
       (id) => id !== undefined,
@@ -489,7 +523,11 @@ describe('through the API, with a worker whose pool is on', () => {
       30_000,
     );
     expect((await getRun(runId)).status).toBe('cancelled');
-    await poll(workerPool, (l) => l.length === 2 && l.every((c) => c.name.startsWith('choiros-pool-')), 60_000);
+    await poll(
+      workerPool,
+      (l) => l.length === 2 && l.every((c) => c.name.startsWith('choiros-pool-')),
+      60_000,
+    );
     const poolDir = join(worker.dataDir, 'worktrees', '.pool');
     for (const c of await workerPool()) {
       expect(c.id).not.toBe(laneId);
