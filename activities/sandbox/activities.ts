@@ -254,10 +254,17 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
     phase('container');
     // The slot's directory is the run's now; its container becomes the run's by name, or (gone
     // meanwhile) the run gets a cold one over the same tree.
-    const pooled =
-      slot !== undefined &&
-      isPoolDriver(driver) &&
-      (await driver.adoptPoolSandbox(slot.container, rec.container));
+    let pooled = false;
+    if (slot && isPoolDriver(driver)) {
+      try {
+        pooled = await driver.adoptPoolSandbox(slot.container, rec.container);
+      } catch (err) {
+        // Not adopted (or not known to be): it must not linger under its pool name. A retry finds
+        // the workspace made and its container, if the rename did happen, by the run's name.
+        await driver.remove(slot.container).catch(() => undefined);
+        throw err;
+      }
+    }
     if (!pooled) {
       await driver.createExecutionSandbox({
         name: rec.container,

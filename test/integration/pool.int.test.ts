@@ -152,6 +152,7 @@ describe('a pool container serves one run', () => {
         repo: repo.path,
         baseRef: 'main',
       });
+      expect(handle.branch).toBe(`choiros/run/${runId}`);
       const id = await containerId(`choiros-run-${runId}`);
       expect(id).toBeDefined();
       // It was one of the pool's idle containers, made and started before the run existed.
