@@ -113,7 +113,7 @@ export class SandboxPool {
   constructor(
     private readonly deps: {
       driver: PoolDriver;
-      workspaces: Workspaces;
+      workspaces: Pick<Workspaces, 'prepareSlot' | 'removeSlot'>;
       /** The worktree root (`<dataDir>/worktrees`); slots live in its `.pool/`. */
       root: string;
       settings: PoolSettings;
