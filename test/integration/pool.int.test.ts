@@ -429,7 +429,7 @@ describe('through the API, with a worker whose pool is on', () => {
     await worker?.stop();
   });
 
-  async function startRun(repo: string, execute: string[]): Promise<string> {
+  async function startRun(repo: string, execute: string[], mood = 'CALM'): Promise<string> {
     const res = await fetch(`${api.url}/v1/runs`, {
       method: 'POST',
       headers: {
@@ -440,7 +440,7 @@ describe('through the API, with a worker whose pool is on', () => {
       body: JSON.stringify({
         repo,
         baseRef: 'main',
-        mood: 'CALM',
+        mood,
         workItem: {
           description: 'pool test',
           execute,
@@ -492,6 +492,39 @@ describe('through the API, with a worker whose pool is on', () => {
     expect(idle.filter((id) => !now.includes(id))).toHaveLength(1);
   });
 
+  test('when a run waits for approval, then it holds no container (its lane is gone, the pool is whole)', async () => {
+    await poll(workerPool, (l) => l.length === 2, 60_000);
+    const repo = await makeGitRepo();
+    // PARANOID needs an independent review after its verifiers pass.
+    const runId = await startRun(repo.path, ['sh', '-c', 'echo ok > RESULT.txt'], 'PARANOID');
+    const view = await poll(
+      () => getRun(runId),
+      (v) => ['awaiting_approval', 'committed', 'discarded', 'failed', 'cancelled'].includes(v.status),
+      120_000,
+    );
+    expect(view.status).toBe('awaiting_approval');
+    expect(await containerId(`choiros-run-${runId}`)).toBeUndefined();
+    const runContainers = await docker.listContainers({ all: true, filters: { name: [runId] } });
+    expect(runContainers.map((c) => c.Names)).toEqual([]);
+    // Its tree is kept for the commit; only containers are released.
+    expect(existsSync(join(worker.dataDir, 'worktrees', runId, 'tree'))).toBe(true);
+    await poll(
+      workerPool,
+      (l) => l.length === 2 && l.every((c) => c.name.startsWith('choiros-pool-')),
+      60_000,
+    );
+    await api.client.workflow.getHandle(runId).cancel();
+    const poolDir = join(worker.dataDir, 'worktrees', '.pool');
+    await poll(
+      async () => ({
+        dir: existsSync(join(worker.dataDir, 'worktrees', runId)),
+        links: await links(poolDir),
+      }),
+      (s) => !s.dir && s.links.length === 0,
+      30_000,
+    );
+  });
+
   test('when a run is cancelled mid-execute, then nothing of it is left and the pool holds only fresh containers', async () => {
     await poll(workerPool, (l) => l.length === 2, 60_000);
     const idle = new Set((await workerPool()).map((c) => c.id));
@@ -540,7 +573,11 @@ describe('through the API, with a worker whose pool is on', () => {
       expect((await lstat(join(poolDir, slot))).isDirectory()).toBe(true);
       expect((await readdir(join(poolDir, slot, 'tree'))).filter((e) => e !== 'lost+found')).toEqual([]);
     }
-    // No slot link is left over for the cancelled run.
-    expect(await links(poolDir)).toEqual([]);
+    // No slot link is left over for the cancelled run (destroy removes it after the directory).
+    await poll(
+      () => links(poolDir),
+      (l) => l.length === 0,
+      10_000,
+    );
   });
 });
