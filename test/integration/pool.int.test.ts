@@ -7,7 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { lstat, mkdtemp, readdir, utimes } from 'node:fs/promises';
+import { lstat, mkdtemp, readFile, readdir, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { WorkflowFailedError } from '@temporalio/client';
@@ -290,6 +290,21 @@ describe('hardening', () => {
     expect(out.outputTail).toContain('hello');
     expect(out.outputTail).toMatch(/Read-only file system/);
     expect(out.outputTail).toMatch(/\s6\d\s/); // the 64 MiB quota filesystem
+    // A retried command (after a worker or engine restart) starts the stopped lane again: the bind
+    // is resolved anew from the slot's old path, which leads to the run's tree.
+    expect((await docker.getContainer(`choiros-run-${warm}`).inspect()).State.Running).toBe(false);
+    await run((x) => s.acts.execInSandbox(x), {
+      sandboxId: warm,
+      argv: ['sh', '-c', 'echo 1 > A'],
+      timeoutSeconds: 30,
+    });
+    const again = await run((x) => s.acts.execInSandbox(x), {
+      sandboxId: warm,
+      argv: ['sh', '-c', 'cat A README.md'],
+      timeoutSeconds: 30,
+    });
+    expect(again.outputTail).toBe('1\nhello\n');
+    expect(await readFile(join(s.root, warm, 'tree', 'A'), 'utf8')).toBe('1\n');
     for (const runId of [cold, warm]) {
       await run((x) => s.acts.destroySandbox(x), { sandboxId: runId, repo: repo.path, keepBranch: false });
     }
@@ -377,7 +392,7 @@ describe('worker shutdown and restart', () => {
         logger: silent,
       }),
       root: s.root,
-      settings: { size: 1, refillConcurrency: 1 },
+      settings: { size: 2, refillConcurrency: 2 },
       logger: silent,
     });
     pools.push(next);
@@ -385,7 +400,11 @@ describe('worker shutdown and restart', () => {
     expect((await idleContainers(dead.id)).size).toBe(0);
     expect(await slotsOf(dead)).toEqual([]);
     expect(await readFileMounts()).not.toContain(`/.pool/${dead.id}-`);
-    await full(next, 1);
+    await full(next, 2);
+    // One of its containers was claimed by a run this host never heard of.
+    const claimed = next.claim(await s.driver.imageId(), true);
+    const orphanRun = `pool-orphan-${suffix}`;
+    expect(await s.driver.adoptPoolSandbox(claimed?.container ?? '', `choiros-run-${orphanRun}`)).toBe(true);
 
     // And the orphan sweeper removes a dead pool's leftovers too, keeping live pools'.
     next.abandon();
@@ -399,10 +418,14 @@ describe('worker shutdown and restart', () => {
       logger: silent,
       pools: { driver: s.driver },
     });
-    expect(swept.pool.containers).toHaveLength(1);
-    expect(swept.containers).toEqual([]);
-    expect((await idleContainers(next.id)).size).toBe(0);
-    expect(await slotsOf(next)).toEqual([]);
+    // The claimed one is known by its run's name and removed as that run's orphan.
+    expect(swept.containers).toEqual([`choiros-run-${orphanRun}`]);
+    expect(swept.pool.containers.length).toBeGreaterThanOrEqual(1);
+    await poll(
+      async () => ({ idle: (await idleContainers(next.id)).size, slots: await slotsOf(next) }),
+      (l) => l.idle === 0 && l.slots.length === 0,
+      30_000,
+    );
   });
 });
 
