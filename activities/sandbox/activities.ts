@@ -123,7 +123,10 @@ function assertId(kind: string, value: string): void {
   }
 }
 
-/** The run workspaces of a worker's sandbox activities (and of its warm pool's slots). */
+/**
+ * Workspaces with a worker's settings for its warm pool's slots (prepareSlot/removeSlot only: no
+ * repository is resolved through it); the activities make their own, with the same limits.
+ */
 export function workspacesFor(
   deps: Pick<SandboxDeps, 'worktreeRoot' | 'mirrorRoot' | 'sandboxUser' | 'workspace' | 'logger'>,
 ): Workspaces {
@@ -150,7 +153,13 @@ export function isPoolDriver(driver: SandboxDriver): driver is SandboxDriver & P
 export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
   const { driver, logger } = deps;
   const limits = { ...WORKSPACE_DEFAULTS, ...deps.workspace };
-  const workspaces = workspacesFor(deps);
+  const workspaces = new Workspaces({
+    root: deps.worktreeRoot,
+    mirrorRoot: deps.mirrorRoot,
+    sandboxUser: deps.sandboxUser,
+    ...limits,
+    logger,
+  });
   const record = (sandboxId: string): SandboxRecord => {
     assertId('sandboxId', sandboxId);
     return {
