@@ -183,10 +183,8 @@ export async function createWorkerSet(opts: {
           logger: logger.child({ component: 'sandbox-pool' }),
         })
       : undefined;
-  if (pool) {
-    await pool.start();
-    sandboxDeps.pool = pool;
-  }
+  // Claims find nothing until the pool starts (below, once the workers exist).
+  if (pool) sandboxDeps.pool = pool;
   const sandboxActivities = createSandboxActivities(sandboxDeps);
   const eventActivities = createEventActivities({
     js: opts.nats.jetstream(),
@@ -269,6 +267,7 @@ export async function createWorkerSet(opts: {
       maxHeartbeatThrottleInterval: '2 seconds',
     }),
   ]);
+  await pool?.start();
   const client = new Client({ connection: opts.connection, namespace: config.TEMPORAL_NAMESPACE });
   const runState = async (runId: string): Promise<RunState> => {
     try {
