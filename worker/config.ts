@@ -101,6 +101,32 @@ export const workerConfigSchema = z.object({
    * turns it off. Serves runs with network policy `none` and no tenant secrets (Docker driver).
    */
   CHOIROS_SANDBOX_POOL_SIZE: z.coerce.number().int().min(0).max(64).default(0),
+  /**
+   * Pool lanes of tenants with secrets, `tenant:size` comma-separated (e.g. `acme:2,globex:1`): a
+   * tenant lane's containers hold that tenant's secrets and serve only its runs; runs of tenants
+   * with secrets but no lane get a cold lane. Empty (the default): no tenant lanes.
+   */
+  CHOIROS_SANDBOX_POOL_LANES: z
+    .string()
+    .default('')
+    .transform((s) =>
+      s
+        .split(',')
+        .map((e) => e.trim())
+        .filter(Boolean)
+        .map((e) => e.split(':')),
+    )
+    .refine(
+      (entries) =>
+        entries.every(
+          ([tenant = '', size = '', ...rest]) =>
+            rest.length === 0 &&
+            /^[A-Za-z0-9_-]{1,64}$/.test(tenant) &&
+            /^([0-9]|[1-5][0-9]|6[0-4])$/.test(size),
+        ),
+      'must be tenant:size entries (size 0-64), comma-separated',
+    )
+    .transform((entries) => Object.fromEntries(entries.map(([t = '', n = '0']) => [t, Number(n)]))),
   /** Pool slots made at the same time while the pool refills in the background. */
   CHOIROS_SANDBOX_POOL_REFILL: z.coerce.number().int().min(1).max(16).default(2),
   /** Maximum age of events in the JetStream stream, in days. */

@@ -170,16 +170,32 @@ export async function createWorkerSet(opts: {
     metrics,
   };
   // The warm pool (decision 0016): the Docker driver only; size 0 turns it off.
+  // A tenant lane holds its tenant's secrets; a lane for a tenant without any would never be drawn from.
+  const poolLanes = Object.fromEntries(
+    Object.entries(config.CHOIROS_SANDBOX_POOL_LANES).filter(([tenant]) => {
+      const has = Object.keys(tenantSecrets[tenant] ?? {}).length > 0;
+      if (!has) {
+        logger.warn(
+          { event: 'sandbox.pool.lane.ignored', tenant },
+          'CHOIROS_SANDBOX_POOL_LANES names a tenant without secrets: its runs use the shared lane',
+        );
+      }
+      return has;
+    }),
+  );
+  const poolSize = config.CHOIROS_SANDBOX_POOL_SIZE + Object.values(poolLanes).reduce((a, b) => a + b, 0);
   const pool =
-    config.CHOIROS_SANDBOX_POOL_SIZE > 0 && isPoolDriver(driver)
+    poolSize > 0 && isPoolDriver(driver)
       ? new SandboxPool({
           driver,
           workspaces: workspacesFor(sandboxDeps),
           root: sandboxDeps.worktreeRoot,
           settings: {
             size: config.CHOIROS_SANDBOX_POOL_SIZE,
+            lanes: poolLanes,
             refillConcurrency: config.CHOIROS_SANDBOX_POOL_REFILL,
           },
+          laneEnv: (tenant) => tenantSecrets[tenant] ?? {},
           logger: logger.child({ component: 'sandbox-pool' }),
         })
       : undefined;
@@ -302,7 +318,7 @@ export async function createWorkerSet(opts: {
       // Names only: secret values never reach a log line.
       executionSecrets: Object.keys(config.secrets),
       sweepIntervalSeconds: config.CHOIROS_SWEEP_INTERVAL_SECONDS,
-      poolSize: pool ? config.CHOIROS_SANDBOX_POOL_SIZE : 0,
+      pool: pool ? { shared: config.CHOIROS_SANDBOX_POOL_SIZE, lanes: poolLanes } : null,
     },
     'workers created',
   );

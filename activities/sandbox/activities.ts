@@ -28,7 +28,7 @@ import type {
   VerifyInput,
 } from '../types';
 import type { PoolDriver, SandboxDriver, SandboxLabels } from './driver';
-import type { PoolSlot, SandboxPool } from './pool';
+import { SHARED_LANE, type PoolSlot, type SandboxPool } from './pool';
 import { heartbeatWhile } from '../heartbeat';
 import { Workspaces, runBranch } from '../workspace/workspace';
 import { assertRepoAllowed, type RepoAccess } from '../../tenancy';
@@ -66,8 +66,9 @@ export interface SandboxDeps {
   /** Prometheus instruments of the worker process (worker/metrics.ts); nothing is recorded without them. */
   metrics?: SandboxMetrics;
   /**
-   * The warm pool (decision 0016): execution lanes of runs with network policy `none` and no tenant
-   * secrets start in one of its containers; others (and every run when it is empty) are made cold.
+   * The warm pool (decision 0016): execution lanes of runs with network policy `none` start in one
+   * of its containers (of their tenant's lane when it has secrets); others, and every run whose
+   * lane is empty, get a lane made for them.
    */
   pool?: Pick<SandboxPool, 'claim' | 'release'>;
 }
@@ -231,14 +232,12 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
     if (deps.repoAccess) await assertRepoAllowed(deps.repoAccess, input.tenant, input.repo);
     const network = input.network ?? 'none';
     const secrets = deps.tenantSecrets?.[input.tenant];
-    // A pool container is a lane with policy `none` and the platform's environment only: a run
-    // needing a network of its own or its tenant's secrets gets a container made for it.
-    const poolable =
-      deps.pool !== undefined &&
-      isPoolDriver(driver) &&
-      network === 'none' &&
-      Object.keys(secrets ?? {}).length === 0;
-    let slot: PoolSlot | undefined = poolable ? deps.pool?.claim(imageId, !input.imageId) : undefined;
+    // A pool container is a lane with policy `none`: a run needing a network of its own gets a
+    // container made for it. Its environment is fixed at create, so a tenant with secrets draws
+    // from its own pool lane (if configured), every other run from the shared lane.
+    const poolable = deps.pool !== undefined && isPoolDriver(driver) && network === 'none';
+    const lane = Object.keys(secrets ?? {}).length > 0 ? input.tenant : SHARED_LANE;
+    let slot: PoolSlot | undefined = poolable ? deps.pool?.claim(lane, imageId, !input.imageId) : undefined;
     let made: { baseCommit: string; tree: string; slotUsed: boolean };
     try {
       made = await workspaces.create({

@@ -70,6 +70,8 @@ export const LABELS = {
   pool: 'choiros.pool',
   /** Pool containers: the worktree root whose `.pool/` holds their slot (and their pool's lease). */
   poolRoot: 'choiros.pool-root',
+  /** Pool containers: the pool lane (`*`, or the tenant whose secrets they hold). */
+  poolLane: 'choiros.pool-lane',
 } as const;
 
 /** Name prefix of an idle pool container; a claimed one is renamed to its run's container name. */
@@ -347,7 +349,7 @@ export class DockerSandboxDriver implements SandboxDriver {
 
   /**
    * Creates and starts one pool container (decision 0016): an execution-lane container exactly as
-   * a run's with policy `none` and no tenant secrets, over a pool slot's empty tree, idling in its
+   * a run's with policy `none` (and its lane's tenant secrets), over a pool slot's empty tree, idling in its
    * PID 1 until a run claims it. Returns the image id it runs.
    */
   async createPoolSandbox(spec: PoolSandboxSpec): Promise<{ imageId: string }> {
@@ -359,13 +361,14 @@ export class DockerSandboxDriver implements SandboxDriver {
           image: imageId,
           workspace: spec.workspace,
           proxyEnv: [],
-          env: {},
+          env: spec.env,
           labels: {
             ...(this.opts.extraLabels ?? {}),
             [LABELS.managed]: 'true',
             [LABELS.lane]: 'execution',
             [LABELS.pool]: spec.poolId,
             [LABELS.poolRoot]: spec.root,
+            [LABELS.poolLane]: spec.lane,
           },
           network: 'none',
         }),

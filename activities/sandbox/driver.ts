@@ -82,6 +82,10 @@ export interface PoolSandboxSpec {
   poolId: string;
   /** The worktree root the slot lives under (its `.pool/` directory). */
   root: string;
+  /** The pool lane: SHARED_LANE, or the tenant whose secrets `env` holds. */
+  lane: string;
+  /** The lane's own variables (a tenant lane's secrets), merged over the platform's as for a run's lane. */
+  env: Record<string, string>;
 }
 
 export interface PoolSandboxInfo {

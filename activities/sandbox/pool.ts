@@ -17,15 +17,25 @@ import { POOL_CONTAINER_PREFIX } from './docker-driver';
 import type { PoolDriver } from './driver';
 import { POOL_DIR, removeRunDir, type Workspaces } from '../workspace/workspace';
 
+/** The lane of runs whose tenant has no secrets: its containers hold the platform's environment only. */
+export const SHARED_LANE = '*';
+
 export interface PoolSettings {
-  /** Idle slots kept ready; 0 turns the pool off. */
+  /** Idle slots kept ready in the shared lane (tenants without secrets); 0: none. */
   size: number;
+  /**
+   * Idle slots kept ready per tenant with secrets: such a lane's containers hold that tenant's
+   * secrets in their environment (as its cold lanes do) and serve only that tenant's runs.
+   */
+  lanes?: Record<string, number>;
   /** Slots made at the same time while refilling. */
   refillConcurrency: number;
 }
 
 /** A slot handed to a run: its directory name under `.pool/`, and its idle container. */
 export interface PoolSlot {
+  /** SHARED_LANE, or the tenant whose secrets its container holds. */
+  lane: string;
   slot: string;
   container: string;
   imageId: string;
@@ -102,6 +112,7 @@ export class SandboxPool {
   readonly id = `p${randomBytes(5).toString('hex')}`;
   private readonly idle: PoolSlot[] = [];
   private making = 0;
+  private readonly makingIn = new Map<string, number>();
   private made = 0;
   private started = false;
   private stopped = false;
@@ -118,8 +129,20 @@ export class SandboxPool {
       root: string;
       settings: PoolSettings;
       logger: Logger;
+      /** The environment a lane's containers get (a tenant lane: that tenant's secrets). */
+      laneEnv?: (lane: string) => Record<string, string>;
     },
   ) {}
+
+  /** Each lane's size: the shared lane and the tenant lanes. */
+  private get lanes(): Array<[string, number]> {
+    return [[SHARED_LANE, this.deps.settings.size], ...Object.entries(this.deps.settings.lanes ?? {})];
+  }
+
+  /** Idle slots ready now in one lane. */
+  idleIn(lane: string): number {
+    return this.idle.filter((s) => s.lane === lane).length;
+  }
 
   /** Idle slots ready now. */
   get size(): number {
@@ -145,17 +168,17 @@ export class SandboxPool {
   }
 
   /**
-   * Hands out one idle slot whose container runs `imageId`, or undefined (the caller makes a cold
+   * Hands out one idle slot of `lane` whose container runs `imageId`, or undefined (the caller makes a cold
    * sandbox). Synchronous up to the hand-out, so two claims in this process never get the same
    * slot; the container's rename (adoptPoolSandbox) is atomic on the engine besides. `current`
    * says `imageId` is the configured image now: slots on any other image are stale and removed.
    */
-  claim(imageId: string, current: boolean): PoolSlot | undefined {
+  claim(lane: string, imageId: string, current: boolean): PoolSlot | undefined {
     if (!this.started || this.stopped) return undefined;
     if (current) {
       for (const stale of this.idle.filter((s) => s.imageId !== imageId)) this.discard(stale, 'stale_image');
     }
-    const slot = this.idle.find((s) => s.imageId === imageId);
+    const slot = this.idle.find((s) => s.lane === lane && s.imageId === imageId);
     if (slot) this.idle.splice(this.idle.indexOf(slot), 1);
     this.refill();
     return slot;
@@ -224,19 +247,18 @@ export class SandboxPool {
     this.refill();
   }
 
-  /** Starts making slots until idle + being made reaches the size (in the background). */
+  /** Starts making slots until each lane's idle + being made reaches its size (in the background). */
   private refill(): void {
-    const { size, refillConcurrency } = this.deps.settings;
-    while (
-      this.started &&
-      !this.stopped &&
-      this.retryTimer === undefined &&
-      this.making < refillConcurrency &&
-      this.idle.length + this.making < size
-    ) {
+    const { refillConcurrency } = this.deps.settings;
+    for (;;) {
+      if (!this.started || this.stopped || this.retryTimer !== undefined) return;
+      if (this.making >= refillConcurrency) return;
+      const lane = this.lanes.find(([l, size]) => this.idleIn(l) + (this.makingIn.get(l) ?? 0) < size)?.[0];
+      if (lane === undefined) return;
       this.making += 1;
+      this.makingIn.set(lane, (this.makingIn.get(lane) ?? 0) + 1);
       this.track(
-        this.makeSlot()
+        this.makeSlot(lane)
           .then((slot) => {
             this.backoffMs = 0;
             if (this.stopped) {
@@ -248,7 +270,7 @@ export class SandboxPool {
           .catch((err: unknown) => {
             this.backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.backoffMs * 2));
             this.deps.logger.warn(
-              { event: 'sandbox.pool.refill.failed', err, retryInMs: this.backoffMs },
+              { event: 'sandbox.pool.refill.failed', err, lane, retryInMs: this.backoffMs },
               'could not make a pool slot',
             );
             this.retryTimer ??= setTimeout(() => {
@@ -259,13 +281,14 @@ export class SandboxPool {
           })
           .finally(() => {
             this.making -= 1;
+            this.makingIn.set(lane, (this.makingIn.get(lane) ?? 1) - 1);
             this.refill();
           }),
       );
     }
   }
 
-  private async makeSlot(): Promise<PoolSlot> {
+  private async makeSlot(lane: string): Promise<PoolSlot> {
     this.made += 1;
     const slot = `${this.id}-${this.made}`;
     const container = `${POOL_CONTAINER_PREFIX}${slot}`;
@@ -276,10 +299,12 @@ export class SandboxPool {
         workspace: tree,
         poolId: this.id,
         root: this.deps.root,
+        lane,
+        env: lane === SHARED_LANE ? {} : (this.deps.laneEnv?.(lane) ?? {}),
       });
-      return { slot, container, imageId };
+      return { lane, slot, container, imageId };
     } catch (err) {
-      await this.release({ slot, container, imageId: '' });
+      await this.release({ lane, slot, container, imageId: '' });
       throw err;
     }
   }

@@ -21,7 +21,7 @@ import {
   type SandboxDeps,
 } from '../../activities/sandbox/activities';
 import { DockerSandboxDriver, LABELS } from '../../activities/sandbox/docker-driver';
-import { SandboxPool, LEASE_STALE_MS } from '../../activities/sandbox/pool';
+import { LEASE_STALE_MS, SHARED_LANE, SandboxPool } from '../../activities/sandbox/pool';
 import { HOST_LABEL, sweepOrphans } from '../../activities/sandbox/sweeper';
 import type { SandboxActivities } from '../../activities/types';
 import {
@@ -41,6 +41,7 @@ const hostId = `it-pool-${suffix}`;
 const silent = pino({ level: 'silent' });
 const owner = { tenant: 'acme', userId: 'alice', workItemId: `wi-${suffix}` };
 const pools: SandboxPool[] = [];
+const TENANT_SECRETS: Record<string, Record<string, string>> = { globex: { GLOBEX_TOKEN: 'globex-secret' } };
 const testImages: string[] = [];
 
 function run<A extends unknown[], R>(fn: (...a: A) => Promise<R>, ...args: A): Promise<R> {
@@ -61,7 +62,7 @@ function driverFor(image: string): DockerSandboxDriver {
 }
 
 /** Sandbox activities and a pool of `size` over one data dir, as the worker wires them. */
-async function stack(size: number, image = env.sandboxImage()) {
+async function stack(size: number, image = env.sandboxImage(), lanes: Record<string, number> = {}) {
   const dataDir = await mkdtemp(join(env.workDir(), 'data-pool-'));
   const driver = driverFor(image);
   const base = {
@@ -75,7 +76,8 @@ async function stack(size: number, image = env.sandboxImage()) {
     driver,
     workspaces: workspacesFor(base),
     root: base.worktreeRoot,
-    settings: { size, refillConcurrency: 2 },
+    settings: { size, lanes, refillConcurrency: 2 },
+    laneEnv: (tenant) => TENANT_SECRETS[tenant] ?? {},
     logger: silent,
   });
   pools.push(pool);
@@ -88,7 +90,7 @@ async function stack(size: number, image = env.sandboxImage()) {
     image,
     artifacts: new LocalArtifactStore(join(dataDir, 'artifacts')),
     maxLogBytes: 1024 * 1024,
-    tenantSecrets: { globex: { GLOBEX_TOKEN: 'globex-secret' } },
+    tenantSecrets: TENANT_SECRETS,
     pool,
   };
   const acts: SandboxActivities = createSandboxActivities(deps);
@@ -210,11 +212,11 @@ describe('a pool container serves one run', () => {
     const s = await stack(1);
     await s.pool.start();
     await full(s.pool, 1);
-    const slot = s.pool.claim(await s.driver.imageId(), true);
+    const slot = s.pool.claim(SHARED_LANE, await s.driver.imageId(), true);
     expect(slot).toBeDefined();
     if (!slot) return;
     // The claim is synchronous: the next claim in this process does not see the slot.
-    expect(s.pool.claim(await s.driver.imageId(), true)?.slot).not.toBe(slot.slot);
+    expect(s.pool.claim(SHARED_LANE, await s.driver.imageId(), true)?.slot).not.toBe(slot.slot);
     expect(await s.driver.adoptPoolSandbox(slot.container, `choiros-run-adopt-a-${suffix}`)).toBe(true);
     expect(await s.driver.adoptPoolSandbox(slot.container, `choiros-run-adopt-b-${suffix}`)).toBe(false);
     expect(await containerId(`choiros-run-adopt-b-${suffix}`)).toBeUndefined();
@@ -222,7 +224,7 @@ describe('a pool container serves one run', () => {
     await s.pool.release(slot);
   });
 
-  test('when a run needs its tenant secrets, then its lane is made for it and the pool keeps its slots', async () => {
+  test('when a run needs its tenant secrets and its tenant has no pool lane, then its lane is made for it and the pool keeps its slots', async () => {
     const s = await stack(1);
     await s.pool.start();
     await full(s.pool, 1);
@@ -243,6 +245,52 @@ describe('a pool container serves one run', () => {
     expect(info.Config.Env).toContain('GLOBEX_TOKEN=globex-secret');
     expect([...(await idleContainers(s.pool.id)).values()]).toEqual(before);
     await run((x) => s.acts.destroySandbox(x), { sandboxId: runId, repo: repo.path, keepBranch: false });
+  });
+});
+
+describe('tenant lanes', () => {
+  test("when a tenant with secrets has a pool lane, then its run gets that lane's container, with its secrets, and no other tenant does", async () => {
+    const s = await stack(1, env.sandboxImage(), { globex: 1 });
+    await s.pool.start();
+    await poll(
+      async () => [s.pool.idleIn(SHARED_LANE), s.pool.idleIn('globex')].join(','),
+      (v) => v === '1,1',
+      60_000,
+    );
+    const lanes = await docker.listContainers({
+      all: true,
+      filters: { label: [`${LABELS.pool}=${s.pool.id}`, `${LABELS.poolLane}=globex`] },
+    });
+    expect(lanes).toHaveLength(1);
+    const globexLane = lanes[0]?.Id ?? '';
+    const repo = await makeGitRepo();
+    // A tenant without secrets draws from the shared lane, never from globex's.
+    const acmeRun = `pool-lane-acme-${suffix}`;
+    await run((x) => s.acts.createSandbox(x), { runId: acmeRun, ...owner, repo: repo.path, baseRef: 'main' });
+    const acme = await docker.getContainer(`choiros-run-${acmeRun}`).inspect();
+    expect(acme.Id).not.toBe(globexLane);
+    expect(acme.Config.Env.join('\n')).not.toContain('GLOBEX_TOKEN');
+    const globexRun = `pool-lane-globex-${suffix}`;
+    await run((x) => s.acts.createSandbox(x), {
+      runId: globexRun,
+      tenant: 'globex',
+      userId: 'bob',
+      workItemId: 'wi',
+      repo: repo.path,
+      baseRef: 'main',
+    });
+    const globex = await docker.getContainer(`choiros-run-${globexRun}`).inspect();
+    expect(globex.Id).toBe(globexLane);
+    expect(globex.Config.Env).toContain('GLOBEX_TOKEN=globex-secret');
+    const out = await run((x) => s.acts.execInSandbox(x), {
+      sandboxId: globexRun,
+      argv: ['sh', '-c', 'echo "token=$GLOBEX_TOKEN"'],
+      timeoutSeconds: 30,
+    });
+    expect(out.outputTail).toBe('token=globex-secret\n');
+    for (const runId of [acmeRun, globexRun]) {
+      await run((x) => s.acts.destroySandbox(x), { sandboxId: runId, repo: repo.path, keepBranch: false });
+    }
   });
 });
 
@@ -402,7 +450,7 @@ describe('worker shutdown and restart', () => {
     expect(await readFileMounts()).not.toContain(`/.pool/${dead.id}-`);
     await full(next, 2);
     // One of its containers was claimed by a run this host never heard of.
-    const claimed = next.claim(await s.driver.imageId(), true);
+    const claimed = next.claim(SHARED_LANE, await s.driver.imageId(), true);
     const orphanRun = `pool-orphan-${suffix}`;
     expect(await s.driver.adoptPoolSandbox(claimed?.container ?? '', `choiros-run-${orphanRun}`)).toBe(true);
 

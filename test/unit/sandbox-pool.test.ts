@@ -1,11 +1,12 @@
-/** The warm pool's bookkeeping (activities/sandbox/pool.ts) over a fake engine and fake slots. */
+/** The warm pool's bookkeeping (activities/sandbox/pool.ts) over a fake engine and fake slots, and its settings. */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { SandboxPool } from '../../activities/sandbox/pool';
+import { SHARED_LANE, SandboxPool } from '../../activities/sandbox/pool';
 import type { PoolDriver, PoolSandboxInfo, PoolSandboxSpec } from '../../activities/sandbox/driver';
 import { poll } from '../helpers/poll';
+import { loadWorkerConfig } from '../../worker/config';
 
 /** An engine that keeps containers in a map; `failNext` fails that many creates. */
 class FakeEngine implements PoolDriver {
@@ -18,7 +19,9 @@ class FakeEngine implements PoolDriver {
   imageId(): Promise<string> {
     return Promise.resolve(this.image);
   }
+  readonly envs = new Map<string, Record<string, string>>();
   async createPoolSandbox(spec: PoolSandboxSpec): Promise<{ imageId: string }> {
+    this.envs.set(spec.name, spec.env);
     this.concurrent += 1;
     this.maxConcurrent = Math.max(this.maxConcurrent, this.concurrent);
     try {
@@ -82,13 +85,14 @@ afterEach(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-function makePool(engine: FakeEngine, size: number, refillConcurrency = 2) {
+function makePool(engine: FakeEngine, size: number, refillConcurrency = 2, lanes?: Record<string, number>) {
   const ws = slots();
   const pool = new SandboxPool({
     driver: engine,
     workspaces: ws,
     root,
-    settings: { size, refillConcurrency },
+    settings: { size, refillConcurrency, ...(lanes ? { lanes } : {}) },
+    laneEnv: (tenant) => ({ SECRET: `${tenant}-secret` }),
     logger: pino({ level: 'silent' }),
   });
   started.push(pool);
@@ -106,7 +110,7 @@ const full = (pool: SandboxPool, size: number) =>
 test('when a pool is not started, then it hands out nothing and makes nothing', async () => {
   const engine = new FakeEngine();
   const { pool } = makePool(engine, 3);
-  expect(pool.claim(engine.image, true)).toBeUndefined();
+  expect(pool.claim(SHARED_LANE, engine.image, true)).toBeUndefined();
   await new Promise((r) => setTimeout(r, 30));
   expect(engine.created).toBe(0);
 });
@@ -127,10 +131,10 @@ test('when slots are claimed, then each is handed out once, and the refill adds 
   const handed: string[] = [];
   for (let i = 0; i < 6; i++) {
     await full(pool, 2);
-    const a = pool.claim(engine.image, true);
-    const b = pool.claim(engine.image, true);
+    const a = pool.claim(SHARED_LANE, engine.image, true);
+    const b = pool.claim(SHARED_LANE, engine.image, true);
     // Two claims in a row get two different slots; a third finds none until the refill.
-    expect(pool.claim(engine.image, true)).toBeUndefined();
+    expect(pool.claim(SHARED_LANE, engine.image, true)).toBeUndefined();
     for (const s of [a, b]) {
       expect(s).toBeDefined();
       handed.push(s?.container ?? '');
@@ -149,8 +153,8 @@ test('when the configured image changes, then a claim drops the stale slots inst
   const stale = [...engine.containers.keys()];
   engine.image = 'sha256:two';
   // A rerun pinned to the old image may still take one (it asked for that image).
-  expect(pool.claim('sha256:one', false)?.imageId).toBe('sha256:one');
-  expect(pool.claim('sha256:two', true)).toBeUndefined();
+  expect(pool.claim(SHARED_LANE, 'sha256:one', false)?.imageId).toBe('sha256:one');
+  expect(pool.claim(SHARED_LANE, 'sha256:two', true)).toBeUndefined();
   await poll(
     async () => stale.filter((n) => engine.containers.has(n)).length,
     (n) => n === 1, // the pinned claim's container is the run's now; the other is gone
@@ -158,7 +162,7 @@ test('when the configured image changes, then a claim drops the stale slots inst
     5,
   );
   await full(pool, 2);
-  const fresh = pool.claim('sha256:two', true);
+  const fresh = pool.claim(SHARED_LANE, 'sha256:two', true);
   expect(fresh?.imageId).toBe('sha256:two');
   expect(stale).not.toContain(fresh?.container);
   expect([...ws.made].length).toBeGreaterThanOrEqual(2);
@@ -183,5 +187,48 @@ test('when a pool stops, then its idle containers and slots are removed and it h
   await pool.stop();
   expect(engine.containers.size).toBe(0);
   expect(ws.made.size).toBe(0);
-  expect(pool.claim(engine.image, true)).toBeUndefined();
+  expect(pool.claim(SHARED_LANE, engine.image, true)).toBeUndefined();
+});
+
+test("when tenant lanes are configured, then each fills on its own, holds its tenant's secrets, and serves only its tenant", async () => {
+  const engine = new FakeEngine();
+  const { pool } = makePool(engine, 1, 2, { acme: 2, globex: 1 });
+  await pool.start();
+  await poll(
+    async () => [pool.idleIn(SHARED_LANE), pool.idleIn('acme'), pool.idleIn('globex')].join(','),
+    (v) => v === '1,2,1',
+    5_000,
+    5,
+  );
+  const a = pool.claim('acme', engine.image, true);
+  expect(a?.lane).toBe('acme');
+  expect(engine.envs.get(a?.container ?? '')).toEqual({ SECRET: 'acme-secret' });
+  const shared = pool.claim(SHARED_LANE, engine.image, true);
+  expect(engine.envs.get(shared?.container ?? '')).toEqual({});
+  // The shared lane is empty now: its runs never get a tenant lane's container.
+  expect(pool.claim(SHARED_LANE, engine.image, true)).toBeUndefined();
+  expect(pool.claim('initech', engine.image, true)).toBeUndefined();
+  expect(pool.claim('globex', engine.image, true)?.lane).toBe('globex');
+});
+
+describe('CHOIROS_SANDBOX_POOL_* settings', () => {
+  test('when unset, then the pool is off with no tenant lanes', () => {
+    const c = loadWorkerConfig({});
+    expect(c.CHOIROS_SANDBOX_POOL_SIZE).toBe(0);
+    expect(c.CHOIROS_SANDBOX_POOL_LANES).toEqual({});
+    expect(c.CHOIROS_SANDBOX_POOL_REFILL).toBe(2);
+  });
+
+  test('when lanes are listed, then each tenant gets its size; a malformed entry is refused by name', () => {
+    expect(
+      loadWorkerConfig({ CHOIROS_SANDBOX_POOL_SIZE: '4', CHOIROS_SANDBOX_POOL_LANES: 'acme:2, globex:0' })
+        .CHOIROS_SANDBOX_POOL_LANES,
+    ).toEqual({ acme: 2, globex: 0 });
+    for (const bad of ['acme', 'acme:65', 'a/b:1', 'acme:1:2', 'acme:-1']) {
+      expect(() => loadWorkerConfig({ CHOIROS_SANDBOX_POOL_LANES: bad })).toThrow(
+        /CHOIROS_SANDBOX_POOL_LANES/,
+      );
+    }
+    expect(() => loadWorkerConfig({ CHOIROS_SANDBOX_POOL_SIZE: '65' })).toThrow(/CHOIROS_SANDBOX_POOL_SIZE/);
+  });
 });
