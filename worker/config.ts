@@ -98,7 +98,8 @@ export const workerConfigSchema = z.object({
   /**
    * Warm sandbox pool (decision 0016): execution-lane containers kept made and started, each over a
    * prepared workspace slot, so a run's sandbox is ready without a cold create; 0 (the default)
-   * turns it off. Serves runs with network policy `none` and no tenant secrets (Docker driver).
+   * turns it off. This is the shared lane: runs with network policy `none` of tenants without
+   * secrets (Docker driver); CHOIROS_SANDBOX_POOL_LANES adds lanes for tenants with secrets.
    */
   CHOIROS_SANDBOX_POOL_SIZE: z.coerce.number().int().min(0).max(64).default(0),
   /**
