@@ -95,6 +95,41 @@ export const workerConfigSchema = z.object({
    */
   CHOIROS_LOCAL_DRIVER: z.enum(['refuse', 'trusted-dev']).default('refuse'),
   CHOIROS_SANDBOX_PIDS: z.coerce.number().int().min(8).max(65536).default(256),
+  /**
+   * Warm sandbox pool (decision 0016): execution-lane containers kept made and started, each over a
+   * prepared workspace slot, so a run's sandbox is ready without a cold create; 0 (the default)
+   * turns it off. This is the shared lane: runs with network policy `none` of tenants without
+   * secrets (Docker driver); CHOIROS_SANDBOX_POOL_LANES adds lanes for tenants with secrets.
+   */
+  CHOIROS_SANDBOX_POOL_SIZE: z.coerce.number().int().min(0).max(64).default(0),
+  /**
+   * Pool lanes of tenants with secrets, `tenant:size` comma-separated (e.g. `acme:2,globex:1`): a
+   * tenant lane's containers hold that tenant's secrets and serve only its runs; runs of tenants
+   * with secrets but no lane get a cold lane. Empty (the default): no tenant lanes.
+   */
+  CHOIROS_SANDBOX_POOL_LANES: z
+    .string()
+    .default('')
+    .transform((s) =>
+      s
+        .split(',')
+        .map((e) => e.trim())
+        .filter(Boolean)
+        .map((e) => e.split(':')),
+    )
+    .refine(
+      (entries) =>
+        entries.every(
+          ([tenant = '', size = '', ...rest]) =>
+            rest.length === 0 &&
+            /^[A-Za-z0-9_-]{1,64}$/.test(tenant) &&
+            /^([0-9]|[1-5][0-9]|6[0-4])$/.test(size),
+        ),
+      'must be tenant:size entries (size 0-64), comma-separated',
+    )
+    .transform((entries) => Object.fromEntries(entries.map(([t = '', n = '0']) => [t, Number(n)]))),
+  /** Pool slots made at the same time while the pool refills in the background. */
+  CHOIROS_SANDBOX_POOL_REFILL: z.coerce.number().int().min(1).max(16).default(2),
   /** Maximum age of events in the JetStream stream, in days. */
   CHOIROS_EVENTS_MAX_AGE_DAYS: z.coerce.number().int().min(1).max(3650).default(30),
   /** Maximum size of the event stream in bytes. */

@@ -34,7 +34,8 @@ export function createWorkerMetrics(opts: { worktreeRoot: string; defaultMetrics
     registers: [registry],
     async collect() {
       const entries = await readdir(opts.worktreeRoot).catch(() => []);
-      this.set(entries.length);
+      // `.pool/` holds the warm pool's slots (decision 0016), not runs' sandboxes.
+      this.set(entries.filter((e) => !e.startsWith('.')).length);
     },
   });
   return {

@@ -16,7 +16,13 @@ import {
 import { createAdmissionActivities } from '../activities/admission/activities';
 import { LocalArtifactStore } from '../activities/artifacts/local-store';
 import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
-import { createSandboxActivities, type SandboxDeps } from '../activities/sandbox/activities';
+import {
+  createSandboxActivities,
+  isPoolDriver,
+  workspacesFor,
+  type SandboxDeps,
+} from '../activities/sandbox/activities';
+import { SandboxPool } from '../activities/sandbox/pool';
 import { createGraphBranchActivities } from '../activities/workspace/graph-branch';
 import { quotaUnavailable } from '../activities/workspace/quota';
 import { DockerSandboxDriver, EGRESS_PROXY_SCRIPT } from '../activities/sandbox/docker-driver';
@@ -163,6 +169,38 @@ export async function createWorkerSet(opts: {
     logger: logger.child({ component: 'sandbox' }),
     metrics,
   };
+  // The warm pool (decision 0016): the Docker driver only; size 0 turns it off.
+  // A tenant lane holds its tenant's secrets; a lane for a tenant without any would never be drawn from.
+  const poolLanes = Object.fromEntries(
+    Object.entries(config.CHOIROS_SANDBOX_POOL_LANES).filter(([tenant]) => {
+      const has = Object.keys(tenantSecrets[tenant] ?? {}).length > 0;
+      if (!has) {
+        logger.warn(
+          { event: 'sandbox.pool.lane.ignored', tenant },
+          'CHOIROS_SANDBOX_POOL_LANES names a tenant without secrets: its runs use the shared lane',
+        );
+      }
+      return has;
+    }),
+  );
+  const poolSize = config.CHOIROS_SANDBOX_POOL_SIZE + Object.values(poolLanes).reduce((a, b) => a + b, 0);
+  const pool =
+    poolSize > 0 && isPoolDriver(driver)
+      ? new SandboxPool({
+          driver,
+          workspaces: workspacesFor(sandboxDeps),
+          root: sandboxDeps.worktreeRoot,
+          settings: {
+            size: config.CHOIROS_SANDBOX_POOL_SIZE,
+            lanes: poolLanes,
+            refillConcurrency: config.CHOIROS_SANDBOX_POOL_REFILL,
+          },
+          laneEnv: (tenant) => tenantSecrets[tenant] ?? {},
+          logger: logger.child({ component: 'sandbox-pool' }),
+        })
+      : undefined;
+  // Claims find nothing until the pool starts (below, once the workers exist).
+  if (pool) sandboxDeps.pool = pool;
   const sandboxActivities = createSandboxActivities(sandboxDeps);
   const eventActivities = createEventActivities({
     js: opts.nats.jetstream(),
@@ -245,6 +283,7 @@ export async function createWorkerSet(opts: {
       maxHeartbeatThrottleInterval: '2 seconds',
     }),
   ]);
+  await pool?.start();
   const client = new Client({ connection: opts.connection, namespace: config.TEMPORAL_NAMESPACE });
   const runState = async (runId: string): Promise<RunState> => {
     try {
@@ -265,6 +304,7 @@ export async function createWorkerSet(opts: {
             graceMs: config.CHOIROS_SWEEP_GRACE_SECONDS * 1000,
             runState,
             logger: logger.child({ component: 'sweeper' }),
+            ...(isPoolDriver(driver) ? { pools: { driver, livePoolId: pool?.id } } : {}),
           },
           config.CHOIROS_SWEEP_INTERVAL_SECONDS * 1000,
         )
@@ -278,6 +318,7 @@ export async function createWorkerSet(opts: {
       // Names only: secret values never reach a log line.
       executionSecrets: Object.keys(config.secrets),
       sweepIntervalSeconds: config.CHOIROS_SWEEP_INTERVAL_SECONDS,
+      pool: pool ? { shared: config.CHOIROS_SANDBOX_POOL_SIZE, lanes: poolLanes } : null,
     },
     'workers created',
   );
@@ -289,6 +330,8 @@ export async function createWorkerSet(opts: {
         await Promise.all(workers.map((w) => w.run()));
       } finally {
         await sweeper?.stop();
+        // Idle pool containers and slots go with the worker (a killed worker's: the next one's start).
+        await pool?.stop();
       }
     },
     shutdown() {

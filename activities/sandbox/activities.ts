@@ -27,7 +27,8 @@ import type {
   SandboxHandle,
   VerifyInput,
 } from '../types';
-import type { SandboxDriver, SandboxLabels } from './driver';
+import type { PoolDriver, SandboxDriver, SandboxLabels } from './driver';
+import { SHARED_LANE, type PoolSlot, type SandboxPool } from './pool';
 import { heartbeatWhile } from '../heartbeat';
 import { Workspaces, runBranch } from '../workspace/workspace';
 import { assertRepoAllowed, type RepoAccess } from '../../tenancy';
@@ -64,6 +65,12 @@ export interface SandboxDeps {
   logger: Logger;
   /** Prometheus instruments of the worker process (worker/metrics.ts); nothing is recorded without them. */
   metrics?: SandboxMetrics;
+  /**
+   * The warm pool (decision 0016): execution lanes of runs with network policy `none` start in one
+   * of its containers (of their tenant's lane when it has secrets); others, and every run whose
+   * lane is empty, get a lane made for them.
+   */
+  pool?: Pick<SandboxPool, 'claim' | 'release'>;
 }
 
 /** The worker metrics sandbox activities record (a subset of worker/metrics.ts WorkerMetrics). */
@@ -117,6 +124,33 @@ function assertId(kind: string, value: string): void {
   }
 }
 
+/**
+ * Workspaces with a worker's settings for its warm pool's slots (prepareSlot/removeSlot only: no
+ * repository is resolved through it); the activities make their own, with the same limits.
+ */
+export function workspacesFor(
+  deps: Pick<SandboxDeps, 'worktreeRoot' | 'mirrorRoot' | 'sandboxUser' | 'workspace' | 'logger'>,
+): Workspaces {
+  return new Workspaces({
+    root: deps.worktreeRoot,
+    mirrorRoot: deps.mirrorRoot,
+    sandboxUser: deps.sandboxUser,
+    ...WORKSPACE_DEFAULTS,
+    ...deps.workspace,
+    logger: deps.logger,
+  });
+}
+
+/** Whether a driver can keep a warm pool (the Docker driver can; the local driver cannot). */
+export function isPoolDriver(driver: SandboxDriver): driver is SandboxDriver & PoolDriver {
+  const d = driver as Partial<PoolDriver>;
+  return (
+    typeof d.createPoolSandbox === 'function' &&
+    typeof d.adoptPoolSandbox === 'function' &&
+    typeof d.listPoolSandboxes === 'function'
+  );
+}
+
 export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
   const { driver, logger } = deps;
   const limits = { ...WORKSPACE_DEFAULTS, ...deps.workspace };
@@ -142,6 +176,17 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
    * the tree on every read (activities/workspace), and this makes sure the lane is stopped first.
    */
   const stopped = (rec: SandboxRecord) => driver.stop(rec.container);
+
+  /**
+   * Once its command is done, the execution lane is not needed again (verifiers run in fresh
+   * containers): it is removed, with its egress proxy, so a run waiting for approval holds no
+   * container, and a pooled container is gone after its one run.
+   */
+  const released = async (rec: SandboxRecord): Promise<void> => {
+    await stopped(rec);
+    await driver.remove(rec.container);
+    await driver.removeEgressProxy?.(rec.container);
+  };
 
   const heartbeatingOptions = (timeoutSeconds: number) => {
     const ctx = Context.current();
@@ -185,30 +230,66 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
     phase('image');
     const imageId = await driver.imageId(input.imageId);
     if (deps.repoAccess) await assertRepoAllowed(deps.repoAccess, input.tenant, input.repo);
-    const { baseCommit, tree } = await workspaces.create({
-      runId: input.runId,
-      tenant: input.tenant,
-      repo: input.repo,
-      baseRef: input.baseRef,
-      phase,
-    });
+    const network = input.network ?? 'none';
+    const secrets = deps.tenantSecrets?.[input.tenant];
+    // A pool container is a lane with policy `none`: a run needing a network of its own gets a
+    // container made for it. Its environment is fixed at create, so a tenant with secrets draws
+    // from its own pool lane (if configured), every other run from the shared lane.
+    const poolable = deps.pool !== undefined && isPoolDriver(driver) && network === 'none';
+    const lane = Object.keys(secrets ?? {}).length > 0 ? input.tenant : SHARED_LANE;
+    let slot: PoolSlot | undefined = poolable ? deps.pool?.claim(lane, imageId, !input.imageId) : undefined;
+    let made: { baseCommit: string; tree: string; slotUsed: boolean };
+    try {
+      made = await workspaces.create({
+        runId: input.runId,
+        tenant: input.tenant,
+        repo: input.repo,
+        baseRef: input.baseRef,
+        phase,
+        ...(slot ? { slot: slot.slot } : {}),
+      });
+    } catch (err) {
+      if (slot) await deps.pool?.release(slot);
+      throw err;
+    }
+    const { baseCommit, tree } = made;
+    if (slot && !made.slotUsed) {
+      // A retry found the workspace made: its container (pooled or not) is found below.
+      await deps.pool?.release(slot);
+      slot = undefined;
+    }
     deps.metrics?.sandboxesCreated.inc();
     phase('container');
-    await driver.createExecutionSandbox({
-      name: rec.container,
-      workspace: tree,
-      labels: {
-        tenant: input.tenant,
-        userId: input.userId,
-        runId: input.runId,
-        workItemId: input.workItemId,
-        lane: 'execution',
-      },
-      network: input.network ?? 'none',
-      ...(input.egress ? { egress: input.egress } : {}),
-      ...(deps.tenantSecrets?.[input.tenant] ? { env: deps.tenantSecrets[input.tenant] } : {}),
-      image: imageId,
-    });
+    // The slot's directory is the run's now; its container becomes the run's by name, or (gone
+    // meanwhile) the run gets a cold one over the same tree.
+    let pooled = false;
+    if (slot && isPoolDriver(driver)) {
+      try {
+        pooled = await driver.adoptPoolSandbox(slot.container, rec.container);
+      } catch (err) {
+        // Not adopted (or not known to be): it must not linger under its pool name. A retry finds
+        // the workspace made and its container, if the rename did happen, by the run's name.
+        await driver.remove(slot.container).catch(() => undefined);
+        throw err;
+      }
+    }
+    if (!pooled) {
+      await driver.createExecutionSandbox({
+        name: rec.container,
+        workspace: tree,
+        labels: {
+          tenant: input.tenant,
+          userId: input.userId,
+          runId: input.runId,
+          workItemId: input.workItemId,
+          lane: 'execution',
+        },
+        network,
+        ...(input.egress ? { egress: input.egress } : {}),
+        ...(secrets ? { env: secrets } : {}),
+        image: imageId,
+      });
+    }
     log.info(
       {
         event: 'sandbox.created',
@@ -217,6 +298,8 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
         baseCommit,
         quota: workspaces.quotaEnabled,
         container: rec.container,
+        pooled,
+        ...(slot ? { slot: slot.slot } : {}),
       },
       'sandbox created',
     );
@@ -361,7 +444,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
 
     async planVerifiers(input: PlanInput): Promise<VerifierPlan> {
       const rec = record(input.sandboxId);
-      await stopped(rec);
+      await released(rec);
       const paths = await workspaces.touchedPaths(rec.runId);
       const plan = selectVerifierPlan(deps.verifiers, {
         mood: input.mood,
@@ -385,7 +468,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
 
     async commitSandbox(input: CommitInput): Promise<CommitResult> {
       const rec = record(input.sandboxId);
-      await stopped(rec);
+      await released(rec);
       const result = await workspaces.commit(rec.runId, input);
       logger.info(
         {

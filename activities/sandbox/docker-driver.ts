@@ -17,6 +17,8 @@ import { BoundedOutput } from './output';
 import type {
   CommandOptions,
   ExecutionSandboxSpec,
+  PoolSandboxInfo,
+  PoolSandboxSpec,
   SandboxDriver,
   SandboxLabels,
   VerifierRunSpec,
@@ -64,7 +66,16 @@ export const LABELS = {
   runId: 'choiros.run-id',
   workItemId: 'choiros.work-item-id',
   lane: 'choiros.lane',
+  /** Pool containers (activities/sandbox/pool.ts): the id of the pool that made them. */
+  pool: 'choiros.pool',
+  /** Pool containers: the worktree root whose `.pool/` holds their slot (and their pool's lease). */
+  poolRoot: 'choiros.pool-root',
+  /** Pool containers: the pool lane (`*`, or the tenant whose secrets they hold). */
+  poolLane: 'choiros.pool-lane',
 } as const;
+
+/** Name prefix of an idle pool container; a claimed one is renamed to its run's container name. */
+export const POOL_CONTAINER_PREFIX = 'choiros-pool-';
 
 const PROGRESS_INTERVAL_MS = 1_000;
 /**
@@ -284,31 +295,123 @@ export class DockerSandboxDriver implements SandboxDriver {
         )
       : [];
     try {
-      await this.docker.createContainer({
-        name: spec.name,
-        Image: spec.image ?? this.opts.image,
-        // An idle PID 1 that keeps the sandbox alive between execs.
-        Cmd: ['sleep', '2147483647'],
-        User: this.opts.user,
-        WorkingDir: '/workspace',
-        Env: [
-          ...BASE_ENV,
-          ...proxyEnv,
-          ...Object.entries({ ...this.opts.executionEnv, ...spec.env }).map(([k, v]) => `${k}=${v}`),
-        ],
-        Labels: this.labels(spec.labels),
-        NetworkDisabled: !internal,
-        HostConfig: this.hostConfig(
-          spec.workspace,
-          false,
-          internal ? runNetworkName(spec.labels.runId) : 'none',
-        ),
-      });
+      await this.docker.createContainer(
+        this.executionContainer({
+          name: spec.name,
+          image: spec.image ?? this.opts.image,
+          workspace: spec.workspace,
+          proxyEnv,
+          env: spec.env ?? {},
+          labels: this.labels(spec.labels),
+          network: internal ? runNetworkName(spec.labels.runId) : 'none',
+        }),
+      );
     } catch (err) {
       // A retried create finds the container it made before.
       if (!isConflict(err)) throw err;
     }
     // Not started here: the lane runs only while a command does (exec starts it, stop ends it).
+  }
+
+  /**
+   * The one definition of an execution-lane container, for a run's own (createExecutionSandbox) and
+   * a pool's (createPoolSandbox) alike: the same image rules, user, environment and locked-down host
+   * config, so a pooled sandbox is hardened exactly as a cold one.
+   */
+  private executionContainer(c: {
+    name: string;
+    image: string;
+    workspace: string;
+    /** The egress proxy's variables (policy allowlist). */
+    proxyEnv: string[];
+    /** The run's own variables (its tenant's secrets), merged over the platform's execution secrets. */
+    env: Record<string, string>;
+    labels: Record<string, string>;
+    network: string;
+  }): Docker.ContainerCreateOptions {
+    return {
+      name: c.name,
+      Image: c.image,
+      // An idle PID 1 that keeps the sandbox alive between execs.
+      Cmd: ['sleep', '2147483647'],
+      User: this.opts.user,
+      WorkingDir: '/workspace',
+      Env: [
+        ...BASE_ENV,
+        ...c.proxyEnv,
+        ...Object.entries({ ...this.opts.executionEnv, ...c.env }).map(([k, v]) => `${k}=${v}`),
+      ],
+      Labels: c.labels,
+      NetworkDisabled: c.network === 'none',
+      HostConfig: this.hostConfig(c.workspace, false, c.network),
+    };
+  }
+
+  /**
+   * Creates and starts one pool container (decision 0016): an execution-lane container exactly as
+   * a run's with policy `none` (and its lane's tenant secrets), over a pool slot's empty tree, idling in its
+   * PID 1 until a run claims it. Returns the image id it runs.
+   */
+  async createPoolSandbox(spec: PoolSandboxSpec): Promise<{ imageId: string }> {
+    return this.onEngine(async () => {
+      const imageId = await this.inspectImage();
+      const container = await this.docker.createContainer(
+        this.executionContainer({
+          name: spec.name,
+          image: imageId,
+          workspace: spec.workspace,
+          proxyEnv: [],
+          env: spec.env,
+          labels: {
+            ...(this.opts.extraLabels ?? {}),
+            [LABELS.managed]: 'true',
+            [LABELS.lane]: 'execution',
+            [LABELS.pool]: spec.poolId,
+            [LABELS.poolRoot]: spec.root,
+            [LABELS.poolLane]: spec.lane,
+          },
+          network: 'none',
+        }),
+      );
+      try {
+        await container.start();
+      } catch (err) {
+        await container.remove({ force: true }).catch(() => undefined);
+        throw err;
+      }
+      return { imageId };
+    });
+  }
+
+  /**
+   * Hands an idle pool container to a run: renamed to the run's container name, atomically on the
+   * engine (a second claim of the same container finds no such name and fails). False when the
+   * container is gone. One that died while idle ran nothing but its PID 1: exec starts it again,
+   * like any stopped lane, over the run's tree (the slot's path is a link to it).
+   */
+  async adoptPoolSandbox(poolName: string, runName: string): Promise<boolean> {
+    try {
+      await this.docker.getContainer(poolName).rename({ name: runName });
+      return true;
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw err;
+    }
+  }
+
+  /** Pool containers on this engine made for `root`'s pools (any pool id), idle or claimed. */
+  async listPoolSandboxes(root: string): Promise<PoolSandboxInfo[]> {
+    const list = await this.docker.listContainers({
+      all: true,
+      filters: { label: [`${LABELS.managed}=true`, `${LABELS.poolRoot}=${root}`] },
+    });
+    return list.map((c) => ({
+      id: c.Id,
+      name: (c.Names[0] ?? c.Id).replace(/^\//, ''),
+      poolId: c.Labels[LABELS.pool] ?? '',
+      imageId: c.ImageID,
+      running: c.State === 'running',
+    }));
   }
 
   async exec(name: string, argv: string[], opts: CommandOptions): Promise<CommandOutcome> {
@@ -327,7 +430,10 @@ export class DockerSandboxDriver implements SandboxDriver {
     const mayHaveProxy = (info.HostConfig.NetworkMode ?? 'none') !== 'none';
     // A container started for this command has a new memory cgroup, whose OOM counter starts at 0;
     // one found running (a stop that failed) may have counted kills before this command.
-    const oomBefore = running ? await this.cgroupOomKills(name) : 0;
+    // A pool container that no exec has entered has run only its PID 1 (whose death would have
+    // stopped it): its counter is 0 without asking.
+    const untouched = info.Config.Labels[LABELS.pool] !== undefined && (info.ExecIDs ?? []).length === 0;
+    const oomBefore = running && !untouched ? await this.cgroupOomKills(name) : 0;
     const exec = await container.exec({
       Cmd: argv,
       AttachStdout: true,

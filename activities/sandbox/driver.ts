@@ -71,3 +71,37 @@ export interface SandboxDriver {
   /** Removes the run's own network (policy `internal`) if it exists; true when something was removed. */
   removeRunNetwork(runId: string): Promise<boolean>;
 }
+
+/** An idle pool container to make (decision 0016). */
+export interface PoolSandboxSpec {
+  /** Container name (`choiros-pool-<slot>`). */
+  name: string;
+  /** The pool slot's tree, bind-mounted at /workspace exactly as a run's tree is. */
+  workspace: string;
+  /** Id of the pool (one per worker process) that owns the container. */
+  poolId: string;
+  /** The worktree root the slot lives under (its `.pool/` directory). */
+  root: string;
+  /** The pool lane: SHARED_LANE, or the tenant whose secrets `env` holds. */
+  lane: string;
+  /** The lane's own variables (a tenant lane's secrets), merged over the platform's as for a run's lane. */
+  env: Record<string, string>;
+}
+
+export interface PoolSandboxInfo {
+  id: string;
+  name: string;
+  poolId: string;
+  imageId: string;
+  running: boolean;
+}
+
+/** What a driver offers so a warm pool can keep execution-lane containers ready (the Docker driver). */
+export interface PoolDriver {
+  imageId(pinned?: string): Promise<string>;
+  createPoolSandbox(spec: PoolSandboxSpec): Promise<{ imageId: string }>;
+  /** Renames an idle pool container to a run's container name; false when it is gone or dead. */
+  adoptPoolSandbox(poolName: string, runName: string): Promise<boolean>;
+  listPoolSandboxes(root: string): Promise<PoolSandboxInfo[]>;
+  remove(name: string): Promise<boolean>;
+}

@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import type Docker from 'dockerode';
 import type { Logger } from 'pino';
 import { isValidId } from '../../contracts';
-import { LABELS } from './docker-driver';
+import { LABELS, POOL_CONTAINER_PREFIX } from './docker-driver';
+import type { PoolDriver } from './driver';
+import { sweepDeadPools } from './pool';
 import { removeRunDir } from '../workspace/workspace';
 
 /** What Temporal says about a run's workflow: still open, closed, or never heard of. */
@@ -20,12 +22,19 @@ export interface SweeperDeps {
   runState(runId: string): Promise<RunState>;
   logger: Logger;
   now?: () => number;
+  /**
+   * Warm pools (decision 0016) of this worktree root: idle containers and slots of pools whose worker
+   * is gone (stale lease) are removed; `livePoolId` is this worker's own pool.
+   */
+  pools?: { driver: Pick<PoolDriver, 'listPoolSandboxes' | 'remove'>; livePoolId?: string | undefined };
 }
 
 export interface SweepResult {
   containers: string[];
   networks: string[];
   worktrees: string[];
+  /** Idle pool containers and slots of dead pools. */
+  pool: { containers: string[]; slots: string[] };
 }
 
 export const HOST_LABEL = 'choiros.host-id';
@@ -33,7 +42,12 @@ export const HOST_LABEL = 'choiros.host-id';
 /** One sweep. Never throws for a single resource: it logs and moves on. */
 export async function sweepOrphans(deps: SweeperDeps): Promise<SweepResult> {
   const now = deps.now?.() ?? Date.now();
-  const result: SweepResult = { containers: [], networks: [], worktrees: [] };
+  const result: SweepResult = {
+    containers: [],
+    networks: [],
+    worktrees: [],
+    pool: { containers: [], slots: [] },
+  };
   const states = new Map<string, RunState>();
   const stateOf = async (runId: string): Promise<RunState> => {
     let s = states.get(runId);
@@ -55,8 +69,12 @@ export async function sweepOrphans(deps: SweeperDeps): Promise<SweepResult> {
       return [];
     });
   for (const c of containers) {
-    const runId = c.Labels[LABELS.runId] ?? '';
     const name = (c.Names[0] ?? c.Id).replace(/^\//, '');
+    // Pool containers: idle ones belong to their pool (sweepDeadPools below); a claimed one is its
+    // run's, named after it (labels cannot change when a run claims it).
+    if (c.Labels[LABELS.pool] !== undefined && name.startsWith(POOL_CONTAINER_PREFIX)) continue;
+    const claimed = c.Labels[LABELS.pool] !== undefined ? /^choiros-run-(.+)$/.exec(name)?.[1] : undefined;
+    const runId = claimed ?? c.Labels[LABELS.runId] ?? '';
     if (now - c.Created * 1000 < deps.graceMs) continue;
     try {
       const state = isValidId(runId) ? await stateOf(runId) : 'unknown';
@@ -88,6 +106,20 @@ export async function sweepOrphans(deps: SweeperDeps): Promise<SweepResult> {
       deps.logger.info({ event: 'sweeper.network.removed', runId, network: n.Name, state }, 'orphan removed');
     } catch (err) {
       deps.logger.warn({ event: 'sweeper.error', runId, network: n.Name, err }, 'could not sweep network');
+    }
+  }
+
+  if (deps.pools) {
+    try {
+      result.pool = await sweepDeadPools({
+        driver: deps.pools.driver,
+        root: deps.worktreeRoot,
+        ...(deps.pools.livePoolId ? { livePoolId: deps.pools.livePoolId } : {}),
+        logger: deps.logger,
+        now,
+      });
+    } catch (err) {
+      deps.logger.warn({ event: 'sweeper.error', err }, 'could not sweep dead pools');
     }
   }
 

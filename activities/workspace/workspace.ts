@@ -27,12 +27,26 @@
  *   nothing), at commit time; no other ref of the source repository is ever touched.
  */
 import { randomUUID } from 'node:crypto';
-import { chmod, lstat, mkdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  lchown,
+  lstat,
+  mkdir,
+  readFile,
+  readdir,
+  realpath,
+  rename,
+  rm,
+  stat,
+  symlink,
+  unlink,
+  writeFile,
+} from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { isGitUrl, isValidId } from '../../contracts';
+import { ID_PATTERN, isGitUrl, isValidId } from '../../contracts';
 import { GitError, branchExists, git, gitAnswered, resolveCommit, resolveRepo } from './git';
 import { ensureMirror, mirrorPath } from './mirror';
 import { runProcess } from './process-helper';
@@ -77,6 +91,8 @@ const stateSchema = z.object({
   objectsDir: z.string(),
   baseCommit: z.string().regex(/^[0-9a-f]{40}([0-9a-f]{24})?$/),
   quota: z.boolean(),
+  /** The warm pool slot the run's directory was made from (its `.pool/<slot>` link is removed with it). */
+  slot: z.string().regex(ID_PATTERN).optional(),
 });
 type WorkspaceState = z.infer<typeof stateSchema>;
 
@@ -112,9 +128,41 @@ const within = (parent: string, child: string): boolean => {
  * following no symlink (also the sweeper's way to remove an orphan).
  */
 export async function removeRunDir(dir: string): Promise<void> {
+  // A claimed pool slot's name is a link to its run's directory: only the link goes.
+  if ((await lstat(dir).catch(() => undefined))?.isSymbolicLink()) return unlink(dir);
   const tree = join(dir, 'tree');
   if (await isMountPoint(tree)) await unmountQuota(tree);
   await rm(dir, { recursive: true, force: true });
+}
+
+/** Directory of the warm pool's slots (and their pools' leases) under a worktree root (decision 0016). */
+export const POOL_DIR = '.pool';
+
+/** Checkouts of up to this many entries are chowned in process; larger ones by `chown -R`. */
+const CHOWN_IN_PROCESS_MAX = 2_000;
+
+/**
+ * Gives a freshly checked-out tree to `owner` (`uid:gid`) entry by entry, never following a
+ * symlink (lchown; links are not descended). Returns false, part done, when the tree has more than
+ * `max` entries, for the caller to finish with `chown -R`.
+ */
+async function chownSmallTree(tree: string, owner: string, max: number): Promise<boolean> {
+  const [uid, gid] = owner.split(':').map(Number);
+  if (uid === undefined || gid === undefined || !Number.isInteger(uid) || !Number.isInteger(gid))
+    return false;
+  let count = 0;
+  const walk = async (dir: string): Promise<boolean> => {
+    const entries = await readdir(dir, { withFileTypes: true });
+    count += entries.length;
+    if (count > max) return false;
+    await Promise.all(entries.map((e) => lchown(join(dir, e.name), uid, gid)));
+    for (const e of entries) {
+      if (e.isDirectory() && !(await walk(join(dir, e.name)))) return false;
+    }
+    return true;
+  };
+  await lchown(tree, uid, gid);
+  return walk(tree);
 }
 
 export function runBranch(runId: string): string {
@@ -141,6 +189,50 @@ export class Workspaces {
       state: join(dir, 'state.json'),
       image: join(dir, 'disk.img'),
     };
+  }
+
+  /** A warm pool slot's directory: `<root>/.pool/<slot>`, on the same filesystem as run directories. */
+  slotDir(slot: string): string {
+    if (!isValidId(slot))
+      throw refuse('invalid_sandbox_request', `slot ${JSON.stringify(slot)} is not a valid id`);
+    return join(this.cfg.root, POOL_DIR, slot);
+  }
+
+  /**
+   * Makes a warm pool slot (decision 0016): everything of a run's directory that does not depend on
+   * the run — the directory (0711), an empty host-owned bare git dir (0700) and an empty tree, with
+   * its own quota filesystem when quotas are on. Returns the tree, which a pool container mounts.
+   */
+  async prepareSlot(slot: string): Promise<string> {
+    const dir = this.slotDir(slot);
+    await mkdir(join(this.cfg.root, POOL_DIR), { recursive: true, mode: 0o711 });
+    await removeRunDir(dir);
+    await mkdir(dir, { mode: 0o711 });
+    await chmod(dir, 0o711);
+    await this.initRunDir(dir);
+    return join(dir, 'tree');
+  }
+
+  /** Removes a slot that no run claimed (or a claimed slot's link). */
+  async removeSlot(slot: string): Promise<void> {
+    await removeRunDir(this.slotDir(slot));
+  }
+
+  /** The run-independent part of a run directory `dir` (which exists, mode 0711). */
+  private async initRunDir(dir: string): Promise<void> {
+    const gitDir = join(dir, 'git');
+    const tree = join(dir, 'tree');
+    await git(['init', '--quiet', '--bare', '--end-of-options', gitDir], { cwd: dir });
+    await chmod(gitDir, 0o700);
+    await mkdir(tree, { mode: 0o755 });
+    if (this.quotaEnabled) {
+      await mountQuota(join(dir, 'disk.img'), tree, {
+        sizeMb: this.cfg.quotaMb,
+        // Room for the caps plus what the host may drop, never more than ext4 allows for the size.
+        inodes: Math.min(this.cfg.maxEntries + 1024, Math.floor((this.cfg.quotaMb * 1024 * 1024) / 4096)),
+        owner: this.cfg.sandboxUser,
+      });
+    }
   }
 
   /** The source repository's git dir and object store, resolved before any run code ran. */
@@ -217,49 +309,57 @@ export class Workspaces {
     repo: string;
     baseRef: string;
     phase?: (name: string) => void;
-  }): Promise<{ baseCommit: string; tree: string }> {
+    /**
+     * A warm pool slot (prepareSlot) to become the run's directory: moved into place, and its name
+     * left as a link to it, so a pool container that mounted the slot's tree mounts the run's tree.
+     * Used only when the workspace is made here (not when a retry finds it made).
+     */
+    slot?: string;
+  }): Promise<{ baseCommit: string; tree: string; slotUsed: boolean }> {
     const p = this.paths(input.runId);
     const existing = await this.readState(input.runId).catch(() => undefined);
-    if (existing) return { baseCommit: existing.baseCommit, tree: p.tree };
+    if (existing) return { baseCommit: existing.baseCommit, tree: p.tree, slotUsed: false };
     input.phase?.('repository');
     const src = await this.source(input.tenant, input.repo);
     const baseCommit = await resolveCommit(src.gitDir, input.baseRef);
     input.phase?.('worktree');
     await this.removeDir(p); // leftovers of an attempt that died half-way
     await mkdir(this.cfg.root, { recursive: true });
-    await mkdir(p.dir, { mode: 0o711 });
-    await chmod(p.dir, 0o711);
-    await git(['init', '--quiet', '--bare', '--end-of-options', p.gitDir], { cwd: p.dir });
-    await chmod(p.gitDir, 0o700);
-    await mkdir(p.tree, { mode: 0o755 });
-    const quota = this.quotaEnabled;
-    if (quota) {
-      await mountQuota(p.image, p.tree, {
-        sizeMb: this.cfg.quotaMb,
-        // Room for the caps plus what the host may drop, never more than ext4 allows for the size.
-        inodes: Math.min(this.cfg.maxEntries + 1024, Math.floor((this.cfg.quotaMb * 1024 * 1024) / 4096)),
-        owner: this.cfg.sandboxUser,
-      });
+    if (input.slot) {
+      const slotDir = this.slotDir(input.slot);
+      // The slot was made by this worker and no run ran in it: its git dir and tree are empty.
+      await rename(slotDir, p.dir);
+      await symlink(join('..', input.runId), slotDir);
+    } else {
+      await mkdir(p.dir, { mode: 0o711 });
+      await chmod(p.dir, 0o711);
+      await this.initRunDir(p.dir);
     }
+    const quota = this.quotaEnabled;
     const state: WorkspaceState = {
       version: 1,
       gitDir: src.gitDir,
       objectsDir: src.objectsDir,
       baseCommit,
       quota,
+      ...(input.slot ? { slot: input.slot } : {}),
     };
     await this.runGit(input.runId, state, ['read-tree', '--reset', '-u', baseCommit], 600_000);
     if (isRoot()) {
       // The sandbox runs as an unprivileged user; it owns the tree (and nothing else of the run).
-      await runProcess('chown', ['-R', '--', this.cfg.sandboxUser, p.tree], { timeoutMs: 120_000 });
+      // A small checkout is walked here (no process to start); a large one goes to chown -R.
+      if (!(await chownSmallTree(p.tree, this.cfg.sandboxUser, CHOWN_IN_PROCESS_MAX))) {
+        await runProcess('chown', ['-R', '--', this.cfg.sandboxUser, p.tree], { timeoutMs: 120_000 });
+      }
     }
-    // The chown changed every file's ctime: refresh now, so the run's changes are all that differ later.
-    await this.refresh(input.runId, state);
+    // The chown changed every file's ctime, so the index's stat data is stale until refreshed. The
+    // refresh re-reads every file, and the first host read (touchedPaths, commit) refreshes anyway:
+    // it is left to then, off the path to the run's first command (decision 0016).
     await chmod(p.index, 0o600);
     const tmp = `${p.state}.${randomUUID()}`;
     await writeFile(tmp, JSON.stringify(state), { mode: 0o600 });
     await rename(tmp, p.state);
-    return { baseCommit, tree: p.tree };
+    return { baseCommit, tree: p.tree, slotUsed: input.slot !== undefined };
   }
 
   private async refresh(runId: string, state: WorkspaceState): Promise<void> {
@@ -470,6 +570,8 @@ export class Workspaces {
       await this.removeDir(p);
       removed.push('worktree');
     }
+    // The link a pool slot's name left behind (its container is gone: destroySandbox removed it first).
+    if (state?.slot) await this.removeSlot(state.slot);
     if (!input.keepBranch) {
       const gitDir = state?.gitDir ?? (await this.locateSource(input.tenant, input.repo));
       if (gitDir && (await branchExists(gitDir, runBranch(input.runId)))) {

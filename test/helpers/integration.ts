@@ -170,6 +170,10 @@ export async function startTestWorker(
     // Off unless a test asks: the Docker engine is shared with other test runs.
     CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
     LOG_LEVEL: 'warn',
+    // The warm pool (decision 0016) for every test worker: e.g. the hostile suites with the pool on.
+    ...(process.env.CHOIROS_TEST_SANDBOX_POOL_SIZE
+      ? { CHOIROS_SANDBOX_POOL_SIZE: process.env.CHOIROS_TEST_SANDBOX_POOL_SIZE }
+      : {}),
     ...opts.extraEnv,
   });
   const connection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });

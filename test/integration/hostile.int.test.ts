@@ -15,10 +15,11 @@ import Docker from 'dockerode';
 import pino from 'pino';
 import { VerifierCatalog, type CommandOutcome, type VerifierSpec } from '../../contracts';
 import { LocalArtifactStore } from '../../activities/artifacts/local-store';
-import { createSandboxActivities } from '../../activities/sandbox/activities';
+import { createSandboxActivities, workspacesFor } from '../../activities/sandbox/activities';
+import { SandboxPool } from '../../activities/sandbox/pool';
 import { DockerSandboxDriver, LABELS } from '../../activities/sandbox/docker-driver';
 import type { SandboxActivities } from '../../activities/types';
-import { env, makeGitRepo } from '../helpers/integration';
+import { env, makeGitRepo, poll } from '../helpers/integration';
 
 const docker = new Docker();
 const suffix = randomBytes(4).toString('hex');
@@ -31,6 +32,7 @@ const HOST_MARKER = `host-only-${randomBytes(12).toString('hex')}`;
 const PIDS_LIMIT = 48;
 
 let acts: SandboxActivities;
+let pool: SandboxPool | undefined;
 let dataDir: string;
 let repo: string;
 let network: Docker.Network;
@@ -99,7 +101,34 @@ beforeAll(async () => {
       cb();
     },
   });
+  const tenantSecrets = { acme: { ACME_TOKEN: ACME_SECRET }, globex: { GLOBEX_TOKEN: GLOBEX_SECRET } };
+  // CHOIROS_TEST_SANDBOX_POOL_SIZE: the same cases with lanes from a warm pool (decision 0016),
+  // a lane per tenant (their secrets) besides the shared one.
+  const poolSize = Number(process.env.CHOIROS_TEST_SANDBOX_POOL_SIZE ?? 0);
+  if (poolSize > 0) {
+    pool = new SandboxPool({
+      driver,
+      workspaces: workspacesFor({
+        worktreeRoot: join(dataDir, 'worktrees'),
+        mirrorRoot: join(dataDir, 'mirrors'),
+        sandboxUser: '10001:10001',
+        logger: pino({ level: 'silent' }),
+      }),
+      root: join(dataDir, 'worktrees'),
+      settings: { size: poolSize, lanes: { acme: poolSize, globex: poolSize }, refillConcurrency: 2 },
+      laneEnv: (tenant) => tenantSecrets[tenant as keyof typeof tenantSecrets] ?? {},
+      logger: pino({ level: 'silent' }),
+    });
+    await pool.start();
+    const ready = pool;
+    await poll(
+      async () => ready.idleIn('acme'),
+      (n) => n === poolSize,
+      60_000,
+    );
+  }
   acts = createSandboxActivities({
+    ...(pool ? { pool } : {}),
     driver,
     verifiers: new VerifierCatalog([
       spec('V-HOG', ['tail', '/dev/zero']),
@@ -124,12 +153,17 @@ beforeAll(async () => {
     sandboxUser: '10001:10001',
     artifacts: new LocalArtifactStore(join(dataDir, 'artifacts')),
     maxLogBytes: 1024 * 1024,
-    tenantSecrets: { acme: { ACME_TOKEN: ACME_SECRET }, globex: { GLOBEX_TOKEN: GLOBEX_SECRET } },
+    tenantSecrets,
     logger: pino({ level: 'debug' }, sink),
   });
   const creating = new MockActivityEnvironment();
   creating.on('heartbeat', (d: unknown) => createHeartbeats.push(d));
   await creating.run((i) => acts.createSandbox(i), { runId, ...owner, repo, baseRef: 'main' });
+  // With the pool on, the cases below run in acme's pooled lane.
+  if (pool) {
+    const info = await docker.getContainer(`choiros-run-${runId}`).inspect();
+    expect(info.Config.Labels[LABELS.pool]).toBe(pool.id);
+  }
 });
 
 test('when a sandbox is created, then createSandbox heartbeats each phase (a lost worker is noticed within its heartbeat timeout)', () => {
@@ -140,6 +174,7 @@ test('when a sandbox is created, then createSandbox heartbeats each phase (a los
 
 afterAll(async () => {
   if (acts) await run((i) => acts.destroySandbox(i), { sandboxId: runId, repo, keepBranch: false });
+  await pool?.stop();
   // A peer whose container is gone never sends FIN; close() would wait for it forever.
   for (const sock of sockets) sock.destroy();
   await new Promise<void>((r) => (server ? server.close(() => r()) : r()));

@@ -47,10 +47,7 @@ afterAll(async () => {
   await api?.stop();
   await worker?.stop();
   // Nothing with the project's labels from this file's runs remains on the engine.
-  for (const runId of startedRuns) {
-    const left = await docker.listContainers({ all: true, filters: { label: [`${LABELS.runId}=${runId}`] } });
-    expect(left.map((c) => c.Names)).toEqual([]);
-  }
+  for (const runId of startedRuns) expect(await containerNames(runId)).toEqual([]);
 });
 
 async function startRun(repo: string, execute: string[], requiredVerifiers: string[]): Promise<string> {
@@ -90,7 +87,12 @@ const waitTerminal = (runId: string): Promise<RunView> =>
 
 async function containerNames(runId: string): Promise<string[]> {
   const list = await docker.listContainers({ all: true, filters: { label: [`${LABELS.runId}=${runId}`] } });
-  return list.map((c) => (c.Names[0] ?? '').replace(/^\//, ''));
+  // A lane from the warm pool (decision 0016) has the pool's labels and the run's name.
+  const pooled = await docker.listContainers({
+    all: true,
+    filters: { name: [`^/choiros-run-${runId}$`], label: [LABELS.pool] },
+  });
+  return [...new Set([...list, ...pooled].map((c) => (c.Names[0] ?? '').replace(/^\//, '')))];
 }
 
 describe('verifier plans', () => {
