@@ -102,9 +102,10 @@ beforeAll(async () => {
     },
   });
   const tenantSecrets = { acme: { ACME_TOKEN: ACME_SECRET }, globex: { GLOBEX_TOKEN: GLOBEX_SECRET } };
-  // CHOIROS_TEST_SANDBOX_POOL_SIZE: the same cases with lanes from a warm pool (decision 0016),
-  // a lane per tenant (their secrets) besides the shared one.
-  const poolSize = Number(process.env.CHOIROS_TEST_SANDBOX_POOL_SIZE ?? 0);
+  // The cases run in lanes from a warm pool (decision 0016) — a lane per tenant (their secrets)
+  // besides the shared one — so `npm test` proves the pool's lanes are as hardened as cold ones
+  // (hostile-workspace, sandboxes and the rest use cold lanes). CHOIROS_TEST_SANDBOX_POOL_SIZE=0: cold.
+  const poolSize = Number(process.env.CHOIROS_TEST_SANDBOX_POOL_SIZE ?? 2);
   if (poolSize > 0) {
     pool = new SandboxPool({
       driver,
