@@ -128,6 +128,7 @@ export function createBuildActivities(deps: BuildDeps): BuildActivities {
           name: `choiros-rb-${target.name}-${suite}-${commit.slice(0, 12)}`.slice(0, 120),
           workspace,
           argv: spec.argv,
+          ...(spec.image ? { image: spec.image } : {}),
           labels: {
             tenant: owner.tenant,
             userId: owner.userId,

@@ -41,7 +41,7 @@ if [ "${1:-}" = "--print-env" ]; then
   exit 0
 fi
 
-STEPS=10
+STEPS=11
 step=0
 say() { printf '[images] %s\n' "$*"; }
 begin() {
@@ -57,6 +57,15 @@ done_step() {
 }
 current_inputs() { docker image inspect -f "{{ index .Config.Labels \"$LABEL\" }}" "$1" 2>/dev/null || true; }
 hash_of() { sha256sum | cut -c1-32; }
+# Runs a command with its output kept back, printed only when it fails.
+quiet() {
+  local out
+  if ! out="$(DOCKER_BUILDKIT=0 "$@" 2>&1)"; then
+    printf '%s\n' "$out" >&2
+    say "ERROR: $STEP_NAME failed: $*"
+    exit 1
+  fi
+}
 need() { command -v "$1" >/dev/null || { say "ERROR: $1 is missing ($2)"; exit 1; }; }
 
 need docker 'install docker.io'
@@ -101,7 +110,7 @@ docker_build() {
   fi
   local args=()
   for a in "$@"; do args+=(--build-arg "$a"); done
-  DOCKER_BUILDKIT=0 docker build -q --label "$LABEL=$key" "${args[@]}" -t "$image" "$ctx" >/dev/null
+  quiet docker build -q --label "$LABEL=$key" "${args[@]}" -t "$image" "$ctx"
   done_step "$image" 'built'
 }
 
@@ -133,7 +142,7 @@ begin node "choiros-node:$TAG (base + host node $(node --version))"
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 cp infra/images/node/Dockerfile "$ctx/" && cp "$(readlink -f "$(command -v node)")" "$ctx/node"
-key="$( (current_inputs "choiros-base:$TAG"; sha256sum "$ctx/Dockerfile" "$ctx/node") | hash_of)"
+key="$( (current_inputs "choiros-base:$TAG"; cd "$ctx" && sha256sum Dockerfile node) | hash_of)"
 docker_build "choiros-node:$TAG" "$ctx" "$key" "BASE_IMAGE=choiros-base:$TAG"
 rm -rf "$ctx"
 
@@ -174,8 +183,12 @@ rm -rf "$ctx"
 # The platform: node_modules (from this checkout's, once per lockfile), then sandbox, api and worker
 # through docker-compose.yml itself, so what compose runs is what was built.
 begin deps "choiros-deps:$TAG (node_modules, once per package-lock.json)"
-bash infra/scripts/deps-image.sh "choiros-deps:$TAG" >/dev/null 2>&1
+quiet bash infra/scripts/deps-image.sh "choiros-deps:$TAG"
 done_step "choiros-deps:$TAG" 'ready'
+
+begin verify "choiros-verify:$TAG (node + all node_modules: the choiros rebuild target's suites)"
+key="$( (current_inputs "choiros-node:$TAG"; docker image inspect -f '{{.Id}}' "choiros-deps:$TAG"; cat infra/images/verify/Dockerfile) | hash_of)"
+docker_build "choiros-verify:$TAG" infra/images/verify "$key" "BASE_IMAGE=choiros-node:$TAG" "DEPS_IMAGE=choiros-deps:$TAG"
 
 begin platform "choiros-sandbox, choiros-api, choiros-worker :$TAG (docker-compose build)"
 COMPOSE="${CHOIROS_COMPOSE:-$(command -v docker-compose || true)}"
@@ -186,8 +199,9 @@ set +a
 export POSTGRES_PASSWORD="${POSTGRES_PASSWORD:-unused-for-build}" AUTH_ISSUER="${AUTH_ISSUER:-http://unused-for-build}"
 export CHOIROS_VERSION="${CHOIROS_VERSION:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo dev)}"
 export COMPOSE_DOCKER_CLI_BUILD=0 DOCKER_BUILDKIT=0
-"$COMPOSE" --profile build build -q sandbox >/dev/null
-"$COMPOSE" build -q api worker >/dev/null
+read -r -a compose_cmd <<< "$COMPOSE"
+quiet "${compose_cmd[@]}" --profile build build sandbox
+quiet "${compose_cmd[@]}" build api worker
 for i in sandbox api worker; do
   say "($step/$STEPS) platform: choiros-$i:$TAG $(docker image inspect -f '{{.Id}}' "choiros-$i:$TAG" | cut -c1-19)"
 done

@@ -56,7 +56,9 @@ if [ "${CHOIROS_IMAGES:-local}" = local ]; then
   set +a
 fi
 export COMPOSE_DOCKER_CLI_BUILD=0 DOCKER_BUILDKIT=0
-dc() { "$COMPOSE" -p "$PROJECT" "${files[@]}" "$@"; }
+# CHOIROS_COMPOSE may be two words (`docker compose`).
+read -r -a compose_cmd <<< "$COMPOSE"
+dc() { "${compose_cmd[@]}" -p "$PROJECT" "${files[@]}" "$@"; }
 
 case "$cmd" in
   up)
