@@ -37,6 +37,10 @@ export const apiConfigSchema = z.object({
   GRPC_HOST: z.string().min(1).default('127.0.0.1'),
   /** Interface the HTTP API binds to. */
   API_HOST: z.string().min(1).default('127.0.0.1'),
+  /** PEM certificate (chain) file: set with API_TLS_KEY_FILE, the HTTP API serves HTTPS only. */
+  API_TLS_CERT_FILE: z.string().min(1).optional(),
+  /** PEM private key file of API_TLS_CERT_FILE. */
+  API_TLS_KEY_FILE: z.string().min(1).optional(),
   /** Temporal frontend address (host:port). */
   TEMPORAL_ADDRESS: z.string().min(1).default('127.0.0.1:7233'),
   /** Temporal namespace. */
@@ -198,6 +202,10 @@ export function loadApiConfig(env: NodeJS.ProcessEnv): ApiConfig {
     const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
     throw new Error(`invalid API configuration:\n${lines.join('\n')}`);
   }
+  if ((parsed.data.API_TLS_CERT_FILE === undefined) !== (parsed.data.API_TLS_KEY_FILE === undefined))
+    throw new Error(
+      'invalid API configuration:\n  API_TLS_CERT_FILE: API_TLS_CERT_FILE and API_TLS_KEY_FILE go together',
+    );
   return {
     ...parsed.data,
     verifiersFile: resolve(parsed.data.CHOIROS_VERIFIERS_FILE),

@@ -5,6 +5,7 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type * as grpc from '@grpc/grpc-js';
 import { Client, Connection } from '@temporalio/client';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
@@ -180,7 +181,17 @@ async function main(): Promise<void> {
       ],
       logger,
     });
-    const listening = app.listen(config.API_PORT, config.API_HOST);
+    // HTTPS when a certificate and key are configured (both files are read once, at start).
+    const listening: Server =
+      config.API_TLS_CERT_FILE && config.API_TLS_KEY_FILE
+        ? createHttpsServer(
+            {
+              cert: await readFile(config.API_TLS_CERT_FILE),
+              key: await readFile(config.API_TLS_KEY_FILE),
+            },
+            app,
+          ).listen(config.API_PORT, config.API_HOST)
+        : app.listen(config.API_PORT, config.API_HOST);
     server = listening;
     await new Promise<void>((resolve, reject) => {
       listening.once('listening', () => resolve());
@@ -213,6 +224,7 @@ async function main(): Promise<void> {
         event: 'api.started',
         port: config.API_PORT,
         host: config.API_HOST,
+        tls: config.API_TLS_CERT_FILE !== undefined,
         grpcPort: config.GRPC_PORT || null,
         metricsPort: config.API_METRICS_PORT || config.API_PORT,
         tenants: Object.keys(tenants.tenants),
