@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { tracingConfigShape } from '../telemetry/tracing';
 import { trustedUrlSchema } from '../contracts';
 import { DEFAULT_TENANTS_FILE } from '../tenancy';
+import { checkConnectionTls, connectionTlsShape } from '../infra/tls/connections';
 
 const algorithms = z
   .string()
@@ -187,6 +188,8 @@ export const apiConfigSchema = z.object({
   API_SHUTDOWN_GRACE_SECONDS: z.coerce.number().int().min(0).max(600).default(20),
   /** OpenTelemetry tracing (CHOIROS_TRACING, OTEL_EXPORTER_OTLP_*): see telemetry/tracing.ts. */
   ...tracingConfigShape,
+  /** TLS, mTLS and API key for Temporal; TLS for NATS (infra/tls/connections.ts). */
+  ...connectionTlsShape,
 });
 
 export type ApiConfig = z.output<typeof apiConfigSchema> & {
@@ -202,6 +205,7 @@ export function loadApiConfig(env: NodeJS.ProcessEnv): ApiConfig {
     const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
     throw new Error(`invalid API configuration:\n${lines.join('\n')}`);
   }
+  checkConnectionTls(parsed.data);
   if ((parsed.data.API_TLS_CERT_FILE === undefined) !== (parsed.data.API_TLS_KEY_FILE === undefined))
     throw new Error(
       'invalid API configuration:\n  API_TLS_CERT_FILE: API_TLS_CERT_FILE and API_TLS_KEY_FILE go together',

@@ -21,6 +21,7 @@ import { createRepoAccess, loadTenantsFile } from '../tenancy';
 import { createApp, createMetricsApp } from './app';
 import { createTokenVerifier } from './auth/token-verifier';
 import { loadApiConfig } from './config';
+import { natsTlsOptions, temporalConnectionSecurity } from '../infra/tls/connections';
 import { createJetStreamEventSource } from './events/source';
 import { createGrpcServer, listenGrpc } from './grpc/server';
 import { createApiMetrics } from './metrics';
@@ -53,6 +54,7 @@ async function main(): Promise<void> {
   try {
     connection = await Connection.connect({
       address: config.TEMPORAL_ADDRESS,
+      ...(await temporalConnectionSecurity(config)),
       interceptors: temporalCallInterceptors(config.API_TEMPORAL_CALL_TIMEOUT_SECONDS * 1000),
     });
     const temporalConn = connection;
@@ -64,6 +66,7 @@ async function main(): Promise<void> {
     nats = await connect({
       servers: config.NATS_URL.split(','),
       name: 'choiros-api',
+      ...natsTlsOptions(config),
       authenticator: config.NATS_CREDS ? credsAuthenticator(await readFile(config.NATS_CREDS)) : undefined,
       maxReconnectAttempts: -1,
     });

@@ -2,12 +2,12 @@
  * The API over HTTPS (API_TLS_CERT_FILE / API_TLS_KEY_FILE): the real api/main.ts with a
  * certificate this test makes (openssl, a CA and a server certificate for 127.0.0.1), on loopback.
  */
-import { execFileSync } from 'node:child_process';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { loadApiConfig } from '../../api/config';
 import { freePort } from '../../infra/stack/process';
+import { makeTestCerts } from '../helpers/certs';
 import { env } from '../helpers/integration';
 import { spawnService, type ServiceProcess } from '../helpers/worker-process';
 
@@ -16,62 +16,6 @@ let api: ServiceProcess | undefined;
 afterAll(async () => {
   await api?.signal('SIGTERM');
 });
-
-/** A CA, and a server certificate for IP 127.0.0.1 signed by it. */
-async function makeCerts(dir: string): Promise<{ ca: string; cert: string; key: string }> {
-  const f = (n: string): string => join(dir, n);
-  const ssl = (...args: string[]): void => void execFileSync('openssl', args, { stdio: 'pipe' });
-  ssl(
-    'req',
-    '-x509',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-days',
-    '1',
-    '-subj',
-    '/CN=choiros-test-ca',
-    '-keyout',
-    f('ca.key'),
-    '-out',
-    f('ca.pem'),
-  );
-  ssl(
-    'req',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-subj',
-    '/CN=127.0.0.1',
-    '-keyout',
-    f('server.key'),
-    '-out',
-    f('server.csr'),
-  );
-  await writeFile(f('ext.cnf'), 'subjectAltName=IP:127.0.0.1\n');
-  ssl(
-    'x509',
-    '-req',
-    '-in',
-    f('server.csr'),
-    '-CA',
-    f('ca.pem'),
-    '-CAkey',
-    f('ca.key'),
-    '-CAcreateserial',
-    '-days',
-    '1',
-    '-extfile',
-    f('ext.cnf'),
-    '-out',
-    f('server.pem'),
-  );
-  return { ca: f('ca.pem'), cert: f('server.pem'), key: f('server.key') };
-}
 
 function get(url: string, ca?: Buffer): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -96,7 +40,7 @@ test('a certificate and a key without each other are refused by the config loade
 
 test('with API_TLS_CERT_FILE and API_TLS_KEY_FILE the API serves HTTPS that a client trusting the CA verifies', async () => {
   const dir = await mkdtemp(join(env.workDir(), 'api-tls-'));
-  const certs = await makeCerts(dir);
+  const certs = await makeTestCerts(dir);
   const port = await freePort();
   api = await spawnService({
     entry: 'api/main.ts',
@@ -110,8 +54,8 @@ test('with API_TLS_CERT_FILE and API_TLS_KEY_FILE the API serves HTTPS that a cl
       AUTH_ISSUER: 'http://127.0.0.1:9',
       API_HOST: '127.0.0.1',
       API_PORT: String(port),
-      API_TLS_CERT_FILE: certs.cert,
-      API_TLS_KEY_FILE: certs.key,
+      API_TLS_CERT_FILE: certs.serverCert,
+      API_TLS_KEY_FILE: certs.serverKey,
       GRPC_PORT: '0',
       CHOIROS_VERSION: 'tls-it',
     },
