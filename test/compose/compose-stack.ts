@@ -4,6 +4,8 @@
  * and drives it as an operator would:
  *   1. `compose.sh up` prints the machine-readable lines; api and worker are healthy;
  *   2. a run started through the stack's API commits (its branch is in the repository);
+ *      then an upgrade by hand (new platform images, `compose.sh up`) while a run is in flight:
+ *      api and worker run new images and answer the new version, the in-flight run commits;
  *   3. `compose.sh down` leaves no container of the project and no volume but the named data volumes;
  *   4. `compose.sh up` again: the run is still there and committed (PostgreSQL and JetStream kept it),
  *      and a second run commits on the restarted stack;
@@ -103,7 +105,38 @@ async function projectObjects(kind: 'ps' | 'volume'): Promise<string[]> {
 
 const runView = z.object({ runId: z.string(), status: z.string(), finishedAt: z.string().optional() });
 
-async function startRun(apiUrl: string, token: string, repo: string, key: string): Promise<string> {
+async function healthVersion(apiUrl: string): Promise<string> {
+  const res = await fetch(`${apiUrl}/healthz`);
+  return z.object({ version: z.string() }).parse(await res.json()).version;
+}
+
+/** Image id of each service's running container (compose labels). */
+async function serviceImages(services: readonly string[]): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const svc of services) {
+    const { stdout } = await run('docker', [
+      'ps',
+      '--filter',
+      `label=com.docker.compose.project=${PROJECT}`,
+      '--filter',
+      `label=com.docker.compose.service=${svc}`,
+      '--format',
+      '{{.ID}}',
+    ]);
+    const id = stdout.trim().split('\n')[0] ?? '';
+    assert.ok(id, `no running container for ${svc}`);
+    out[svc] = (await run('docker', ['inspect', '-f', '{{.Image}}', id])).stdout.trim();
+  }
+  return out;
+}
+
+async function startRun(
+  apiUrl: string,
+  token: string,
+  repo: string,
+  key: string,
+  script = `echo ${key} > RESULT.txt`,
+): Promise<string> {
   const res = await fetch(`${apiUrl}/v1/runs`, {
     method: 'POST',
     headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'idempotency-key': key },
@@ -113,7 +146,7 @@ async function startRun(apiUrl: string, token: string, repo: string, key: string
       mood: 'CALM',
       workItem: {
         description: `compose test ${key}`,
-        execute: ['sh', '-c', `echo ${key} > RESULT.txt`],
+        execute: ['sh', '-c', script],
         requiredVerifiers: ['V-01-RESULT-FILE'],
       },
     }),
@@ -187,6 +220,33 @@ async function main(): Promise<void> {
     await waitCommitted(apiUrl, token, run1);
     assert.match(git('branch', '--list', `choiros/run/${run1}`), /choiros\/run\//);
     say(`run ${run1} committed through the compose API in ${Math.round((Date.now() - t1) / 1000)}s`);
+
+    // Upgrade by hand while a run is in flight: a new version of the platform images, `up`
+    // recreates api and worker (new image ids, same volumes); the in-flight run commits.
+    const v1 = await healthVersion(apiUrl);
+    const ids1 = await serviceImages(['api', 'worker']);
+    const inflight = await startRun(
+      apiUrl,
+      token,
+      repo,
+      'compose-inflight',
+      'sleep 15; echo inflight > RESULT.txt',
+    );
+    await poll(
+      'the in-flight run to be running',
+      () => getRun(apiUrl, token, inflight),
+      (v) => v.status === 'running',
+      120_000,
+    );
+    env.CHOIROS_VERSION = `${v1}-next`;
+    await compose(env, ['up']);
+    const ids2 = await serviceImages(['api', 'worker']);
+    assert.equal(await healthVersion(apiUrl), `${v1}-next`, 'the API does not answer with the new version');
+    for (const svc of ['api', 'worker'] as const)
+      assert.notEqual(ids2[svc], ids1[svc], `${svc} was not replaced by a new image`);
+    await waitCommitted(apiUrl, token, inflight);
+    assert.equal((await getRun(apiUrl, token, run1)).status, 'committed', 'data lost across the upgrade');
+    say(`upgrade ${v1} -> ${v1}-next: api and worker on new images; in-flight run ${inflight} committed`);
 
     await compose(env, ['down']);
     assert.deepEqual(await projectObjects('ps'), [], 'containers left after down');
