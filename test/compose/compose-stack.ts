@@ -76,7 +76,10 @@ async function poll<T>(
 /** Runs compose.sh with the test's environment; stdout is returned, stderr streamed with a prefix. */
 async function compose(env: NodeJS.ProcessEnv, args: string[]): Promise<string> {
   const started = Date.now();
-  const child = spawn('bash', ['infra/scripts/compose.sh', ...args], { cwd: ROOT, env });
+  const child = spawn('bash', ['infra/scripts/compose.sh', ...args], {
+    cwd: ROOT,
+    env,
+  });
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr.on('data', (d: Buffer) => {
@@ -86,6 +89,40 @@ async function compose(env: NodeJS.ProcessEnv, args: string[]): Promise<string> 
   if (code !== 0) throw new Error(`compose.sh ${args.join(' ')} exited ${String(code)}\n${out}`);
   say(`compose.sh ${args.join(' ')}: ${Math.round((Date.now() - started) / 1000)}s`);
   return out;
+}
+
+/** Runs a repository script with the test's environment (output streamed with a prefix). */
+async function script(env: NodeJS.ProcessEnv, path: string): Promise<void> {
+  const started = Date.now();
+  const child = spawn('bash', [path], {
+    cwd: ROOT,
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const prefix = (d: Buffer): void => {
+    for (const line of d.toString().split('\n')) if (line.trim()) process.stdout.write(`  | ${line}\n`);
+  };
+  child.stdout.on('data', prefix);
+  child.stderr.on('data', prefix);
+  const code = await new Promise<number | null>((r) => child.on('exit', r));
+  if (code !== 0) throw new Error(`${path} exited ${String(code)}`);
+  say(`${path}: ${Math.round((Date.now() - started) / 1000)}s`);
+}
+
+/** When the service's running container started (ms since the epoch). */
+async function serviceStartedAt(svc: string): Promise<number> {
+  const { stdout } = await run('docker', [
+    'ps',
+    '--filter',
+    `label=com.docker.compose.project=${PROJECT}`,
+    '--filter',
+    `label=com.docker.compose.service=${svc}`,
+    '--format',
+    '{{.ID}}',
+  ]);
+  const id = stdout.trim().split('\n')[0] ?? '';
+  assert.ok(id, `no running container for ${svc}`);
+  return Date.parse((await run('docker', ['inspect', '-f', '{{.State.StartedAt}}', id])).stdout.trim());
 }
 
 function lines(out: string): Record<string, string> {
@@ -103,7 +140,11 @@ async function projectObjects(kind: 'ps' | 'volume'): Promise<string[]> {
   return stdout.split('\n').filter(Boolean).sort();
 }
 
-const runView = z.object({ runId: z.string(), status: z.string(), finishedAt: z.string().optional() });
+const runView = z.object({
+  runId: z.string(),
+  status: z.string(),
+  finishedAt: z.string().optional(),
+});
 
 async function healthVersion(apiUrl: string): Promise<string> {
   const res = await fetch(`${apiUrl}/healthz`);
@@ -139,7 +180,11 @@ async function startRun(
 ): Promise<string> {
   const res = await fetch(`${apiUrl}/v1/runs`, {
     method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'idempotency-key': key },
+    headers: {
+      authorization: `Bearer ${token}`,
+      'content-type': 'application/json',
+      'idempotency-key': key,
+    },
     body: JSON.stringify({
       repo,
       baseRef: 'main',
@@ -157,7 +202,9 @@ async function startRun(
 }
 
 async function getRun(apiUrl: string, token: string, runId: string): Promise<z.infer<typeof runView>> {
-  const res = await fetch(`${apiUrl}/v1/runs/${runId}`, { headers: { authorization: `Bearer ${token}` } });
+  const res = await fetch(`${apiUrl}/v1/runs/${runId}`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
   if (!res.ok) throw new Error(`GET /v1/runs/${runId}: ${res.status} ${await res.text()}`);
   return runView.parse(await res.json());
 }
@@ -225,12 +272,16 @@ async function main(): Promise<void> {
     // recreates api and worker (new image ids, same volumes); the in-flight run commits.
     const v1 = await healthVersion(apiUrl);
     const ids1 = await serviceImages(['api', 'worker']);
+    // The new images first (build.sh), so that `up` below only swaps containers while the run's
+    // command is still sleeping in its sandbox.
+    env.CHOIROS_VERSION = `${v1}-next`;
+    await script(env, 'infra/images/build.sh');
     const inflight = await startRun(
       apiUrl,
       token,
       repo,
       'compose-inflight',
-      'sleep 15; echo inflight > RESULT.txt',
+      'sleep 40; echo inflight > RESULT.txt',
     );
     await poll(
       'the in-flight run to be running',
@@ -238,13 +289,18 @@ async function main(): Promise<void> {
       (v) => v.status === 'running',
       120_000,
     );
-    env.CHOIROS_VERSION = `${v1}-next`;
     await compose(env, ['up']);
+    const workerStarted = await serviceStartedAt('worker');
     const ids2 = await serviceImages(['api', 'worker']);
     assert.equal(await healthVersion(apiUrl), `${v1}-next`, 'the API does not answer with the new version');
     for (const svc of ['api', 'worker'] as const)
       assert.notEqual(ids2[svc], ids1[svc], `${svc} was not replaced by a new image`);
     await waitCommitted(apiUrl, token, inflight);
+    const finished = (await getRun(apiUrl, token, inflight)).finishedAt ?? '';
+    assert.ok(
+      Date.parse(finished) > workerStarted,
+      `the in-flight run finished (${finished}) before the new worker started (${new Date(workerStarted).toISOString()})`,
+    );
     assert.equal((await getRun(apiUrl, token, run1)).status, 'committed', 'data lost across the upgrade');
     say(`upgrade ${v1} -> ${v1}-next: api and worker on new images; in-flight run ${inflight} committed`);
 
