@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { tracingConfigShape } from '../telemetry/tracing';
 import { trustedUrlSchema } from '../contracts';
 import { DEFAULT_TENANTS_FILE } from '../tenancy';
+import { checkConnectionTls, connectionTlsShape } from '../infra/tls/connections';
 
 const algorithms = z
   .string()
@@ -37,6 +38,10 @@ export const apiConfigSchema = z.object({
   GRPC_HOST: z.string().min(1).default('127.0.0.1'),
   /** Interface the HTTP API binds to. */
   API_HOST: z.string().min(1).default('127.0.0.1'),
+  /** PEM certificate (chain) file: set with API_TLS_KEY_FILE, the HTTP API serves HTTPS only. */
+  API_TLS_CERT_FILE: z.string().min(1).optional(),
+  /** PEM private key file of API_TLS_CERT_FILE. */
+  API_TLS_KEY_FILE: z.string().min(1).optional(),
   /** Temporal frontend address (host:port). */
   TEMPORAL_ADDRESS: z.string().min(1).default('127.0.0.1:7233'),
   /** Temporal namespace. */
@@ -183,6 +188,8 @@ export const apiConfigSchema = z.object({
   API_SHUTDOWN_GRACE_SECONDS: z.coerce.number().int().min(0).max(600).default(20),
   /** OpenTelemetry tracing (CHOIROS_TRACING, OTEL_EXPORTER_OTLP_*): see telemetry/tracing.ts. */
   ...tracingConfigShape,
+  /** TLS, mTLS and API key for Temporal; TLS for NATS (infra/tls/connections.ts). */
+  ...connectionTlsShape,
 });
 
 export type ApiConfig = z.output<typeof apiConfigSchema> & {
@@ -198,6 +205,11 @@ export function loadApiConfig(env: NodeJS.ProcessEnv): ApiConfig {
     const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
     throw new Error(`invalid API configuration:\n${lines.join('\n')}`);
   }
+  checkConnectionTls(parsed.data);
+  if ((parsed.data.API_TLS_CERT_FILE === undefined) !== (parsed.data.API_TLS_KEY_FILE === undefined))
+    throw new Error(
+      'invalid API configuration:\n  API_TLS_CERT_FILE: API_TLS_CERT_FILE and API_TLS_KEY_FILE go together',
+    );
   return {
     ...parsed.data,
     verifiersFile: resolve(parsed.data.CHOIROS_VERIFIERS_FILE),

@@ -5,6 +5,7 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type * as grpc from '@grpc/grpc-js';
 import { Client, Connection } from '@temporalio/client';
 import { connect, credsAuthenticator, type NatsConnection } from 'nats';
@@ -20,6 +21,7 @@ import { createRepoAccess, loadTenantsFile } from '../tenancy';
 import { createApp, createMetricsApp } from './app';
 import { createTokenVerifier } from './auth/token-verifier';
 import { loadApiConfig } from './config';
+import { natsTlsOptions, temporalConnectionSecurity } from '../infra/tls/connections';
 import { createJetStreamEventSource } from './events/source';
 import { createGrpcServer, listenGrpc } from './grpc/server';
 import { createApiMetrics } from './metrics';
@@ -52,6 +54,7 @@ async function main(): Promise<void> {
   try {
     connection = await Connection.connect({
       address: config.TEMPORAL_ADDRESS,
+      ...(await temporalConnectionSecurity(config)),
       interceptors: temporalCallInterceptors(config.API_TEMPORAL_CALL_TIMEOUT_SECONDS * 1000),
     });
     const temporalConn = connection;
@@ -63,6 +66,7 @@ async function main(): Promise<void> {
     nats = await connect({
       servers: config.NATS_URL.split(','),
       name: 'choiros-api',
+      ...natsTlsOptions(config),
       authenticator: config.NATS_CREDS ? credsAuthenticator(await readFile(config.NATS_CREDS)) : undefined,
       maxReconnectAttempts: -1,
     });
@@ -180,7 +184,17 @@ async function main(): Promise<void> {
       ],
       logger,
     });
-    const listening = app.listen(config.API_PORT, config.API_HOST);
+    // HTTPS when a certificate and key are configured (both files are read once, at start).
+    const listening: Server =
+      config.API_TLS_CERT_FILE && config.API_TLS_KEY_FILE
+        ? createHttpsServer(
+            {
+              cert: await readFile(config.API_TLS_CERT_FILE),
+              key: await readFile(config.API_TLS_KEY_FILE),
+            },
+            app,
+          ).listen(config.API_PORT, config.API_HOST)
+        : app.listen(config.API_PORT, config.API_HOST);
     server = listening;
     await new Promise<void>((resolve, reject) => {
       listening.once('listening', () => resolve());
@@ -213,6 +227,7 @@ async function main(): Promise<void> {
         event: 'api.started',
         port: config.API_PORT,
         host: config.API_HOST,
+        tls: config.API_TLS_CERT_FILE !== undefined,
         grpcPort: config.GRPC_PORT || null,
         metricsPort: config.API_METRICS_PORT || config.API_PORT,
         tenants: Object.keys(tenants.tenants),

@@ -31,6 +31,16 @@ export const rebuildSuiteSchema = z
     name: idSchema,
     argv: argvSchema,
     timeoutSeconds: z.number().int().min(1).max(7200).default(600),
+    /**
+     * Image the suite runs in (`name:tag` on the worker's engine); default the worker's sandbox
+     * image. The platform's own suites use the verify image (node + every dependency at
+     * /node_modules, built once per lockfile by infra/images/build.sh).
+     */
+    image: z
+      .string()
+      .max(200)
+      .regex(/^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$/, 'must be an image name[:tag]')
+      .optional(),
   })
   .strict();
 

@@ -5,6 +5,7 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { tracingConfigShape } from '../telemetry/tracing';
+import { checkConnectionTls, connectionTlsShape } from '../infra/tls/connections';
 import { DEFAULT_TENANTS_FILE } from '../tenancy/load';
 
 const hostIdDefault = (): string =>
@@ -215,6 +216,8 @@ export const workerConfigSchema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
   /** OpenTelemetry tracing (CHOIROS_TRACING, OTEL_EXPORTER_OTLP_*): see telemetry/tracing.ts. */
   ...tracingConfigShape,
+  /** TLS, mTLS and API key for Temporal; TLS for NATS (infra/tls/connections.ts). */
+  ...connectionTlsShape,
 });
 
 export type WorkerConfig = z.output<typeof workerConfigSchema> & {
@@ -264,6 +267,7 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv): WorkerConfig {
     const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
     throw new Error(`invalid worker configuration:\n${lines.join('\n')}`);
   }
+  checkConnectionTls(parsed.data);
   const dataDir = resolve(parsed.data.CHOIROS_DATA_DIR);
   return {
     ...parsed.data,

@@ -10,6 +10,7 @@ import { Connection } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { TASK_QUEUES, hostSandboxQueue } from '../contracts';
 import { loadWorkerConfig } from './config';
+import { temporalConnectionSecurity } from '../infra/tls/connections';
 
 /** A poller seen longer ago than this is stale (idle long polls return about every minute). */
 const MAX_POLL_AGE_MS = 150_000;
@@ -38,7 +39,11 @@ async function pollingHere(
 
 async function main(): Promise<void> {
   const config = loadWorkerConfig(process.env);
-  const conn = await Connection.connect({ address: config.TEMPORAL_ADDRESS, connectTimeout: '5 seconds' });
+  const conn = await Connection.connect({
+    address: config.TEMPORAL_ADDRESS,
+    connectTimeout: '5 seconds',
+    ...(await temporalConnectionSecurity(config)),
+  });
   try {
     const checks: [string, TaskQueueType][] = [
       [TASK_QUEUES.orchestration, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW],

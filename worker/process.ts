@@ -17,6 +17,7 @@ import type { WorkerConfig } from './config';
 import { createWorkerMetrics, serveWorkerMetrics, type MetricsServer } from './metrics';
 import { bundleWorkflowsInChild } from './bundle';
 import { createWorkerSet } from './workers';
+import { natsTlsOptions, temporalConnectionSecurity } from '../infra/tls/connections';
 
 /** A free loopback port for the SDK core's exporter (it needs a concrete address). */
 async function freeLoopbackPort(): Promise<number> {
@@ -66,10 +67,14 @@ export async function runWorkerProcess(opts: WorkerProcessOptions): Promise<void
   let nats: NatsConnection | undefined;
   let metricsServer: MetricsServer | undefined;
   try {
-    connection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });
+    connection = await NativeConnection.connect({
+      address: config.TEMPORAL_ADDRESS,
+      ...(await temporalConnectionSecurity(config)),
+    });
     nats = await connect({
       servers: config.NATS_URL.split(','),
       name: `choiros-worker-${config.CHOIROS_HOST_ID}`,
+      ...natsTlsOptions(config),
       authenticator: config.NATS_CREDS ? credsAuthenticator(await readFile(config.NATS_CREDS)) : undefined,
       maxReconnectAttempts: -1,
     });

@@ -128,6 +128,7 @@ export function createBuildActivities(deps: BuildDeps): BuildActivities {
           name: `choiros-rb-${target.name}-${suite}-${commit.slice(0, 12)}`.slice(0, 120),
           workspace,
           argv: spec.argv,
+          ...(spec.image ? { image: spec.image } : {}),
           labels: {
             tenant: owner.tenant,
             userId: owner.userId,
@@ -247,13 +248,21 @@ export function createBuildActivities(deps: BuildDeps): BuildActivities {
           });
         },
       );
-      if (failure !== undefined)
+      if (failure !== undefined) {
+        // A base this engine lacks is pulled, and fails without a registry: say what builds it.
+        const missingBase =
+          /pull access denied|repository does not exist|manifest unknown|registry-1\.docker\.io/i.test(
+            failure,
+          )
+            ? ' (a base image named in its build args is missing on this engine: `npm run images:build` builds the choiros-*:compose images)'
+            : '';
         throw ApplicationFailure.create({
           type: 'build_failed',
-          message: `image ${image.name} (${image.dockerfile}) failed to build: ${failure.slice(0, 2000)}`,
+          message: `image ${image.name} (${image.dockerfile}) failed to build: ${failure.slice(0, 2000)}${missingBase}`,
           // A Dockerfile that fails on a commit fails again; the engine going away is retried.
-          nonRetryable: !/connect|ECONNRESET|socket hang up|EPIPE/.test(failure),
+          nonRetryable: missingBase !== '' || !/connect|ECONNRESET|socket hang up|EPIPE/.test(failure),
         });
+      }
       const info = await deps.docker.getImage(tag).inspect();
       const built: BuiltImage = {
         name: image.name,

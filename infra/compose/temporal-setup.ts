@@ -13,6 +13,7 @@ import { temporal } from '@temporalio/proto';
 import pino, { type Logger } from 'pino';
 import { z } from 'zod';
 import { SEARCH_ATTRIBUTES } from '../../contracts';
+import { connectionTlsShape, temporalConnectionSecurity } from '../tls/connections';
 
 const IndexedValueType = temporal.api.enums.v1.IndexedValueType;
 type IndexedValueType = temporal.api.enums.v1.IndexedValueType;
@@ -31,6 +32,8 @@ export const temporalSetupEnvSchema = z.object({
   CHOIROS_TEMPORAL_RETENTION_DAYS: z.coerce.number().int().min(1).max(3650).default(30),
   /** How long to wait for the frontend and for the attributes to become visible, in seconds. */
   CHOIROS_TEMPORAL_SETUP_TIMEOUT_SECONDS: z.coerce.number().int().min(1).max(3600).default(300),
+  /** TLS, mTLS and API key for Temporal, as for the API and worker (infra/tls/connections.ts). */
+  ...connectionTlsShape,
 });
 export type TemporalSetupEnv = z.output<typeof temporalSetupEnvSchema>;
 
@@ -99,10 +102,15 @@ async function missingAttributes(conn: Connection, namespace: string): Promise<s
 export async function runTemporalSetup(env: TemporalSetupEnv, logger: Logger): Promise<void> {
   const deadline = Date.now() + env.CHOIROS_TEMPORAL_SETUP_TIMEOUT_SECONDS * 1000;
   let lastError: unknown;
+  const security = await temporalConnectionSecurity(env);
   while (Date.now() < deadline) {
     let conn: Connection | undefined;
     try {
-      conn = await Connection.connect({ address: env.TEMPORAL_ADDRESS, connectTimeout: '5 seconds' });
+      conn = await Connection.connect({
+        address: env.TEMPORAL_ADDRESS,
+        connectTimeout: '5 seconds',
+        ...security,
+      });
       await ensureNamespace(conn, env, logger);
       const missing = await missingAttributes(conn, env.TEMPORAL_NAMESPACE);
       if (missing.length === 0) {
