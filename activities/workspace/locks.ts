@@ -17,13 +17,14 @@
  *
  * Removal is atomic and checked: the lock is renamed aside, and put back if what was renamed is not
  * the file that was judged stale (a live git may have taken the lock again in between). Every
- * removal is logged (`event: git.lock.removed`); a lock that is not stale is left alone and the git
- * call fails as before (retryably: the activity tries again, and a lock that ages unowned is then
- * removed).
+ * removal is logged (`event: git.lock.removed`). A lock that is not stale yet (young, or held by a
+ * live process) is waited for, at most the bound, while the activity heartbeats; one still not
+ * stale then is left alone and the git call fails as before (retryably: the activity tries again).
  */
 import { randomUUID } from 'node:crypto';
 import { link, lstat, readFile, readdir, readlink, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, sep } from 'node:path';
+import { Context } from '@temporalio/activity';
 import pino, { type Logger } from 'pino';
 
 export interface LockPolicy {
@@ -149,7 +150,7 @@ export async function inspectLock(
   if (!st) return { path: lock, state: 'gone' };
   if (!st.isFile()) return { path: lock, state: 'not_a_file' };
   const ageMs = Math.max(0, (opts.now ?? Date.now()) - st.mtimeMs);
-  if (ageMs < staleAfterMs) return { path: lock, state: 'young', ageMs };
+  // The owner first: a lock a live process holds is "held" at any age (the caller need not wait).
   const scope = await lockScope(lock);
   const procs = await processes(opts.procRoot ?? policy.procRoot);
   const open = procs.filter((p) => p.fds.includes(lock)).map((p) => p.pid);
@@ -165,6 +166,7 @@ export async function inspectLock(
     )
     .map((p) => p.pid);
   if (gits.length > 0) return { path: lock, state: 'held', ageMs, pids: gits, why: 'git_running' };
+  if (ageMs < staleAfterMs) return { path: lock, state: 'young', ageMs };
   return { path: lock, state: 'stale', ageMs, ino: st.ino };
 }
 
@@ -211,29 +213,50 @@ export async function removeStaleLock(
   return { verdict, removed: true };
 }
 
+/** Keeps an activity alive while it waits for a lock to age (no-op outside an activity). */
+function heartbeat(details: unknown): void {
+  try {
+    Context.current().heartbeat(details);
+  } catch {
+    /* not in an activity */
+  }
+}
+
 /**
- * After a git call failed: removes the stale locks its error names. True when it named at least one
- * and none is left (the call may be run again); false otherwise (each lock left is logged once).
+ * After a git call failed: removes the stale locks its error names. A lock that is not stale yet —
+ * younger than the bound (its git was killed moments ago) or held by a live process (another git
+ * on the same repository) — is waited for, re-checked every second while the activity heartbeats,
+ * for at most the bound. True when the error named at least one lock and none is left (the call may
+ * be run again); false when one is still there (logged, left alone; the call fails retryably).
  */
 export async function recoverStaleLocks(stderr: string): Promise<boolean> {
   const named = lockConflicts(stderr);
   if (named.length === 0) return false;
-  let clear = true;
+  const waitUntil = Date.now() + policy.staleAfterMs + 1000;
   for (const lock of named) {
-    const { verdict, removed } = await removeStaleLock(lock);
-    if (removed || verdict.state === 'gone') continue;
-    clear = false;
-    policy.logger.warn(
-      {
-        event: 'git.lock.kept',
-        lock,
-        state: verdict.state,
-        ...('ageMs' in verdict ? { ageMs: Math.round(verdict.ageMs) } : {}),
-        ...(verdict.state === 'held' ? { pids: verdict.pids, why: verdict.why } : {}),
-        staleAfterMs: policy.staleAfterMs,
-      },
-      'git lock is not stale; the git call fails and is retried',
-    );
+    for (;;) {
+      const { verdict, removed } = await removeStaleLock(lock);
+      if (removed || verdict.state === 'gone') break;
+      if ((verdict.state === 'young' || verdict.state === 'held') && Date.now() < waitUntil) {
+        heartbeat({ phase: 'git-lock', lock, ageMs: Math.round(verdict.ageMs) });
+        await new Promise((r) =>
+          setTimeout(r, Math.min(1000, Math.max(50, policy.staleAfterMs - verdict.ageMs))),
+        );
+        continue;
+      }
+      policy.logger.warn(
+        {
+          event: 'git.lock.kept',
+          lock,
+          state: verdict.state,
+          ...('ageMs' in verdict ? { ageMs: Math.round(verdict.ageMs) } : {}),
+          ...(verdict.state === 'held' ? { pids: verdict.pids, why: verdict.why } : {}),
+          staleAfterMs: policy.staleAfterMs,
+        },
+        'git lock is not stale; the git call fails and is retried',
+      );
+      return false;
+    }
   }
-  return clear;
+  return true;
 }

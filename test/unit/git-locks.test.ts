@@ -100,15 +100,36 @@ test('a stale index.lock is removed, logged, and the git call goes through', asy
   expect(removed).toEqual([expect.objectContaining({ lock, staleAfterMs: STALE_MS })]);
 });
 
-test('a young lock is kept and the call fails (retryably) naming it', async () => {
+test('an unowned young lock is waited for until it is stale, then removed', async () => {
+  configureGitLocks({ staleAfterMs: 1500 });
+  const repo = workRepo('w');
+  writeFileSync(join(repo, 'b.txt'), 'b\n');
+  const lock = join(repo, '.git', 'index.lock');
+  leftLock(lock, 0);
+  await git(['add', '--', 'b.txt'], { cwd: repo, safeDirs: [repo] });
+  expect(existsSync(lock)).toBe(false);
+  const removed = events().filter((e) => e.event === 'git.lock.removed') as { ageMs?: number }[];
+  expect(removed).toHaveLength(1);
+  expect(removed[0]?.ageMs).toBeGreaterThanOrEqual(1500);
+});
+
+test('a lock a live process holds fails the call (retryably, after the bound) naming it, and is kept', async () => {
+  configureGitLocks({ staleAfterMs: 1000 });
   const repo = workRepo('w');
   const lock = join(repo, '.git', 'index.lock');
-  leftLock(lock, 1000);
+  leftLock(lock, 0);
+  const fd = openSync(lock, 'r');
+  const holder = spawn('sleep', ['60'], { cwd: '/', stdio: ['ignore', fd, 'ignore'] });
+  children.push(holder);
+  closeSync(fd);
+  await new Promise((r) => holder.once('spawn', r));
   const err = await git(['add', '--', 'a.txt'], { cwd: repo, safeDirs: [repo] }).catch((e: unknown) => e);
   expect(err).toBeInstanceOf(GitError);
   expect(lockConflicts((err as GitError).stderr)).toEqual([lock]);
   expect(existsSync(lock)).toBe(true);
-  expect(events()).toEqual([expect.objectContaining({ event: 'git.lock.kept', lock, state: 'young' })]);
+  expect(events()).toEqual([
+    expect.objectContaining({ event: 'git.lock.kept', lock, state: 'held', why: 'open' }),
+  ]);
 });
 
 test('a stale ref lock in a bare mirror is removed and update-ref goes through', async () => {
