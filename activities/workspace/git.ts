@@ -95,8 +95,12 @@ export function git(
       env: gitEnv(opts.env),
     });
   // A lock a killed git left behind (locks.ts): removed when stale, and the call made once more.
+  // `update-index -q` exits 128 without a word when its index is locked: that lock is named here.
+  const indexLock = opts.env?.GIT_INDEX_FILE ? [`${opts.env.GIT_INDEX_FILE}.lock`] : [];
   const once = run().catch(async (err: unknown) => {
-    if (err instanceof ProcessError && (await recoverStaleLocks(err.stderr))) return run();
+    if (!(err instanceof ProcessError)) throw err;
+    const silent = err.code === 128 && err.stderr.trim() === '' ? indexLock : [];
+    if (await recoverStaleLocks(err.stderr, silent)) return run();
     throw err;
   });
   return once.catch((err: unknown) => {

@@ -223,14 +223,19 @@ function heartbeat(details: unknown): void {
 }
 
 /**
- * After a git call failed: removes the stale locks its error names. A lock that is not stale yet —
+ * After a git call failed: removes the stale locks its error names (and those of `maybe` that
+ * exist). A lock that is not stale yet —
  * younger than the bound (its git was killed moments ago) or held by a live process (another git
  * on the same repository) — is waited for, re-checked every second while the activity heartbeats,
  * for at most the bound. True when the error named at least one lock and none is left (the call may
  * be run again); false when one is still there (logged, left alone; the call fails retryably).
  */
-export async function recoverStaleLocks(stderr: string): Promise<boolean> {
-  const named = lockConflicts(stderr);
+export async function recoverStaleLocks(stderr: string, maybe: string[] = []): Promise<boolean> {
+  // `maybe`: locks a git that failed without a word may have met; only those present count.
+  const present = (
+    await Promise.all(maybe.map(async (p) => ((await lstat(p).catch(() => undefined)) ? p : undefined)))
+  ).filter((p): p is string => p !== undefined);
+  const named = [...new Set([...lockConflicts(stderr), ...present])];
   if (named.length === 0) return false;
   const waitUntil = Date.now() + policy.staleAfterMs + 1000;
   for (const lock of named) {
