@@ -255,12 +255,12 @@ export class FaultStack {
     return writeTenantsFile(
       join(this.logDir, '..', 'tenants.yaml'),
       SCENARIOS.map((s) => `faults-${s.name}`),
-      [`${tmpdir()}/`],
+      [`${tmpdir()}/`, `file://${tmpdir()}/`],
     );
   }
 
   /** A worker process on host `faults-host` (the same host id and data dir for every replacement). */
-  async startWorker(): Promise<ManagedProcess> {
+  async startWorker(extraEnv: Record<string, string> = {}): Promise<ManagedProcess> {
     this.workerCount += 1;
     const temporal = need(this.temporal, 'Temporal');
     const nats = need(this.nats, 'NATS');
@@ -288,6 +288,7 @@ export class FaultStack {
         // A replacement may start before the killed worker's port is free: no metrics endpoint.
         CHOIROS_METRICS_PORT: '0',
         LOG_LEVEL: 'warn',
+        ...extraEnv,
       },
     });
     this.workers.push(proc);
@@ -296,6 +297,13 @@ export class FaultStack {
       proc,
     });
     return proc;
+  }
+
+  /** Stops the newest worker the way an operator does (SIGTERM: it drains, then exits). */
+  async stopWorker(): Promise<void> {
+    const w = this.workers.pop();
+    if (!w) throw new Error('no worker to stop');
+    await w.stop(60_000);
   }
 
   /** SIGKILLs the worker process group (no drain, no cleanup: a crashed host process). */
