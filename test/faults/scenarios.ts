@@ -288,6 +288,33 @@ export const SCENARIOS: Scenario[] = [
     },
   },
   {
+    name: 'temporal-slow',
+    fault:
+      'every call of the API and the worker to Temporal delayed 500–1500 ms (a delaying TCP proxy the suite runs in front of it) for 60 s',
+    runs: 6,
+    runsDuring: 4,
+    command: WORK,
+    injectWhen: 'created',
+    expect: { statuses: ['committed'] },
+    downMs: 60_000,
+    async inject(stack) {
+      const proxy = stack.temporalProxy;
+      if (!proxy) throw new Error('the suite has no Temporal proxy');
+      proxy.delayed = 0;
+      proxy.delay = { minMs: 500, maxMs: 1500 };
+      return () => {
+        proxy.delay = undefined;
+        return Promise.resolve();
+      };
+    },
+    verify(stack) {
+      const n = stack.temporalProxy?.delayed ?? 0;
+      process.stdout.write(`[faults] temporal-slow: ${n} client→Temporal chunks delayed\n`);
+      // The fault's evidence: the calls went through the proxy while it delayed them.
+      return Promise.resolve(n > 0 ? [] : ['no call to Temporal was delayed: the fault missed']);
+    },
+  },
+  {
     name: 'burst-one-tenant',
     fault: `${BURST_RUNS} runs of one tenant from 10 users started at once (issue 18: this once livelocked admission)`,
     runs: BURST_RUNS,

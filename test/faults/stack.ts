@@ -26,6 +26,7 @@ import { SCENARIOS } from './scenarios';
 import { ensureSandboxImage } from '../../infra/stack/sandbox-image';
 import { startTemporalDevServer, type TemporalDevServer } from '../../infra/stack/temporal';
 import { bundleWorkflows } from '../../worker/bundle';
+import { DelayProxy } from './delay-proxy';
 
 const execFileAsync = promisify(execFile);
 /** The suite engine's default bridge (a link the suite creates and deletes), and its address. */
@@ -70,6 +71,9 @@ export class FaultStack {
   private bundleFile?: string;
   private imageId?: string;
   private temporalPort = 0;
+  /** The API and workers reach Temporal through this (the `temporal-slow` fault sets its delay). */
+  temporalProxy?: DelayProxy;
+  private temporalProxyPort = 0;
   private natsPort = 0;
   apiUrl = '';
 
@@ -120,6 +124,8 @@ export class FaultStack {
     this.opts.log(`sandbox image ${img.image} ${img.built ? 'built' : 'ready'} on the suite's dockerd`);
     this.temporalPort = await freePort();
     await this.startTemporal();
+    this.temporalProxy = new DelayProxy('127.0.0.1', this.temporalPort);
+    this.temporalProxyPort = await this.temporalProxy.listen(0);
     this.natsPort = await freePort();
     await this.startNats();
     const key = await loadOrCreateDevKey(join(this.opts.workDir, 'issuer'));
@@ -142,6 +148,7 @@ export class FaultStack {
     await this.api?.stop().catch(() => undefined);
     for (const w of this.workers) await w.stop().catch(() => undefined);
     await this.closeIssuer?.().catch(() => undefined);
+    await this.temporalProxy?.close().catch(() => undefined);
     await this.nats?.process.stop().catch(() => undefined);
     await this.temporal?.process.stop().catch(() => undefined);
     await this.dockerd?.stop(30_000).catch(() => undefined);
@@ -230,6 +237,11 @@ export class FaultStack {
     });
   }
 
+  /** What the API and workers dial: the delay proxy in front of Temporal. */
+  private clientTemporalAddress(temporal: TemporalDevServer): string {
+    return this.temporalProxyPort ? `127.0.0.1:${this.temporalProxyPort}` : temporal.address;
+  }
+
   async stopTemporal(): Promise<void> {
     await need(this.temporal, 'Temporal').process.stop();
     this.temporal = undefined;
@@ -273,7 +285,7 @@ export class FaultStack {
         ...process.env,
         DOCKER_HOST: this.dockerHost,
         CHOIROS_CHILD_BUNDLE: need(this.bundleFile, 'the workflow bundle'),
-        TEMPORAL_ADDRESS: temporal.address,
+        TEMPORAL_ADDRESS: this.clientTemporalAddress(temporal),
         NATS_URL: nats.url,
         NATS_CREDS: nats.workerCredsFile,
         CHOIROS_DATA_DIR: this.dataDir,
@@ -329,7 +341,7 @@ export class FaultStack {
       logFile: join(this.logDir, 'api.log'),
       env: {
         ...process.env,
-        TEMPORAL_ADDRESS: temporal.address,
+        TEMPORAL_ADDRESS: this.clientTemporalAddress(temporal),
         NATS_URL: nats.url,
         NATS_CREDS: nats.apiCredsFile,
         NATS_ACCOUNT_SEED_FILE: nats.accountSeedFile,
