@@ -25,6 +25,7 @@ import {
 import { SandboxPool } from '../activities/sandbox/pool';
 import { createGraphBranchActivities } from '../activities/workspace/graph-branch';
 import { quotaUnavailable } from '../activities/workspace/quota';
+import { configureGitLocks } from '../activities/workspace/locks';
 import { DockerSandboxDriver, EGRESS_PROXY_SCRIPT } from '../activities/sandbox/docker-driver';
 import type { SandboxDriver } from '../activities/sandbox/driver';
 import { LocalSandboxDriver } from '../activities/sandbox/local-driver';
@@ -83,6 +84,10 @@ export async function createWorkerSet(opts: {
   tracing?: Tracing;
 }): Promise<WorkerSet> {
   const { config, logger } = opts;
+  configureGitLocks({
+    staleAfterMs: config.CHOIROS_GIT_LOCK_STALE_SECONDS * 1000,
+    logger: logger.child({ component: 'workspace' }),
+  });
   const metrics = opts.metrics ?? createWorkerMetrics({ worktreeRoot: join(config.dataDir, 'worktrees') });
   const hostQueue = hostSandboxQueue(config.CHOIROS_HOST_ID);
   const jsm = await opts.nats.jetstreamManager();

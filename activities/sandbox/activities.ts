@@ -33,6 +33,20 @@ import { heartbeatWhile } from '../heartbeat';
 import { Workspaces, runBranch } from '../workspace/workspace';
 import { assertRepoAllowed, type RepoAccess } from '../../tenancy';
 
+/**
+ * TEST ONLY (the fault suite's `worker-kill-in-create`): with `CHOIROS_TEST_PAUSE_CREATE_DIR` set,
+ * createSandbox writes `<dir>/<runId>` once the run's workspace is made and then waits (up to 10
+ * min, heartbeating) before creating the container, so the suite can kill the worker in exactly
+ * that window. Never set it on a real worker (docs/reference.md).
+ */
+async function testOnlyPauseAfterWorkspace(runId: string): Promise<void> {
+  const dir = process.env.CHOIROS_TEST_PAUSE_CREATE_DIR;
+  if (!dir) return;
+  const { writeFile } = await import('node:fs/promises');
+  await writeFile(`${dir}/${runId}`, '');
+  await new Promise((r) => setTimeout(r, 600_000));
+}
+
 /** How often createSandbox heartbeats (the workflow's heartbeat timeout for it is 30 s). */
 const LIVENESS_INTERVAL_MS = 5_000;
 
@@ -259,6 +273,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       slot = undefined;
     }
     deps.metrics?.sandboxesCreated.inc();
+    await testOnlyPauseAfterWorkspace(input.runId);
     phase('container');
     // The slot's directory is the run's now; its container becomes the run's by name, or (gone
     // meanwhile) the run gets a cold one over the same tree.

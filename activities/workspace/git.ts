@@ -4,6 +4,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { ApplicationFailure } from '@temporalio/common';
+import { recoverStaleLocks } from './locks';
 import { ProcessError, runProcess } from './process-helper';
 
 export interface GitResult {
@@ -86,12 +87,23 @@ export function git(
 ): Promise<GitResult> {
   const safe = (opts.safeDirs ?? []).flatMap((d) => ['-c', `safe.directory=${d}`]);
   const fullArgs = [...safe, ...HARDENED_CONFIG, ...args];
-  return runProcess('git', fullArgs, {
-    cwd: opts.cwd,
-    timeoutMs: opts.timeoutMs ?? 120_000,
-    maxBuffer: 16 * 1024 * 1024,
-    env: gitEnv(opts.env),
-  }).catch((err: unknown) => {
+  const run = (): Promise<GitResult> =>
+    runProcess('git', fullArgs, {
+      cwd: opts.cwd,
+      timeoutMs: opts.timeoutMs ?? 120_000,
+      maxBuffer: 16 * 1024 * 1024,
+      env: gitEnv(opts.env),
+    });
+  // A lock a killed git left behind (locks.ts): removed when stale, and the call made once more.
+  // `update-index -q` exits 128 without a word when its index is locked: that lock is named here.
+  const indexLock = opts.env?.GIT_INDEX_FILE ? [`${opts.env.GIT_INDEX_FILE}.lock`] : [];
+  const once = run().catch(async (err: unknown) => {
+    if (!(err instanceof ProcessError)) throw err;
+    const silent = err.code === 128 && err.stderr.trim() === '' ? indexLock : [];
+    if (await recoverStaleLocks(err.stderr, silent)) return run();
+    throw err;
+  });
+  return once.catch((err: unknown) => {
     if (!(err instanceof ProcessError)) throw err;
     const code = typeof err.code === 'number' ? err.code : null;
     // Name the subcommand, not a leading `-c key=value` or `--git-dir <dir>`.

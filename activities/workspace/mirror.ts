@@ -9,7 +9,8 @@ import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { isGitUrl, isValidId } from '../../contracts';
-import { git } from './git';
+import { GitError, git } from './git';
+import { lockConflicts } from './locks';
 
 /**
  * Transports a run may use. `ext::` (runs a command) and everything else is refused by git itself,
@@ -96,6 +97,8 @@ export async function ensureMirror(mirrorRoot: string, tenant: string, url: stri
         });
       }
     } catch (err) {
+      // A git lock that is not (yet) stale is transient: retried, never "no such repository".
+      if (err instanceof GitError && lockConflicts(err.stderr).length > 0) throw err;
       throw ApplicationFailure.create({
         type: 'repo_not_found',
         message: `cannot mirror ${url}: ${err instanceof Error ? err.message : String(err)}`,

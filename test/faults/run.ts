@@ -59,6 +59,18 @@ function gitRepo(dir: string): string {
   return dir;
 }
 
+/** `*.lock` files under `dir` (no symlink followed). */
+async function findLocks(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  for (const e of entries) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...(await findLocks(p)));
+    else if (e.name.endsWith('.lock')) out.push(p);
+  }
+  return out;
+}
+
 async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Promise<Result> {
   const failures: string[] = [];
   const client = new RecordingClient(stack.apiUrl);
@@ -73,8 +85,12 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
     const dir = await mkdtemp(join(workDir, 'repos', `${s.name}-${i}-`));
     repos.push(gitRepo(dir));
   }
+  const repoArg = (i: number): string => {
+    const path = (s.sharedRepo ? repos[0] : repos[i]) as string;
+    return s.repoUrls ? `file://${path}` : path;
+  };
   const request = (i: number) => ({
-    repo: s.sharedRepo ? repos[0] : repos[i],
+    repo: repoArg(i),
     workItem: {
       description: `${s.name} load ${i}`,
       execute: ['sh', '-c', s.command],
@@ -94,6 +110,7 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
     }
   })();
 
+  if (s.prepare) await s.prepare(stack);
   const ids: string[] = new Array<string>(total);
   const startOne = async (i: number): Promise<void> => {
     const view = await client.startRun(tokenOf(i), request(i), randomUUID(), Date.now() + START_DEADLINE_MS);
@@ -122,7 +139,8 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
   }
 
   const faultAt = Date.now();
-  const heal = await s.inject(stack);
+  const ctx = { tenant, repos, repoArg, runIds: ids.slice(0, s.runs) };
+  const heal = await s.inject(stack, ctx);
   const during = Promise.all(Array.from({ length: s.runsDuring }, (_, j) => startOne(s.runs + j)));
   if (s.downMs > 0) await new Promise((r) => setTimeout(r, s.downMs));
   await heal();
@@ -255,6 +273,18 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
       failures.push(`${repo} still lists ${extra} run worktree(s)`);
     }
   }
+
+  // Locks: no lock file left in the scenario's repositories, the tenant's mirrors or run dirs.
+  const lockRoots = [
+    ...repos.map((r) => join(r, '.git')),
+    join(stack.dataDir, 'mirrors', tenant),
+    stack.worktreeRoot,
+  ];
+  for (const root of lockRoots) {
+    for (const lock of await findLocks(root)) failures.push(`orphan lock file ${lock}`);
+  }
+
+  if (s.verify) failures.push(...(await s.verify(stack, ctx)));
 
   // API answers.
   const responses: Recorded[] = client.responses;

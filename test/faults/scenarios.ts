@@ -2,8 +2,24 @@
  * The faults, one at a time, each against a load of runs through the real API. Each scenario says
  * how its load looks, how the fault is injected and healed, and which outcomes are correct.
  */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { mirrorPath } from '../../activities/workspace/mirror';
 import type { RunBudgets, RunStatus } from '../../contracts';
 import type { FaultStack } from './stack';
+
+/** What a scenario's fault may aim at: its tenant, repositories and the runs started before it. */
+export interface FaultContext {
+  tenant: string;
+  /** The scenario's repositories (local paths). */
+  repos: string[];
+  /** What runs were started with (the path, or its `file://` URL with `repoUrls`). */
+  repoArg: (i: number) => string;
+  /** Ids of the runs started before the fault. */
+  runIds: string[];
+}
 
 export interface Scenario {
   name: string;
@@ -17,6 +33,8 @@ export interface Scenario {
   users?: number;
   /** All runs on one repository (a burst), instead of one repository per run. */
   sharedRepo?: boolean;
+  /** Runs name their repository by `file://` URL (the worker uses a tenant mirror of it). */
+  repoUrls?: boolean;
   /** How long the runs may take to settle after the fault; 300 s by default. */
   settleMs?: number;
   /** The work item's shell command. */
@@ -41,13 +59,47 @@ export interface Scenario {
     admissionClean?: boolean;
   };
   /** Turns the fault on; resolves with the function that heals it. */
-  inject(stack: FaultStack): Promise<() => Promise<void>>;
+  inject(stack: FaultStack, ctx: FaultContext): Promise<() => Promise<void>>;
+  /** Before the scenario's runs start (e.g. a worker with a test-only hook). */
+  prepare?(stack: FaultStack): Promise<void>;
+  /** Scenario-specific checks once every run settled; returns failed checks. */
+  verify?(stack: FaultStack, ctx: FaultContext): Promise<string[]>;
   /** How long the fault stays on before it is healed (an outage length, not a wait for readiness). */
   downMs: number;
 }
 
 /** Runs of the burst scenario (CHOIROS_FAULTS_BURST_RUNS, default 300, as in issue 18). */
 const BURST_RUNS = Number(process.env.CHOIROS_FAULTS_BURST_RUNS ?? 300);
+
+/** A lock file as a git killed `agoMs` ago leaves it: written, never removed. */
+function leftLock(path: string, agoMs: number): void {
+  writeFileSync(path, '');
+  const t = (Date.now() - agoMs) / 1000;
+  utimesSync(path, t, t);
+}
+
+/** The locks the worker logged as removed (`event: git.lock.removed`, worker-*.log). */
+async function removedLocks(stack: FaultStack): Promise<string[]> {
+  const out: string[] = [];
+  for (const f of (await readdir(stack.logDir)).filter((n) => /^worker-\d+\.log$/.test(n))) {
+    for (const line of (await readFile(join(stack.logDir, f), 'utf8')).split('\n')) {
+      if (!line.includes('"git.lock.removed"')) continue;
+      try {
+        const l = JSON.parse(line) as { lock?: unknown };
+        if (typeof l.lock === 'string') out.push(l.lock);
+      } catch {
+        /* not a log line of ours */
+      }
+    }
+  }
+  return out;
+}
+
+/** Where createSandbox leaves a file per run while it is held (worker-kill-in-create). */
+const pauseDir = (stack: FaultStack): string => join(stack.logDir, '..', 'create-pauses');
+
+/** Locks the stale-git-lock scenario planted, by what they stand for. */
+const planted = new Map<string, string>();
 
 /** A command that outlives the fault: the fault hits while it runs. */
 const WORK = 'sleep 8; echo done > RESULT.txt';
@@ -109,6 +161,157 @@ export const SCENARIOS: Scenario[] = [
     async inject(stack) {
       await stack.stopDockerd();
       return () => stack.startDockerd();
+    },
+  },
+  {
+    name: 'worker-kill-in-create',
+    fault:
+      "SIGKILL of the worker while every run's createSandbox is half-way: its workspace (tree, host git dir) made, its container not yet (held there by the test-only CHOIROS_TEST_PAUSE_CREATE_DIR); a replacement worker starts at once",
+    runs: 4,
+    runsDuring: 0,
+    command: WORK,
+    injectWhen: 'created',
+    expect: { statuses: ['committed'], retried: true },
+    downMs: 0,
+    async prepare(stack) {
+      await rm(pauseDir(stack), { recursive: true, force: true });
+      await mkdir(pauseDir(stack), { recursive: true });
+      await stack.stopWorker();
+      await stack.startWorker({ CHOIROS_TEST_PAUSE_CREATE_DIR: pauseDir(stack) });
+    },
+    async inject(stack, ctx) {
+      const deadline = Date.now() + 120_000;
+      for (;;) {
+        const paused = await readdir(pauseDir(stack));
+        if (ctx.runIds.every((id) => paused.includes(id))) break;
+        if (Date.now() > deadline)
+          throw new Error(
+            `only ${paused.length}/${ctx.runIds.length} runs reached the pause in createSandbox`,
+          );
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      // Every run's workspace is made and none has a container: the window the fault is about.
+      for (const id of ctx.runIds) {
+        if (!existsSync(join(stack.worktreeRoot, id, 'state.json')))
+          throw new Error(`run ${id} paused without a complete workspace`);
+      }
+      const before = await stack.docker.listContainers({
+        all: true,
+        filters: { label: ['choiros.managed=true'] },
+      });
+      if (before.length > 0) throw new Error(`${before.length} container(s) exist before the kill`);
+      await stack.killWorker();
+      return async () => void (await stack.startWorker());
+    },
+    async verify(_stack, ctx) {
+      // One run branch per run, named for it: no second branch from the retry.
+      const failures: string[] = [];
+      ctx.repos.forEach((repo, i) => {
+        const branches = execFileSync(
+          'git',
+          ['-C', repo, 'for-each-ref', '--format=%(refname)', 'refs/heads/choiros/'],
+          {
+            encoding: 'utf8',
+          },
+        )
+          .split('\n')
+          .filter(Boolean);
+        const want = [`refs/heads/choiros/run/${ctx.runIds[i]}`];
+        if (JSON.stringify(branches) !== JSON.stringify(want))
+          failures.push(`${repo} has branches ${JSON.stringify(branches)}, expected ${JSON.stringify(want)}`);
+      });
+      return failures;
+    },
+  },
+  {
+    name: 'stale-git-lock',
+    fault:
+      "lock files as a killed git leaves them: in the tenant's mirror `refs/heads/main.lock` (10 min old, and the origin's main moved on) and a fresh run-branch ref lock; in a run's host git dir a 10 min old `index.lock`",
+    runs: 4,
+    runsDuring: 2,
+    sharedRepo: true,
+    repoUrls: true,
+    command: WORK,
+    injectWhen: 'running',
+    // The worker absorbs the fault inside the attempt (it waits for / removes the lock and runs git
+    // again): histories stay clean, the evidence is the worker's `git.lock.removed` lines (verify).
+    expect: { statuses: ['committed'] },
+    downMs: 0,
+    async inject(stack, ctx) {
+      planted.clear();
+      const mirror = mirrorPath(join(stack.dataDir, 'mirrors'), ctx.tenant, ctx.repoArg(0));
+      // The origin moves on, so the next fetch must update the mirror's main: it meets the lock.
+      const origin = ctx.repos[0] as string;
+      execFileSync('sh', ['-c', 'echo more >> README.md'], { cwd: origin });
+      execFileSync(
+        'git',
+        ['-c', 'user.name=Faults', '-c', 'user.email=faults@example.invalid', 'commit', '-qam', 'moved on'],
+        { cwd: origin },
+      );
+      const mainLock = join(mirror, 'refs', 'heads', 'main.lock');
+      leftLock(mainLock, 10 * 60_000);
+      planted.set(mainLock, 'mirror main (stale)');
+      // A git killed a moment ago while writing run 0's branch: young, so the worker waits for it.
+      const runDir = join(mirror, 'refs', 'heads', 'choiros', 'run');
+      mkdirSync(runDir, { recursive: true });
+      const refLock = join(runDir, `${ctx.runIds[0]}.lock`);
+      leftLock(refLock, 0);
+      planted.set(refLock, 'mirror run branch (young)');
+      // A git killed in run 1's own host git dir (its index).
+      const indexLock = join(stack.worktreeRoot, ctx.runIds[1] as string, 'index.lock');
+      leftLock(indexLock, 10 * 60_000);
+      planted.set(indexLock, 'run index (stale)');
+      return () => Promise.resolve();
+    },
+    async verify(stack, ctx) {
+      const failures: string[] = [];
+      const removed = new Set(await removedLocks(stack));
+      for (const [lock, what] of planted)
+        if (!removed.has(lock)) failures.push(`the ${what} lock ${lock} was not logged as removed`);
+      const mirror = mirrorPath(join(stack.dataDir, 'mirrors'), ctx.tenant, ctx.repoArg(0));
+      try {
+        execFileSync('git', ['--git-dir', mirror, 'fsck', '--no-progress', '--strict'], { stdio: 'pipe' });
+      } catch (err) {
+        failures.push(
+          `git fsck of the mirror failed: ${String((err as { stderr?: unknown }).stderr ?? err)}`,
+        );
+      }
+      const originMain = execFileSync('git', ['-C', ctx.repos[0] as string, 'rev-parse', 'main'], {
+        encoding: 'utf8',
+      }).trim();
+      const mirrorMain = execFileSync('git', ['--git-dir', mirror, 'rev-parse', 'main'], {
+        encoding: 'utf8',
+      }).trim();
+      if (originMain !== mirrorMain)
+        failures.push(`the mirror's main ${mirrorMain} is not the origin's ${originMain}`);
+      return failures;
+    },
+  },
+  {
+    name: 'temporal-slow',
+    fault:
+      'every call of the API and the worker to Temporal delayed 500–1500 ms (a delaying TCP proxy the suite runs in front of it) for 60 s',
+    runs: 6,
+    runsDuring: 4,
+    command: WORK,
+    injectWhen: 'created',
+    expect: { statuses: ['committed'] },
+    downMs: 60_000,
+    async inject(stack) {
+      const proxy = stack.temporalProxy;
+      if (!proxy) throw new Error('the suite has no Temporal proxy');
+      proxy.delayed = 0;
+      proxy.delay = { minMs: 500, maxMs: 1500 };
+      return () => {
+        proxy.delay = undefined;
+        return Promise.resolve();
+      };
+    },
+    verify(stack) {
+      const n = stack.temporalProxy?.delayed ?? 0;
+      process.stdout.write(`[faults] temporal-slow: ${n} client→Temporal chunks delayed\n`);
+      // The fault's evidence: the calls went through the proxy while it delayed them.
+      return Promise.resolve(n > 0 ? [] : ['no call to Temporal was delayed: the fault missed']);
     },
   },
   {

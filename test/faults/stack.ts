@@ -26,6 +26,7 @@ import { SCENARIOS } from './scenarios';
 import { ensureSandboxImage } from '../../infra/stack/sandbox-image';
 import { startTemporalDevServer, type TemporalDevServer } from '../../infra/stack/temporal';
 import { bundleWorkflows } from '../../worker/bundle';
+import { DelayProxy } from './delay-proxy';
 
 const execFileAsync = promisify(execFile);
 /** The suite engine's default bridge (a link the suite creates and deletes), and its address. */
@@ -70,6 +71,9 @@ export class FaultStack {
   private bundleFile?: string;
   private imageId?: string;
   private temporalPort = 0;
+  /** The API and workers reach Temporal through this (the `temporal-slow` fault sets its delay). */
+  temporalProxy?: DelayProxy;
+  private temporalProxyPort = 0;
   private natsPort = 0;
   apiUrl = '';
 
@@ -120,6 +124,8 @@ export class FaultStack {
     this.opts.log(`sandbox image ${img.image} ${img.built ? 'built' : 'ready'} on the suite's dockerd`);
     this.temporalPort = await freePort();
     await this.startTemporal();
+    this.temporalProxy = new DelayProxy('127.0.0.1', this.temporalPort);
+    this.temporalProxyPort = await this.temporalProxy.listen(0);
     this.natsPort = await freePort();
     await this.startNats();
     const key = await loadOrCreateDevKey(join(this.opts.workDir, 'issuer'));
@@ -142,6 +148,7 @@ export class FaultStack {
     await this.api?.stop().catch(() => undefined);
     for (const w of this.workers) await w.stop().catch(() => undefined);
     await this.closeIssuer?.().catch(() => undefined);
+    await this.temporalProxy?.close().catch(() => undefined);
     await this.nats?.process.stop().catch(() => undefined);
     await this.temporal?.process.stop().catch(() => undefined);
     await this.dockerd?.stop(30_000).catch(() => undefined);
@@ -230,6 +237,11 @@ export class FaultStack {
     });
   }
 
+  /** What the API and workers dial: the delay proxy in front of Temporal. */
+  private clientTemporalAddress(temporal: TemporalDevServer): string {
+    return this.temporalProxyPort ? `127.0.0.1:${this.temporalProxyPort}` : temporal.address;
+  }
+
   async stopTemporal(): Promise<void> {
     await need(this.temporal, 'Temporal').process.stop();
     this.temporal = undefined;
@@ -255,12 +267,12 @@ export class FaultStack {
     return writeTenantsFile(
       join(this.logDir, '..', 'tenants.yaml'),
       SCENARIOS.map((s) => `faults-${s.name}`),
-      [`${tmpdir()}/`],
+      [`${tmpdir()}/`, `file://${tmpdir()}/`],
     );
   }
 
   /** A worker process on host `faults-host` (the same host id and data dir for every replacement). */
-  async startWorker(): Promise<ManagedProcess> {
+  async startWorker(extraEnv: Record<string, string> = {}): Promise<ManagedProcess> {
     this.workerCount += 1;
     const temporal = need(this.temporal, 'Temporal');
     const nats = need(this.nats, 'NATS');
@@ -273,7 +285,7 @@ export class FaultStack {
         ...process.env,
         DOCKER_HOST: this.dockerHost,
         CHOIROS_CHILD_BUNDLE: need(this.bundleFile, 'the workflow bundle'),
-        TEMPORAL_ADDRESS: temporal.address,
+        TEMPORAL_ADDRESS: this.clientTemporalAddress(temporal),
         NATS_URL: nats.url,
         NATS_CREDS: nats.workerCredsFile,
         CHOIROS_DATA_DIR: this.dataDir,
@@ -288,6 +300,7 @@ export class FaultStack {
         // A replacement may start before the killed worker's port is free: no metrics endpoint.
         CHOIROS_METRICS_PORT: '0',
         LOG_LEVEL: 'warn',
+        ...extraEnv,
       },
     });
     this.workers.push(proc);
@@ -296,6 +309,13 @@ export class FaultStack {
       proc,
     });
     return proc;
+  }
+
+  /** Stops the newest worker the way an operator does (SIGTERM: it drains, then exits). */
+  async stopWorker(): Promise<void> {
+    const w = this.workers.pop();
+    if (!w) throw new Error('no worker to stop');
+    await w.stop(60_000);
   }
 
   /** SIGKILLs the worker process group (no drain, no cleanup: a crashed host process). */
@@ -321,7 +341,7 @@ export class FaultStack {
       logFile: join(this.logDir, 'api.log'),
       env: {
         ...process.env,
-        TEMPORAL_ADDRESS: temporal.address,
+        TEMPORAL_ADDRESS: this.clientTemporalAddress(temporal),
         NATS_URL: nats.url,
         NATS_CREDS: nats.apiCredsFile,
         NATS_ACCOUNT_SEED_FILE: nats.accountSeedFile,
