@@ -7,7 +7,10 @@ import type Docker from 'dockerode';
 import type { NatsConnection } from 'nats';
 import type { Logger } from 'pino';
 import { TASK_QUEUES, hostSandboxQueue, tenantCaps } from '../contracts';
-import { createRepoAccess, loadTenantsFile } from '../tenancy';
+import { createRemoteCredentials, createRepoAccess, loadTenantsFile } from '../tenancy';
+import { createDeliveryActivities } from '../activities/delivery/activities';
+import { githubForge } from '../activities/delivery/forge';
+import type { RemoteMirrorOptions } from '../activities/workspace/mirror';
 import {
   createEventActivities,
   ensureEventStream,
@@ -101,6 +104,17 @@ export async function createWorkerSet(opts: {
       }
     }),
   );
+  // Remote repositories' credentials (by reference; an unreadable one stops the worker, naming it).
+  const credentials = createRemoteCredentials(tenants, process.env, config.tenantsFile);
+  const remote: RemoteMirrorOptions = {
+    gitAuth: (tenant, url) => credentials.gitAuth(tenant, url),
+    maxBytes: config.CHOIROS_MIRROR_MAX_BYTES,
+    timeoutMs: config.CHOIROS_MIRROR_TIMEOUT_SECONDS * 1000,
+    onFetch: (info) => {
+      metrics.mirrorFetches.inc();
+      logger.info({ event: 'mirror.fetched', ...info }, 'mirror fetched');
+    },
+  };
   const repoAccess = createRepoAccess({
     config: tenants,
     platformPaths: [config.dataDir, config.artifactsDir],
@@ -149,6 +163,7 @@ export async function createWorkerSet(opts: {
   const sandboxDeps: SandboxDeps = {
     repoAccess,
     tenantSecrets,
+    remote,
     driver,
     verifiers,
     worktreeRoot: join(config.dataDir, 'worktrees'),
@@ -164,6 +179,23 @@ export async function createWorkerSet(opts: {
     metrics,
   };
   const sandboxActivities = createSandboxActivities(sandboxDeps);
+  const deliveryActivities = createDeliveryActivities({
+    mirrorRoot: sandboxDeps.mirrorRoot,
+    remote,
+    forgeFor: (tenant) => {
+      const forge = Object.prototype.hasOwnProperty.call(tenants.tenants, tenant)
+        ? tenants.tenants[tenant]?.forge
+        : undefined;
+      return forge
+        ? githubForge({
+            api: forge.api,
+            token: () => credentials.forgeToken(tenant) ?? '',
+            defaultBase: forge.defaultBase,
+          })
+        : undefined;
+    },
+    logger: logger.child({ component: 'delivery' }),
+  });
   const eventActivities = createEventActivities({
     js: opts.nats.jetstream(),
     logger: logger.child({ component: 'events' }),
@@ -234,7 +266,7 @@ export async function createWorkerSet(opts: {
     Worker.create({
       ...common,
       taskQueue: hostQueue,
-      activities: sandboxActivities,
+      activities: { ...sandboxActivities, ...deliveryActivities },
       maxHeartbeatThrottleInterval: '2 seconds',
     }),
     // Image builds and deploys: build progress reaches the server within ~2 s for the UI and the API.

@@ -1,0 +1,373 @@
+/**
+ * Remote repositories (decision 0019) and the forge adapter (decision 0020) against the real stack
+ * (Temporal dev server, NATS, Docker sandboxes) and a real git server on loopback: the installed
+ * git's `git http-backend` behind a small HTTP server that checks credentials
+ * (test/helpers/git-server.ts), and a local fake of GitHub's pull request API.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { readFile, readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { temporal } from '@temporalio/proto';
+import type { NatsConnection } from 'nats';
+import pino from 'pino';
+import type { EventEnvelope, RunView, TenantsConfig } from '../../contracts';
+import { ensureMirror, mirrorLockPath, mirrorPath } from '../../activities/workspace/mirror';
+import { createRemoteCredentials } from '../../tenancy';
+import {
+  connectNats,
+  env,
+  startTestApi,
+  startTestWorker,
+  type TestApi,
+  type TestWorker,
+} from '../helpers/integration';
+import { startGitServer, type GitServer } from '../helpers/git-server';
+import { startFakeGitHub, type FakeGitHub } from '../helpers/fake-github';
+import { apiClient, readRunEvents } from '../helpers/runs';
+
+const ACME_TOKEN = `acme-git-token-${randomUUID()}`;
+const WRONG_TOKEN = `wrong-git-token-${randomUUID()}`;
+const FORGE_TOKEN = `acme-forge-token-${randomUUID()}`;
+/** Every form a credential could leak in: the tokens and the basic-auth header value. */
+const SECRETS = [
+  ACME_TOKEN,
+  WRONG_TOKEN,
+  FORGE_TOKEN,
+  Buffer.from(`x-access-token:${ACME_TOKEN}`).toString('base64'),
+];
+
+let server: GitServer;
+let forge: FakeGitHub;
+let worker: TestWorker;
+let api: TestApi;
+let nats: NatsConnection;
+let client: ReturnType<typeof apiClient>;
+const logLines: string[] = [];
+const capture = (): pino.Logger =>
+  pino(
+    { level: 'debug' },
+    new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        logLines.push(chunk.toString('utf8'));
+        cb();
+      },
+    }),
+  );
+/** Runs started by the tests, whose events, views and histories the leak check reads. */
+const started: { runId: string; tenant: string; userId: string; token: string }[] = [];
+
+beforeAll(async () => {
+  server = await startGitServer({ tokens: { [ACME_TOKEN]: 'acme-bot' }, workDir: env.workDir() });
+  forge = await startFakeGitHub(FORGE_TOKEN);
+  process.env.CHOIROS_TEST_ACME_GIT_TOKEN = ACME_TOKEN;
+  process.env.CHOIROS_TEST_WRONG_GIT_TOKEN = WRONG_TOKEN;
+  process.env.CHOIROS_TEST_ACME_FORGE_TOKEN = FORGE_TOKEN;
+  const tenants: TenantsConfig = {
+    version: 1,
+    tenants: {
+      acme: {
+        repos: [`${env.workDir()}/`, `${server.url}/acme/`],
+        credentials: [
+          {
+            url: `${server.url}/acme/`,
+            token: 'env:CHOIROS_TEST_ACME_GIT_TOKEN',
+            scheme: 'basic',
+            username: 'x-access-token',
+          },
+        ],
+        forge: {
+          type: 'github',
+          api: forge.url,
+          token: 'env:CHOIROS_TEST_ACME_FORGE_TOKEN',
+          defaultBase: 'main',
+        },
+      },
+      // Granted the repository, but its credential is not one the server knows.
+      initech: {
+        repos: [`${server.url}/acme/`],
+        credentials: [
+          {
+            url: `${server.url}/`,
+            token: 'env:CHOIROS_TEST_WRONG_GIT_TOKEN',
+            scheme: 'bearer',
+            username: 'x-access-token',
+          },
+        ],
+      },
+      // No grant on the server's URLs at all.
+      globex: { repos: [`${env.workDir()}/`] },
+    },
+  };
+  worker = await startTestWorker('it-remote', { tenants, logger: capture() });
+  api = await startTestApi({ tenants, platformPaths: [worker.dataDir], logger: capture() });
+  client = apiClient(api);
+  nats = await connectNats(env.apiCreds(), 'remote-repos');
+});
+
+afterAll(async () => {
+  await nats?.drain();
+  await api?.stop();
+  await worker?.stop();
+  await forge?.close();
+  await server?.close();
+});
+
+const runBody = (repo: string, baseRef = 'main') => ({
+  repo,
+  baseRef,
+  mood: 'CALM',
+  workItem: {
+    description: 'write the result file',
+    execute: ['sh', '-c', 'echo done > RESULT.txt'],
+    requiredVerifiers: ['V-RESULT-FILE'],
+    riskTier: 'low',
+  },
+});
+
+async function startRun(
+  tenant: string,
+  repo: string,
+  baseRef = 'main',
+): Promise<{ runId: string; token: string }> {
+  const userId = `u-${tenant}`;
+  const token = await api.token({ sub: userId, tenant });
+  const res = await client.call<RunView>('POST', '/v1/runs', {
+    token,
+    body: runBody(repo, baseRef),
+    key: randomUUID(),
+  });
+  expect(res.status).toBe(201);
+  started.push({ runId: res.body.runId, tenant, userId, token });
+  return { runId: res.body.runId, token };
+}
+
+const exists = (p: string): Promise<boolean> =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
+
+/** Files under `dir` (recursively), for leftovers and leak checks. */
+async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...(await filesUnder(p)));
+    else if (e.isFile()) out.push(p);
+  }
+  return out;
+}
+
+const mirrorOf = (tenant: string, url: string): string =>
+  mirrorPath(join(worker.dataDir, 'mirrors'), tenant, url);
+
+describe('runs on a remote repository', () => {
+  test('when acme runs on an http loopback URL, then it commits, its branch appears on the server with exactly the change, and the forge opens a pull request with the receipts', async () => {
+    const repo = server.createRepo('acme/app.git', { 'README.md': 'hello\n' });
+    const { runId, token } = await startRun('acme', repo.url);
+    const done = await client.waitTerminal(runId, token);
+    expect([done.status, done.error]).toEqual(['committed', undefined]);
+    const branch = `choiros/run/${runId}`;
+    expect(done.delivery).toMatchObject({
+      status: 'pushed',
+      remoteRef: `refs/heads/${branch}`,
+      commit: done.commit,
+      attempt: 1,
+    });
+    // On the server: the run's commit on the run branch, on the base, with exactly the change.
+    expect(server.git('acme/app.git', 'rev-parse', `refs/heads/${branch}`)).toBe(done.commit);
+    expect(server.git('acme/app.git', 'rev-parse', `${branch}^`)).toBe(repo.head);
+    expect(server.git('acme/app.git', 'diff', '--name-status', 'main', branch)).toBe('A\tRESULT.txt');
+    expect(server.git('acme/app.git', 'show', `${branch}:RESULT.txt`)).toBe('done');
+    expect(server.git('acme/app.git', 'rev-parse', 'main')).toBe(repo.head);
+
+    // The pull request: against main, with the verifier receipts (result and report digest) in its body.
+    const pull = forge.pulls.find((p) => p.head === branch);
+    expect(pull).toMatchObject({ owner: 'acme', repo: 'app', base: 'main' });
+    const verifier = done.verifiers.find((v) => v.id === 'V-RESULT-FILE');
+    expect(verifier?.reportDigest).toMatch(/^[0-9a-f]{64}$/);
+    expect(pull?.body).toContain(`| V-RESULT-FILE | pass | \`${verifier?.reportDigest ?? ''}\``);
+    expect(pull?.body).toContain(String(done.commit));
+    expect(done.delivery?.pullRequest).toEqual({
+      url: pull?.html_url,
+      number: pull?.number,
+      forge: 'github',
+    });
+
+    const events = await readRunEvents(nats, { tenant: 'acme', userId: 'u-acme' }, runId);
+    const delivery = events.find((e) => e.event_type === 'receipt.delivery');
+    expect(delivery?.payload).toEqual({
+      run_id: runId,
+      remote_ref: `refs/heads/${branch}`,
+      commit: done.commit,
+      result: 'pushed',
+      attempt: 1,
+      error: null,
+    });
+    expect(events.find((e) => e.event_type === 'receipt.pull_request')?.payload).toMatchObject({
+      url: pull?.html_url,
+      number: pull?.number,
+      error: null,
+    });
+  });
+
+  test('when a tenant asks with a credential the server refuses, then the run fails repo_auth_failed and leaves no worktree, mirror or lock', async () => {
+    const repo = server.createRepo('acme/locked.git', { 'README.md': 'hello\n' });
+    const { runId, token } = await startRun('initech', repo.url);
+    const done = await client.waitTerminal(runId, token);
+    expect([done.status, done.error?.code]).toEqual(['failed', 'repo_auth_failed']);
+    expect(await exists(join(worker.dataDir, 'worktrees', runId))).toBe(false);
+    const mirror = mirrorOf('initech', repo.url);
+    expect(await exists(mirror)).toBe(false);
+    expect(await exists(mirrorLockPath(mirror))).toBe(false);
+    const leftovers = (await readdir(join(worker.dataDir, 'mirrors', 'initech')).catch(() => [])).filter(
+      (n) => n.startsWith('.tmp-') || n.endsWith('.lock'),
+    );
+    expect(leftovers).toEqual([]);
+  });
+
+  test('when the base ref does not exist on the origin, then the run fails ref_not_found and leaves no worktree or lock', async () => {
+    const repo = server.createRepo('acme/noref.git', { 'README.md': 'hello\n' });
+    const { runId, token } = await startRun('acme', repo.url, 'no-such-branch');
+    const done = await client.waitTerminal(runId, token);
+    expect([done.status, done.error?.code]).toEqual(['failed', 'ref_not_found']);
+    expect(await exists(join(worker.dataDir, 'worktrees', runId))).toBe(false);
+    expect(await exists(mirrorLockPath(mirrorOf('acme', repo.url)))).toBe(false);
+  });
+
+  test('when two runs of one tenant start together, then they share one mirror with one fetch each, and both branches reach the server', async () => {
+    const repo = server.createRepo('acme/shared.git', { 'README.md': 'hello\n' });
+    const fetchedBefore = logLines.filter(
+      (l) => l.includes('"mirror.fetched"') && l.includes(repo.url),
+    ).length;
+    const runs = await Promise.all([startRun('acme', repo.url), startRun('acme', repo.url)]);
+    const views = await Promise.all(runs.map((r) => client.waitTerminal(r.runId, r.token)));
+    expect(views.map((v) => [v.status, v.delivery?.status])).toEqual([
+      ['committed', 'pushed'],
+      ['committed', 'pushed'],
+    ]);
+    const fetches = logLines
+      .filter((l) => l.includes('"mirror.fetched"') && l.includes(repo.url))
+      .map((l) => JSON.parse(l) as { created: boolean; tenant: string });
+    expect(fetches.length - fetchedBefore).toBe(2);
+    expect(fetches.map((f) => [f.tenant, f.created])).toEqual([
+      ['acme', true],
+      ['acme', false],
+    ]);
+    // One mirror for the tenant's URL, holding both run branches (no lost ref), and no lock left.
+    const mirror = mirrorOf('acme', repo.url);
+    const mirrorBranches = (await filesUnder(join(mirror, 'refs/heads/choiros/run'))).length;
+    const packed = await readFile(join(mirror, 'packed-refs'), 'utf8').catch(() => '');
+    expect(
+      mirrorBranches + packed.split('\n').filter((l) => l.includes('refs/heads/choiros/run/')).length,
+    ).toBe(2);
+    expect(await exists(mirrorLockPath(mirror))).toBe(false);
+    for (const v of views)
+      expect(server.git('acme/shared.git', 'rev-parse', `refs/heads/choiros/run/${v.runId}`)).toBe(v.commit);
+  });
+
+  test('when another tenant without a grant names the same URL, or a URL embeds credentials, then the API refuses it before any git runs', async () => {
+    const repo = server.createRepo('acme/guarded.git', { 'README.md': 'hello\n' });
+    const requestsBefore = server.requests.length;
+    const globex = await api.token({ sub: 'bob', tenant: 'globex' });
+    const refused = await client.call<{ code: string }>('POST', '/v1/runs', {
+      token: globex,
+      body: runBody(repo.url),
+      key: randomUUID(),
+    });
+    expect([refused.status, refused.body.code]).toEqual([403, 'repo_not_allowed']);
+
+    const acme = await api.token({ sub: 'alice', tenant: 'acme' });
+    const withCredentials = repo.url.replace('http://', `http://x-access-token:${ACME_TOKEN}@`);
+    const embedded = await client.call<{ code: string; errors: { field: string; message: string }[] }>(
+      'POST',
+      '/v1/runs',
+      { token: acme, body: runBody(withCredentials), key: randomUUID() },
+    );
+    expect([embedded.status, embedded.body.code]).toEqual([400, 'validation_failed']);
+    expect(embedded.body.errors).toContainEqual({
+      field: 'repo',
+      message: expect.stringMatching(/must not embed credentials/),
+    });
+    expect(JSON.stringify(embedded.body)).not.toContain(ACME_TOKEN);
+    expect(server.requests.length).toBe(requestsBefore);
+  });
+
+  test('when every run is done, then no credential appears in any event, log line, run view, workflow history or file of the worker', async () => {
+    expect(started.length).toBeGreaterThanOrEqual(4);
+    const haystacks: { where: string; text: Buffer }[] = [];
+    for (const r of started) {
+      const events: EventEnvelope[] = await readRunEvents(
+        nats,
+        { tenant: r.tenant, userId: r.userId },
+        r.runId,
+      );
+      expect(events.length).toBeGreaterThan(0);
+      haystacks.push({ where: `events of ${r.runId}`, text: Buffer.from(JSON.stringify(events)) });
+      const view = await client.getRun(r.runId, r.token);
+      haystacks.push({ where: `view of ${r.runId}`, text: Buffer.from(JSON.stringify(view.body)) });
+      // The history as Temporal stores it (protobuf, payloads as their raw bytes).
+      const history = await api.client.workflow.getHandle(r.runId).fetchHistory();
+      haystacks.push({
+        where: `history of ${r.runId}`,
+        text: Buffer.from(temporal.api.history.v1.History.encode(history).finish()),
+      });
+    }
+    expect(logLines.length).toBeGreaterThan(0);
+    expect(logLines.some((l) => l.includes('"mirror.fetched"'))).toBe(true);
+    haystacks.push({ where: 'log lines', text: Buffer.from(logLines.join('')) });
+    for (const file of await filesUnder(worker.dataDir)) {
+      if (file.endsWith('tenants.yaml')) continue; // references only (env:…), checked below
+      haystacks.push({ where: file, text: await readFile(file) });
+    }
+    const tenantsFile = await readFile(join(worker.dataDir, 'tenants.yaml'), 'utf8');
+    expect(tenantsFile).toContain('env:CHOIROS_TEST_ACME_GIT_TOKEN');
+    haystacks.push({ where: 'tenants.yaml', text: Buffer.from(tenantsFile) });
+    const leaks = haystacks.flatMap((h) => SECRETS.filter((s) => h.text.includes(s)).map(() => h.where));
+    expect(leaks).toEqual([]);
+  });
+});
+
+describe('mirrors of remote repositories, bounded', () => {
+  const remote = (maxBytes: number) => {
+    const creds = createRemoteCredentials(
+      {
+        version: 1,
+        tenants: {
+          acme: {
+            repos: [`${server.url}/`],
+            credentials: [
+              { url: `${server.url}/`, token: 'env:T', scheme: 'bearer', username: 'x-access-token' },
+            ],
+          },
+        },
+      },
+      { T: ACME_TOKEN },
+    );
+    return { gitAuth: (t: string, u: string) => creds.gitAuth(t, u), maxBytes, timeoutMs: 60_000 };
+  };
+
+  test('when a repository is larger than the mirror bound, then the fetch fails repo_too_large and leaves no mirror and no lock', async () => {
+    const big = server.createRepo('acme/big.git', { 'blob.txt': randomBytes(200_000).toString('hex') });
+    const root = join(worker.dataDir, 'bounded-mirrors');
+    await expect(ensureMirror(root, 'acme', big.url, remote(64 * 1024))).rejects.toMatchObject({
+      type: 'repo_too_large',
+      nonRetryable: true,
+    });
+    expect(await readdir(join(root, 'acme'))).toEqual([]);
+    // Within the bound it is mirrored.
+    await expect(ensureMirror(root, 'acme', big.url, remote(64 * 1024 * 1024))).resolves.toBe(
+      mirrorPath(root, 'acme', big.url),
+    );
+  });
+
+  test('when the host is unreachable, then the fetch fails repo_unreachable and leaves no mirror and no lock', async () => {
+    const root = join(worker.dataDir, 'unreachable-mirrors');
+    const url = 'http://127.0.0.1:9/acme/gone.git';
+    await expect(ensureMirror(root, 'acme', url, remote(1024 * 1024))).rejects.toMatchObject({
+      type: 'repo_unreachable',
+    });
+    expect(await readdir(join(root, 'acme'))).toEqual([]);
+  });
+});
