@@ -258,7 +258,11 @@ export async function createWorkerSet(opts: {
       // Work graphs' integration branches live in local repositories, like run worktrees' sources.
       activities: {
         createSandbox: (input: CreateSandboxInput) => sandboxActivities.createSandbox(input),
-        ...createGraphBranchActivities({ logger: logger.child({ component: 'graph-branch' }) }),
+        ...createGraphBranchActivities({
+          logger: logger.child({ component: 'graph-branch' }),
+          mirrorRoot: sandboxDeps.mirrorRoot,
+          remote,
+        }),
       },
     }),
     // Heartbeats reach the server within ~2 s (not 80% of the heartbeat timeout), so a

@@ -13,6 +13,7 @@ import {
   PROTOCOL_CONFIG,
   classifyRemoteFailure,
   mirrorPath,
+  pushWithLease,
   type RemoteMirrorOptions,
 } from '../workspace/mirror';
 import type { ForgeAdapter } from './forge';
@@ -123,20 +124,7 @@ export function createDeliveryActivities(deps: DeliveryDeps): DeliveryActivities
         );
       try {
         // The lease: the ref must still be absent on the origin when the push lands.
-        await git(
-          [
-            '--git-dir',
-            mirror,
-            ...PROTOCOL_CONFIG,
-            'push',
-            '--quiet',
-            '--no-verify',
-            `--force-with-lease=${ref}:`,
-            'origin',
-            `${input.commit}:${ref}`,
-          ],
-          { cwd: '/', safeDirs: [mirror], timeoutMs: deps.remote.timeoutMs, env },
-        );
+        await pushWithLease(mirror, ref, input.commit, undefined, { env, timeoutMs: deps.remote.timeoutMs });
       } catch (err) {
         if (!(err instanceof GitError) || err.exitCode === null) throw transferFailure(err);
         // A lost lease or a rejected update: look again, the push may have landed on an earlier attempt.

@@ -135,6 +135,14 @@ export async function dirBytes(dir: string): Promise<number> {
 const FETCH_REFSPECS = ['+refs/heads/*:refs/heads/*', '+refs/tags/*:refs/tags/*', '^refs/heads/choiros/*'];
 
 /**
+ * Where a remote origin's own `choiros/*` branches (runs and graphs delivered from any worker) are
+ * kept: outside `refs/heads/`, so they can never overwrite a branch of this mirror, yet their
+ * commits are here for a graph's next item or merge on whichever worker it lands.
+ */
+export const ORIGIN_CHOIROS_NAMESPACE = 'refs/origin-choiros';
+const REMOTE_EXTRA_REFSPECS = [`+refs/heads/choiros/*:${ORIGIN_CHOIROS_NAMESPACE}/*`];
+
+/**
  * The stable code of a failed transfer with a remote origin, read from git's answer: refused
  * credentials, a host that cannot be reached (or a transfer past the time bound), or no such
  * repository. Never includes the credential (git prints no header without GIT_TRACE/GIT_CURL_VERBOSE).
@@ -194,13 +202,18 @@ export async function ensureMirror(
   const root = join(mirrorRoot, tenant);
   const transferEnv = (): Record<string, string> =>
     isRemote && remote ? remote.gitAuth(tenant, url).env : {};
-  const fetch = (gitDir: string) =>
-    git(['--git-dir', gitDir, ...PROTOCOL_CONFIG, 'fetch', '--quiet', 'origin', ...FETCH_REFSPECS], {
+  const fetchWith = (gitDir: string, refspecs: string[]) =>
+    git(['--git-dir', gitDir, ...PROTOCOL_CONFIG, 'fetch', '--quiet', 'origin', ...refspecs], {
       cwd: root,
       safeDirs: [gitDir],
       timeoutMs: opts.timeoutMs,
       env: transferEnv(),
     });
+  // A negative refspec excludes a ref from every refspec of a fetch: the origin's choiros/* come in a second one.
+  const fetch = async (gitDir: string): Promise<void> => {
+    await fetchWith(gitDir, FETCH_REFSPECS);
+    if (isRemote) await fetchWith(gitDir, REMOTE_EXTRA_REFSPECS);
+  };
   const bounded = async (gitDir: string): Promise<number> => {
     const bytes = await dirBytes(gitDir);
     if (isRemote && bytes > opts.maxBytes)
@@ -256,4 +269,31 @@ export async function ensureMirror(
     };
     return isRemote ? withMirrorLock(path, opts.timeoutMs + 60_000, work) : work();
   });
+}
+
+/**
+ * Pushes `commit` to the origin's `ref` from a mirror, with a lease: the origin's ref must still be
+ * `expected` (absent when undefined) when the push lands. Throws the GitError of a failed push.
+ */
+export async function pushWithLease(
+  mirror: string,
+  ref: string,
+  commit: string,
+  expected: string | undefined,
+  opts: { env: Record<string, string>; timeoutMs: number },
+): Promise<void> {
+  await git(
+    [
+      '--git-dir',
+      mirror,
+      ...PROTOCOL_CONFIG,
+      'push',
+      '--quiet',
+      '--no-verify',
+      `--force-with-lease=${ref}:${expected ?? ''}`,
+      'origin',
+      `${commit}:${ref}`,
+    ],
+    { cwd: '/', safeDirs: [mirror], timeoutMs: opts.timeoutMs, env: opts.env },
+  );
 }

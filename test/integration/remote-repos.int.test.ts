@@ -11,12 +11,13 @@ import { Writable } from 'node:stream';
 import { temporal } from '@temporalio/proto';
 import type { NatsConnection } from 'nats';
 import pino from 'pino';
-import type { EventEnvelope, RunView, TenantsConfig } from '../../contracts';
+import type { EventEnvelope, RunView, TenantsConfig, WorkGraphView } from '../../contracts';
 import { ensureMirror, mirrorLockPath, mirrorPath } from '../../activities/workspace/mirror';
 import { createRemoteCredentials } from '../../tenancy';
 import {
   connectNats,
   env,
+  poll,
   startTestApi,
   startTestWorker,
   type TestApi,
@@ -292,6 +293,60 @@ describe('runs on a remote repository', () => {
     });
     expect(JSON.stringify(embedded.body)).not.toContain(ACME_TOKEN);
     expect(server.requests.length).toBe(requestsBefore);
+  });
+
+  test('when a work graph runs on the remote repository, then its integration branch is delivered to the server with every item', async () => {
+    const repo = server.createRepo('acme/graph.git', { 'README.md': 'hello\n' });
+    const token = await api.token({ sub: 'u-graph', tenant: 'acme' });
+    const item = (id: string, dependsOn: string[]) => ({
+      id,
+      description: `graph item ${id}`,
+      execute: ['sh', '-c', `echo ${id} > ${id}.txt`],
+      requiredVerifiers: ['V-TRUE'],
+      dependsOn,
+    });
+    const res = await client.call<WorkGraphView>('POST', '/v1/work-graphs', {
+      token,
+      body: { repo: repo.url, parallelism: 2, items: [item('a', []), item('b', ['a'])] },
+      key: randomUUID(),
+    });
+    expect(res.status).toBe(201);
+    const graphId = res.body.graphId;
+    const view = (
+      await poll(
+        () => client.call<WorkGraphView>('GET', `/v1/work-graphs/${graphId}`, { token }),
+        (v) => v.body.status !== 'running',
+        240_000,
+        1000,
+      )
+    ).body;
+    expect([view.status, view.counts]).toEqual(['completed', { committed: 2 }]);
+    const branch = `choiros/graph/${graphId}`;
+    expect(view.delivery).toMatchObject({
+      status: 'pushed',
+      remoteRef: `refs/heads/${branch}`,
+      commit: view.integrationCommit,
+    });
+    expect(server.git('acme/graph.git', 'rev-parse', `refs/heads/${branch}`)).toBe(view.integrationCommit);
+    expect(server.git('acme/graph.git', 'ls-tree', '--name-only', branch).split('\n').sort()).toEqual([
+      'README.md',
+      'a.txt',
+      'b.txt',
+    ]);
+    // Each item's run branch was delivered too, and b started from a's change.
+    for (const i of view.items) {
+      const runId = i.runs[i.runs.length - 1]?.runId ?? '';
+      expect(
+        server.git('acme/graph.git', 'rev-parse', '--verify', `refs/heads/choiros/run/${runId}`),
+      ).toMatch(/^[0-9a-f]{40}$/);
+    }
+    const events = await readRunEvents(nats, { tenant: 'acme', userId: 'u-graph' }, graphId);
+    const deliveries = events.filter((e) => e.event_type === 'receipt.delivery');
+    expect(deliveries.length).toBeGreaterThanOrEqual(2);
+    expect(deliveries[deliveries.length - 1]?.payload).toMatchObject({
+      commit: view.integrationCommit,
+      result: 'pushed',
+    });
   });
 
   test('when every run is done, then no credential appears in any event, log line, run view, workflow history or file of the worker', async () => {
