@@ -443,6 +443,8 @@ export const deliveryViewSchema = z.object({
   commit: z.string(),
   attempt: z.number().int(),
   at: z.string(),
+  /** The worker host whose mirror holds the branch (a retry pushes from there). */
+  hostId: z.string().optional(),
   error: z.object({ code: z.string(), message: z.string() }).optional(),
   /** The pull request the tenant's forge opened for it, when one is configured (decision 0020). */
   pullRequest: z

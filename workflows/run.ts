@@ -669,6 +669,7 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
               branch: commit.branch,
               commit: commit.commit,
               hostQueue: handle.hostQueue,
+              hostId: handle.hostId,
               attempt: 1,
               receipts: {
                 description: workItem.description,

@@ -11,7 +11,8 @@ import { Writable } from 'node:stream';
 import { temporal } from '@temporalio/proto';
 import type { NatsConnection } from 'nats';
 import pino from 'pino';
-import type { EventEnvelope, RunView, TenantsConfig, WorkGraphView } from '../../contracts';
+import type { DeliveryView, EventEnvelope, RunView, TenantsConfig, WorkGraphView } from '../../contracts';
+import { deriveRunId } from '../../api/runs/service';
 import { ensureMirror, mirrorLockPath, mirrorPath } from '../../activities/workspace/mirror';
 import { createRemoteCredentials } from '../../tenancy';
 import {
@@ -45,6 +46,8 @@ let api: TestApi;
 let nats: NatsConnection;
 let client: ReturnType<typeof apiClient>;
 const logLines: string[] = [];
+/** acme's run that failed before committing (ref_not_found): nothing to deliver. */
+let failedRunId = '';
 const capture = (): pino.Logger =>
   pino(
     { level: 'debug' },
@@ -130,13 +133,14 @@ async function startRun(
   tenant: string,
   repo: string,
   baseRef = 'main',
+  key: string = randomUUID(),
 ): Promise<{ runId: string; token: string }> {
   const userId = `u-${tenant}`;
   const token = await api.token({ sub: userId, tenant });
   const res = await client.call<RunView>('POST', '/v1/runs', {
     token,
     body: runBody(repo, baseRef),
-    key: randomUUID(),
+    key,
   });
   expect(res.status).toBe(201);
   started.push({ runId: res.body.runId, tenant, userId, token });
@@ -231,6 +235,7 @@ describe('runs on a remote repository', () => {
   test('when the base ref does not exist on the origin, then the run fails ref_not_found and leaves no worktree or lock', async () => {
     const repo = server.createRepo('acme/noref.git', { 'README.md': 'hello\n' });
     const { runId, token } = await startRun('acme', repo.url, 'no-such-branch');
+    failedRunId = runId;
     const done = await client.waitTerminal(runId, token);
     expect([done.status, done.error?.code]).toEqual(['failed', 'ref_not_found']);
     expect(await exists(join(worker.dataDir, 'worktrees', runId))).toBe(false);
@@ -293,6 +298,53 @@ describe('runs on a remote repository', () => {
     });
     expect(JSON.stringify(embedded.body)).not.toContain(ACME_TOKEN);
     expect(server.requests.length).toBe(requestsBefore);
+  });
+
+  test('when the push fails for good, then the run stays committed with a failed delivery, and a retry through the API delivers it', async () => {
+    const repo = server.createRepo('acme/retry.git', { 'README.md': 'hello\n' });
+    const key = randomUUID();
+    const runId = deriveRunId('acme', 'u-acme', key);
+    const branch = `choiros/run/${runId}`;
+    // Someone else's commit already holds the run branch on the origin: the lease refuses to overwrite it.
+    server.git('acme/retry.git', 'update-ref', `refs/heads/${branch}`, repo.head);
+    const { token } = await startRun('acme', repo.url, 'main', key);
+    const done = await client.waitTerminal(runId, token);
+    expect(done.status).toBe('committed');
+    expect(done.delivery).toMatchObject({
+      status: 'failed',
+      attempt: 1,
+      error: { code: 'delivery_conflict' },
+    });
+    expect(server.git('acme/retry.git', 'rev-parse', `refs/heads/${branch}`)).toBe(repo.head);
+
+    server.git('acme/retry.git', 'update-ref', '-d', `refs/heads/${branch}`);
+    const retried = await client.call<DeliveryView>('POST', `/v1/runs/${runId}/delivery`, { token });
+    expect([retried.status, retried.body.status, retried.body.attempt]).toEqual([200, 'pushed', 2]);
+    expect(server.git('acme/retry.git', 'rev-parse', `refs/heads/${branch}`)).toBe(done.commit);
+    // The run view shows the latest delivery; asking again changes nothing.
+    expect((await client.getRun(runId, token)).body.delivery).toMatchObject({ status: 'pushed', attempt: 2 });
+    const again = await client.call<DeliveryView>('POST', `/v1/runs/${runId}/delivery`, { token });
+    expect([again.status, again.body.attempt]).toEqual([200, 2]);
+    // A run with nothing delivered (it failed before committing) answers 409 not_delivered.
+    const nothing = await client.call<{ code: string }>('POST', `/v1/runs/${failedRunId}/delivery`, {
+      token,
+    });
+    expect([nothing.status, nothing.body.code]).toEqual([409, 'not_delivered']);
+
+    const events = await poll(
+      () => readRunEvents(nats, { tenant: 'acme', userId: 'u-acme' }, runId),
+      (es) => es.filter((e) => e.event_type === 'receipt.delivery').length === 2,
+      30_000,
+    );
+    expect(events.map((e) => e.seq)).toEqual(events.map((_, i) => i + 1));
+    expect(
+      events
+        .filter((e) => e.event_type === 'receipt.delivery')
+        .map((e) => [e.payload.attempt, e.payload.result]),
+    ).toEqual([
+      [1, 'failed'],
+      [2, 'pushed'],
+    ]);
   });
 
   test('when a work graph runs on the remote repository, then its integration branch is delivered to the server with every item', async () => {

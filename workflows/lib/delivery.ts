@@ -42,6 +42,8 @@ export interface DeliveryRequest {
   branch: string;
   commit: string;
   hostQueue: string;
+  /** The host of hostQueue, recorded in the view so a retry finds the mirror. */
+  hostId?: string;
   /** 1 for the delivery after the commit, higher for retries through the API. */
   attempt: number;
   /** For the pull request body. */
@@ -77,6 +79,7 @@ export async function deliver(req: DeliveryRequest, events: EventLog): Promise<D
       commit: pushed.commit,
       attempt: req.attempt,
       at: new Date().toISOString(),
+      ...(req.hostId ? { hostId: req.hostId } : {}),
     };
   } catch (err) {
     view = {
@@ -85,6 +88,7 @@ export async function deliver(req: DeliveryRequest, events: EventLog): Promise<D
       commit: req.commit,
       attempt: req.attempt,
       at: new Date().toISOString(),
+      ...(req.hostId ? { hostId: req.hostId } : {}),
       error: failureOf(err),
     };
   }
