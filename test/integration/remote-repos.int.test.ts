@@ -13,6 +13,7 @@ import type { NatsConnection } from 'nats';
 import pino from 'pino';
 import type { DeliveryView, EventEnvelope, RunView, TenantsConfig, WorkGraphView } from '../../contracts';
 import { deriveRunId } from '../../api/runs/service';
+import { deliveryWorkflowId } from '../../contracts';
 import { ensureMirror, mirrorLockPath, mirrorPath } from '../../activities/workspace/mirror';
 import { createRemoteCredentials } from '../../tenancy';
 import {
@@ -26,7 +27,7 @@ import {
 } from '../helpers/integration';
 import { startGitServer, type GitServer } from '../helpers/git-server';
 import { startFakeGitHub, type FakeGitHub } from '../helpers/fake-github';
-import { apiClient, readRunEvents } from '../helpers/runs';
+import { apiClient, readRunEvents, recordHistory } from '../helpers/runs';
 
 const ACME_TOKEN = `acme-git-token-${randomUUID()}`;
 const WRONG_TOKEN = `wrong-git-token-${randomUUID()}`;
@@ -172,6 +173,7 @@ describe('runs on a remote repository', () => {
     const repo = server.createRepo('acme/app.git', { 'README.md': 'hello\n' });
     const { runId, token } = await startRun('acme', repo.url);
     const done = await client.waitTerminal(runId, token);
+    await recordHistory(runId, 'run-remote-delivered');
     expect([done.status, done.error]).toEqual(['committed', undefined]);
     const branch = `choiros/run/${runId}`;
     expect(done.delivery).toMatchObject({
@@ -310,6 +312,7 @@ describe('runs on a remote repository', () => {
     const { token } = await startRun('acme', repo.url, 'main', key);
     const done = await client.waitTerminal(runId, token);
     expect(done.status).toBe('committed');
+    await recordHistory(runId, 'run-remote-delivery-failed');
     expect(done.delivery).toMatchObject({
       status: 'failed',
       attempt: 1,
@@ -319,6 +322,7 @@ describe('runs on a remote repository', () => {
 
     server.git('acme/retry.git', 'update-ref', '-d', `refs/heads/${branch}`);
     const retried = await client.call<DeliveryView>('POST', `/v1/runs/${runId}/delivery`, { token });
+    await recordHistory(deliveryWorkflowId(runId), 'delivery-retry');
     expect([retried.status, retried.body.status, retried.body.attempt]).toEqual([200, 'pushed', 2]);
     expect(server.git('acme/retry.git', 'rev-parse', `refs/heads/${branch}`)).toBe(done.commit);
     // The run view shows the latest delivery; asking again changes nothing.
@@ -372,6 +376,7 @@ describe('runs on a remote repository', () => {
         1000,
       )
     ).body;
+    await recordHistory(graphId, 'work-graph-remote');
     expect([view.status, view.counts]).toEqual(['completed', { committed: 2 }]);
     const branch = `choiros/graph/${graphId}`;
     expect(view.delivery).toMatchObject({

@@ -1,4 +1,7 @@
 /** Remote repositories (decision 0019) and the forge adapter (decision 0020): the pure and local parts. */
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import {
   credentialFor,
@@ -9,7 +12,8 @@ import {
   type TenantsConfig,
 } from '../../contracts';
 import { githubForge, ownerAndName } from '../../activities/delivery/forge';
-import { classifyRemoteFailure } from '../../activities/workspace/mirror';
+import { classifyRemoteFailure, mirrorLockPath, withMirrorLock } from '../../activities/workspace/mirror';
+import { poll } from '../helpers/poll';
 import { GitError } from '../../activities/workspace/git';
 import { createRemoteCredentials, remoteGitEnv } from '../../tenancy';
 import { startFakeGitHub, type FakeGitHub } from '../helpers/fake-github';
@@ -175,5 +179,54 @@ describe('pull requests', () => {
   test('when a repository URL is read for the forge, then owner and name are its last two segments', () => {
     expect(ownerAndName('https://github.com/acme/app.git')).toEqual({ owner: 'acme', name: 'app' });
     expect(() => ownerAndName('https://github.com/app')).toThrow(/owner and name/);
+  });
+});
+
+describe('the mirror lock file', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'mirror-lock-'));
+  });
+  afterEach(() => {
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('when two holders want one mirror, then the second waits for the first, and no lock is left', async () => {
+    const mirror = join(dir, 'm.git');
+    const order: string[] = [];
+    let release: () => void = () => undefined;
+    const first = withMirrorLock(mirror, 60_000, async () => {
+      order.push('first in');
+      await new Promise<void>((r) => (release = r));
+      order.push('first out');
+    });
+    await poll(
+      async () => order.length,
+      (n) => n === 1,
+      5000,
+      10,
+    );
+    const second = withMirrorLock(mirror, 60_000, async () => {
+      order.push('second in');
+    });
+    // Give the second holder a few of its 100 ms retries: a broken lock would let it in now.
+    await new Promise((r) => setTimeout(r, 350));
+    expect(order).toEqual(['first in']);
+    release();
+    await Promise.all([first, second]);
+    expect(order).toEqual(['first in', 'first out', 'second in']);
+    expect(existsSync(mirrorLockPath(mirror))).toBe(false);
+  });
+
+  test('when a lock was left by a process that is gone, then it is taken over; a failing holder removes its lock', async () => {
+    const mirror = join(dir, 'm.git');
+    writeFileSync(mirrorLockPath(mirror), `${hostname()} 999999999 ${Date.now()}`);
+    await expect(withMirrorLock(mirror, 60_000, async () => 'ran')).resolves.toBe('ran');
+    await expect(
+      withMirrorLock(mirror, 60_000, async () => {
+        throw new Error('fetch failed');
+      }),
+    ).rejects.toThrow('fetch failed');
+    expect(existsSync(mirrorLockPath(mirror))).toBe(false);
   });
 });
