@@ -13,6 +13,7 @@ import type { NatsConnection } from 'nats';
 import pino from 'pino';
 import type { DeliveryView, EventEnvelope, RunView, TenantsConfig, WorkGraphView } from '../../contracts';
 import { deriveRunId } from '../../api/runs/service';
+import { main as cli } from '../../api/cli/main';
 import { deliveryWorkflowId } from '../../contracts';
 import { ensureMirror, mirrorLockPath, mirrorPath } from '../../activities/workspace/mirror';
 import { createRemoteCredentials } from '../../tenancy';
@@ -329,6 +330,16 @@ describe('runs on a remote repository', () => {
     expect((await client.getRun(runId, token)).body.delivery).toMatchObject({ status: 'pushed', attempt: 2 });
     const again = await client.call<DeliveryView>('POST', `/v1/runs/${runId}/delivery`, { token });
     expect([again.status, again.body.attempt]).toEqual([200, 2]);
+    const lines: string[] = [];
+    const code = await cli(['runs', 'deliver', runId, '--api', api.url, '--token', token], {}, (l) =>
+      lines.push(l),
+    );
+    expect([code, lines.join('\n')]).toEqual([
+      0,
+      `${runId}: delivery pushed (attempt 2) refs/heads/${branch}${
+        again.body.pullRequest?.url ? ` pull request ${again.body.pullRequest.url}` : ''
+      }`,
+    ]);
     // A run with nothing delivered (it failed before committing) answers 409 not_delivered.
     const nothing = await client.call<{ code: string }>('POST', `/v1/runs/${failedRunId}/delivery`, {
       token,
