@@ -11,7 +11,10 @@ import {
   repoGrant,
   type TenantsConfig,
 } from '../../contracts';
+import pino from 'pino';
+import { createDeliveryActivities } from '../../activities/delivery/activities';
 import { githubForge, ownerAndName } from '../../activities/delivery/forge';
+import { createGraphBranchActivities } from '../../activities/workspace/graph-branch';
 import { classifyRemoteFailure, mirrorLockPath, withMirrorLock } from '../../activities/workspace/mirror';
 import { poll } from '../helpers/poll';
 import { GitError } from '../../activities/workspace/git';
@@ -228,5 +231,40 @@ describe('the mirror lock file', () => {
       }),
     ).rejects.toThrow('fetch failed');
     expect(existsSync(mirrorLockPath(mirror))).toBe(false);
+  });
+});
+
+describe('delivery and graph-branch activities refuse before any git runs', () => {
+  const logger = pino({ level: 'silent' });
+  const remote = { gitAuth: () => ({ env: {} }), maxBytes: 1024 * 1024, timeoutMs: 1000 };
+
+  test.each([
+    [{ branch: 'main' }, 'invalid_sandbox_request'],
+    [{ branch: 'choiros/run/r1', commit: 'HEAD' }, 'invalid_sandbox_request'],
+    [{ repo: '/srv/local' }, 'not_delivered'],
+    [{ repo: 'file:///srv/local' }, 'not_delivered'],
+    [{}, 'not_delivered'], // no mirror of it on this host
+  ])('when a delivery names %j, then it fails %s for good', async (override, type) => {
+    const acts = createDeliveryActivities({ mirrorRoot: join(tmpdir(), 'no-mirrors-here'), remote, logger });
+    await expect(
+      acts.deliverBranch({
+        tenant: 'acme',
+        repo: 'https://git.example.com/acme/app.git',
+        branch: 'choiros/run/r1',
+        commit: 'a'.repeat(40),
+        ...override,
+      }),
+    ).rejects.toMatchObject({ type, nonRetryable: true });
+  });
+
+  test('when a graph on a remote repository names no tenant, then its branch is refused for good', async () => {
+    const acts = createGraphBranchActivities({ logger, mirrorRoot: tmpdir(), remote });
+    await expect(
+      acts.prepareGraphBranch({
+        graphId: 'graph-t',
+        repo: 'https://git.example.com/acme/app',
+        baseRef: 'main',
+      }),
+    ).rejects.toMatchObject({ type: 'invalid_sandbox_request', nonRetryable: true });
   });
 });
