@@ -98,14 +98,32 @@ const repoCredentialSchema = z
         (u) => /^https?:\/\//.test(u) && isSecureOrLoopbackUrl(u) && normaliseRepoUrl(u) !== undefined,
         'must be an https URL prefix (http only on a loopback host), without user info',
       ),
-    token: secretRefSchema,
+    /** A token (personal, deploy or installation token), by reference. */
+    token: secretRefSchema.optional(),
+    /**
+     * Or a GitHub App: the worker signs a short JWT with the app's private key and exchanges it for
+     * an installation token (`POST {api}/app/installations/{id}/access_tokens`), cached until shortly
+     * before it expires; git gets the installation token as basic auth.
+     */
+    githubApp: z
+      .object({
+        api: trustedUrlSchema,
+        appId: z.union([z.number().int().positive(), z.string().regex(/^[A-Za-z0-9._-]{1,64}$/)]),
+        installationId: z.number().int().positive(),
+        privateKey: secretRefSchema,
+      })
+      .strict()
+      .optional(),
     scheme: z.enum(['basic', 'bearer']).default('basic'),
     username: z
       .string()
       .regex(/^[A-Za-z0-9._-]{1,64}$/)
       .default('x-access-token'),
   })
-  .strict();
+  .strict()
+  .refine((c) => (c.token === undefined) !== (c.githubApp === undefined), {
+    message: 'needs exactly one of token and githubApp',
+  });
 export type RepoCredential = z.output<typeof repoCredentialSchema>;
 
 /**

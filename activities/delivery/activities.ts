@@ -93,7 +93,6 @@ export function createDeliveryActivities(deps: DeliveryDeps): DeliveryActivities
         );
       const forge = deps.forgeFor?.(input.tenant) !== undefined;
       const log = logger.child({ tenant: input.tenant, repo: input.repo, branch: input.branch });
-      const env = deps.remote.gitAuth(input.tenant, input.repo).env;
       const done = (status: DeliverResult['status']): DeliverResult => {
         log.info({ event: 'delivery.done', status, commit: input.commit }, 'branch delivered');
         return { status, remoteRef: ref, commit: input.commit, forge };
@@ -115,6 +114,7 @@ export function createDeliveryActivities(deps: DeliveryDeps): DeliveryActivities
           throw transferFailure(err);
         }
       };
+      const env = await transfer(async () => (await deps.remote.gitAuth(input.tenant, input.repo)).env);
       const current = await transfer(() => remoteHead(mirror, env, ref));
       if (current === input.commit) return done('already_present');
       if (current !== undefined)

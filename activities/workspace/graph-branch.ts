@@ -128,7 +128,7 @@ async function graphRepo(
     push: async (ref, commit, expected) => {
       try {
         await pushWithLease(gitDir, ref, commit, expected, {
-          env: remote.gitAuth(tenant, repo).env,
+          env: (await remote.gitAuth(tenant, repo)).env,
           timeoutMs: remote.timeoutMs,
         });
       } catch (err) {

@@ -39,7 +39,7 @@ export const PROTOCOL_CONFIG = [
 /** How remote origins are reached and bounded (worker settings CHOIROS_MIRROR_*). */
 export interface RemoteMirrorOptions {
   /** Git environment entries for `tenant`'s transfers with `url` (the credential header). Never logged. */
-  gitAuth(tenant: string, url: string): { env: Record<string, string> };
+  gitAuth(tenant: string, url: string): Promise<{ env: Record<string, string> }>;
   /** Most bytes a mirror may hold after a fetch (CHOIROS_MIRROR_MAX_BYTES). */
   maxBytes: number;
   /** One fetch or push may take this long (CHOIROS_MIRROR_FETCH_TIMEOUT_SECONDS). */
@@ -150,6 +150,9 @@ const REMOTE_EXTRA_REFSPECS = [`+refs/heads/choiros/*:${ORIGIN_CHOIROS_NAMESPACE
 export function classifyRemoteFailure(err: unknown): { code: string; retryable: boolean } {
   const text = err instanceof GitError ? err.stderr : err instanceof Error ? err.message : String(err);
   if (err instanceof GitError && err.exitCode === null) return { code: 'repo_unreachable', retryable: true };
+  // tenancy/credentials.ts could not mint a GitHub App installation token.
+  if (err instanceof Error && err.name === 'AuthMintError')
+    return { code: 'repo_auth_failed', retryable: false };
   if (
     /Authentication failed|could not read (Username|Password)|terminal prompts disabled|returned error: 40[13]|HTTP 40[13]|Permission denied/i.test(
       text,
@@ -200,14 +203,14 @@ export async function ensureMirror(
   const opts = { ...MIRROR_DEFAULTS, ...remote };
   const path = mirrorPath(mirrorRoot, tenant, url);
   const root = join(mirrorRoot, tenant);
-  const transferEnv = (): Record<string, string> =>
-    isRemote && remote ? remote.gitAuth(tenant, url).env : {};
-  const fetchWith = (gitDir: string, refspecs: string[]) =>
+  const transferEnv = async (): Promise<Record<string, string>> =>
+    isRemote && remote ? (await remote.gitAuth(tenant, url)).env : {};
+  const fetchWith = async (gitDir: string, refspecs: string[]) =>
     git(['--git-dir', gitDir, ...PROTOCOL_CONFIG, 'fetch', '--quiet', 'origin', ...refspecs], {
       cwd: root,
       safeDirs: [gitDir],
       timeoutMs: opts.timeoutMs,
-      env: transferEnv(),
+      env: await transferEnv(),
     });
   // A negative refspec excludes a ref from every refspec of a fetch: the origin's choiros/* come in a second one.
   const fetch = async (gitDir: string): Promise<void> => {

@@ -3,6 +3,7 @@
  * (201 with `number` and `html_url`; 422 "A pull request already exists" for a second one with the
  * same head) and `GET …/pulls?head=owner:branch`. It requires `Authorization: Bearer <token>`.
  */
+import { createVerify } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -22,11 +23,32 @@ export interface FakeGitHub {
   pulls: FakePull[];
   /** Requests refused for a missing or wrong token. */
   refused: number;
+  /** Installation tokens minted (`POST /app/installations/{id}/access_tokens`). */
+  minted: number;
   close(): Promise<void>;
 }
 
-export async function startFakeGitHub(token: string): Promise<FakeGitHub> {
-  const state: { pulls: FakePull[]; refused: number } = { pulls: [], refused: 0 };
+/** A GitHub App the fake knows: its id, public key, and the installation token it hands out. */
+export interface FakeApp {
+  appId: string;
+  installationId: number;
+  publicKeyPem: string;
+  installationToken: string;
+}
+
+/** Verifies a GitHub App JWT (RS256, `iss` = app id, not expired) against the app's public key. */
+function appJwtValid(jwt: string, app: FakeApp): boolean {
+  const [h, p, sig] = jwt.split('.');
+  if (!h || !p || !sig) return false;
+  const ok = createVerify('RSA-SHA256')
+    .update(`${h}.${p}`)
+    .verify(app.publicKeyPem, Buffer.from(sig, 'base64url'));
+  const claims = JSON.parse(Buffer.from(p, 'base64url').toString('utf8')) as { iss?: unknown; exp?: unknown };
+  return ok && claims.iss === app.appId && typeof claims.exp === 'number' && claims.exp > Date.now() / 1000;
+}
+
+export async function startFakeGitHub(token: string, apps: FakeApp[] = []): Promise<FakeGitHub> {
+  const state: { pulls: FakePull[]; refused: number; minted: number } = { pulls: [], refused: 0, minted: 0 };
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -35,6 +57,22 @@ export async function startFakeGitHub(token: string): Promise<FakeGitHub> {
         res.writeHead(status, { 'content-type': 'application/json' });
         res.end(JSON.stringify(body));
       };
+      const install = /^\/app\/installations\/([0-9]+)\/access_tokens$/.exec(req.url ?? '');
+      if (install && req.method === 'POST') {
+        const app = apps.find((a) => a.installationId === Number(install[1]));
+        const jwt = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '';
+        if (!app || !appJwtValid(jwt, app)) {
+          state.refused += 1;
+          send(401, { message: 'A JSON web token could not be decoded' });
+          return;
+        }
+        state.minted += 1;
+        send(201, {
+          token: app.installationToken,
+          expires_at: new Date(Date.now() + 3600_000).toISOString(),
+        });
+        return;
+      }
       if (req.headers.authorization !== `Bearer ${token}`) {
         state.refused += 1;
         send(401, { message: 'Bad credentials' });
@@ -100,6 +138,9 @@ export async function startFakeGitHub(token: string): Promise<FakeGitHub> {
     },
     get refused() {
       return state.refused;
+    },
+    get minted() {
+      return state.minted;
     },
     async close() {
       server.closeAllConnections();

@@ -4,8 +4,8 @@
  * git's `git http-backend` behind a small HTTP server that checks credentials
  * (test/helpers/git-server.ts), and a local fake of GitHub's pull request API.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
+import { mkdtemp, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { temporal } from '@temporalio/proto';
@@ -33,12 +33,19 @@ import { apiClient, readRunEvents, recordHistory } from '../helpers/runs';
 const ACME_TOKEN = `acme-git-token-${randomUUID()}`;
 const WRONG_TOKEN = `wrong-git-token-${randomUUID()}`;
 const FORGE_TOKEN = `acme-forge-token-${randomUUID()}`;
+/** hooli reaches the server as a GitHub App: the fake mints this installation token for its JWT. */
+const APP_INSTALLATION_TOKEN = `ghs_${randomUUID().replace(/-/g, '')}`;
+const APP_KEYS = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const APP_PRIVATE_KEY = APP_KEYS.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
 /** Every form a credential could leak in: the tokens and the basic-auth header value. */
 const SECRETS = [
   ACME_TOKEN,
   WRONG_TOKEN,
   FORGE_TOKEN,
   Buffer.from(`x-access-token:${ACME_TOKEN}`).toString('base64'),
+  APP_INSTALLATION_TOKEN,
+  Buffer.from(`x-access-token:${APP_INSTALLATION_TOKEN}`).toString('base64'),
+  APP_PRIVATE_KEY.split('\n')[1] ?? 'no key line',
 ];
 
 let server: GitServer;
@@ -64,8 +71,20 @@ const capture = (): pino.Logger =>
 const started: { runId: string; tenant: string; userId: string; token: string }[] = [];
 
 beforeAll(async () => {
-  server = await startGitServer({ tokens: { [ACME_TOKEN]: 'acme-bot' }, workDir: env.workDir() });
-  forge = await startFakeGitHub(FORGE_TOKEN);
+  server = await startGitServer({
+    tokens: { [ACME_TOKEN]: 'acme-bot', [APP_INSTALLATION_TOKEN]: 'hooli-app' },
+    workDir: env.workDir(),
+  });
+  forge = await startFakeGitHub(FORGE_TOKEN, [
+    {
+      appId: '4242',
+      installationId: 77,
+      publicKeyPem: APP_KEYS.publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+      installationToken: APP_INSTALLATION_TOKEN,
+    },
+  ]);
+  const keyFile = join(await mkdtemp(join(env.workDir(), 'app-key-')), 'hooli-app.pem');
+  await writeFile(keyFile, APP_PRIVATE_KEY, { mode: 0o600 });
   process.env.CHOIROS_TEST_ACME_GIT_TOKEN = ACME_TOKEN;
   process.env.CHOIROS_TEST_WRONG_GIT_TOKEN = WRONG_TOKEN;
   process.env.CHOIROS_TEST_ACME_FORGE_TOKEN = FORGE_TOKEN;
@@ -97,6 +116,18 @@ beforeAll(async () => {
             url: `${server.url}/`,
             token: 'env:CHOIROS_TEST_WRONG_GIT_TOKEN',
             scheme: 'bearer',
+            username: 'x-access-token',
+          },
+        ],
+      },
+      // A GitHub App installation: tokens minted from the app's key, never configured as values.
+      hooli: {
+        repos: [`${server.url}/hooli/`],
+        credentials: [
+          {
+            url: `${server.url}/hooli/`,
+            githubApp: { api: forge.url, appId: '4242', installationId: 77, privateKey: `file:${keyFile}` },
+            scheme: 'basic',
             username: 'x-access-token',
           },
         ],
@@ -233,6 +264,22 @@ describe('runs on a remote repository', () => {
       (n) => n.startsWith('.tmp-') || n.endsWith('.lock'),
     );
     expect(leftovers).toEqual([]);
+  });
+
+  test('when a tenant reaches the server as a GitHub App, then the worker mints an installation token and the run is delivered', async () => {
+    const repo = server.createRepo('hooli/app.git', { 'README.md': 'hello\n' });
+    const mintedBefore = forge.minted;
+    const { runId, token } = await startRun('hooli', repo.url);
+    const done = await client.waitTerminal(runId, token);
+    expect([done.status, done.delivery?.status]).toEqual(['committed', 'pushed']);
+    expect(server.git('hooli/app.git', 'rev-parse', `refs/heads/choiros/run/${runId}`)).toBe(done.commit);
+    expect(
+      server.requests
+        .filter((r) => r.path.startsWith('/hooli/') && r.status === 200)
+        .every((r) => r.user === 'hooli-app'),
+    ).toBe(true);
+    // One token for the fetch and the push: it is cached until shortly before it expires.
+    expect(forge.minted - mintedBefore).toBe(1);
   });
 
   test('when the base ref does not exist on the origin, then the run fails ref_not_found and leaves no worktree or lock', async () => {

@@ -1,4 +1,5 @@
 /** Remote repositories (decision 0019) and the forge adapter (decision 0020): the pure and local parts. */
+import { createVerify, generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +19,7 @@ import { createGraphBranchActivities } from '../../activities/workspace/graph-br
 import { classifyRemoteFailure, mirrorLockPath, withMirrorLock } from '../../activities/workspace/mirror';
 import { poll } from '../helpers/poll';
 import { GitError } from '../../activities/workspace/git';
-import { createRemoteCredentials, remoteGitEnv } from '../../tenancy';
+import { createRemoteCredentials, githubAppJwt, remoteGitEnv } from '../../tenancy';
 import { startFakeGitHub, type FakeGitHub } from '../helpers/fake-github';
 
 const config = (): TenantsConfig =>
@@ -70,23 +71,52 @@ describe('grants and credentials of remote repositories', () => {
     ).toThrow(`tenants.acme.credentials[0].${key}`);
   });
 
+  test('when a credential has neither or both of token and githubApp, then the file is refused', () => {
+    const app = { api: 'https://api.github.com', appId: 1, installationId: 2, privateKey: 'file:/k.pem' };
+    for (const cred of [
+      { url: 'https://h.example/' },
+      { url: 'https://h.example/', token: 'env:X', githubApp: app },
+    ])
+      expect(() =>
+        parseTenantsConfig({ version: 1, tenants: { acme: { repos: [], credentials: [cred] } } }, 'f.yaml'),
+      ).toThrow('tenants.acme.credentials[0]: needs exactly one of token and githubApp');
+  });
+
+  test('when a GitHub App JWT is made, then it is RS256 over iss/iat/exp and verifies with the public key', () => {
+    const keys = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const pem = keys.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    const jwt = githubAppJwt(4242, pem, 1_000_000);
+    const [h, p, sig] = jwt.split('.');
+    expect(JSON.parse(Buffer.from(h ?? '', 'base64url').toString())).toEqual({ alg: 'RS256', typ: 'JWT' });
+    expect(JSON.parse(Buffer.from(p ?? '', 'base64url').toString())).toEqual({
+      iat: 999_940,
+      exp: 1_000_540,
+      iss: '4242',
+    });
+    expect(
+      createVerify('RSA-SHA256')
+        .update(`${h}.${p}`)
+        .verify(keys.publicKey, Buffer.from(sig ?? '', 'base64url')),
+    ).toBe(true);
+  });
+
   test('when a reference cannot be read, then the worker stops naming the key, not a value', () => {
     expect(() => createRemoteCredentials(config(), { WIDE: 'w' }, 'f.yaml')).toThrow(
       'f.yaml: tenants.acme.credentials[1].token: the reference env:ACME is unset',
     );
   });
 
-  test('when git needs a credential, then it gets the header through GIT_CONFIG_* env only, basic or bearer', () => {
+  test('when git needs a credential, then it gets the header through GIT_CONFIG_* env only, basic or bearer', async () => {
     const creds = createRemoteCredentials(config(), { WIDE: 'wide-secret', ACME: 'acme-secret' });
-    const bearer = creds.gitAuth('acme', 'https://git.example.com/acme/app.git');
+    const bearer = await creds.gitAuth('acme', 'https://git.example.com/acme/app.git');
     expect(bearer.configured).toBe(true);
     expect(bearer.env).toMatchObject({ GIT_CONFIG_KEY_3: 'http.extraHeader' });
     expect(bearer.env.GIT_CONFIG_VALUE_3).toBe('Authorization: Bearer acme-secret');
-    const basic = creds.gitAuth('acme', 'https://git.example.com/other/app.git');
+    const basic = await creds.gitAuth('acme', 'https://git.example.com/other/app.git');
     expect(basic.env.GIT_CONFIG_VALUE_3).toBe(
       `Authorization: Basic ${Buffer.from('x-access-token:wide-secret').toString('base64')}`,
     );
-    const none = creds.gitAuth('globex', 'https://git.example.com/globex/app.git');
+    const none = await creds.gitAuth('globex', 'https://git.example.com/globex/app.git');
     expect(none).toEqual({ configured: false, env: remoteGitEnv(undefined) });
     // No redirects: the header must not follow one to another host.
     expect(none.env).toMatchObject({ GIT_CONFIG_KEY_0: 'http.followRedirects', GIT_CONFIG_VALUE_0: 'false' });
@@ -236,7 +266,7 @@ describe('the mirror lock file', () => {
 
 describe('delivery and graph-branch activities refuse before any git runs', () => {
   const logger = pino({ level: 'silent' });
-  const remote = { gitAuth: () => ({ env: {} }), maxBytes: 1024 * 1024, timeoutMs: 1000 };
+  const remote = { gitAuth: async () => ({ env: {} }), maxBytes: 1024 * 1024, timeoutMs: 1000 };
 
   test.each([
     [{ branch: 'main' }, 'invalid_sandbox_request'],
