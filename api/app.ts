@@ -285,6 +285,17 @@ export function createApp(deps: AppDeps): express.Express {
     }),
   );
 
+  v1.post(
+    '/runs/:runId/delivery',
+    requireAction('runs.start'),
+    ...jsonBody(true),
+    route(async (req, res) => {
+      const runId = parseRunId(req.params.runId, 'runId');
+      res.locals.runId = runId;
+      res.json(await deps.runs.retryDelivery(principalOf(res), runId));
+    }),
+  );
+
   v1.get(
     '/runs/:runId/events',
     requireAction('runs.watch'),

@@ -16,6 +16,7 @@ import {
   runListQuerySchema,
   runRequestSchema,
   runViewSchema,
+  deliveryViewSchema,
   workGraphRequestSchema,
   workGraphViewSchema,
 } from '../contracts';
@@ -153,6 +154,7 @@ export function openApiDocument(): Record<string, unknown> {
         InterruptAnswer: json(interruptAnswerBodySchema, 'input'),
         Interrupt: json(interruptViewSchema),
         RerunRequest: json(rerunRequestSchema, 'input'),
+        DeliveryView: json(deliveryViewSchema),
         Readiness: json(readinessSchema),
         Problem: json(problemSchema),
         RebuildRequest: json(rebuildRequestSchema, 'input'),
@@ -300,6 +302,18 @@ export function openApiDocument(): Record<string, unknown> {
           responses: {
             ...ok('the new run, linked to the first by rerunOf', 'RunView', '201'),
             ...problems(400, 401, 403, 404, 409, 415, 422, 429, 503),
+          },
+        },
+      },
+      '/v1/runs/{runId}/delivery': {
+        post: {
+          ...secured,
+          summary:
+            "Retry the failed delivery of a committed run's branch to its remote origin; answers the delivery (scope runs:write)",
+          parameters: [runIdParam],
+          responses: {
+            ...ok('the delivery after the retry (or the successful one already made)', 'DeliveryView'),
+            ...problems(400, 401, 403, 404, 409, 415, 429, 503),
           },
         },
       },

@@ -36,7 +36,13 @@ export const WORKFLOW_TYPES = {
   admission: 'admissionWorkflow',
   workGraph: 'workGraphWorkflow',
   rebuild: 'rebuildWorkflow',
+  delivery: 'deliveryWorkflow',
 } as const;
+
+/** Workflow id of a run's delivery retries (`POST /v1/runs/{id}/delivery`); one at a time, reused. */
+export function deliveryWorkflowId(runId: string): string {
+  return `${runId}-delivery`;
+}
 
 /** Workflow id of a tenant's fairness gate (admissionWorkflow). */
 export function admissionWorkflowId(tenant: string): string {

@@ -45,6 +45,13 @@ export const ERROR_CODES = [
   'queue_full',
   'admission_timeout',
   'admission_unavailable',
+  // Remote repositories and delivery (decision 0019).
+  'repo_unreachable',
+  'repo_auth_failed',
+  'repo_too_large',
+  'delivery_failed',
+  'delivery_conflict',
+  'not_delivered',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -90,6 +97,12 @@ export const HTTP_STATUS_BY_CODE: Record<ErrorCode, number> = {
   queue_full: 429,
   admission_timeout: 503,
   admission_unavailable: 503,
+  repo_unreachable: 502,
+  repo_auth_failed: 502,
+  repo_too_large: 400,
+  delivery_failed: 502,
+  delivery_conflict: 409,
+  not_delivered: 409,
 };
 
 /** Short human titles for problem+json `title`. */
@@ -133,6 +146,12 @@ export const TITLE_BY_CODE: Record<ErrorCode, string> = {
   queue_full: "The tenant's run queue is full",
   admission_timeout: 'The run was not admitted in time',
   admission_unavailable: 'The admission gate could not be reached',
+  repo_unreachable: 'The repository host could not be reached',
+  repo_auth_failed: 'The repository host refused the credentials',
+  repo_too_large: 'The repository is larger than the mirror bound',
+  delivery_failed: 'The run branch could not be pushed',
+  delivery_conflict: 'The remote run branch holds another commit',
+  not_delivered: 'The run has nothing to deliver',
 };
 
 /** One field-level problem, as reported in a 400's `errors` list. */

@@ -135,6 +135,25 @@ export const EVENT_PAYLOAD_SCHEMAS = {
     changed_paths: z.array(z.string()),
     verifier_ids: z.array(z.string()),
   }),
+  /** Added in v1.4: a committed run's (or graph's) branch pushed back to its remote origin (decision 0019). */
+  'receipt.delivery': z.object({
+    run_id: z.string(),
+    remote_ref: z.string(),
+    commit: commitSha,
+    result: z.enum(['pushed', 'already_present', 'failed']),
+    attempt: z.number().int().positive(),
+    error: failure.nullable(),
+  }),
+  /** Added in v1.4: the tenant's forge opened a pull request for the delivered branch (decision 0020). */
+  'receipt.pull_request': z.object({
+    run_id: z.string(),
+    forge: z.string(),
+    head: z.string(),
+    base: z.string(),
+    url: z.string().nullable(),
+    number: z.number().int().nullable(),
+    error: failure.nullable(),
+  }),
   'run.discarded': z.object({ run_id: z.string(), reason: z.string(), failed: z.array(z.string()) }),
   'run.failed': z.object({ run_id: z.string(), error: failure }),
   'run.completed': z.object({ run_id: z.string(), status: z.enum(RUN_STATUSES), error: failure.nullable() }),

@@ -17,6 +17,8 @@ export const EVENT_TYPES = [
   'run.verifier.plan',
   'receipt.verifier.attestations',
   'receipt.commit',
+  'receipt.delivery',
+  'receipt.pull_request',
   'run.discarded',
   'run.failed',
   'run.completed',

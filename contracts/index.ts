@@ -19,3 +19,4 @@ export * from './rebuild';
 export * from './rebuild-defs';
 export * from './run-start';
 export * from './tenants';
+export * from './delivery';

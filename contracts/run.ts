@@ -73,21 +73,40 @@ export type WorkItemInput = z.input<typeof workItemInputSchema>;
 export type WorkItem = z.output<typeof workItemInputSchema> & { id: string };
 
 /**
- * Git URLs a run may name: `file:///abs/path` only for now (this machine reaches no git hosts;
- * https/ssh need a credentials story first). Conservative characters, so nothing in it can be
- * read by git as an option or a transport helper (`ext::`, a leading `-`).
+ * Git URLs a run may name, in conservative characters so nothing in one can be read by git as an
+ * option or a transport helper (`ext::`, a leading `-`):
+ * - `file:///abs/path`: a repository on the worker's host, served through the bare mirror cache;
+ * - `https://host[:port]/path` (and `http://` to a loopback host only, for local git servers): a
+ *   remote repository (decision 0019), mirrored per tenant and delivered back to its origin.
+ * User info, queries and fragments are never part of one: credentials live in the tenants file.
  */
-const GIT_URL_PATTERN = /^file:\/\/\/[A-Za-z0-9._~+/-]+$/;
+const FILE_URL_PATTERN = /^file:\/\/\/[A-Za-z0-9._~+/-]+$/;
+const REMOTE_URL_PATTERN =
+  /^(https:\/\/[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?|http:\/\/(localhost|127\.0\.0\.1|\[::1\]))(:[0-9]{1,5})?\/[A-Za-z0-9._~+/-]*$/;
+
+/** True for an `https://` (or loopback `http://`) repository URL the platform accepts. */
+export function isRemoteRepoUrl(repo: string): boolean {
+  if (!REMOTE_URL_PATTERN.test(repo)) return false;
+  const path = repo.slice(repo.indexOf('/', repo.indexOf('//') + 2));
+  return !path.split('/').some((s) => s === '..' || s === '.') && !path.includes('//');
+}
 
 /** True for a repository URL the platform accepts (served through the bare mirror cache). */
 export function isGitUrl(repo: string): boolean {
-  return GIT_URL_PATTERN.test(repo) && !repo.slice('file://'.length).split('/').includes('..');
+  if (FILE_URL_PATTERN.test(repo)) return !repo.slice('file://'.length).split('/').includes('..');
+  return isRemoteRepoUrl(repo);
+}
+
+/** True when a URL names user info (`https://user:token@host/…`): refused, and never echoed or logged. */
+export function hasEmbeddedCredentials(repo: string): boolean {
+  return /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*@/i.test(repo);
 }
 
 /**
  * Repository of a run: an absolute local path (worktrees come straight from that repository, so
- * the run branch lands in it) or a `file://` URL (worktrees come from a bare mirror under the
- * worker's data dir, shared by every run of that URL; the run branch stays in the mirror).
+ * the run branch lands in it), a `file://` URL (worktrees come from a bare mirror under the
+ * worker's data dir, shared by every run of that URL; the run branch stays in the mirror), or an
+ * `https://` URL (the same mirror, per tenant; a committed run's branch is pushed back to it).
  */
 export const repoSchema = z
   .string()
@@ -95,8 +114,12 @@ export const repoSchema = z
   .max(1024)
   .refine((r) => !r.includes('\0'), 'contains a NUL byte')
   .refine(
-    (r) => r.startsWith('/') || isGitUrl(r),
-    'must be an absolute path to a local git repository or a file:/// URL',
+    (r) => !hasEmbeddedCredentials(r),
+    "must not embed credentials: name the repository host's credentials in the tenants file",
+  )
+  .refine(
+    (r) => hasEmbeddedCredentials(r) || r.startsWith('/') || isGitUrl(r),
+    'must be an absolute path to a local git repository, a file:/// URL or an https:// git URL',
   )
   .refine((r) => !r.split('/').includes('..'), 'must not contain ".." segments');
 
@@ -412,6 +435,24 @@ export const interruptViewSchema = z.object({
 });
 export type InterruptView = z.infer<typeof interruptViewSchema>;
 
+/** Where a committed run's branch went (remote repositories only, decision 0019). */
+export const deliveryViewSchema = z.object({
+  status: z.enum(['pushed', 'already_present', 'failed']),
+  /** The branch on the origin, `refs/heads/choiros/run/<runId>`. */
+  remoteRef: z.string(),
+  commit: z.string(),
+  attempt: z.number().int(),
+  at: z.string(),
+  /** The worker host whose mirror holds the branch (a retry pushes from there). */
+  hostId: z.string().optional(),
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
+  /** The pull request the tenant's forge opened for it, when one is configured (decision 0020). */
+  pullRequest: z
+    .object({ url: z.string().nullable(), number: z.number().int().nullable(), forge: z.string() })
+    .optional(),
+});
+export type DeliveryView = z.infer<typeof deliveryViewSchema>;
+
 /** The run as the API reports it (`GET /v1/runs/:runId`). */
 export const runViewSchema = z.object({
   runId: z.string(),
@@ -434,6 +475,8 @@ export const runViewSchema = z.object({
   branch: z.string().optional(),
   commit: z.string().optional(),
   baseCommit: z.string().optional(),
+  /** Remote repositories: the push of `branch` back to the origin (absent for local ones). */
+  delivery: deliveryViewSchema.optional(),
   execution: commandOutcomeSchema.optional(),
   plan: runPlanViewSchema.optional(),
   verifiers: z.array(verifierOutcomeSchema),

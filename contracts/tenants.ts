@@ -11,7 +11,7 @@ import { APPROVAL_RANK, type ApprovalPolicy, type ApprovalRequirement } from './
 /** A path grant: an absolute directory prefix ending in "/" (or `~/…`, the platform user's home). */
 const PATH_GRANT = /^(\/|~\/)/;
 /** A URL grant: a scheme the platform knows, then a prefix. */
-const URL_GRANT = /^(file|https|ssh|git):\/\//;
+const URL_GRANT = /^(file|https?|ssh|git):\/\//;
 
 const GRANT_MESSAGE = 'must be an absolute directory prefix ending in "/" or a URL prefix';
 
@@ -83,6 +83,68 @@ const secretRefSchema = z
   .string()
   .regex(/^(env|file):.+$/, 'must be a reference, env:VAR or file:/path (never a value)');
 
+/**
+ * Credentials for a remote repository host, by reference (decision 0019): host-side git sends them
+ * as an `Authorization` header to URLs under `url` only. `bearer` sends the token as is; `basic`
+ * sends `username:token` (GitHub, Gitea and GitLab accept a token as the password).
+ */
+const repoCredentialSchema = z
+  .object({
+    /** A URL prefix (https, or http on a loopback host), compared like a grant. */
+    url: z
+      .string()
+      .max(1024)
+      .refine(
+        (u) => /^https?:\/\//.test(u) && isSecureOrLoopbackUrl(u) && normaliseRepoUrl(u) !== undefined,
+        'must be an https URL prefix (http only on a loopback host), without user info',
+      ),
+    /** A token (personal, deploy or installation token), by reference. */
+    token: secretRefSchema.optional(),
+    /**
+     * Or a GitHub App: the worker signs a short JWT with the app's private key and exchanges it for
+     * an installation token (`POST {api}/app/installations/{id}/access_tokens`), cached until shortly
+     * before it expires; git gets the installation token as basic auth.
+     */
+    githubApp: z
+      .object({
+        api: trustedUrlSchema,
+        appId: z.union([z.number().int().positive(), z.string().regex(/^[A-Za-z0-9._-]{1,64}$/)]),
+        installationId: z.number().int().positive(),
+        privateKey: secretRefSchema,
+      })
+      .strict()
+      .optional(),
+    scheme: z.enum(['basic', 'bearer']).default('basic'),
+    username: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{1,64}$/)
+      .default('x-access-token'),
+  })
+  .strict()
+  .refine((c) => (c.token === undefined) !== (c.githubApp === undefined), {
+    message: 'needs exactly one of token and githubApp',
+  });
+export type RepoCredential = z.output<typeof repoCredentialSchema>;
+
+/**
+ * A forge that opens pull requests for delivered branches (decision 0020). `github` speaks GitHub's
+ * REST API (`POST /repos/{owner}/{repo}/pulls`), which Gitea also serves under `/api/v1`.
+ */
+const forgeSchema = z
+  .object({
+    type: z.literal('github'),
+    /** API base: https://api.github.com, or a Gitea's https://host/api/v1 (http only on loopback). */
+    api: trustedUrlSchema,
+    token: secretRefSchema,
+    /** The branch pull requests target when the run's base ref is not a branch name. */
+    defaultBase: z
+      .string()
+      .regex(/^[A-Za-z0-9._/-]{1,200}$/)
+      .default('main'),
+  })
+  .strict();
+export type ForgeConfig = z.output<typeof forgeSchema>;
+
 const tenantSchema = z
   .object({
     /** Repositories the tenant's runs may use: directory prefixes ending in "/" or URL prefixes. */
@@ -99,6 +161,10 @@ const tenantSchema = z
       .optional(),
     /** Approval floors: paths whose change needs approval, whatever the request said. */
     policy: tenantPolicySchema.optional(),
+    /** Credentials for remote repository hosts, by reference; used by host-side git only. */
+    credentials: z.array(repoCredentialSchema).max(64).optional(),
+    /** Optional: opens a pull request for each delivered branch. */
+    forge: forgeSchema.optional(),
   })
   .strict();
 
@@ -280,6 +346,27 @@ function grantDirs(grant: string, resolved: ResolvedGrants | undefined): string[
   if (grant.startsWith('/')) return [grant];
   const p = fileUrlPath(grant);
   return p === undefined ? [] : [`${p}/`];
+}
+
+/**
+ * The credential of `tenant` for a remote repository `url`: the one whose URL prefix is longest
+ * among those covering it (normalised like grants), or undefined.
+ */
+export function credentialFor(
+  config: TenantsConfig,
+  tenant: string,
+  url: string,
+): RepoCredential | undefined {
+  const t = Object.prototype.hasOwnProperty.call(config.tenants, tenant) ? config.tenants[tenant] : undefined;
+  const target = normaliseRepoUrl(url);
+  if (!t || target === undefined) return undefined;
+  let best: { cred: RepoCredential; len: number } | undefined;
+  for (const cred of t.credentials ?? []) {
+    const prefix = normaliseRepoUrl(cred.url);
+    if (prefix === undefined || !(target === prefix || target.startsWith(`${prefix}/`))) continue;
+    if (!best || prefix.length > best.len) best = { cred, len: prefix.length };
+  }
+  return best?.cred;
 }
 
 /** The caps of a tenant, with the platform defaults where the file names none. */

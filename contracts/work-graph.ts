@@ -4,6 +4,7 @@ import { idSchema, refSchema } from './ids';
 import { sha256Hex } from './sha256';
 import type { ApprovalFloor } from './tenants';
 import {
+  deliveryViewSchema,
   moodSchema,
   repoSchema,
   runBudgetsSchema,
@@ -85,6 +86,8 @@ export const workGraphViewSchema = z.object({
   integrationBranch: z.string().optional(),
   /** Its commit now. */
   integrationCommit: z.string().optional(),
+  /** Remote repositories: the integration branch on the origin, pushed at every move (decision 0019). */
+  delivery: deliveryViewSchema.optional(),
   createdAt: z.string(),
   finishedAt: z.string().optional(),
   /** Why the graph failed before any item could run (e.g. `repo_not_found`). */

@@ -92,6 +92,15 @@ export const workerConfigSchema = z.object({
     .min(1024 * 1024)
     .max(1024 * 1024 * 1024 * 1024)
     .default(512 * 1024 * 1024),
+  /** Most bytes one tenant's mirror of a remote (https) repository may hold after a fetch (decision 0019). */
+  CHOIROS_MIRROR_MAX_BYTES: z.coerce
+    .number()
+    .int()
+    .min(1024 * 1024)
+    .max(1024 * 1024 * 1024 * 1024)
+    .default(2 * 1024 * 1024 * 1024),
+  /** One fetch from or push to a remote repository may take this long, in seconds. */
+  CHOIROS_MIRROR_TIMEOUT_SECONDS: z.coerce.number().int().min(5).max(7200).default(600),
   /**
    * The local driver runs work items as host processes: for trusted development only. It refuses to
    * start unless this is `trusted-dev`.

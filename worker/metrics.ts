@@ -21,6 +21,8 @@ export interface WorkerMetrics {
   eventsPublished: Counter<'duplicate'>;
   sandboxesCreated: Counter;
   sandboxesDestroyed: Counter;
+  /** Fetches of remote repositories into tenants' mirrors (decision 0019). */
+  mirrorFetches: Counter;
 }
 
 const DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600];
@@ -85,6 +87,11 @@ export function createWorkerMetrics(opts: { worktreeRoot: string; defaultMetrics
     sandboxesDestroyed: new Counter({
       name: 'choiros_sandboxes_destroyed_total',
       help: 'Sandboxes destroyed on this host (a destroy that found nothing left is not counted)',
+      registers: [registry],
+    }),
+    mirrorFetches: new Counter({
+      name: 'choiros_mirror_fetches_total',
+      help: 'Fetches of remote repositories into tenant mirrors on this host',
       registers: [registry],
     }),
   };

@@ -7,7 +7,10 @@ import type Docker from 'dockerode';
 import type { NatsConnection } from 'nats';
 import type { Logger } from 'pino';
 import { TASK_QUEUES, hostSandboxQueue, tenantCaps } from '../contracts';
-import { createRepoAccess, loadTenantsFile } from '../tenancy';
+import { createRemoteCredentials, createRepoAccess, loadTenantsFile } from '../tenancy';
+import { createDeliveryActivities } from '../activities/delivery/activities';
+import { githubForge } from '../activities/delivery/forge';
+import type { RemoteMirrorOptions } from '../activities/workspace/mirror';
 import {
   createEventActivities,
   ensureEventStream,
@@ -112,6 +115,17 @@ export async function createWorkerSet(opts: {
       }
     }),
   );
+  // Remote repositories' credentials (by reference; an unreadable one stops the worker, naming it).
+  const credentials = createRemoteCredentials(tenants, process.env, config.tenantsFile);
+  const remote: RemoteMirrorOptions = {
+    gitAuth: (tenant, url) => credentials.gitAuth(tenant, url),
+    maxBytes: config.CHOIROS_MIRROR_MAX_BYTES,
+    timeoutMs: config.CHOIROS_MIRROR_TIMEOUT_SECONDS * 1000,
+    onFetch: (info) => {
+      metrics.mirrorFetches.inc();
+      logger.info({ event: 'mirror.fetched', ...info }, 'mirror fetched');
+    },
+  };
   const repoAccess = createRepoAccess({
     config: tenants,
     platformPaths: [config.dataDir, config.artifactsDir],
@@ -160,6 +174,7 @@ export async function createWorkerSet(opts: {
   const sandboxDeps: SandboxDeps = {
     repoAccess,
     tenantSecrets,
+    remote,
     driver,
     verifiers,
     worktreeRoot: join(config.dataDir, 'worktrees'),
@@ -207,6 +222,23 @@ export async function createWorkerSet(opts: {
   // Claims find nothing until the pool starts (below, once the workers exist).
   if (pool) sandboxDeps.pool = pool;
   const sandboxActivities = createSandboxActivities(sandboxDeps);
+  const deliveryActivities = createDeliveryActivities({
+    mirrorRoot: sandboxDeps.mirrorRoot,
+    remote,
+    forgeFor: (tenant) => {
+      const forge = Object.prototype.hasOwnProperty.call(tenants.tenants, tenant)
+        ? tenants.tenants[tenant]?.forge
+        : undefined;
+      return forge
+        ? githubForge({
+            api: forge.api,
+            token: () => credentials.forgeToken(tenant) ?? '',
+            defaultBase: forge.defaultBase,
+          })
+        : undefined;
+    },
+    logger: logger.child({ component: 'delivery' }),
+  });
   const eventActivities = createEventActivities({
     js: opts.nats.jetstream(),
     logger: logger.child({ component: 'events' }),
@@ -269,7 +301,11 @@ export async function createWorkerSet(opts: {
       // Work graphs' integration branches live in local repositories, like run worktrees' sources.
       activities: {
         createSandbox: (input: CreateSandboxInput) => sandboxActivities.createSandbox(input),
-        ...createGraphBranchActivities({ logger: logger.child({ component: 'graph-branch' }) }),
+        ...createGraphBranchActivities({
+          logger: logger.child({ component: 'graph-branch' }),
+          mirrorRoot: sandboxDeps.mirrorRoot,
+          remote,
+        }),
       },
     }),
     // Heartbeats reach the server within ~2 s (not 80% of the heartbeat timeout), so a
@@ -277,7 +313,7 @@ export async function createWorkerSet(opts: {
     Worker.create({
       ...common,
       taskQueue: hostQueue,
-      activities: sandboxActivities,
+      activities: { ...sandboxActivities, ...deliveryActivities },
       maxHeartbeatThrottleInterval: '2 seconds',
     }),
     // Image builds and deploys: build progress reaches the server within ~2 s for the UI and the API.

@@ -3,3 +3,4 @@ export { runWorkflow } from './run';
 export { admissionWorkflow } from './admission';
 export { workGraphWorkflow } from './work-graph';
 export { rebuildWorkflow } from './rebuild';
+export { deliveryWorkflow } from './delivery';

@@ -22,6 +22,7 @@ import {
   applyApprovalFloor,
   approvalUpdate,
   judgeVerifierAttempts,
+  isRemoteRepoUrl,
   moodPolicy,
   nextVerifierAttempt,
   runViewQuery,
@@ -36,6 +37,7 @@ import {
 } from '../contracts';
 import type { AdmissionActivities, SandboxActivities, SandboxHandle } from '../activities/types';
 import { AdmissionTicket } from './lib/admission-ticket';
+import { deliver } from './lib/delivery';
 import { EventLog } from './lib/event-log';
 
 /** Failure types a retry cannot fix; the run fails at once with that code. */
@@ -655,6 +657,30 @@ export async function runWorkflow(input: RunWorkflowInput): Promise<RunView> {
           verifier_ids: view.verifiers.map((o) => o.id),
         });
         outcome = { status: 'committed', stage: 'commit' };
+        // Remote repositories: push the branch back to the origin (decision 0019); a failed push
+        // fails the delivery step only, never the verified commit.
+        if (isRemoteRepoUrl(request.repo) && patched('remote-delivery')) {
+          view.delivery = await deliver(
+            {
+              runId,
+              tenant,
+              repo: request.repo,
+              baseRef: request.baseRef,
+              branch: commit.branch,
+              commit: commit.commit,
+              hostQueue: handle.hostQueue,
+              hostId: handle.hostId,
+              attempt: 1,
+              receipts: {
+                description: workItem.description,
+                baseCommit: handle.baseCommit,
+                verifiers: view.verifiers,
+                changedPaths: commit.changedPaths,
+              },
+            },
+            events,
+          );
+        }
       }
     }
   } catch (err) {

@@ -16,6 +16,7 @@ import {
   isCancellation,
   log,
   makeContinueAsNewFunc,
+  patched,
   proxyActivities,
   setHandler,
   upsertSearchAttributes,
@@ -27,6 +28,7 @@ import {
   WORKFLOW_TYPES,
   canonicalJson,
   graphRunId,
+  isRemoteRepoUrl,
   orderWorkGraph,
   runStartMetadata,
   sha256Hex,
@@ -42,6 +44,7 @@ import {
 } from '../contracts';
 import type {
   GraphBranchActivities,
+  GraphDelivery,
   GraphMergeItem,
   GraphMergeItemResult,
 } from '../activities/workspace/graph-branch';
@@ -144,12 +147,41 @@ export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<
     return snapshot();
   };
 
+  // Remote repositories: the integration branch is pushed to the origin at every move (decision 0019).
+  const remote = isRemoteRepoUrl(input.repo) && patched('remote-delivery');
+  let deliveries = view.delivery?.attempt ?? 0;
+  const delivered = (d: GraphDelivery | undefined, commit: string): void => {
+    if (!remote || !d) return;
+    deliveries += 1;
+    view.delivery = {
+      status: d.status,
+      remoteRef: d.remoteRef,
+      commit,
+      attempt: deliveries,
+      at: new Date().toISOString(),
+    };
+    events.emit('receipt.delivery', {
+      run_id: graphId,
+      remote_ref: d.remoteRef,
+      commit,
+      result: d.status,
+      attempt: deliveries,
+      error: null,
+    });
+  };
+
   let integrationCommit: string;
   try {
-    const branch = await prepareGraphBranch({ graphId, repo: input.repo, baseRef: input.baseRef });
+    const branch = await prepareGraphBranch({
+      graphId,
+      repo: input.repo,
+      baseRef: input.baseRef,
+      ...(remote ? { tenant } : {}),
+    });
     integrationCommit = branch.commit;
     view.integrationBranch = branch.branch;
     view.integrationCommit = branch.commit;
+    if (!carried) delivered(branch.delivered, branch.commit);
   } catch (err) {
     if (isCancellation(err)) {
       await finish('cancelled');
@@ -171,10 +203,16 @@ export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<
         const batch = mergeQueue.splice(0, 50);
         try {
           const merged = await CancellationScope.nonCancellable(() =>
-            mergeIntoGraphBranch({ graphId, repo: input.repo, items: batch.map((b) => b.item) }),
+            mergeIntoGraphBranch({
+              graphId,
+              repo: input.repo,
+              items: batch.map((b) => b.item),
+              ...(remote ? { tenant } : {}),
+            }),
           );
           integrationCommit = merged.commit;
           view.integrationCommit = merged.commit;
+          if (merged.delivered?.status === 'pushed') delivered(merged.delivered, merged.commit);
           batch.forEach((b, i) => b.resolve(merged.items[i] ?? missingResult(b.item)));
         } catch (err) {
           const error = describeFailure(err);

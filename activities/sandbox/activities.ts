@@ -31,6 +31,7 @@ import type { PoolDriver, SandboxDriver, SandboxLabels } from './driver';
 import { SHARED_LANE, type PoolSlot, type SandboxPool } from './pool';
 import { heartbeatWhile } from '../heartbeat';
 import { Workspaces, runBranch } from '../workspace/workspace';
+import type { RemoteMirrorOptions } from '../workspace/mirror';
 import { assertRepoAllowed, type RepoAccess } from '../../tenancy';
 
 /**
@@ -66,6 +67,8 @@ export interface SandboxDeps {
   repoAccess?: Pick<RepoAccess, 'check'>;
   /** Resolved secrets per tenant (the tenants file's `secrets`), for that tenant's execution lanes only. */
   tenantSecrets?: Record<string, Record<string, string>>;
+  /** Credentials and bounds for remote (https) repositories' mirrors (activities/workspace/mirror.ts). */
+  remote?: RemoteMirrorOptions;
   hostId: string;
   /** This host's task queue, returned by create so later steps run here. */
   hostQueue: string;
@@ -173,6 +176,7 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
     mirrorRoot: deps.mirrorRoot,
     sandboxUser: deps.sandboxUser,
     ...limits,
+    ...(deps.remote ? { remote: deps.remote } : {}),
     logger,
   });
   const record = (sandboxId: string): SandboxRecord => {

@@ -2,16 +2,37 @@
  * A work graph's integration branch `choiros/graph/<graphId>`: created at the graph's base commit,
  * advanced by merging each committed item's run commit into it with git plumbing only (no worktree,
  * no index), so dependants start from their dependencies' changes.
+ *
+ * Remote (https) repositories (decision 0019): the branch lives on the origin, which every worker
+ * reaches. Each activity refreshes the tenant's mirror (which brings the origin's `choiros/*`
+ * branches under ORIGIN_CHOIROS_NAMESPACE: delivered run branches and the graph branch), merges
+ * there, and pushes the new head with a lease on the old one: the integration branch is delivered
+ * the way run branches are, by every move.
  */
 import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from 'pino';
-import { isGitUrl, isValidId } from '../../contracts';
+import { isGitUrl, isRemoteRepoUrl, isValidId } from '../../contracts';
 import { GitError, git, gitAnswered, resolveCommit, resolveRepo } from './git';
+import {
+  ORIGIN_CHOIROS_NAMESPACE,
+  classifyRemoteFailure,
+  ensureMirror,
+  pushWithLease,
+  type RemoteMirrorOptions,
+} from './mirror';
 
 export interface PrepareGraphBranchInput {
   graphId: string;
   repo: string;
   baseRef: string;
+  /** The graph's tenant: whose mirror and credentials a remote repository uses. */
+  tenant?: string;
+}
+
+/** A remote repository's integration branch after an activity moved (or found) it on the origin. */
+export interface GraphDelivery {
+  remoteRef: string;
+  status: 'pushed' | 'already_present';
 }
 
 export interface GraphBranch {
@@ -20,6 +41,8 @@ export interface GraphBranch {
   commit: string;
   /** The commit `baseRef` resolved to. */
   baseCommit: string;
+  /** Remote repositories: the branch on the origin. */
+  delivered?: GraphDelivery;
 }
 
 /** One committed run to merge: the tip of its run branch. */
@@ -34,6 +57,7 @@ export interface MergeIntoGraphBranchInput {
   repo: string;
   /** Merged in this order; the branch moves once, after all of them. */
   items: GraphMergeItem[];
+  tenant?: string;
 }
 
 /** How one item got in: `fast_forward`, `merge` (a two-parent commit) or `already_merged` (a retry), or why not. */
@@ -46,6 +70,8 @@ export interface GraphMergeResult {
   commit: string;
   /** One per input item, in order. */
   items: GraphMergeItemResult[];
+  /** Remote repositories: the branch on the origin. */
+  delivered?: GraphDelivery;
 }
 
 /** What workflows import (type only) and the worker registers on the generic sandbox queue. */
@@ -64,13 +90,74 @@ function invalid(message: string): ApplicationFailure {
   return ApplicationFailure.create({ type: 'invalid_sandbox_request', message, nonRetryable: true });
 }
 
-/** Only local repositories: for `file://` URLs run branches live in one worker's bare mirror. */
+/** Local repositories, and remote ones through the origin; for `file://` URLs run branches live in one worker's mirror. */
 async function localRepo(repo: string): Promise<string> {
   if (isGitUrl(repo))
     throw invalid(
-      `work graphs need a local repository path; ${repo} is a URL (its run branches stay in a worker's mirror)`,
+      `work graphs need a local repository path or an https URL; ${repo} is a file URL (its run branches stay in a worker's mirror)`,
     );
   return resolveRepo(repo);
+}
+
+export interface GraphBranchDeps {
+  logger: Logger;
+  /** `<dataDir>/mirrors` and the remote options: needed for graphs on remote repositories. */
+  mirrorRoot?: string;
+  remote?: RemoteMirrorOptions;
+}
+
+/** A graph's repository as the activities use it: a git dir, and for a remote one how to push. */
+interface GraphRepo {
+  gitDir: string;
+  push?: (ref: string, commit: string, expected: string | undefined) => Promise<void>;
+}
+
+async function graphRepo(
+  deps: GraphBranchDeps,
+  repo: string,
+  tenant: string | undefined,
+): Promise<GraphRepo> {
+  if (!isRemoteRepoUrl(repo)) return { gitDir: await localRepo(repo) };
+  if (!tenant || !isValidId(tenant)) throw invalid('a graph on a remote repository needs its tenant');
+  if (!deps.mirrorRoot || !deps.remote)
+    throw invalid('this worker has no mirror settings for remote repositories');
+  const remote = deps.remote;
+  const gitDir = await ensureMirror(deps.mirrorRoot, tenant, repo, remote);
+  return {
+    gitDir,
+    push: async (ref, commit, expected) => {
+      try {
+        await pushWithLease(gitDir, ref, commit, expected, {
+          env: (await remote.gitAuth(tenant, repo)).env,
+          timeoutMs: remote.timeoutMs,
+        });
+      } catch (err) {
+        const { code } = classifyRemoteFailure(err);
+        // A lost lease or an unreachable host: the activity's retry refreshes the mirror and tries again.
+        throw ApplicationFailure.create({
+          type: code === 'repo_unreachable' ? 'delivery_failed' : code,
+          message: `cannot push ${ref} to ${repo}: ${code.replace(/_/g, ' ')}`,
+          nonRetryable: code === 'repo_auth_failed' || code === 'repo_not_found',
+        });
+      }
+      // The mirror's copy of the origin's branch follows at once (the next fetch would bring the same).
+      await git(['update-ref', originRef(ref), commit], { cwd: gitDir, safeDirs: [gitDir] });
+    },
+  };
+}
+
+/** `refs/heads/choiros/graph/x` → where the mirror keeps the origin's copy of it. */
+const originRef = (ref: string): string =>
+  ref.replace(/^refs\/heads\/choiros\//, `${ORIGIN_CHOIROS_NAMESPACE}/`);
+
+async function revParse(repo: string, ref: string): Promise<string | undefined> {
+  return git(['rev-parse', '--verify', '--quiet', `${ref}^{commit}`], { cwd: repo, safeDirs: [repo] }).then(
+    (r) => r.stdout.trim(),
+    (err: unknown) => {
+      if (gitAnswered(err)) return undefined;
+      throw err;
+    },
+  );
 }
 
 async function isAncestor(repo: string, ancestor: string, descendant: string): Promise<boolean> {
@@ -83,15 +170,34 @@ async function isAncestor(repo: string, ancestor: string, descendant: string): P
   }
 }
 
-export function createGraphBranchActivities(deps: { logger: Logger }): GraphBranchActivities {
+export function createGraphBranchActivities(deps: GraphBranchDeps): GraphBranchActivities {
   const { logger } = deps;
   return {
     async prepareGraphBranch(input) {
       if (!isValidId(input.graphId))
         throw invalid(`graphId ${JSON.stringify(input.graphId)} is not a valid id`);
-      const repo = await localRepo(input.repo);
+      const target = await graphRepo(deps, input.repo, input.tenant);
+      const repo = target.gitDir;
       const branch = graphBranch(input.graphId);
       const baseCommit = await resolveCommit(repo, input.baseRef);
+      if (target.push) {
+        // On the origin: created from nothing (a retry or a continued graph finds it as it was).
+        const ref = `refs/heads/${branch}`;
+        const existing = await revParse(repo, originRef(ref));
+        if (existing)
+          return {
+            branch,
+            commit: existing,
+            baseCommit,
+            delivered: { remoteRef: ref, status: 'already_present' },
+          };
+        await target.push(ref, baseCommit, undefined);
+        logger.info(
+          { event: 'graph.branch.created', graphId: input.graphId, branch, baseCommit, remote: true },
+          'graph branch created',
+        );
+        return { branch, commit: baseCommit, baseCommit, delivered: { remoteRef: ref, status: 'pushed' } };
+      }
       // Create only if absent (old value all zeros): a retry or a continued graph finds it as it was.
       try {
         await git(['update-ref', `refs/heads/${branch}`, baseCommit, '0'.repeat(baseCommit.length)], {
@@ -115,15 +221,28 @@ export function createGraphBranchActivities(deps: { logger: Logger }): GraphBran
         throw invalid(`graphId ${JSON.stringify(input.graphId)} is not a valid id`);
       const bad = input.items.find((i) => !SHA.test(i.commit));
       if (bad) throw invalid(`commit ${JSON.stringify(bad.commit)} of item ${bad.itemId} is not a commit id`);
-      const repo = await localRepo(input.repo);
+      const target = await graphRepo(deps, input.repo, input.tenant);
+      const repo = target.gitDir;
       const branch = graphBranch(input.graphId);
       const ref = `refs/heads/${branch}`;
       const opts = { cwd: repo, safeDirs: [repo] };
       const log = logger.child({ graphId: input.graphId });
-      const head = await resolveCommit(repo, ref);
+      const head = await resolveCommit(repo, target.push ? originRef(ref) : ref);
       let current = head;
       const results: GraphMergeItemResult[] = [];
       for (const item of input.items) {
+        // Remote: an item's commit reaches this worker's mirror through its delivered run branch.
+        if (target.push && (await revParse(repo, item.commit)) === undefined) {
+          results.push({
+            itemId: item.itemId,
+            ok: false,
+            error: {
+              code: 'not_delivered',
+              message: `item ${item.itemId} (run ${item.runId}): its commit is not on the origin (was its branch delivered?)`,
+            },
+          });
+          continue;
+        }
         // A retry after the ref moved finds the commit in already.
         if (await isAncestor(repo, item.commit, current)) {
           results.push({ itemId: item.itemId, ok: true, how: 'already_merged', commit: current });
@@ -180,7 +299,10 @@ export function createGraphBranchActivities(deps: { logger: Logger }): GraphBran
         ).stdout.trim();
         results.push({ itemId: item.itemId, ok: true, how: 'merge', commit: current });
       }
-      if (current !== head) {
+      if (current !== head && target.push) {
+        // A lease on the head it merged onto: fails (and the activity retries) if the branch moved meanwhile.
+        await target.push(ref, current, head);
+      } else if (current !== head) {
         // Compare-and-swap: fails (and the activity retries) if someone else moved the branch meanwhile.
         await git(
           ['update-ref', '-m', `choiros graph merge of ${input.items.length} item(s)`, ref, current, head],
@@ -196,7 +318,18 @@ export function createGraphBranchActivities(deps: { logger: Logger }): GraphBran
         },
         'items merged into graph branch',
       );
-      return { commit: current, items: results };
+      return {
+        commit: current,
+        items: results,
+        ...(target.push
+          ? {
+              delivered: {
+                remoteRef: ref,
+                status: current !== head ? ('pushed' as const) : ('already_present' as const),
+              },
+            }
+          : {}),
+      };
     },
   };
 }

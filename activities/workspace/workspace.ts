@@ -48,7 +48,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { ID_PATTERN, isGitUrl, isValidId } from '../../contracts';
 import { GitError, branchExists, git, gitAnswered, resolveCommit, resolveRepo } from './git';
-import { ensureMirror, mirrorPath } from './mirror';
+import { ensureMirror, mirrorPath, type RemoteMirrorOptions } from './mirror';
 import { runProcess } from './process-helper';
 import {
   isMountPoint,
@@ -79,6 +79,8 @@ export interface WorkspaceConfig {
    * The tenancy grants check this at the API; the worker checks it again.
    */
   forbiddenRepoRoots?: string[];
+  /** Credentials and bounds for remote (https) origins (decision 0019). */
+  remote?: RemoteMirrorOptions;
   logger: Logger;
 }
 
@@ -238,7 +240,7 @@ export class Workspaces {
   /** The source repository's git dir and object store, resolved before any run code ran. */
   private async source(tenant: string, repo: string): Promise<{ gitDir: string; objectsDir: string }> {
     if (isGitUrl(repo)) {
-      const mirror = await ensureMirror(this.cfg.mirrorRoot, tenant, repo);
+      const mirror = await ensureMirror(this.cfg.mirrorRoot, tenant, repo, this.cfg.remote);
       return { gitDir: mirror, objectsDir: join(mirror, 'objects') };
     }
     // Checked on the path as given and as git resolves it, before and after git looks at it.

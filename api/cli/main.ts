@@ -9,6 +9,7 @@
  *   choiros runs approve|reject <runId> [--comment <text>]
  *   choiros runs answer <runId> <interruptId> <answer> [--comment <text>]
  *   choiros runs rerun <runId> [--mood <MOOD>] [--idempotency-key <key>] [--watch]
+ *   choiros runs deliver <runId>      retry a failed delivery to the remote origin; exit 0 when delivered
  *   choiros graphs start <graph.json> [--idempotency-key <key>]
  *   choiros graphs status <graphId>   items, their runs and moods; exit 0 when completed
  *   choiros graphs cancel <graphId>
@@ -24,6 +25,7 @@ import {
   isTerminalRebuildStage,
   isTerminalStatus,
   runStatusSchema,
+  type DeliveryView,
   type EventEnvelope,
   type RebuildView,
   type RunView,
@@ -41,6 +43,7 @@ const USAGE = `usage:
   choiros runs reject <runId> [--comment <text>]
   choiros runs answer <runId> <interruptId> <answer> [--comment <text>]
   choiros runs rerun <runId> [--mood <MOOD>] [--idempotency-key <key>] [--watch]
+  choiros runs deliver <runId>
   choiros graphs start <graph.json> [--idempotency-key <key>]
   choiros graphs status <graphId>
   choiros graphs cancel <graphId>
@@ -199,10 +202,19 @@ function summary(v: RunView): string {
       : '',
     v.rerunOf ? `  rerun of ${v.rerunOf}` : '',
     v.commit ? `  committed ${v.commit.slice(0, 12)} on ${v.branch ?? ''}` : '',
+    v.delivery ? `  ${deliveryLine(v.delivery)}` : '',
     v.error ? `  error ${v.error.code}: ${v.error.message}` : '',
   ]
     .filter(Boolean)
     .join('\n');
+}
+
+function deliveryLine(d: DeliveryView): string {
+  return [
+    `delivery ${d.status} (attempt ${d.attempt}) ${d.remoteRef}`,
+    d.error ? ` error ${d.error.code}: ${d.error.message}` : '',
+    d.pullRequest?.url ? ` pull request ${d.pullRequest.url}` : '',
+  ].join('');
 }
 
 /** Follows a run's SSE stream, reconnecting with Last-Event-ID; returns the final status. */
@@ -417,6 +429,16 @@ export async function main(
       out(ctx.json ? JSON.stringify(view) : `started ${view.runId} (rerun of ${needRun()})`);
       if (!values.watch) return 0;
       return exitFor(await watch(ctx, view.runId));
+    }
+    case 'deliver': {
+      const delivery = (await call(
+        ctx,
+        'POST',
+        `/v1/runs/${encodeURIComponent(needRun())}/delivery`,
+        {},
+      )) as DeliveryView;
+      out(ctx.json ? JSON.stringify(delivery) : `${needRun()}: ${deliveryLine(delivery)}`);
+      return delivery.status === 'failed' ? 1 : 0;
     }
     default:
       throw new CliError(`unknown command runs ${verb ?? ''}\n${USAGE}`);

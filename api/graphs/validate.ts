@@ -2,6 +2,7 @@
 import {
   AppError,
   isGitUrl,
+  isRemoteRepoUrl,
   orderWorkGraph,
   workGraphRequestSchema,
   type VerifierSpec,
@@ -11,8 +12,8 @@ import { validationError } from '../errors';
 
 /**
  * Validates a `POST /v1/work-graphs` body: each item needs known verifiers (at least one, as a run
- * does), the repository must be a local path (run branches of URL repositories stay in a worker's
- * mirror, out of the integration branch's reach), and the dependencies must order: duplicates,
+ * does), the repository must be a local path or an https URL (run branches of `file://` repositories
+ * stay in a worker's mirror, out of the integration branch's reach; https ones are delivered), and the dependencies must order: duplicates,
  * unknown dependencies and cycles are 400s whose detail names the items (`dependency cycle: a → b → a`).
  */
 export function parseWorkGraphRequest(
@@ -22,10 +23,19 @@ export function parseWorkGraphRequest(
   const parsed = workGraphRequestSchema.safeParse(body);
   if (!parsed.success) throw validationError(parsed.error);
   const graph = parsed.data;
-  if (isGitUrl(graph.repo)) {
-    throw new AppError('validation_failed', 'repo: work graphs need a local repository path, not a URL', {
-      errors: [{ field: 'repo', message: 'work graphs need a local repository path, not a URL' }],
-    });
+  if (isGitUrl(graph.repo) && !isRemoteRepoUrl(graph.repo)) {
+    throw new AppError(
+      'validation_failed',
+      'repo: work graphs need a local repository path or an https URL, not a file URL',
+      {
+        errors: [
+          {
+            field: 'repo',
+            message: 'work graphs need a local repository path or an https URL, not a file URL',
+          },
+        ],
+      },
+    );
   }
   const unknown = graph.items.flatMap((item, i) =>
     item.requiredVerifiers

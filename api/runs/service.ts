@@ -14,6 +14,7 @@ import { ApplicationFailure, defaultPayloadConverter } from '@temporalio/common'
 import { authorize, forbidden, isTenantAdmin, type Action } from '../auth/policy';
 import { QUERY_TIMEOUT_MS, guardedWithin, withTimeout } from '../temporal';
 import { requireRepoGrant, type RepoGate } from '../repo-grants';
+import { retryDelivery, withLatestDelivery } from './delivery';
 import {
   AppError,
   SEARCH_ATTRIBUTES,
@@ -27,6 +28,7 @@ import {
   answerInterruptUpdate,
   approvalUpdate,
   type ApprovalResult,
+  type DeliveryView,
   type ErrorCode,
   type InterruptView,
   type Mood,
@@ -94,6 +96,8 @@ export interface RunService {
     options: { mood?: Mood },
     idempotencyKey: string | undefined,
   ): Promise<RunView>;
+  /** Retries the failed delivery of a committed run's branch to its remote origin (decision 0019). */
+  retryDelivery(principal: Principal, runId: string): Promise<DeliveryView>;
 }
 
 /** The bound on a tenant's runs not yet running (CHOIROS_MAX_QUEUED_PER_TENANT). */
@@ -244,7 +248,9 @@ export function createTemporalRunService(deps: {
   return {
     start: (principal, request, idempotencyKey) => guarded(() => start(principal, request, idempotencyKey)),
     get: (principal, runId, action = 'runs.read') =>
-      guarded(async () => viewOf(await describeOwned(principal, runId, action))),
+      guarded(async () =>
+        withLatestDelivery(client, await viewOf(await describeOwned(principal, runId, action))),
+      ),
     list: (principal, query) => guarded(() => list(principal, query)),
     cancel: (principal, runId) =>
       guarded(async () => {
@@ -301,6 +307,11 @@ export function createTemporalRunService(deps: {
       }),
     rerun: (principal, runId, options, idempotencyKey) =>
       guarded(() => rerun(principal, runId, options, idempotencyKey)),
+    retryDelivery: (principal, runId) =>
+      guarded(async () => {
+        const view = await viewOf(await describeOwned(principal, runId, 'runs.start'));
+        return retryDelivery({ client, logger, repoAccess: deps.repoAccess, principal, view });
+      }),
   };
 
   /** The original input of a run: the first event of its history. */

@@ -83,6 +83,10 @@ export function fakeRunService(
       }
     ),
     rerun: async (p, runId) => (visible(p, runId), view),
+    retryDelivery: async (p, runId) => {
+      visible(p, runId);
+      throw new AppError('not_delivered', `run ${runId} has no committed branch of a remote repository`);
+    },
   };
 }
 

@@ -152,6 +152,8 @@ export async function startTestWorker(
     tenants?: TenantsConfig;
     /** Tenant names of the test's own, added to the default tenants. */
     extraTenants?: string[];
+    /** The worker's logger (tests that read its log lines); the shared test logger otherwise. */
+    logger?: pino.Logger;
   } = {},
 ): Promise<TestWorker> {
   const dataDir = await mkdtemp(join(env.workDir(), `data-${hostId}-`));
@@ -191,7 +193,7 @@ export async function startTestWorker(
     connection,
     nats,
     docker: new Docker(),
-    logger,
+    logger: opts.logger ?? logger,
     workflowBundle: await workflowBundle(),
     eventFaults: opts.eventFaults,
   });
@@ -240,8 +242,11 @@ export async function startTestApi(
     platformPaths?: string[];
     /** Backpressure bound of `POST /v1/runs` (CHOIROS_MAX_QUEUED_PER_TENANT); none by default. */
     maxQueuedPerTenant?: number;
+    /** The API's logger (tests that read its log lines); the shared test logger otherwise. */
+    logger?: pino.Logger;
   } = {},
 ): Promise<TestApi> {
+  const apiLogger = opts.logger ?? logger;
   const fixedTenants = opts.tenants !== undefined;
   // acme operates the platform here (the rebuild fixtures' release managers are acme's).
   const tenants: TenantsConfig = opts.tenants ?? {
@@ -278,14 +283,14 @@ export async function startTestApi(
     verifyToken,
     runs: createTemporalRunService({
       client,
-      logger,
+      logger: apiLogger,
       repoAccess,
       tenantPolicy,
       ...(opts.maxQueuedPerTenant
         ? { queueBound: { maxQueuedPerTenant: opts.maxQueuedPerTenant, retryAfterSeconds: 7 } }
         : {}),
     }),
-    graphs: createTemporalWorkGraphService({ client, logger, repoAccess, tenantPolicy }),
+    graphs: createTemporalWorkGraphService({ client, logger: apiLogger, repoAccess, tenantPolicy }),
     ...(opts.rebuildTargets
       ? {
           rebuilds: createTemporalRebuildService({
@@ -294,7 +299,7 @@ export async function startTestApi(
             targets: rebuildTargets(opts.rebuildTargets),
             defaultApprovalTimeoutSeconds: 300,
             ...(opts.rebuildTimings ? { timings: opts.rebuildTimings } : {}),
-            logger,
+            logger: apiLogger,
           }),
         }
       : {}),
@@ -314,7 +319,7 @@ export async function startTestApi(
       { name: 'temporal', check: async () => void (await connection.healthService.check({})) },
       { name: 'nats', check: async () => void (await nats.rtt()) },
     ],
-    logger,
+    logger: apiLogger,
   });
   const server: Server = await new Promise((res) => {
     const s = app.listen(0, '127.0.0.1', () => res(s));

@@ -94,7 +94,18 @@ describe('run request', () => {
     ['file:///srv/repo --upload-pack=touch', false],
     ['ext::sh -c touch% /tmp/pwned', false],
     ['-uhttps://x', false],
-    ['https://example.invalid/r.git', false],
+    ['https://example.invalid/r.git', true],
+    ['https://git.example.invalid:8443/acme/app', true],
+    ['http://127.0.0.1:8080/acme/app.git', true],
+    ['http://localhost/acme/app.git', true],
+    ['http://example.invalid/r.git', false],
+    ['https://user:tok@example.invalid/r.git', false],
+    ['https://tok@example.invalid/r.git', false],
+    ['https://example.invalid/r.git?x=1', false],
+    ['https://example.invalid/a/../r.git', false],
+    ['https://example.invalid//r.git', false],
+    ['https://-oProxyCommand=x/r.git', false],
+    ['https://EXAMPLE.invalid/r.git', false],
     ['ssh://git@example.invalid/r.git', false],
   ])('when the repo is %j, then accepted is %s', (repo, ok) => {
     expect(isGitUrl(repo)).toBe(ok);
@@ -104,9 +115,14 @@ describe('run request', () => {
   test('when the repo has .. segments or is a URL, then it is refused with a message', () => {
     const dots = runRequestSchema.safeParse({ ...base, repo: '/srv/../etc' });
     expect(dots.success).toBe(false);
-    const url = runRequestSchema.safeParse({ ...base, repo: 'https://example.invalid/r.git' });
+    const url = runRequestSchema.safeParse({ ...base, repo: 'ssh://example.invalid/r.git' });
     expect(url.success).toBe(false);
     expect(url.error?.issues[0]?.message).toMatch(/absolute path/);
+    // Embedded credentials get their own message, which never repeats the value.
+    const creds = runRequestSchema.safeParse({ ...base, repo: 'https://u:s3cret@example.invalid/r.git' });
+    expect(creds.error?.issues.map((i) => i.message)).toEqual([
+      "must not embed credentials: name the repository host's credentials in the tenants file",
+    ]);
   });
 });
 
