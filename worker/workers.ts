@@ -11,9 +11,11 @@ import { createRepoAccess, loadTenantsFile } from '../tenancy';
 import {
   createEventActivities,
   ensureEventStream,
+  publishCarried,
   type EventActivityDeps,
 } from '../activities/events/publisher';
 import { createAdmissionActivities } from '../activities/admission/activities';
+import { createStepActivities } from '../activities/steps/activities';
 import { LocalArtifactStore } from '../activities/artifacts/local-store';
 import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
 import { createSandboxActivities, type SandboxDeps } from '../activities/sandbox/activities';
@@ -23,7 +25,7 @@ import { DockerSandboxDriver, EGRESS_PROXY_SCRIPT } from '../activities/sandbox/
 import type { SandboxDriver } from '../activities/sandbox/driver';
 import { LocalSandboxDriver } from '../activities/sandbox/local-driver';
 import { loadVerifierCatalog } from '../activities/verifiers/catalog';
-import type { CreateSandboxInput } from '../activities/types';
+import type { Carried, CreateSandboxInput } from '../activities/types';
 import { createBuildActivities } from '../activities/images/activities';
 import { createDeployActivities } from '../activities/deploy/activities';
 import type { Deployer } from '../activities/deploy/deployer';
@@ -164,11 +166,19 @@ export async function createWorkerSet(opts: {
     metrics,
   };
   const sandboxActivities = createSandboxActivities(sandboxDeps);
-  const eventActivities = createEventActivities({
+  const eventDeps: EventActivityDeps = {
     js: opts.nats.jetstream(),
     logger: logger.child({ component: 'events' }),
     beforePublish: opts.eventFaults,
     onPublished: (event, duplicate) => observePublished(metrics, event, duplicate, Date.now()),
+  };
+  const eventActivities = createEventActivities(eventDeps);
+  // Steps carry the run's pending events and publish them first (decision 0015).
+  const carry = (events: readonly unknown[]): Promise<number> => publishCarried(eventDeps, events);
+  const stepActivities = createStepActivities({
+    sandbox: sandboxActivities,
+    carry,
+    logger: logger.child({ component: 'steps' }),
   });
   const buildActivities = createBuildActivities({
     docker: opts.docker,
@@ -217,6 +227,7 @@ export async function createWorkerSet(opts: {
           },
           maxWaitSeconds: config.CHOIROS_ADMISSION_TIMEOUT_SECONDS,
           logger: logger.child({ component: 'admission' }),
+          carry,
         }),
       },
     }),
@@ -226,6 +237,7 @@ export async function createWorkerSet(opts: {
       // Work graphs' integration branches live in local repositories, like run worktrees' sources.
       activities: {
         createSandbox: (input: CreateSandboxInput) => sandboxActivities.createSandbox(input),
+        createSandboxStep: (input: Carried<CreateSandboxInput>) => stepActivities.createSandboxStep(input),
         ...createGraphBranchActivities({ logger: logger.child({ component: 'graph-branch' }) }),
       },
     }),
@@ -234,7 +246,10 @@ export async function createWorkerSet(opts: {
     Worker.create({
       ...common,
       taskQueue: hostQueue,
-      activities: sandboxActivities,
+      activities: {
+        ...sandboxActivities,
+        ...stepActivities,
+      },
       maxHeartbeatThrottleInterval: '2 seconds',
     }),
     // Image builds and deploys: build progress reaches the server within ~2 s for the UI and the API.

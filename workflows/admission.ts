@@ -24,6 +24,7 @@ import {
   enqueueSignal,
   queuedSignal,
   releaseSignal,
+  runAdmissionQuery,
   type AdmissionGrant,
   type AdmissionState,
 } from '../contracts';
@@ -76,6 +77,12 @@ export async function admissionWorkflow(input: AdmissionWorkflowInput): Promise<
   };
 
   setHandler(admissionStateQuery, () => state);
+  setHandler(runAdmissionQuery, (runId) => {
+    const caps = { perUser: state.perUser, perTenant: state.perTenant };
+    if (state.running.some((r) => r.runId === runId)) return { state: 'admitted', ...caps };
+    const at = position(runId);
+    return at > 0 ? { state: 'queued', position: at, ...caps } : { state: 'unknown' };
+  });
   setHandler(acquireUpdate, (req): AdmissionGrant => {
     handled += 1;
     state.perUser = req.perUser;
@@ -105,6 +112,14 @@ export async function admissionWorkflow(input: AdmissionWorkflowInput): Promise<
     if (known) return;
     state.queued.push({ runId: req.runId, userId: req.userId });
     pump();
+    if (req.answerByQuery) {
+      // The run asks by query right away (decision 0015): admitted now, it needs no signal, and
+      // queued, it knows its position; only a later admission is signalled. Data-driven, so
+      // replay of gates from before is unchanged (their requests never carry the flag).
+      const granted = pendingGrants.indexOf(req.runId);
+      if (granted >= 0) pendingGrants.splice(granted, 1);
+      return;
+    }
     if (state.queued.some((q) => q.runId === req.runId)) pendingQueued.push(req.runId);
   });
   setHandler(releaseSignal, ({ runId }) => {

@@ -12,6 +12,7 @@ import {
   admissionWorkflowId,
   enqueueSignal,
   releaseSignal,
+  runAdmissionQuery,
   type AdmissionGrant,
   type AdmissionTerms,
 } from '../../contracts';
@@ -23,6 +24,8 @@ export interface AdmissionDeps {
   /** Longest a run waits for admission before it fails with `admission_timeout`. */
   maxWaitSeconds: number;
   logger: Logger;
+  /** Publishes a run's carried events best-effort, in order; how many are in the stream (joinAdmission). */
+  carry?: (events: readonly unknown[]) => Promise<number>;
 }
 
 export function createAdmissionActivities(deps: AdmissionDeps): AdmissionActivities {
@@ -43,6 +46,34 @@ export function createAdmissionActivities(deps: AdmissionDeps): AdmissionActivit
         'run enqueued',
       );
       return { ...deps.capsFor(input.tenant), maxWaitSeconds: deps.maxWaitSeconds };
+    },
+
+    async joinAdmission({ events, ...input }) {
+      const published = deps.carry ? await deps.carry(events) : 0;
+      const client = Context.current().client;
+      const caps = deps.capsFor(input.tenant);
+      const terms = { ...caps, maxWaitSeconds: deps.maxWaitSeconds };
+      await client.workflow.signalWithStart(WORKFLOW_TYPES.admission, {
+        workflowId: admissionWorkflowId(input.tenant),
+        taskQueue: TASK_QUEUES.orchestration,
+        args: [{ tenant: input.tenant }],
+        signal: enqueueSignal,
+        signalArgs: [{ runId: input.runId, userId: input.userId, ...caps, answerByQuery: true }],
+        staticSummary: `fairness gate of tenant ${input.tenant}`,
+      });
+      // Queries see every event before them (the server holds a query behind a pending workflow
+      // task), so the gate has handled this enqueue; a retry re-asks (enqueue is idempotent).
+      const answer = await client.workflow
+        .getHandle(admissionWorkflowId(input.tenant))
+        .query(runAdmissionQuery, input.runId);
+      deps.logger.debug(
+        { event: 'admission.join', runId: input.runId, tenant: input.tenant, state: answer.state },
+        'run joined the gate',
+      );
+      if (answer.state === 'admitted') return { ...terms, admitted: true, published, events };
+      if (answer.state === 'queued')
+        return { ...terms, admitted: false, position: answer.position, published, events };
+      throw new Error(`the gate of tenant ${input.tenant} does not know run ${input.runId} yet`);
     },
 
     async requestAdmission(input): Promise<AdmissionGrant> {
