@@ -2,6 +2,7 @@
  * History size of a minimal committed run (`true`, one verifier) through the API: a structural
  * count of its Temporal history events, so the lean run shape (decision 0015) cannot regress.
  */
+import { temporal } from '@temporalio/proto';
 import { type NatsConnection } from 'nats';
 import {
   connectNats,
@@ -57,7 +58,7 @@ test(`when a minimal run commits, then its history has at most ${MAX_HISTORY_EVE
   // Printed for docs/benchmarks.md ("History events per run").
   const byType: Record<string, number> = {};
   for (const e of events) {
-    const type = String(e.eventType);
+    const type = (temporal.api.enums.v1.EventType[e.eventType ?? 0] ?? 'UNKNOWN').replace('EVENT_TYPE_', '');
     byType[type] = (byType[type] ?? 0) + 1;
   }
   process.stdout.write(`minimal run ${runId}: ${events.length} history events ${JSON.stringify(byType)}\n`);

@@ -154,6 +154,8 @@ export class EventLog {
     this.flusher = CancellationScope.nonCancellable(async () => {
       for (;;) {
         await condition(due);
+        // Lean: a step that started in the same workflow task may have taken the events by now.
+        if (lean && !due()) continue;
         if (this.pending.length === 0) return;
         const batch = this.pending.slice(0, MAX_BATCH);
         if (lean) await this.publishLean(batch);
