@@ -1,6 +1,6 @@
 /** Deterministic per-run event numbering with an ordered flush to JetStream. */
 import {
-  ActivityFailure,
+  isCancellation,
   CancellationScope,
   condition,
   proxyActivities,
@@ -23,14 +23,15 @@ const { publishEvents } = proxyActivities<EventActivities>({
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '20 seconds' },
 });
 
-/** Per event; a local activity stays well inside one workflow task (10 s) before the fallback. */
-const LOCAL_PUBLISH_TIMEOUT_MS = 3_000;
+/** Per event: a healthy NATS acks in milliseconds. */
+const LOCAL_PUBLISH_TIMEOUT_MS = 1_000;
 
-// One marker instead of a scheduled/started/completed activity and a workflow task. Bounded: when
-// NATS is away, the unbounded activity above takes over (no workflow task is held open for it).
+// One marker instead of a scheduled/started/completed activity and a workflow task. One short
+// attempt: a local activity holds the workflow task open (queries wait behind it), so when NATS is
+// away the unbounded activity above takes over at once.
 const { publishEventsLocal } = proxyLocalActivities<EventActivities>({
-  startToCloseTimeout: '8 seconds',
-  retry: { maximumAttempts: 2, initialInterval: '200 milliseconds' },
+  startToCloseTimeout: '2 seconds',
+  retry: { maximumAttempts: 1 },
 });
 
 const MAX_BATCH = 100;
@@ -170,7 +171,8 @@ export class EventLog {
     try {
       await publishEventsLocal({ events: batch, timeoutMs: LOCAL_PUBLISH_TIMEOUT_MS });
     } catch (err) {
-      if (!(err instanceof ActivityFailure)) throw err;
+      // A local activity's failure comes as its own failure (not wrapped in an ActivityFailure).
+      if (isCancellation(err)) throw err;
       await publishEvents({ events: batch });
     }
   }
