@@ -45,12 +45,15 @@ export function createStepActivities(deps: StepDeps): StepActivities {
     finishStep: (c) =>
       carried(c, async ({ commit, destroy, release }): Promise<FinishStepResult> => {
         // A failed commit fails the step (retried, then the run fails); the workflow's cleanup
-        // still removes the sandbox, since this step did not.
+        // still removes the sandbox, since this step did not. After a commit, a failed removal is
+        // returned, not thrown: a retry must not commit twice; the cleanup retries the removal.
         const committed = commit ? await deps.sandbox.commitSandbox(commit) : undefined;
         let removed: string[];
         try {
           ({ removed } = await deps.sandbox.destroySandbox(destroy));
         } catch (err) {
+          // Without a commit here, a retry of the whole step is the retry of the removal.
+          if (!committed) throw err;
           const cause = err instanceof ApplicationFailure ? err : undefined;
           deps.logger.warn(
             { event: 'finish.destroy_failed', sandboxId: destroy.sandboxId, err },
