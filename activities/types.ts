@@ -117,8 +117,12 @@ export interface CarriedResult<O> {
   published: number;
 }
 
-/** What a run learns when it joins its tenant's queue and asks the gate at once. */
-export type AdmissionAnswer = AdmissionTerms & ({ admitted: true } | { admitted: false; position: number });
+/**
+ * What a run learns when it joins its tenant's queue and asks the gate at once: admitted, queued
+ * at a position, or (`bySignal`) the gate could not answer the query in time and will signal.
+ */
+export type AdmissionAnswer = AdmissionTerms &
+  ({ admitted: true } | { admitted: false; position: number } | { admitted: 'bySignal' });
 
 /** Execute, then (when the command succeeded) plan the verifiers: one host step. */
 export interface ExecuteStepInput {

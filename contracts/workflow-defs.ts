@@ -67,6 +67,8 @@ export interface AdmissionState {
   queued: { runId: string; userId: string }[];
   perUser: number;
   perTenant: number;
+  /** Runs that joined asking by query (decision 0015) and may still ask for signals. */
+  byQuery?: string[];
 }
 
 export const admissionStateQuery = defineQuery<AdmissionState>('admissionState');
@@ -86,6 +88,8 @@ export interface EnqueueRequest {
    * The run learns its answer by `runAdmissionQuery` right after enqueueing (decision 0015): the
    * gate sends it no `admitted` signal when it is admitted by this very request, and no `queued`
    * notice; only a later admission (after waiting) is signalled. Absent on runs from before.
+   * A second `enqueue` of the same run without the flag (its query could not be answered, e.g.
+   * a busy gate's query buffer was full) asks for the signals after all.
    */
   answerByQuery?: boolean;
 }

@@ -24,6 +24,8 @@ export interface AdmissionDeps {
   /** Longest a run waits for admission before it fails with `admission_timeout`. */
   maxWaitSeconds: number;
   logger: Logger;
+  /** How long joinAdmission waits for the gate's answer by query before it asks for signals (default 2000). */
+  queryDeadlineMs?: number;
   /** Publishes a run's carried events best-effort, in order; how many are in the stream (joinAdmission). */
   carry?: (events: readonly unknown[]) => Promise<number>;
 }
@@ -62,17 +64,29 @@ export function createAdmissionActivities(deps: AdmissionDeps): AdmissionActivit
         staticSummary: `fairness gate of tenant ${input.tenant}`,
       });
       // Queries see every event before them (the server holds a query behind a pending workflow
-      // task), so the gate has handled this enqueue; a retry re-asks (enqueue is idempotent).
-      const answer = await client.workflow
-        .getHandle(admissionWorkflowId(input.tenant))
-        .query(runAdmissionQuery, input.runId);
+      // task), so the gate has handled this enqueue. A busy gate refuses queries it cannot buffer:
+      // then the run asks for the signals instead (a repeated enqueue without the flag), once.
+      const gate = client.workflow.getHandle(admissionWorkflowId(input.tenant));
+      let answer;
+      try {
+        answer = await client.withDeadline(Date.now() + (deps.queryDeadlineMs ?? 2_000), () =>
+          gate.query(runAdmissionQuery, input.runId),
+        );
+      } catch (err) {
+        deps.logger.info(
+          { event: 'admission.join.by_signal', runId: input.runId, tenant: input.tenant, err },
+          'the gate did not answer the query; it will signal',
+        );
+        await gate.signal(enqueueSignal, { runId: input.runId, userId: input.userId, ...caps });
+        return { ...terms, admitted: 'bySignal' as const, published, events };
+      }
       deps.logger.debug(
         { event: 'admission.join', runId: input.runId, tenant: input.tenant, state: answer.state },
         'run joined the gate',
       );
-      if (answer.state === 'admitted') return { ...terms, admitted: true, published, events };
+      if (answer.state === 'admitted') return { ...terms, admitted: true as const, published, events };
       if (answer.state === 'queued')
-        return { ...terms, admitted: false, position: answer.position, published, events };
+        return { ...terms, admitted: false as const, position: answer.position, published, events };
       throw new Error(`the gate of tenant ${input.tenant} does not know run ${input.runId} yet`);
     },
 

@@ -33,11 +33,12 @@ export function localActivities(
 
 /** How a run joined its tenant's gate by `joinAdmission`: admitted at once or queued, and its retries. */
 export function joinOf(events: readonly temporal.api.history.v1.IHistoryEvent[]): {
-  admittedAtJoin: boolean | undefined;
+  admittedAtJoin: boolean | 'bySignal' | undefined;
   retries: number;
 } {
   const joins = localActivities(events).filter((l) => l.activityType === 'joinAdmission');
-  const answer = joins.find((j) => j.result !== undefined)?.result as { admitted?: boolean } | undefined;
+  const answer = joins.find((j) => j.result !== undefined)?.result as
+    { admitted?: boolean | 'bySignal' } | undefined;
   return {
     admittedAtJoin: answer?.admitted,
     retries: joins.reduce((n, j) => n + (j.attempt - 1), 0) + Math.max(0, joins.length - 1),

@@ -155,6 +155,8 @@ describe('a burst of one tenant', () => {
     let queued = 0;
     let aQueuedRun: string | undefined;
     const admittedAtJoin = new Set<string>();
+    const askedAgain = new Set<string>();
+    const enqueued = new Set<string>();
     for (let i = 0; i < views.length; i += 25) {
       await Promise.all(
         views.slice(i, i + 25).map(async (v) => {
@@ -163,6 +165,7 @@ describe('a burst of one tenant', () => {
           const join = joinOf(events);
           enqueueRetries += join.retries;
           if (join.admittedAtJoin === true) admittedAtJoin.add(v.runId);
+          if (join.admittedAtJoin === 'bySignal') askedAgain.add(v.runId);
           const waited =
             join.admittedAtJoin === false ||
             events.some((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'queued');
@@ -173,12 +176,6 @@ describe('a burst of one tenant', () => {
         }),
       );
     }
-    const signalledAdmitted = new Set(
-      gate
-        .map((e) => e.signalExternalWorkflowExecutionInitiatedEventAttributes)
-        .filter((a) => a?.signalName === 'admitted')
-        .map((a) => a?.workflowExecution?.workflowId as string),
-    );
     const admit = (runId: string): void => {
       actual.push(runId);
       const u = userOf.get(runId) as string;
@@ -192,33 +189,40 @@ describe('a burst of one tenant', () => {
         const a = e.workflowExecutionSignaledEventAttributes;
         const payload = a?.input?.payloads?.[0];
         const arg = payload ? defaultPayloadConverter.fromPayload<EnqueueRequest>(payload) : undefined;
-        if (a?.signalName === 'enqueue' && arg) waiting.push(arg.runId);
-        // Admitted by the gate's answer to this very enqueue (no signal went out for it).
-        if (
-          a?.signalName === 'enqueue' &&
-          arg &&
-          admittedAtJoin.has(arg.runId) &&
-          !signalledAdmitted.has(arg.runId)
-        )
-          admit(arg.runId);
+        // A second enqueue of a run (it could not get its answer by query) asks for signals only.
+        const firstEnqueue = a?.signalName === 'enqueue' && arg !== undefined && !enqueued.has(arg.runId);
+        if (firstEnqueue) {
+          enqueued.add(arg.runId);
+          waiting.push(arg.runId);
+        }
         if (a?.signalName === 'release' && arg) {
           held.delete(arg.runId);
           const u = userOf.get(arg.runId) as string;
           running.set(u, (running.get(u) ?? 0) - 1);
           runningNow -= 1;
         }
+        const before = expected.length;
         admitFitting();
+        // Admitted by the gate's answer to this very enqueue: the run's join says so (no signal
+        // went out). A run that asked again got its `admitted` later, but held the slot from here.
+        if (firstEnqueue && arg) {
+          const now = expected.slice(before).includes(arg.runId);
+          if (admittedAtJoin.has(arg.runId) || (askedAgain.has(arg.runId) && now)) admit(arg.runId);
+        }
       }
       if (names[i] === EVENT.signalOut) {
         const a = e.signalExternalWorkflowExecutionInitiatedEventAttributes;
-        if (a?.signalName !== 'admitted') return;
-        admit(a.workflowExecution?.workflowId as string);
+        const runId = a?.workflowExecution?.workflowId as string;
+        if (a?.signalName !== 'admitted' || actual.includes(runId)) return;
+        admit(runId);
       }
     });
     expect(new Set(actual).size).toBe(RUNS);
     expect(peakTenant).toBeLessThanOrEqual(PER_TENANT);
     expect(peakUser).toBeLessThanOrEqual(PER_USER);
-    expect(actual).toEqual(expected);
+    // The order, among runs whose admission moment the gate's record shows exactly.
+    const exact = (order: string[]): string[] => order.filter((r) => !askedAgain.has(r));
+    expect(exact(actual)).toEqual(exact(expected));
 
     // No spinning: the gate's workflow tasks did not fail, and no run retried joining the queue.
     const failedTasks = names.filter((n) => n === EVENT.taskFailed || n === EVENT.taskTimedOut).length;
@@ -231,6 +235,9 @@ describe('a burst of one tenant', () => {
     expect(enqueueRetries).toBe(0);
     // Queueing really happened (all but the first few waited), so the order above says something.
     expect(queued).toBeGreaterThan(RUNS - PER_TENANT * 2);
+    process.stdout.write(
+      `[burst] ${askedAgain.size} runs asked the gate again by signal (query not answered in time)\n`,
+    );
     process.stdout.write(
       `[burst] ${RUNS} runs, ${USERS} users, caps ${PER_USER}/${PER_TENANT}: submitted in ${submittedS.toFixed(1)} s, all committed in ${drainedS.toFixed(1)} s (${(RUNS / drainedS).toFixed(2)} runs/s); ${queued} queued; peak running ${peakTenant} (per user ${peakUser}); gate ${gate.length} events, ${failedTasks} failed workflow tasks ${JSON.stringify(causes)}; ${enqueueRetries} enqueue retries\n`,
     );

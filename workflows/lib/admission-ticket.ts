@@ -19,6 +19,7 @@ import {
   admittedSignal,
   queuedSignal,
   releaseSignal,
+  type AdmissionTerms,
   type QueuedNotice,
 } from '../../contracts';
 import type { AdmissionActivities } from '../../activities/types';
@@ -75,6 +76,15 @@ export class AdmissionTicket {
     } catch (err) {
       throw unavailable(err);
     }
+    await this.bySignal(asked, terms, onQueued);
+  }
+
+  /** Waits for the gate's `queued` / `admitted` signals, at most `maxWaitSeconds` since `asked`. */
+  private async bySignal(
+    asked: number,
+    terms: AdmissionTerms,
+    onQueued: (notice: QueuedNotice) => (waitedMs: number) => void,
+  ): Promise<void> {
     const waitMs = terms.maxWaitSeconds * 1000;
     const timedOut = (): ApplicationFailure =>
       ApplicationFailure.create({
@@ -109,7 +119,9 @@ export class AdmissionTicket {
     } catch (err) {
       throw unavailable(err);
     }
-    if (answer.admitted || this.admitted) return;
+    if (answer.admitted === true || this.admitted) return;
+    // The gate could not answer the query in time (a burst): it signals, as for `join`.
+    if (answer.admitted === 'bySignal') return this.bySignal(asked, answer, onQueued);
     const { perUser, perTenant, maxWaitSeconds } = answer;
     this.notice = { position: answer.position, perUser, perTenant };
     const queuedAt = Date.now();
