@@ -24,7 +24,7 @@ export interface AdmissionDeps {
   /** Longest a run waits for admission before it fails with `admission_timeout`. */
   maxWaitSeconds: number;
   logger: Logger;
-  /** How long joinAdmission waits for the gate's answer by query before it asks for signals (default 2000). */
+  /** How long joinAdmission waits for the gate's answer by query before it asks for signals (default 1500). */
   queryDeadlineMs?: number;
   /** Publishes a run's carried events best-effort, in order; how many are in the stream (joinAdmission). */
   carry?: (events: readonly unknown[]) => Promise<number>;
@@ -69,7 +69,8 @@ export function createAdmissionActivities(deps: AdmissionDeps): AdmissionActivit
       const gate = client.workflow.getHandle(admissionWorkflowId(input.tenant));
       let answer;
       try {
-        answer = await client.withDeadline(Date.now() + (deps.queryDeadlineMs ?? 2_000), () =>
+        // Aborted, not deadlined: the client retries a refused query, and an abort ends the retries too.
+        answer = await client.withAbortSignal(AbortSignal.timeout(deps.queryDeadlineMs ?? 1_500), () =>
           gate.query(runAdmissionQuery, input.runId),
         );
       } catch (err) {
