@@ -34,9 +34,10 @@ const { enqueueAdmission } = proxyActivities<AdmissionActivities>({
 });
 
 // The lean join (decision 0015): signal-with-start and the gate's answer by query in one local
-// activity (one marker), and the release as one too. Same bound as the activity above.
+// activity (one marker), and the release as one too. The same bounds as the activity above: on a
+// loaded machine a join may take longer than a workflow task (the task is heartbeated meanwhile).
 const local = proxyLocalActivities<AdmissionActivities>({
-  startToCloseTimeout: '10 seconds',
+  startToCloseTimeout: '30 seconds',
   scheduleToCloseTimeout: '5 minutes',
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '20 seconds' },
 });
