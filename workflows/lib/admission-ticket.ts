@@ -34,10 +34,11 @@ const { enqueueAdmission } = proxyActivities<AdmissionActivities>({
 });
 
 // The lean join (decision 0015): signal-with-start and the gate's answer by query in one local
-// activity (one marker), and the release as one too. The same bounds as the activity above: on a
-// loaded machine a join may take longer than a workflow task (the task is heartbeated meanwhile).
+// activity (one marker), and the release as one too. A burst queues local activities in the worker
+// before they start; 60 s per attempt keeps a slow join from being retried (the scheduleToClose
+// bound is the activity's). A join longer than a workflow task heartbeats the task meanwhile.
 const local = proxyLocalActivities<AdmissionActivities>({
-  startToCloseTimeout: '30 seconds',
+  startToCloseTimeout: '60 seconds',
   scheduleToCloseTimeout: '5 minutes',
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '20 seconds' },
 });
