@@ -101,7 +101,76 @@ export interface SandboxActivities {
   destroySandbox(input: DestroyInput): Promise<{ removed: string[] }>;
 }
 
+/**
+ * A step that carries the run's unpublished events (decision 0015): the activity publishes them
+ * first, best-effort and in order, and says how many (a prefix) are in the stream. The workflow
+ * keeps the rest pending. The events stay in the step's recorded input (republish reads them).
+ */
+export interface Carried<I> {
+  input: I;
+  events: EventEnvelope[];
+}
+
+export interface CarriedResult<O> {
+  value: O;
+  /** How many of the carried events, from the first, are in the stream. */
+  published: number;
+}
+
+/**
+ * What a run learns when it joins its tenant's queue and asks the gate at once: admitted, queued
+ * at a position, or (`bySignal`) the gate could not answer the query in time and will signal.
+ */
+export type AdmissionAnswer = AdmissionTerms &
+  ({ admitted: true } | { admitted: false; position: number } | { admitted: 'bySignal' });
+
+/** Execute, then (when the command succeeded) plan the verifiers: one host step. */
+export interface ExecuteStepInput {
+  exec: ExecInput;
+  plan: Omit<PlanInput, 'sandboxId'>;
+}
+
+export interface ExecuteStepResult {
+  execution: CommandOutcome;
+  /** Absent when the command failed or timed out (no verifier runs). */
+  plan?: VerifierPlan;
+}
+
+/** The end of a run on its host: the commit (when approved), the sandbox's removal, the slot's release. */
+export interface FinishStepInput {
+  commit?: CommitInput;
+  destroy: DestroyInput;
+  /** Give the admission slot back once the sandbox is gone. */
+  release?: { tenant: string; runId: string };
+}
+
+export interface FinishStepResult {
+  commit?: CommitResult;
+  /** Absent when the removal failed: the workflow retries it with the cleanup's own budget. */
+  removed?: string[];
+  destroyError?: { code: string; message: string };
+  released: boolean;
+}
+
+/** The run's steps in their lean form (decision 0015): each carries the pending events. */
+export interface StepActivities {
+  createSandboxStep(input: Carried<CreateSandboxInput>): Promise<CarriedResult<SandboxHandle>>;
+  executeStep(input: Carried<ExecuteStepInput>): Promise<CarriedResult<ExecuteStepResult>>;
+  verifyStep(input: Carried<VerifyInput>): Promise<CarriedResult<VerifierOutcome>>;
+  finishStep(input: Carried<FinishStepInput>): Promise<CarriedResult<FinishStepResult>>;
+}
+
 export interface AdmissionActivities {
+  /**
+   * Joins the queue (signal-with-start, `answerByQuery`) and asks the gate where the run stands;
+   * run as a local activity, so its result (with the events it published) is the marker's.
+   */
+  joinAdmission(input: {
+    tenant: string;
+    userId: string;
+    runId: string;
+    events: EventEnvelope[];
+  }): Promise<AdmissionAnswer & { published: number; events: EventEnvelope[] }>;
   /** Joins the tenant's fairness queue by signal-with-start; the gate answers by signals to the run. */
   enqueueAdmission(input: { tenant: string; userId: string; runId: string }): Promise<AdmissionTerms>;
   /** Asks the tenant's fairness gate for a slot; starts the gate when it is not running. */
@@ -117,4 +186,12 @@ export interface PublishResult {
 
 export interface EventActivities {
   publishEvents(input: { events: EventEnvelope[] }): Promise<PublishResult>;
+  /**
+   * The same publish as a local activity: bounded (`timeoutMs` per event) and its result repeats
+   * the events, since a local activity's marker records its result and not its input.
+   */
+  publishEventsLocal(input: {
+    events: EventEnvelope[];
+    timeoutMs: number;
+  }): Promise<PublishResult & { events: EventEnvelope[] }>;
 }

@@ -67,6 +67,8 @@ export interface AdmissionState {
   queued: { runId: string; userId: string }[];
   perUser: number;
   perTenant: number;
+  /** Runs that joined asking by query (decision 0015) and may still ask for signals. */
+  byQuery?: string[];
 }
 
 export const admissionStateQuery = defineQuery<AdmissionState>('admissionState');
@@ -82,6 +84,14 @@ export interface EnqueueRequest {
   /** Caps as configured on the worker that asked; the latest request's caps apply. */
   perUser: number;
   perTenant: number;
+  /**
+   * The run learns its answer by `runAdmissionQuery` right after enqueueing (decision 0015): the
+   * gate sends it no `admitted` signal when it is admitted by this very request, and no `queued`
+   * notice; only a later admission (after waiting) is signalled. Absent on runs from before.
+   * A second `enqueue` of the same run without the flag (its query could not be answered, e.g.
+   * a busy gate's query buffer was full) asks for the signals after all.
+   */
+  answerByQuery?: boolean;
 }
 
 export const enqueueSignal = defineSignal<[EnqueueRequest]>('enqueue');
@@ -101,6 +111,14 @@ export interface QueuedNotice {
 }
 
 export const queuedSignal = defineSignal<[QueuedNotice]>('queued');
+
+/** One run's place at its tenant's gate: holding a slot, waiting at a position, or unknown to it. */
+export type RunAdmission =
+  | { state: 'admitted'; perUser: number; perTenant: number }
+  | { state: 'queued'; position: number; perUser: number; perTenant: number }
+  | { state: 'unknown' };
+
+export const runAdmissionQuery = defineQuery<RunAdmission, [string]>('runAdmission');
 
 /** Status of a work graph. */
 export const workGraphViewQuery = defineQuery<WorkGraphView>('workGraphView');

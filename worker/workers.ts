@@ -14,9 +14,11 @@ import type { RemoteMirrorOptions } from '../activities/workspace/mirror';
 import {
   createEventActivities,
   ensureEventStream,
+  publishCarried,
   type EventActivityDeps,
 } from '../activities/events/publisher';
 import { createAdmissionActivities } from '../activities/admission/activities';
+import { createStepActivities } from '../activities/steps/activities';
 import { LocalArtifactStore } from '../activities/artifacts/local-store';
 import { HOST_LABEL, startSweeper, type RunState } from '../activities/sandbox/sweeper';
 import {
@@ -33,7 +35,7 @@ import { DockerSandboxDriver, EGRESS_PROXY_SCRIPT } from '../activities/sandbox/
 import type { SandboxDriver } from '../activities/sandbox/driver';
 import { LocalSandboxDriver } from '../activities/sandbox/local-driver';
 import { loadVerifierCatalog } from '../activities/verifiers/catalog';
-import type { CreateSandboxInput } from '../activities/types';
+import type { Carried, CreateSandboxInput } from '../activities/types';
 import { createBuildActivities } from '../activities/images/activities';
 import { createDeployActivities } from '../activities/deploy/activities';
 import type { Deployer } from '../activities/deploy/deployer';
@@ -239,11 +241,19 @@ export async function createWorkerSet(opts: {
     },
     logger: logger.child({ component: 'delivery' }),
   });
-  const eventActivities = createEventActivities({
+  const eventDeps: EventActivityDeps = {
     js: opts.nats.jetstream(),
     logger: logger.child({ component: 'events' }),
     beforePublish: opts.eventFaults,
     onPublished: (event, duplicate) => observePublished(metrics, event, duplicate, Date.now()),
+  };
+  const eventActivities = createEventActivities(eventDeps);
+  // Steps carry the run's pending events and publish them first (decision 0015).
+  const carry = (events: readonly unknown[]): Promise<number> => publishCarried(eventDeps, events);
+  const stepActivities = createStepActivities({
+    sandbox: sandboxActivities,
+    carry,
+    logger: logger.child({ component: 'steps' }),
   });
   const buildActivities = createBuildActivities({
     docker: opts.docker,
@@ -292,6 +302,7 @@ export async function createWorkerSet(opts: {
           },
           maxWaitSeconds: config.CHOIROS_ADMISSION_TIMEOUT_SECONDS,
           logger: logger.child({ component: 'admission' }),
+          carry,
         }),
       },
     }),
@@ -301,6 +312,7 @@ export async function createWorkerSet(opts: {
       // Work graphs' integration branches live in local repositories, like run worktrees' sources.
       activities: {
         createSandbox: (input: CreateSandboxInput) => sandboxActivities.createSandbox(input),
+        createSandboxStep: (input: Carried<CreateSandboxInput>) => stepActivities.createSandboxStep(input),
         ...createGraphBranchActivities({
           logger: logger.child({ component: 'graph-branch' }),
           mirrorRoot: sandboxDeps.mirrorRoot,
@@ -313,7 +325,11 @@ export async function createWorkerSet(opts: {
     Worker.create({
       ...common,
       taskQueue: hostQueue,
-      activities: { ...sandboxActivities, ...deliveryActivities },
+      activities: {
+        ...sandboxActivities,
+        ...stepActivities,
+        ...deliveryActivities,
+      },
       maxHeartbeatThrottleInterval: '2 seconds',
     }),
     // Image builds and deploys: build progress reaches the server within ~2 s for the UI and the API.

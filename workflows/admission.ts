@@ -24,6 +24,7 @@ import {
   enqueueSignal,
   queuedSignal,
   releaseSignal,
+  runAdmissionQuery,
   type AdmissionGrant,
   type AdmissionState,
 } from '../contracts';
@@ -57,6 +58,8 @@ export async function admissionWorkflow(input: AdmissionWorkflowInput): Promise<
   const pendingGrants: string[] = [];
   /** Runs that joined by `enqueue` and wait: each is told its position once. */
   const pendingQueued: string[] = [];
+  /** Runs that joined with `answerByQuery` and may still ask for signals instead (kept across continue-as-new). */
+  const byQuery = new Set<string>(state.byQuery ?? []);
 
   const usersRunning = (userId: string): number => state.running.filter((r) => r.userId === userId).length;
   const position = (runId: string): number => state.queued.findIndex((q) => q.runId === runId) + 1;
@@ -76,6 +79,13 @@ export async function admissionWorkflow(input: AdmissionWorkflowInput): Promise<
   };
 
   setHandler(admissionStateQuery, () => state);
+  const carry = (): AdmissionState => (byQuery.size > 0 ? { ...state, byQuery: [...byQuery] } : state);
+  setHandler(runAdmissionQuery, (runId) => {
+    const caps = { perUser: state.perUser, perTenant: state.perTenant };
+    if (state.running.some((r) => r.runId === runId)) return { state: 'admitted', ...caps };
+    const at = position(runId);
+    return at > 0 ? { state: 'queued', position: at, ...caps } : { state: 'unknown' };
+  });
   setHandler(acquireUpdate, (req): AdmissionGrant => {
     handled += 1;
     state.perUser = req.perUser;
@@ -101,14 +111,31 @@ export async function admissionWorkflow(input: AdmissionWorkflowInput): Promise<
     state.perTenant = req.perTenant;
     const known =
       state.running.some((r) => r.runId === req.runId) || state.queued.some((q) => q.runId === req.runId);
+    // A run that asked by query and could not get its answer asks again without the flag: it gets
+    // the signals after all (only runs that joined with the flag are in `byQuery`).
+    if (known && !req.answerByQuery && byQuery.delete(req.runId)) {
+      if (state.running.some((r) => r.runId === req.runId)) pendingGrants.push(req.runId);
+      else pendingQueued.push(req.runId);
+      return;
+    }
     // A repeated enqueue (the activity retried after its signal landed) changes nothing.
     if (known) return;
     state.queued.push({ runId: req.runId, userId: req.userId });
     pump();
+    if (req.answerByQuery) {
+      byQuery.add(req.runId);
+      // The run asks by query right away (decision 0015): admitted now, it needs no signal, and
+      // queued, it knows its position; only a later admission is signalled. Data-driven, so
+      // replay of gates from before is unchanged (their requests never carry the flag).
+      const granted = pendingGrants.indexOf(req.runId);
+      if (granted >= 0) pendingGrants.splice(granted, 1);
+      return;
+    }
     if (state.queued.some((q) => q.runId === req.runId)) pendingQueued.push(req.runId);
   });
   setHandler(releaseSignal, ({ runId }) => {
     handled += 1;
+    byQuery.delete(runId);
     state.running = state.running.filter((r) => r.runId !== runId);
     state.queued = state.queued.filter((q) => q.runId !== runId);
     pump();
@@ -122,6 +149,7 @@ export async function admissionWorkflow(input: AdmissionWorkflowInput): Promise<
 
   /** The run is gone (terminated without releasing): free its slot (or its queue place) for the next one. */
   const gone = (runId: string, err: unknown): void => {
+    byQuery.delete(runId);
     log.warn('run not found; slot freed', { tenant: input.tenant, runId, err });
     state.running = state.running.filter((r) => r.runId !== runId);
     state.queued = state.queued.filter((q) => q.runId !== runId);
@@ -178,7 +206,7 @@ export async function admissionWorkflow(input: AdmissionWorkflowInput): Promise<
     if (!active && state.running.length === 0 && state.queued.length === 0) return;
     if (continueDue()) {
       await condition(() => !pending());
-      await continueAsNew<typeof admissionWorkflow>({ tenant: input.tenant, state });
+      await continueAsNew<typeof admissionWorkflow>({ tenant: input.tenant, state: carry() });
     }
   }
 }

@@ -1,7 +1,5 @@
 /** rebuildWorkflow: resolve → verify → build → approve → deploy → health check, rolling back on failure. */
 import {
-  ActivityFailure,
-  ApplicationFailure,
   CancellationScope,
   condition,
   isCancellation,
@@ -26,6 +24,7 @@ import {
 } from '../contracts';
 import type { BuildActivities, DeployActivities, DeployResult } from '../activities/images/types';
 import { EventLog } from './lib/event-log';
+import { describeFailure } from './lib/failures';
 
 const NON_RETRYABLE = ['ref_not_found', 'repo_not_found', 'invalid_rebuild_request', 'build_failed'];
 
@@ -358,13 +357,4 @@ export async function rebuildWorkflow(input: RebuildWorkflowInput): Promise<Rebu
       });
     }
   }
-}
-
-function describeFailure(err: unknown): { code: string; message: string } {
-  let cause: unknown = err;
-  if (cause instanceof ActivityFailure && cause.cause) cause = cause.cause;
-  if (cause instanceof ApplicationFailure)
-    return { code: cause.type ?? 'activity_failed', message: cause.message };
-  if (cause instanceof Error) return { code: 'internal', message: cause.message };
-  return { code: 'internal', message: String(cause) };
 }

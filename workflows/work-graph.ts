@@ -5,10 +5,8 @@
  * their dependants. Long graphs continue as new with their state and event numbering.
  */
 import {
-  ActivityFailure,
   ApplicationFailure,
   ChildWorkflowCancellationType,
-  ChildWorkflowFailure,
   CancellationScope,
   ParentClosePolicy,
   condition,
@@ -50,6 +48,7 @@ import type {
 } from '../activities/workspace/graph-branch';
 import type { runWorkflow } from './run';
 import { EventLog } from './lib/event-log';
+import { describeFailure } from './lib/failures';
 
 const { prepareGraphBranch, mergeIntoGraphBranch } = proxyActivities<GraphBranchActivities>({
   taskQueue: TASK_QUEUES.sandbox,
@@ -62,8 +61,6 @@ const { prepareGraphBranch, mergeIntoGraphBranch } = proxyActivities<GraphBranch
 
 /** Items started in one workflow run before it continues as new (a history stays well below its limits). */
 export const DEFAULT_CONTINUE_AS_NEW_AFTER = 100;
-
-type Failure = { code: string; message: string };
 
 export async function workGraphWorkflow(input: WorkGraphWorkflowInput): Promise<WorkGraphView> {
   const { graphId, tenant, userId } = input;
@@ -457,14 +454,4 @@ function missingResult(item: GraphMergeItem): GraphMergeItemResult {
     ok: false,
     error: { code: 'merge_conflict', message: 'the merge reported no result' },
   };
-}
-
-function describeFailure(err: unknown): Failure {
-  let cause: unknown = err;
-  while ((cause instanceof ActivityFailure || cause instanceof ChildWorkflowFailure) && cause.cause)
-    cause = cause.cause;
-  if (cause instanceof ApplicationFailure)
-    return { code: cause.type ?? 'activity_failed', message: cause.message };
-  if (cause instanceof Error) return { code: 'internal', message: cause.message };
-  return { code: 'internal', message: String(cause) };
 }

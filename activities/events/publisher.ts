@@ -63,12 +63,44 @@ export function publishEnvelope(
   js: JetStreamClient,
   event: EventEnvelope,
   msgID = event.id,
+  timeoutMs = 10_000,
 ): Promise<PubAck> {
   return js.publish(eventSubject(event), codec.encode(event), {
     msgID,
     expect: { streamName: EVENT_STREAM },
-    timeout: 10_000,
+    timeout: timeoutMs,
   });
+}
+
+/** How long a step waits for each carried event's ack before it leaves the rest to the workflow. */
+export const CARRIED_PUBLISH_TIMEOUT_MS = 2_000;
+
+/**
+ * Publishes a run's carried events in order and stops at the first failure (decision 0015): a
+ * step never fails for NATS. Returns how many, from the first, are in the stream.
+ */
+export async function publishCarried(
+  deps: EventActivityDeps,
+  events: readonly unknown[],
+  timeoutMs = CARRIED_PUBLISH_TIMEOUT_MS,
+): Promise<number> {
+  let published = 0;
+  for (const raw of events) {
+    try {
+      const event = eventEnvelopeSchema.parse(raw);
+      deps.beforePublish?.(event, Context.current().info.attempt);
+      const ack = await publishEnvelope(deps.js, event, event.id, timeoutMs);
+      deps.onPublished?.(event, ack.duplicate);
+      published += 1;
+    } catch (err) {
+      deps.logger.warn(
+        { event: 'events.carried.unpublished', published, left: events.length - published, err },
+        'carried events left to the workflow',
+      );
+      break;
+    }
+  }
+  return published;
 }
 
 export interface EventActivityDeps {
@@ -84,30 +116,34 @@ export interface EventActivityDeps {
 }
 
 export function createEventActivities(deps: EventActivityDeps): EventActivities {
+  const publish = async (events: EventEnvelope[], timeoutMs?: number): Promise<PublishResult> => {
+    const acks: PublishResult['acks'] = [];
+    // Sequential on purpose: order by seq within a run is part of the contract.
+    for (const raw of events) {
+      const event = eventEnvelopeSchema.parse(raw);
+      deps.beforePublish?.(event, Context.current().info.attempt);
+      const ack = await publishEnvelope(deps.js, event, event.id, timeoutMs);
+      acks.push({ id: event.id, streamSeq: ack.seq, duplicate: ack.duplicate });
+      deps.onPublished?.(event, ack.duplicate);
+    }
+    const first = events[0];
+    if (first) {
+      deps.logger.debug(
+        {
+          event: 'events.published',
+          runId: first.run_id,
+          count: events.length,
+          lastSeq: events[events.length - 1]?.seq,
+        },
+        'events published',
+      );
+    }
+    return { acks };
+  };
   return {
-    async publishEvents({ events }): Promise<PublishResult> {
-      const acks: PublishResult['acks'] = [];
-      // Sequential on purpose: order by seq within a run is part of the contract.
-      for (const raw of events) {
-        const event = eventEnvelopeSchema.parse(raw);
-        deps.beforePublish?.(event, Context.current().info.attempt);
-        const ack = await publishEnvelope(deps.js, event);
-        acks.push({ id: event.id, streamSeq: ack.seq, duplicate: ack.duplicate });
-        deps.onPublished?.(event, ack.duplicate);
-      }
-      const first = events[0];
-      if (first) {
-        deps.logger.debug(
-          {
-            event: 'events.published',
-            runId: first.run_id,
-            count: events.length,
-            lastSeq: events[events.length - 1]?.seq,
-          },
-          'events published',
-        );
-      }
-      return { acks };
+    publishEvents: ({ events }) => publish(events),
+    async publishEventsLocal({ events, timeoutMs }) {
+      return { ...(await publish(events, timeoutMs)), events };
     },
   };
 }

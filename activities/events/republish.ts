@@ -1,10 +1,13 @@
 /**
  * Re-publishes a run's events from its Temporal history, the source of truth: every event a run
- * emitted is in the input of a `publishEvents` activity it scheduled. Only events missing from the
- * stream are published, in seq order, so running it twice or on an intact run changes nothing.
+ * emitted is recorded there — in the input of a `publishEvents` activity or of a step that carried
+ * it (decision 0015), or in the result of a local activity that published it (a local activity's
+ * marker records its result, not its input). Only events missing from the stream are published,
+ * in seq order, so running it twice or on an intact run changes nothing.
  */
 import type { Client } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
+import type { temporal } from '@temporalio/proto';
 import { JSONCodec, type JetStreamClient } from 'nats';
 import {
   EVENT_STREAM,
@@ -15,17 +18,51 @@ import {
 } from '../../contracts';
 import { publishEnvelope } from './publisher';
 
+/** The `events` a recorded payload carries, if it carries any. */
+function carriedEvents(payload: temporal.api.common.v1.IPayload | undefined | null): unknown[] {
+  if (!payload) return [];
+  const value = defaultPayloadConverter.fromPayload<unknown>(payload);
+  if (typeof value !== 'object' || value === null || !('events' in value)) return [];
+  const { events } = value;
+  return Array.isArray(events) ? events : [];
+}
+
+/** Activities whose input holds events, and local activities whose result repeats them. */
+const CARRYING_ACTIVITIES = new Set([
+  'publishEvents',
+  'createSandboxStep',
+  'executeStep',
+  'verifyStep',
+  'finishStep',
+]);
+const CARRYING_LOCAL_ACTIVITIES = new Set(['publishEventsLocal', 'joinAdmission']);
+
+function localActivityType(
+  details: temporal.api.history.v1.IMarkerRecordedEventAttributes['details'],
+): string {
+  const data = details?.data?.payloads?.[0];
+  if (!data) return '';
+  const value = defaultPayloadConverter.fromPayload<{ activity_type?: string }>(data);
+  return value.activity_type ?? '';
+}
+
 /** The events recorded in a run's workflow history, unique by id, in seq order. */
 export async function eventsFromHistory(client: Client, runId: string): Promise<EventEnvelope[]> {
   const history = await client.workflow.getHandle(runId).fetchHistory();
   const byId = new Map<string, EventEnvelope>();
   for (const e of history.events ?? []) {
     const scheduled = e.activityTaskScheduledEventAttributes;
-    if (scheduled?.activityType?.name !== 'publishEvents') continue;
-    const payload = scheduled.input?.payloads?.[0];
-    if (!payload) continue;
-    const input = defaultPayloadConverter.fromPayload<{ events: unknown[] }>(payload);
-    for (const raw of input.events) {
+    const marker = e.markerRecordedEventAttributes;
+    const raws = [
+      ...(CARRYING_ACTIVITIES.has(scheduled?.activityType?.name ?? '')
+        ? carriedEvents(scheduled?.input?.payloads?.[0])
+        : []),
+      ...(marker?.markerName === 'core_local_activity' &&
+      CARRYING_LOCAL_ACTIVITIES.has(localActivityType(marker.details))
+        ? carriedEvents(marker.details?.result?.payloads?.[0])
+        : []),
+    ];
+    for (const raw of raws) {
       const event = eventEnvelopeSchema.parse(raw);
       byId.set(event.id, event);
     }

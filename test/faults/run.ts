@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { connect, credsAuthenticator } from 'nats';
 import type { RunView } from '../../contracts';
+import { joinOf, localActivities } from '../helpers/history';
 import { expectGapFree, readRunEvents } from '../helpers/runs';
 import { RecordingClient, isDocumented503, isSettled, type Recorded } from './client';
 import { SCENARIOS, type Scenario } from './scenarios';
@@ -233,14 +234,19 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
         const a = e.activityTaskStartedEventAttributes;
         if (a && enqueues.has(String(a.scheduledEventId))) admissionRetries += (a.attempt ?? 1) - 1;
       }
-      const hit = (history.events ?? []).some(
-        (e) =>
-          (e.activityTaskStartedEventAttributes?.attempt ?? 1) > 1 ||
-          e.activityTaskFailedEventAttributes ||
-          e.activityTaskTimedOutEventAttributes ||
-          e.workflowTaskTimedOutEventAttributes ||
-          e.workflowTaskFailedEventAttributes,
-      );
+      // Lean runs (decision 0015) join by a local activity: its retries are in its markers.
+      admissionRetries += joinOf(history.events ?? []).retries;
+      const locals = localActivities(history.events ?? []);
+      const hit =
+        locals.some((l) => l.attempt > 1 || l.result === undefined) ||
+        (history.events ?? []).some(
+          (e) =>
+            (e.activityTaskStartedEventAttributes?.attempt ?? 1) > 1 ||
+            e.activityTaskFailedEventAttributes ||
+            e.activityTaskTimedOutEventAttributes ||
+            e.workflowTaskTimedOutEventAttributes ||
+            e.workflowTaskFailedEventAttributes,
+        );
       if (hit) retried += 1;
     }
   } finally {

@@ -22,6 +22,7 @@ import {
   type TestWorker,
 } from '../helpers/integration';
 import { apiClient, readRunEvents, recordHistory } from '../helpers/runs';
+import { joinOf } from '../helpers/history';
 import { waitingRunsQuery } from '../../api/runs/service';
 
 const suffix = randomUUID().slice(0, 8);
@@ -148,36 +149,80 @@ describe('a burst of one tenant', () => {
         } else i += 1;
       }
     };
+    // Each run's own record of its join: a lean run (decision 0015) asks the gate by query and is
+    // admitted at its enqueue without an `admitted` signal; queued, it learns its position the same way.
+    let enqueueRetries = 0;
+    let queued = 0;
+    let aQueuedRun: string | undefined;
+    const admittedAtJoin = new Set<string>();
+    const askedAgain = new Set<string>();
+    const enqueued = new Set<string>();
+    for (let i = 0; i < views.length; i += 25) {
+      await Promise.all(
+        views.slice(i, i + 25).map(async (v) => {
+          const h = await api.client.workflow.getHandle(v.runId).fetchHistory();
+          const events = h.events ?? [];
+          const join = joinOf(events);
+          enqueueRetries += join.retries;
+          if (join.admittedAtJoin === true) admittedAtJoin.add(v.runId);
+          if (join.admittedAtJoin === 'bySignal') askedAgain.add(v.runId);
+          const waited =
+            join.admittedAtJoin === false ||
+            events.some((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'queued');
+          if (waited) {
+            queued += 1;
+            aQueuedRun ??= v.runId;
+          }
+        }),
+      );
+    }
+    const admit = (runId: string): void => {
+      actual.push(runId);
+      const u = userOf.get(runId) as string;
+      running.set(u, (running.get(u) ?? 0) + 1);
+      runningNow += 1;
+      peakTenant = Math.max(peakTenant, runningNow);
+      peakUser = Math.max(peakUser, running.get(u) ?? 0);
+    };
     gate.forEach((e, i) => {
       if (names[i] === EVENT.signaled) {
         const a = e.workflowExecutionSignaledEventAttributes;
         const payload = a?.input?.payloads?.[0];
         const arg = payload ? defaultPayloadConverter.fromPayload<EnqueueRequest>(payload) : undefined;
-        if (a?.signalName === 'enqueue' && arg) waiting.push(arg.runId);
+        // A second enqueue of a run (it could not get its answer by query) asks for signals only.
+        const firstEnqueue = a?.signalName === 'enqueue' && arg !== undefined && !enqueued.has(arg.runId);
+        if (firstEnqueue) {
+          enqueued.add(arg.runId);
+          waiting.push(arg.runId);
+        }
         if (a?.signalName === 'release' && arg) {
           held.delete(arg.runId);
           const u = userOf.get(arg.runId) as string;
           running.set(u, (running.get(u) ?? 0) - 1);
           runningNow -= 1;
         }
+        const before = expected.length;
         admitFitting();
+        // Admitted by the gate's answer to this very enqueue: the run's join says so (no signal
+        // went out). A run that asked again got its `admitted` later, but held the slot from here.
+        if (firstEnqueue && arg) {
+          const now = expected.slice(before).includes(arg.runId);
+          if (admittedAtJoin.has(arg.runId) || (askedAgain.has(arg.runId) && now)) admit(arg.runId);
+        }
       }
       if (names[i] === EVENT.signalOut) {
         const a = e.signalExternalWorkflowExecutionInitiatedEventAttributes;
-        if (a?.signalName !== 'admitted') return;
-        const runId = a.workflowExecution?.workflowId as string;
-        actual.push(runId);
-        const u = userOf.get(runId) as string;
-        running.set(u, (running.get(u) ?? 0) + 1);
-        runningNow += 1;
-        peakTenant = Math.max(peakTenant, runningNow);
-        peakUser = Math.max(peakUser, running.get(u) ?? 0);
+        const runId = a?.workflowExecution?.workflowId as string;
+        if (a?.signalName !== 'admitted' || actual.includes(runId)) return;
+        admit(runId);
       }
     });
     expect(new Set(actual).size).toBe(RUNS);
     expect(peakTenant).toBeLessThanOrEqual(PER_TENANT);
     expect(peakUser).toBeLessThanOrEqual(PER_USER);
-    expect(actual).toEqual(expected);
+    // The order, among runs whose admission moment the gate's record shows exactly.
+    const exact = (order: string[]): string[] => order.filter((r) => !askedAgain.has(r));
+    expect(exact(actual)).toEqual(exact(expected));
 
     // No spinning: the gate's workflow tasks did not fail, and no run retried joining the queue.
     const failedTasks = names.filter((n) => n === EVENT.taskFailed || n === EVENT.taskTimedOut).length;
@@ -187,41 +232,17 @@ describe('a burst of one tenant', () => {
       .filter((c): c is temporal.api.enums.v1.WorkflowTaskFailedCause => c !== undefined && c !== null)
       .map((c) => temporal.api.enums.v1.WorkflowTaskFailedCause[c]);
     expect(failedTasks).toBeLessThanOrEqual(3);
-    let enqueueRetries = 0;
-    let queued = 0;
-    let aQueuedRun: string | undefined;
-    for (let i = 0; i < views.length; i += 25) {
-      await Promise.all(
-        views.slice(i, i + 25).map(async (v) => {
-          const h = await api.client.workflow.getHandle(v.runId).fetchHistory();
-          const events = h.events ?? [];
-          const evNames = events.map(eventTypeName);
-          const scheduled = new Map<string, string>();
-          events.forEach((e, j) => {
-            if (evNames[j] === EVENT.activityScheduled) {
-              const type = e.activityTaskScheduledEventAttributes?.activityType?.name ?? '';
-              scheduled.set(String(e.eventId), type);
-            }
-            if (evNames[j] === EVENT.activityStarted) {
-              const a = e.activityTaskStartedEventAttributes;
-              if (scheduled.get(String(a?.scheduledEventId)) === 'enqueueAdmission')
-                enqueueRetries += (a?.attempt ?? 1) - 1;
-            }
-          });
-          if (events.some((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'queued')) {
-            queued += 1;
-            aQueuedRun ??= v.runId;
-          }
-        }),
-      );
-    }
     expect(enqueueRetries).toBe(0);
     // Queueing really happened (all but the first few waited), so the order above says something.
     expect(queued).toBeGreaterThan(RUNS - PER_TENANT * 2);
     process.stdout.write(
+      `[burst] ${askedAgain.size} runs asked the gate again by signal (query not answered in time)\n`,
+    );
+    process.stdout.write(
       `[burst] ${RUNS} runs, ${USERS} users, caps ${PER_USER}/${PER_TENANT}: submitted in ${submittedS.toFixed(1)} s, all committed in ${drainedS.toFixed(1)} s (${(RUNS / drainedS).toFixed(2)} runs/s); ${queued} queued; peak running ${peakTenant} (per user ${peakUser}); gate ${gate.length} events, ${failedTasks} failed workflow tasks ${JSON.stringify(causes)}; ${enqueueRetries} enqueue retries\n`,
     );
-    await recordHistory(aQueuedRun as string, 'run-queued-admitted-by-signal');
+    // run-queued-admitted-by-signal.json stays the v2 history (decision 0014); this is the lean one.
+    await recordHistory(aQueuedRun as string, 'run-queued-lean');
   }, 600_000);
 
   test("when a tenant's waiting runs reach the bound, then POST /v1/runs answers 429 queue_full with Retry-After, a retry of a started run is still answered, and there is room again once they leave", async () => {

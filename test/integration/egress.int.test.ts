@@ -88,7 +88,7 @@ test('when a run has an egress allow-list, then only the listed name is reachabl
   expect(view.status).toBe('committed');
   if (process.env.CHOIROS_RECORD_HISTORIES === '1') {
     // A replay fixture through the egress-events and egress-summary patches (see test/replay);
-    // run-egress-allowlist.json keeps the history from before egress-summary.
+    // (run-egress-allowlist.json, from before runs-v2, was retired with it: decision 0014.)
     const json = execFileSync(
       process.env.CHOIROS_TEMPORAL_BIN ?? 'temporal',
       ['workflow', 'show', '--workflow-id', runId, '--output', 'json', '--address', env.temporalAddress()],

@@ -173,13 +173,13 @@ test('a SIGTERMed worker stops taking tasks, finishes its in-flight command, exi
   expect(started.status).toBe(201);
   const runId = started.body.runId;
   const handle = api.client.workflow.getHandle(runId);
-  // Wait until the command runs on the old worker: execInSandbox has heartbeated from it. Pending alone
+  // Wait until the command runs on the old worker: executeStep (execute + plan, decision 0015) has heartbeated from it. Pending alone
   // is not enough — a scheduled activity no worker has picked up yet is pending too, and a SIGTERM
   // then leaves the old worker nothing in flight to finish.
   const pendingExec = await poll(
     async () =>
       (await handle.describe()).raw.pendingActivities?.find(
-        (a) => a.activityType?.name === 'execInSandbox' && (a.heartbeatDetails?.payloads?.length ?? 0) > 0,
+        (a) => a.activityType?.name === 'executeStep' && (a.heartbeatDetails?.payloads?.length ?? 0) > 0,
       ),
     (a) => a !== undefined,
     60_000,
@@ -189,7 +189,7 @@ test('a SIGTERMed worker stops taking tasks, finishes its in-flight command, exi
   expect(await old.signal('SIGTERM')).toBe(0);
   const history = await handle.fetchHistory();
   const execScheduled = history.events?.find(
-    (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'execInSandbox',
+    (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'executeStep',
   );
   const execCompleted = history.events?.find(
     (e) =>

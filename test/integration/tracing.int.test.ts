@@ -191,7 +191,8 @@ test('when a run is started through the API with tracing on, then one trace link
   expect(run.parentSpanId).toBe(start.spanId);
   expect(run.resource).toMatchObject({ 'service.name': 'choiros-worker', 'service.version': WORKER_BUILD });
 
-  for (const activity of ['createSandbox', 'execInSandbox', 'commitSandbox', 'destroySandbox']) {
+  // The lean run shape's host steps (decision 0015).
+  for (const activity of ['createSandboxStep', 'executeStep', 'verifyStep', 'finishStep']) {
     const exec = spanOf(trace, (s) => s.name === `RunActivity:${activity}`, `RunActivity:${activity}`);
     expect(exec.resource['service.name']).toBe('choiros-worker');
     expect(exec.attributes.temporalWorkflowId).toBe(runId);

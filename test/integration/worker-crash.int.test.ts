@@ -96,7 +96,8 @@ test('when the worker is SIGKILLed mid-command and started again, then the run c
     if (c) completed.push(scheduled.get(String(c.scheduledEventId)) ?? '?');
   }
   const count = (name: string): number => completed.filter((n) => n === name).length;
-  for (const step of ['createSandbox', 'execInSandbox', 'planVerifiers', 'commitSandbox', 'destroySandbox']) {
+  // The lean run shape (decision 0015): execute returns the plan; commit, removal and release are one step.
+  for (const step of ['createSandboxStep', 'executeStep', 'verifyStep', 'finishStep']) {
     expect({ step, completions: count(step) }).toEqual({ step, completions: 1 });
   }
 

@@ -10,6 +10,7 @@ import {
   isCancellation,
   log,
   proxyActivities,
+  proxyLocalActivities,
   setHandler,
 } from '@temporalio/workflow';
 import {
@@ -18,14 +19,26 @@ import {
   admittedSignal,
   queuedSignal,
   releaseSignal,
+  type AdmissionTerms,
   type QueuedNotice,
 } from '../../contracts';
 import type { AdmissionActivities } from '../../activities/types';
+import type { EventLog } from './event-log';
 
 // Joining the queue is one signal-with-start; a gate unreachable for minutes fails the run visibly.
 const { enqueueAdmission } = proxyActivities<AdmissionActivities>({
   taskQueue: TASK_QUEUES.orchestration,
   startToCloseTimeout: '30 seconds',
+  scheduleToCloseTimeout: '5 minutes',
+  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '20 seconds' },
+});
+
+// The lean join (decision 0015): signal-with-start and the gate's answer by query in one local
+// activity (one marker), and the release as one too. A burst queues local activities in the worker
+// before they start; 60 s per attempt keeps a slow join from being retried (the scheduleToClose
+// bound is the activity's). A join longer than a workflow task heartbeats the task meanwhile.
+const local = proxyLocalActivities<AdmissionActivities>({
+  startToCloseTimeout: '60 seconds',
   scheduleToCloseTimeout: '5 minutes',
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '20 seconds' },
 });
@@ -63,14 +76,17 @@ export class AdmissionTicket {
     try {
       terms = await enqueueAdmission(this.owner);
     } catch (err) {
-      if (isCancellation(err)) throw err;
-      const cause = err instanceof ActivityFailure && err.cause ? err.cause : err;
-      throw ApplicationFailure.create({
-        type: 'admission_unavailable',
-        message: `the tenant's admission gate could not be reached: ${cause instanceof Error ? cause.message : String(cause)}`,
-        nonRetryable: true,
-      });
+      throw unavailable(err);
     }
+    await this.bySignal(asked, terms, onQueued);
+  }
+
+  /** Waits for the gate's `queued` / `admitted` signals, at most `maxWaitSeconds` since `asked`. */
+  private async bySignal(
+    asked: number,
+    terms: AdmissionTerms,
+    onQueued: (notice: QueuedNotice) => (waitedMs: number) => void,
+  ): Promise<void> {
     const waitMs = terms.maxWaitSeconds * 1000;
     const timedOut = (): ApplicationFailure =>
       ApplicationFailure.create({
@@ -86,6 +102,48 @@ export class AdmissionTicket {
     onAdmitted(Date.now() - queuedAt);
   }
 
+  /**
+   * The lean join (decision 0015): one local activity enqueues, carrying the run's pending events,
+   * and learns from the gate at once whether the run holds a slot. Admitted, no signal and no timer
+   * is spent; queued, the run waits for `admitted` within the same bound as `join`.
+   */
+  async joinLean(
+    events: EventLog,
+    onQueued: (notice: QueuedNotice) => (waitedMs: number) => void,
+  ): Promise<void> {
+    const asked = Date.now();
+    let answer;
+    try {
+      answer = await events.carried(async (batch) => {
+        const a = await local.joinAdmission({ ...this.owner, events: batch });
+        return { value: a, published: a.published };
+      });
+    } catch (err) {
+      throw unavailable(err);
+    }
+    if (answer.admitted === true || this.admitted) return;
+    // The gate could not answer the query in time (a burst): it signals, as for `join`.
+    if (answer.admitted === 'bySignal') return this.bySignal(asked, answer, onQueued);
+    const { perUser, perTenant, maxWaitSeconds } = answer;
+    this.notice = { position: answer.position, perUser, perTenant };
+    const queuedAt = Date.now();
+    const onAdmitted = onQueued(this.notice);
+    const left = Math.max(1, maxWaitSeconds * 1000 - (queuedAt - asked));
+    if (!(await condition(() => this.admitted, left))) {
+      throw ApplicationFailure.create({
+        type: 'admission_timeout',
+        message: `not admitted within ${maxWaitSeconds}s (queued at position ${answer.position}); the tenant's runs kept every slot (caps ${perUser} per user, ${perTenant} per tenant)`,
+        nonRetryable: true,
+      });
+    }
+    onAdmitted(Date.now() - queuedAt);
+  }
+
+  /** The lean release: one local activity; a gate that has ended holds nothing. */
+  async releaseLean(): Promise<void> {
+    await local.releaseAdmission({ tenant: this.owner.tenant, runId: this.owner.runId });
+  }
+
   /** Gives the slot back (or leaves the queue); a gate that has ended holds nothing. */
   async release(): Promise<void> {
     const { tenant, runId } = this.owner;
@@ -95,4 +153,15 @@ export class AdmissionTicket {
       log.info('admission gate not running; nothing to release', { runId, tenant, err });
     }
   }
+}
+
+/** The gate could not be reached within the join's bound: the run fails visibly. */
+function unavailable(err: unknown): unknown {
+  if (isCancellation(err)) return err;
+  const cause = err instanceof ActivityFailure && err.cause ? err.cause : err;
+  return ApplicationFailure.create({
+    type: 'admission_unavailable',
+    message: `the tenant's admission gate could not be reached: ${cause instanceof Error ? cause.message : String(cause)}`,
+    nonRetryable: true,
+  });
 }
