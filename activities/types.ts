@@ -99,6 +99,11 @@ export interface SandboxActivities {
   planVerifiers(input: PlanInput): Promise<VerifierPlan>;
   commitSandbox(input: CommitInput): Promise<CommitResult>;
   destroySandbox(input: DestroyInput): Promise<{ removed: string[] }>;
+  /**
+   * The commit a run made before its workspace was removed (a finish step retried after a worker
+   * died between removal and answer); null while the workspace exists or without the run's branch.
+   */
+  findCommit(input: { sandboxId: string; tenant?: string; repo: string }): Promise<CommitResult | null>;
 }
 
 /**

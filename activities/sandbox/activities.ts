@@ -501,6 +501,21 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       return result;
     },
 
+    async findCommit(input: {
+      sandboxId: string;
+      tenant?: string;
+      repo: string;
+    }): Promise<CommitResult | null> {
+      const rec = record(input.sandboxId);
+      return (
+        (await workspaces.committedBranch({
+          runId: rec.runId,
+          ...(input.tenant ? { tenant: input.tenant } : {}),
+          repo: input.repo,
+        })) ?? null
+      );
+    },
+
     async destroySandbox(input: DestroyInput): Promise<{ removed: string[] }> {
       const rec = record(input.sandboxId);
       const removed: string[] = [];

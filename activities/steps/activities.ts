@@ -9,7 +9,16 @@ import { WorkflowNotFoundError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from 'pino';
 import { admissionWorkflowId, releaseSignal } from '../../contracts';
-import type { Carried, CarriedResult, FinishStepResult, SandboxActivities, StepActivities } from '../types';
+import type {
+  Carried,
+  CarriedResult,
+  CommitInput,
+  CommitResult,
+  DestroyInput,
+  FinishStepResult,
+  SandboxActivities,
+  StepActivities,
+} from '../types';
 
 export interface StepDeps {
   sandbox: SandboxActivities;
@@ -25,6 +34,31 @@ export function createStepActivities(deps: StepDeps): StepActivities {
   ): Promise<CarriedResult<O>> => {
     const published = events.length > 0 ? await deps.carry(events) : 0;
     return { value: await step(input), published };
+  };
+
+  /**
+   * The commit, or the one this run already made: a worker that died after the step removed the
+   * workspace (before it answered) leaves the run's branch and no workspace, and the retried step
+   * answers with that commit instead of failing a committed run with sandbox_not_found.
+   */
+  const commitOnce = async (commit: CommitInput, destroy: DestroyInput): Promise<CommitResult> => {
+    try {
+      return await deps.sandbox.commitSandbox(commit);
+    } catch (err) {
+      if (!(err instanceof ApplicationFailure && err.type === 'sandbox_not_found') || !destroy.keepBranch)
+        throw err;
+      const earlier = await deps.sandbox.findCommit({
+        sandboxId: destroy.sandboxId,
+        ...(destroy.tenant ? { tenant: destroy.tenant } : {}),
+        repo: destroy.repo,
+      });
+      if (!earlier) throw err;
+      deps.logger.info(
+        { event: 'finish.commit_found', runId: destroy.sandboxId, commit: earlier.commit },
+        'retried finish step: the run had committed before its workspace was removed',
+      );
+      return earlier;
+    }
   };
 
   return {
@@ -47,7 +81,7 @@ export function createStepActivities(deps: StepDeps): StepActivities {
         // A failed commit fails the step (retried, then the run fails); the workflow's cleanup
         // still removes the sandbox, since this step did not. After a commit, a failed removal is
         // returned, not thrown: a retry must not commit twice; the cleanup retries the removal.
-        const committed = commit ? await deps.sandbox.commitSandbox(commit) : undefined;
+        const committed = commit ? await commitOnce(commit, destroy) : undefined;
         let removed: string[];
         try {
           ({ removed } = await deps.sandbox.destroySandbox(destroy));

@@ -584,6 +584,50 @@ export class Workspaces {
     return removed;
   }
 
+  /**
+   * The commit a run's finish step made before its workspace was removed: for a finish step retried
+   * after a worker died between the removal and its answer (decision 0015). Only when the workspace
+   * is gone and the run's own branch (a platform namespace no origin can write) exists.
+   */
+  async committedBranch(input: {
+    runId: string;
+    tenant?: string;
+    repo: string;
+  }): Promise<{ branch: string; commit: string; changedPaths: string[] } | undefined> {
+    if (await this.readState(input.runId).catch(() => undefined)) return undefined;
+    const gitDir = await this.locateSource(input.tenant, input.repo);
+    if (!gitDir) return undefined;
+    const branch = runBranch(input.runId);
+    const commit = await this.srcGit({ gitDir }, [
+      'rev-parse',
+      '--verify',
+      '--quiet',
+      `refs/heads/${branch}^{commit}`,
+    ]).then(
+      (r) => r.stdout.trim(),
+      (err: unknown) => {
+        if (gitAnswered(err)) return undefined;
+        throw err;
+      },
+    );
+    if (!commit) return undefined;
+    const changedPaths = (
+      await this.srcGit({ gitDir }, [
+        'diff-tree',
+        '--no-commit-id',
+        '--name-only',
+        '--no-renames',
+        '-r',
+        '-z',
+        `${commit}^`,
+        commit,
+      ])
+    ).stdout
+      .split('\0')
+      .filter(Boolean);
+    return { branch, commit, changedPaths };
+  }
+
   /** The source git dir of a run whose workspace is gone, if it still exists (never creates a mirror). */
   private async locateSource(tenant: string | undefined, repo: string): Promise<string | undefined> {
     if (isGitUrl(repo)) {

@@ -23,6 +23,7 @@ import {
 import { DockerSandboxDriver, LABELS } from '../../activities/sandbox/docker-driver';
 import { LEASE_STALE_MS, SHARED_LANE, SandboxPool } from '../../activities/sandbox/pool';
 import { HOST_LABEL, sweepOrphans } from '../../activities/sandbox/sweeper';
+import { createStepActivities } from '../../activities/steps/activities';
 import type { SandboxActivities } from '../../activities/types';
 import {
   env,
@@ -650,5 +651,48 @@ describe('through the API, with a worker whose pool is on', () => {
       (l) => l.length === 0,
       10_000,
     );
+  });
+});
+
+describe('the finish step, retried', () => {
+  test('when a worker died after the finish step committed and removed the workspace, then the retry answers with that commit instead of failing the run', async () => {
+    const s = await stack(0);
+    const steps = createStepActivities({ sandbox: s.acts, carry: async () => 0, logger: silent });
+    const repo = await makeGitRepo({ 'README.md': 'hello\n' });
+    const runId = `finish-${suffix}`;
+    await run((x) => s.acts.createSandbox(x), { runId, ...owner, repo: repo.path, baseRef: 'main' });
+    const out = await run((x) => s.acts.execInSandbox(x), {
+      sandboxId: runId,
+      argv: ['sh', '-c', 'echo done > RESULT.txt'],
+      timeoutSeconds: 30,
+    });
+    expect(out.exitCode).toBe(0);
+    const finish = {
+      input: {
+        commit: { sandboxId: runId, message: 'm', authorName: 'alice', authorEmail: 'alice@acme.invalid' },
+        destroy: { sandboxId: runId, tenant: 'acme', repo: repo.path, keepBranch: true },
+      },
+      events: [],
+    };
+    const first = await run((x) => steps.finishStep(x), finish);
+    expect(first.value.commit?.changedPaths).toEqual(['RESULT.txt']);
+    expect(first.value.removed).toContain('worktree');
+    // The same step again, as Temporal retries it when the worker died before answering.
+    const again = await run((x) => steps.finishStep(x), finish);
+    expect(again.value.commit).toEqual(first.value.commit);
+    expect(again.value.removed).toEqual([]);
+    expect(git(repo.path, 'rev-parse', `choiros/run/${runId}`)).toBe(first.value.commit?.commit);
+
+    // Without the run's branch (a discarded run), a missing workspace still fails the commit.
+    const other = `finish-none-${suffix}`;
+    await expect(
+      run((x) => steps.finishStep(x), {
+        ...finish,
+        input: {
+          commit: { ...finish.input.commit, sandboxId: other },
+          destroy: { ...finish.input.destroy, sandboxId: other },
+        },
+      }),
+    ).rejects.toMatchObject({ type: 'sandbox_not_found' });
   });
 });
