@@ -1,11 +1,13 @@
 /**
  * `npm run bench:runs`: runs on one Temporal dev server, loopback only, bounded in count and time.
- *  1. Start latency: `POST /v1/runs` through the gateway (auth, validation, start, describe,
- *     first view) vs `client.workflow.start` of runWorkflow with the equivalent input, memo and
- *     search attributes — alternating, p50/p95 of each and their ratio.
+ *  1. Start latency: `POST /v1/runs` through the gateway (auth, validation, grant check, one start
+ *     call; decision 0021) vs `client.workflow.start` of runWorkflow with the equivalent input,
+ *     memo and search attributes — alternating, p50/p95 of each and their ratio. Gateway and
+ *     client share this process; the worker runs in its own (worker/main.ts), as in production.
  *  2. Throughput: N minimal runs (local driver, execute `true`, one trivial verifier) started at
  *     once, time until all have committed: runs/s and per-run latency.
  *  3. A work graph of N independent minimal items (parallelism 8): items/s.
+ * Prints, per run, history events and sandbox-ready time, and the worker's peak RSS.
  * Starts its own Temporal dev server, nats-server and worker (CHOIROS_TEMPORAL_BIN,
  * CHOIROS_NATS_SERVER_BIN: `npm run provision`); nothing else is touched.
  */
@@ -15,8 +17,7 @@ import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
-import Docker from 'dockerode';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { connect, credsAuthenticator } from 'nats';
 import pino from 'pino';
 import {
@@ -40,8 +41,7 @@ import { createJetStreamEventSource } from '../api/events/source';
 import { createTemporalWorkGraphService } from '../api/graphs/service';
 import { createTemporalRunService } from '../api/runs/service';
 import { DEV_AUDIENCE, loadOrCreateDevKey, mintDevToken, serveDevIssuer } from '../infra/dev-issuer/issuer';
-import { loadWorkerConfig } from '../worker/config';
-import { createWorkerSet } from '../worker/workers';
+import { startEntry, waitFor } from '../infra/stack/process';
 import { historyShape, pct, startBenchStack } from './util';
 
 const STARTS = Number(process.env.BENCH_STARTS ?? 30);
@@ -68,37 +68,33 @@ async function main(): Promise<void> {
   try {
     // The worker: the real worker set with the local driver, re-checking the API's grants.
     const tenants: TenantsConfig = { version: 1, tenants: { bench: { repos: [`${dirname(repo)}/`] } } };
-    const config = loadWorkerConfig({
-      CHOIROS_TENANTS_FILE: await writeTenantsConfig(join(work, 'tenants.yaml'), tenants),
-      TEMPORAL_ADDRESS: temporal.address,
-      NATS_URL: natsServer.url,
-      CHOIROS_DATA_DIR: join(work, 'data'),
-      CHOIROS_VERIFIERS_FILE: verifiersFile,
-      CHOIROS_SANDBOX_DRIVER: 'local',
-      CHOIROS_LOCAL_DRIVER: 'trusted-dev',
-      CHOIROS_HOST_ID: 'bench',
-      CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
-      LOG_LEVEL: 'error',
+    // A worker process of its own, as in production: the gateway's event loop is not the worker's.
+    const worker = startEntry({
+      name: 'worker',
+      entry: 'worker/main.ts',
+      logFile: join(work, 'worker.log'),
+      env: {
+        ...process.env,
+        CHOIROS_TENANTS_FILE: await writeTenantsConfig(join(work, 'tenants.yaml'), tenants),
+        TEMPORAL_ADDRESS: temporal.address,
+        NATS_URL: natsServer.url,
+        NATS_CREDS: natsServer.workerCredsFile,
+        CHOIROS_DATA_DIR: join(work, 'data'),
+        CHOIROS_VERIFIERS_FILE: verifiersFile,
+        CHOIROS_SANDBOX_DRIVER: 'local',
+        CHOIROS_LOCAL_DRIVER: 'trusted-dev',
+        CHOIROS_HOST_ID: 'bench',
+        CHOIROS_SWEEP_INTERVAL_SECONDS: '0',
+        CHOIROS_METRICS_PORT: '0',
+        LOG_LEVEL: 'info',
+      },
     });
-    const workerConn = await NativeConnection.connect({ address: temporal.address });
-    const workerNats = await connect({
-      servers: natsServer.url,
-      authenticator: credsAuthenticator(await readFile(natsServer.workerCredsFile)),
-    });
-    const set = await createWorkerSet({
-      config,
-      connection: workerConn,
-      nats: workerNats,
-      docker: new Docker(),
-      logger,
-    });
-    const running = set.run();
-    cleanups.unshift(async () => {
-      set.shutdown();
-      await running;
-      await workerNats.drain();
-      await workerConn.close();
-    });
+    cleanups.unshift(() => worker.stop(30_000));
+    await waitFor(
+      'worker',
+      async () => (await readFile(worker.logFile, 'utf8')).includes('"worker.started"'),
+      { timeoutMs: 180_000, proc: worker },
+    );
 
     // The gateway: the real app, real token verification against a dev issuer on loopback.
     const key = await loadOrCreateDevKey(join(work, 'issuer'));
@@ -217,9 +213,14 @@ async function main(): Promise<void> {
 
     // 2. N minimal runs at once.
     deadline();
-    let peakRss = process.memoryUsage().rss;
+    const workerRss = async (): Promise<number> =>
+      Number(/^VmRSS:\s+(\d+)/m.exec(await readFile(`/proc/${worker.pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
+    let peakRss = await workerRss();
     const rssTimer = setInterval(() => {
-      peakRss = Math.max(peakRss, process.memoryUsage().rss);
+      void workerRss().then(
+        (r) => (peakRss = Math.max(peakRss, r)),
+        () => undefined,
+      );
     }, 250);
     cleanups.unshift(async () => clearInterval(rssTimer));
     const t0 = performance.now();
@@ -249,9 +250,7 @@ async function main(): Promise<void> {
     console.log(
       `   sandbox ready            p50 ${ms(pct(history.sandboxReadyMs, 50))}  p95 ${ms(pct(history.sandboxReadyMs, 95))} (sandbox step scheduled → completed)`,
     );
-    console.log(
-      `   bench process peak RSS   ${(peakRss / 1048576).toFixed(0)} MiB (worker and API in one process)`,
-    );
+    console.log(`   worker peak RSS          ${(peakRss / 1048576).toFixed(0)} MiB (the worker process)`);
 
     // 3. A work graph of independent minimal items.
     deadline();
