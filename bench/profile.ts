@@ -83,10 +83,11 @@ export async function summariseProfiles(dir: string): Promise<ProfileSummary[]> 
     });
     const has = (b: string): boolean => (ms.get(b) ?? 0) > 0;
     const urls = p.nodes.map((n) => n.callFrame.url);
-    const role = has('bundling (webpack)')
-      ? 'workflow bundling (child, start-up only)'
-      : has('workflow code')
-        ? 'workflow thread'
+    const share = (b: string): number => (ms.get(b) ?? 0) / Math.max(1, (p.endTime - p.startTime) / 1000);
+    const role = has('workflow code')
+      ? 'workflow thread'
+      : share('bundling (webpack)') > 0.25
+        ? 'workflow bundling (child, start-up only)'
         : urls.some((u) => u.includes('process-helper-child'))
           ? 'git process helper (child)'
           : 'main thread (activities, SDK bridge)';
