@@ -179,6 +179,9 @@ async function main(): Promise<void> {
         taskQueue: TASK_QUEUES.orchestration,
         args: [input],
         ...runStartMetadata(input),
+        // What the gateway also sends (api/runs/service.ts): the UI's summary and details.
+        staticSummary: `bench: ${request.workItem.description}`,
+        staticDetails: `repo ${request.repo} @ ${request.baseRef}, mood ${request.mood}, execute \`${request.workItem.execute.join(' ')}\`, verifiers ${request.workItem.requiredVerifiers.join(', ')}`,
       });
       return { ms: performance.now() - t, runId };
     };
