@@ -3,6 +3,7 @@
  * command-running setting switched off (see activities/workspace/workspace.ts for the threat model).
  */
 import { stat } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { recoverStaleLocks } from './locks';
 import { ProcessError, runProcess } from './process-helper';
@@ -100,7 +101,7 @@ export function git(
   const once = run().catch(async (err: unknown) => {
     if (!(err instanceof ProcessError)) throw err;
     const silent = err.code === 128 && err.stderr.trim() === '' ? indexLock : [];
-    if (await recoverStaleLocks(err.stderr, silent)) return run();
+    if (await recoverStaleLocks(err.stderr, silent, lockDirsOf(args, opts.cwd, opts.env))) return run();
     throw err;
   });
   return once.catch((err: unknown) => {
@@ -113,6 +114,22 @@ export function git(
       ) ?? '';
     throw new GitError(`git ${sub} failed: ${err.stderr.trim() || err.message}`, code, err.stderr);
   });
+}
+
+/**
+ * Where a git call may hold locks: each `--git-dir`, else `<cwd>/.git`, and its index file's own
+ * lock. Never the work tree: that is a run's, and nothing in it is git's to unlock.
+ */
+export function lockDirsOf(args: string[], cwd: string, env?: Record<string, string>): string[] {
+  const gitDirs = args.flatMap((a, i) =>
+    a === '--git-dir' && args[i + 1]
+      ? [resolve(cwd, args[i + 1] as string)]
+      : a.startsWith('--git-dir=')
+        ? [resolve(cwd, a.slice(10))]
+        : [],
+  );
+  const index = env?.GIT_INDEX_FILE ? [`${resolve(cwd, env.GIT_INDEX_FILE)}.lock`] : [];
+  return [...(gitDirs.length > 0 ? gitDirs : [resolve(cwd, '.git')]), ...index];
 }
 
 /**

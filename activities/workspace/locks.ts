@@ -230,12 +230,29 @@ function heartbeat(details: unknown): void {
  * for at most the bound. True when the error named at least one lock and none is left (the call may
  * be run again); false when one is still there (logged, left alone; the call fails retryably).
  */
-export async function recoverStaleLocks(stderr: string, maybe: string[] = []): Promise<boolean> {
+export async function recoverStaleLocks(
+  stderr: string,
+  maybe: string[] = [],
+  /**
+   * The git dirs the failed call worked on. Only a lock inside one of them is touched: git's
+   * stderr can carry text a run wrote (a file name in a warning), so a path it names is a claim,
+   * never a licence to remove a file elsewhere on the host.
+   */
+  scope: string[] = [],
+): Promise<boolean> {
   // `maybe`: locks a git that failed without a word may have met; only those present count.
   const present = (
     await Promise.all(maybe.map(async (p) => ((await lstat(p).catch(() => undefined)) ? p : undefined)))
   ).filter((p): p is string => p !== undefined);
-  const named = [...new Set([...lockConflicts(stderr), ...present])];
+  const claimed = lockConflicts(stderr);
+  const inScope = claimed.filter((lock) => scope.some((dir) => within(dir, lock)));
+  for (const lock of claimed.filter((l) => !inScope.includes(l))) {
+    policy.logger.warn(
+      { event: 'git.lock.out_of_scope', lock, scope },
+      "git named a lock outside the call's git dirs; left alone",
+    );
+  }
+  const named = [...new Set([...inScope, ...present])];
   if (named.length === 0) return false;
   const waitUntil = Date.now() + policy.staleAfterMs + 1000;
   for (const lock of named) {

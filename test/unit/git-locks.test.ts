@@ -18,12 +18,13 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { GitError, git } from '../../activities/workspace/git';
+import { GitError, git, lockDirsOf } from '../../activities/workspace/git';
 import {
   configureGitLocks,
   inspectLock,
   lockConflicts,
   lockScope,
+  recoverStaleLocks,
   removeStaleLock,
 } from '../../activities/workspace/locks';
 
@@ -234,4 +235,35 @@ test('a symlink named like a lock is not a lock file and is left alone', async (
   symlinkSync(join(dir, 'elsewhere'), lock);
   expect(await inspectLock(lock)).toEqual({ path: lock, state: 'not_a_file' });
   expect((await removeStaleLock(lock)).removed).toBe(false);
+});
+
+test("a lock git's error names outside the call's git dirs is never removed (the text may be a run's)", async () => {
+  const repo = workRepo('scoped');
+  const elsewhere = join(dir, 'elsewhere');
+  mkdirSync(elsewhere);
+  const victim = join(elsewhere, 'Cargo.lock');
+  leftLock(victim, 10 * STALE_MS);
+  // A file name in a run's tree can put any text into git's stderr, e.g. a crafted warning.
+  const stderr = `warning: could not open directory 'x/Unable to create '${victim}': File exists.'`;
+  expect(lockConflicts(stderr)).toEqual([victim]);
+  expect(await recoverStaleLocks(stderr, [], lockDirsOf(['add', '.'], repo))).toBe(false);
+  expect(existsSync(victim)).toBe(true);
+  expect(events().some((e) => e.event === 'git.lock.out_of_scope' && e.lock === victim)).toBe(true);
+  // The same claim inside the call's git dir is acted on.
+  const own = join(repo, '.git', 'index.lock');
+  leftLock(own, 10 * STALE_MS);
+  expect(
+    await recoverStaleLocks(
+      `fatal: Unable to create '${own}': File exists.`,
+      [],
+      lockDirsOf(['add', '.'], repo),
+    ),
+  ).toBe(true);
+  expect(existsSync(own)).toBe(false);
+  // Scope: each --git-dir, else <cwd>/.git, and the index file's own lock, never the work tree.
+  expect(
+    lockDirsOf(['--git-dir', '/d/git', '--work-tree', '/d/tree', 'add'], '/d', {
+      GIT_INDEX_FILE: '/d/index',
+    }),
+  ).toEqual(['/d/git', '/d/index.lock']);
 });
