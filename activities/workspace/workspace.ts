@@ -297,6 +297,21 @@ export class Workspaces {
   }
 
   /** git on the source repository's git dir (refs only: nothing here reads a tree). */
+  /** The paths a commit changed against `from` (no rename detection), from the source git dir. */
+  private async changed(state: Pick<WorkspaceState, 'gitDir'>, from: string, to: string): Promise<string[]> {
+    const out = await this.srcGit(state, [
+      'diff-tree',
+      '--no-commit-id',
+      '--name-only',
+      '--no-renames',
+      '-r',
+      '-z',
+      from,
+      to,
+    ]);
+    return out.stdout.split('\0').filter(Boolean);
+  }
+
   private srcGit(state: Pick<WorkspaceState, 'gitDir'>, args: string[]) {
     return git(['--git-dir', state.gitDir, ...args], { cwd: '/', safeDirs: [state.gitDir] });
   }
@@ -479,21 +494,7 @@ export class Workspaces {
     const ref = `refs/heads/${branch}`;
     await this.runGit(runId, state, ['add', '--all', '--', '.'], 600_000);
     const tree = (await this.runGit(runId, state, ['write-tree'])).stdout.trim();
-    const changedPaths = async (commit: string): Promise<string[]> =>
-      (
-        await this.srcGit(state, [
-          'diff-tree',
-          '--no-commit-id',
-          '--name-only',
-          '--no-renames',
-          '-r',
-          '-z',
-          state.baseCommit,
-          commit,
-        ])
-      ).stdout
-        .split('\0')
-        .filter(Boolean);
+    const changedPaths = (commit: string): Promise<string[]> => this.changed(state, state.baseCommit, commit);
     const existing = await this.srcGit(state, ['rev-parse', '--verify', '--quiet', `${ref}^{commit}`]).then(
       (r) => r.stdout.trim(),
       (err: unknown) => {
@@ -611,20 +612,7 @@ export class Workspaces {
       },
     );
     if (!commit) return undefined;
-    const changedPaths = (
-      await this.srcGit({ gitDir }, [
-        'diff-tree',
-        '--no-commit-id',
-        '--name-only',
-        '--no-renames',
-        '-r',
-        '-z',
-        `${commit}^`,
-        commit,
-      ])
-    ).stdout
-      .split('\0')
-      .filter(Boolean);
+    const changedPaths = await this.changed({ gitDir }, `${commit}^`, commit);
     return { branch, commit, changedPaths };
   }
 

@@ -407,20 +407,25 @@ describe('worker shutdown and restart', () => {
     expect(await readdir(join(s.root, '.pool'))).toEqual([]);
 
     // A worker killed with its pool full: nothing removed, the lease goes stale.
-    const dead = new SandboxPool({
-      driver: s.driver,
-      workspaces: workspacesFor({
-        worktreeRoot: s.root,
-        mirrorRoot: join(s.dataDir, 'mirrors'),
-        sandboxUser: '10001:10001',
-        workspace: { quotaMb: 64 },
+    // Another worker's pool over the same data dir (a restart).
+    const poolOfAnotherWorker = (): SandboxPool => {
+      const p = new SandboxPool({
+        driver: s.driver,
+        workspaces: workspacesFor({
+          worktreeRoot: s.root,
+          mirrorRoot: join(s.dataDir, 'mirrors'),
+          sandboxUser: '10001:10001',
+          workspace: { quotaMb: 64 },
+          logger: silent,
+        }),
+        root: s.root,
+        settings: { size: 2, refillConcurrency: 2 },
         logger: silent,
-      }),
-      root: s.root,
-      settings: { size: 2, refillConcurrency: 2 },
-      logger: silent,
-    });
-    pools.push(dead);
+      });
+      pools.push(p);
+      return p;
+    };
+    const dead = poolOfAnotherWorker();
     await dead.start();
     await full(dead, 2);
     dead.abandon();
@@ -431,20 +436,7 @@ describe('worker shutdown and restart', () => {
     expect(await slotsOf(dead)).toHaveLength(3);
 
     // The next worker's pool removes them at start.
-    const next = new SandboxPool({
-      driver: s.driver,
-      workspaces: workspacesFor({
-        worktreeRoot: s.root,
-        mirrorRoot: join(s.dataDir, 'mirrors'),
-        sandboxUser: '10001:10001',
-        workspace: { quotaMb: 64 },
-        logger: silent,
-      }),
-      root: s.root,
-      settings: { size: 2, refillConcurrency: 2 },
-      logger: silent,
-    });
-    pools.push(next);
+    const next = poolOfAnotherWorker();
     await next.start();
     expect((await idleContainers(dead.id)).size).toBe(0);
     expect(await slotsOf(dead)).toEqual([]);
