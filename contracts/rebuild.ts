@@ -340,6 +340,28 @@ export const rebuildViewSchema = z.object({
 });
 export type RebuildView = z.infer<typeof rebuildViewSchema>;
 
+/**
+ * `GET /v1/rebuild-targets/:target/deployed`: the release a target runs now, from its last
+ * completed rebuild (a rolled-back or rejected rebuild changes nothing).
+ */
+export const deployedViewSchema = z.object({
+  target: z.string(),
+  /** Absent while no rebuild of the target has completed. */
+  rebuildId: z.string().optional(),
+  commit: z.string().optional(),
+  deployedAt: z.string().optional(),
+  services: z.array(
+    z.object({
+      service: z.string(),
+      /** The image tag the service runs (`<image>:<commit>`). */
+      image: z.string(),
+      /** Its image id (content digest, `sha256:...`). */
+      imageId: z.string(),
+    }),
+  ),
+});
+export type DeployedView = z.infer<typeof deployedViewSchema>;
+
 /** The approval decision a principal with `rebuild:approve` sends (by workflow update). */
 export interface RebuildDecision {
   decision: 'approve' | 'reject';

@@ -15,17 +15,20 @@
  *   choiros graphs cancel <graphId>
  *   choiros rebuilds start [--target choiros] [--ref main] [--approval-timeout <s>] [--reason <text>] [--watch]
  *   choiros rebuilds status <rebuildId> [--watch]   stage, progress, verify/build/deploy; --watch until it ends
+ *   choiros rebuilds status [--target choiros]      what the target runs now: commit, image ids per service
  *   choiros rebuilds approve|reject <rebuildId> [--reason <text>]
  * Configuration: CHOIROS_API_URL (default http://127.0.0.1:8080) and CHOIROS_TOKEN, or --api / --token.
  */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
+import { deployedLines, rebuildWatchLines } from './rebuild-watch';
 import { sseFrames } from './sse';
 import {
   isTerminalRebuildStage,
   isTerminalStatus,
   runStatusSchema,
   type DeliveryView,
+  type DeployedView,
   type EventEnvelope,
   type RebuildView,
   type RunView,
@@ -49,6 +52,7 @@ const USAGE = `usage:
   choiros graphs cancel <graphId>
   choiros rebuilds start [--target <name>] [--ref <ref>] [--approval-timeout <seconds>] [--reason <text>] [--watch]
   choiros rebuilds status <rebuildId> [--watch]
+  choiros rebuilds status [--target <name>]
   choiros rebuilds approve <rebuildId> [--reason <text>]
   choiros rebuilds reject <rebuildId> [--reason <text>]
 options: --api <url> (CHOIROS_API_URL), --token <jwt> (CHOIROS_TOKEN), --json (raw JSON output)`;
@@ -114,14 +118,21 @@ function rebuildSummary(v: RebuildView): string {
     .join('\n');
 }
 
-/** Polls a rebuild until it ends, printing each stage change; exit 0 when completed. */
+/**
+ * Polls a rebuild until it ends, printing what changed as lines (stage, suites, a progress line per
+ * image build step, built images, approval, deploy, health, rollback); exit 0 when completed.
+ */
 async function watchRebuild(ctx: Ctx, rebuildId: string): Promise<number> {
-  let last = '';
+  let prev: RebuildView | undefined;
+  let lastJson = '';
   for (;;) {
     const v = (await call(ctx, 'GET', `/v1/rebuilds/${encodeURIComponent(rebuildId)}`)) as RebuildView;
-    const line = ctx.json ? JSON.stringify(v) : rebuildSummary(v);
-    if (line !== last) ctx.out(line);
-    last = line;
+    if (ctx.json) {
+      const line = JSON.stringify(v);
+      if (line !== lastJson) ctx.out(line);
+      lastJson = line;
+    } else for (const line of rebuildWatchLines(prev, v)) ctx.out(line);
+    prev = v;
     if (isTerminalRebuildStage(v.stage)) return v.stage === 'completed' ? 0 : 1;
     await new Promise((r) => setTimeout(r, 2000));
   }
@@ -150,6 +161,13 @@ async function rebuilds(
       return values.watch ? watchRebuild(ctx, v.rebuildId) : 0;
     }
     case 'status': {
+      if (!id) {
+        // No rebuild named: what the target runs now.
+        const target = encodeURIComponent(values.target ?? 'choiros');
+        const d = (await call(ctx, 'GET', `/v1/rebuild-targets/${target}/deployed`)) as DeployedView;
+        ctx.out(ctx.json ? JSON.stringify(d) : deployedLines(d).join('\n'));
+        return 0;
+      }
       if (values.watch) return watchRebuild(ctx, need());
       const v = (await call(ctx, 'GET', `/v1/rebuilds/${need()}`)) as RebuildView;
       ctx.out(ctx.json ? JSON.stringify(v) : rebuildSummary(v));

@@ -161,6 +161,16 @@ function fakeRebuildService(): RebuildService & { started: RebuildRequest[] } {
       started.push(req);
       return Promise.resolve(view);
     },
+    deployed: (_p, target) =>
+      target === 'choiros'
+        ? Promise.resolve({
+            target,
+            rebuildId: view.rebuildId,
+            commit: 'c'.repeat(40),
+            deployedAt: new Date(0).toISOString(),
+            services: [{ service: 'api', image: `choiros-api:${'c'.repeat(40)}`, imageId: 'sha256:abc' }],
+          })
+        : Promise.reject(new AppError('unknown_target', `no target ${target}`)),
     get: (_p, id) =>
       id === view.rebuildId
         ? Promise.resolve(view)
@@ -264,6 +274,26 @@ describe('rebuild routes', () => {
       .get(`/v1/rebuilds/${rebuildIdOf('other', RUN_ID)}`)
       .set('authorization', `Bearer ${await token('rebuild:approve')}`);
     expect(missing.status).toBe(404);
+  });
+
+  test('when a release manager asks what a target runs, then its deployed commit and image ids; a run-only token is 403', async () => {
+    const app = build(fakeRebuildService());
+    const ok = await request(app)
+      .get('/v1/rebuild-targets/choiros/deployed')
+      .set('authorization', `Bearer ${await token('rebuild:approve')}`);
+    expect(ok.status).toBe(200);
+    expect(ok.body).toMatchObject({
+      target: 'choiros',
+      services: [{ service: 'api', imageId: 'sha256:abc' }],
+    });
+    const denied = await request(app)
+      .get('/v1/rebuild-targets/choiros/deployed')
+      .set('authorization', `Bearer ${await token('runs:read')}`);
+    expect(denied.status).toBe(403);
+    const bad = await request(app)
+      .get('/v1/rebuild-targets/no.such/deployed')
+      .set('authorization', `Bearer ${await token('rebuild:approve')}`);
+    expect(bad.status).toBe(400);
   });
 
   test('when the gateway has no rebuild service, then the routes answer 503', async () => {
