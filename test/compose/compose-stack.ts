@@ -27,6 +27,8 @@ import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { z } from 'zod';
+import { ensureDockerEngine } from '../../infra/stack/docker';
+import type { ManagedProcess } from '../../infra/stack/process';
 
 const run = promisify(execFile);
 const ROOT = resolve(__dirname, '../..');
@@ -336,6 +338,9 @@ function scratchPlatform(dir: string): (...a: string[]) => string {
   return g;
 }
 
+/** The dockerd this test started, if any: stopped at the end, passed or failed. */
+let startedEngine: ManagedProcess | undefined;
+
 async function main(): Promise<void> {
   const t0 = Date.now();
   await rm(WORK, { recursive: true, force: true });
@@ -346,6 +351,15 @@ async function main(): Promise<void> {
   await writeFile(join(repo, 'README.md'), '# demo\n');
   git('add', '.');
   git('-c', 'user.name=t', '-c', 'user.email=t@example.invalid', 'commit', '-q', '-m', 'init');
+  // The engine `npm test` (or `npm start`) uses; started here when none answers (CI runs this after
+  // `npm test`, whose global setup stops the engine it started), and stopped again at the end.
+  await mkdir(join(WORK, 'logs'), { recursive: true });
+  const engine = await ensureDockerEngine({
+    dataRoot: process.env.CHOIROS_DOCKER_DATA_ROOT ?? '/var/lib/choiros-docker',
+    logDir: join(WORK, 'logs'),
+  });
+  if (engine.process) say(`started dockerd (log ${engine.process.logFile})`);
+  startedEngine = engine.process;
   const platform = join(WORK, 'platform', 'src');
   const pgit = scratchPlatform(platform);
 
@@ -515,13 +529,15 @@ async function main(): Promise<void> {
   }
   assert.deepEqual(await projectObjects('ps'), [], 'containers left after down --volumes');
   assert.deepEqual(await projectObjects('volume'), [], 'volumes left after down --volumes');
+  await startedEngine?.stop(20_000);
   await rm(WORK, { recursive: true, force: true });
   say(`passed in ${Math.round((Date.now() - t0) / 1000)}s`);
 }
 
-main().catch((err: unknown) => {
+main().catch(async (err: unknown) => {
   process.stderr.write(
     `[compose-test] FAILED: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
   );
+  await startedEngine?.stop(20_000).catch(() => undefined);
   process.exit(1);
 });
