@@ -57,7 +57,15 @@ const USAGE = `usage:
   choiros rebuilds reject <rebuildId> [--reason <text>]
 options: --api <url> (CHOIROS_API_URL), --token <jwt> (CHOIROS_TOKEN), --json (raw JSON output)`;
 
-class CliError extends Error {}
+class CliError extends Error {
+  constructor(
+    message: string,
+    /** The HTTP status, when the API answered. */
+    readonly status?: number,
+  ) {
+    super(message);
+  }
+}
 
 interface Ctx {
   api: string;
@@ -86,7 +94,10 @@ async function call(
   const parsed: unknown = text ? JSON.parse(text) : undefined;
   if (!res.ok) {
     const p = parsed as { code?: string; detail?: string } | undefined;
-    throw new CliError(`${method} ${path}: ${res.status} ${p?.code ?? ''} ${p?.detail ?? text}`.trim());
+    throw new CliError(
+      `${method} ${path}: ${res.status} ${p?.code ?? ''} ${p?.detail ?? text}`.trim(),
+      res.status,
+    );
   }
   return parsed;
 }
@@ -118,6 +129,9 @@ function rebuildSummary(v: RebuildView): string {
     .join('\n');
 }
 
+/** How long `--watch` keeps retrying while the API does not answer (e.g. it is being replaced). */
+const WATCH_UNREACHABLE_MS = 300_000;
+
 /**
  * Polls a rebuild until it ends, printing what changed as lines (stage, suites, a progress line per
  * image build step, built images, approval, deploy, health, rollback); exit 0 when completed.
@@ -125,8 +139,23 @@ function rebuildSummary(v: RebuildView): string {
 async function watchRebuild(ctx: Ctx, rebuildId: string): Promise<number> {
   let prev: RebuildView | undefined;
   let lastJson = '';
+  let unreachableSince: number | undefined;
   for (;;) {
-    const v = (await call(ctx, 'GET', `/v1/rebuilds/${encodeURIComponent(rebuildId)}`)) as RebuildView;
+    let v: RebuildView;
+    try {
+      v = (await call(ctx, 'GET', `/v1/rebuilds/${encodeURIComponent(rebuildId)}`)) as RebuildView;
+      unreachableSince = undefined;
+    } catch (err) {
+      // The deploy may be replacing the API this talks to: wait for it (5 minutes at most).
+      const transient = !(err instanceof CliError) || (err.status !== undefined && err.status >= 502);
+      if (!transient) throw err;
+      if (unreachableSince === undefined) {
+        unreachableSince = Date.now();
+        if (!ctx.json) ctx.out(`  (the API does not answer: ${(err as Error).message}; retrying)`);
+      } else if (Date.now() - unreachableSince > WATCH_UNREACHABLE_MS) throw err;
+      await new Promise((r) => setTimeout(r, 2000));
+      continue;
+    }
     if (ctx.json) {
       const line = JSON.stringify(v);
       if (line !== lastJson) ctx.out(line);

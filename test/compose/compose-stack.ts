@@ -27,6 +27,7 @@ import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { z } from 'zod';
+import { deployedViewSchema } from '../../contracts';
 import { ensureDockerEngine } from '../../infra/stack/docker';
 import type { ManagedProcess } from '../../infra/stack/process';
 
@@ -313,6 +314,27 @@ async function eventSeqs(apiUrl: string, token: string, runId: string): Promise<
   return [...text.matchAll(/^id: ?\S+:(\d+)$/gm)].map((m) => Number(m[1]));
 }
 
+/** The `choiros` CLI (bin/choiros.js) against the stack's API as the holder of `token`; stdout is kept. */
+function cli(
+  apiUrl: string,
+  token: string,
+  args: string[],
+): { done: Promise<number | null>; out: () => string } {
+  const child = spawn(process.execPath, [join(ROOT, 'bin', 'choiros.js'), ...args], {
+    cwd: ROOT,
+    env: { ...process.env, CHOIROS_API_URL: apiUrl, CHOIROS_TOKEN: token },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+    for (const line of d.toString().split('\n'))
+      if (line.trim()) process.stdout.write(`  choiros> ${line}\n`);
+  });
+  child.stderr.on('data', (d: Buffer) => process.stdout.write(`  choiros! ${d.toString()}`));
+  return { done: new Promise((r) => child.on('exit', r)), out: () => out };
+}
+
 /** A scratch copy of this checkout's files (what CI tests, committed or not) as a git repository on main. */
 function scratchPlatform(dir: string): (...a: string[]) => string {
   execFileSync('mkdir', ['-p', dir]);
@@ -432,10 +454,10 @@ async function main(): Promise<void> {
     const self = await api(apiUrl, token, 'POST', `/v1/rebuilds/${rb.rebuildId}/approve`, {});
     assert.ok(self.status === 403 || self.status === 409, `self-approval answered ${self.status}`);
     const t3 = Date.now();
-    const ok = await api(apiUrl, approver, 'POST', `/v1/rebuilds/${rb.rebuildId}/approve`, {
-      reason: 'compose test',
-    });
-    assert.equal(ok.status, 200, `approve by rm2: ${ok.status} ${JSON.stringify(ok.json)}`);
+    // The second release manager approves with the CLI.
+    const approve = cli(apiUrl, approver, ['rebuilds', 'approve', rb.rebuildId, '--reason', 'compose test']);
+    assert.equal(await approve.done, 0, `choiros rebuilds approve: ${approve.out()}`);
+    assert.match(approve.out(), new RegExp(`approved ${rb.rebuildId}`));
     const done = await waitRebuildDone(apiUrl, token, rb.rebuildId);
     assert.equal(done.stage, 'completed', `rebuild ended ${done.stage}: ${JSON.stringify(done.error)}`);
     say(`rebuild ${rb.rebuildId}: deployed in ${Math.round((Date.now() - t3) / 1000)}s`);
@@ -447,6 +469,16 @@ async function main(): Promise<void> {
       assert.equal(ids2[svc], built.imageId, `${svc} does not run the rebuilt image`);
     }
     assert.equal(await healthVersion(apiUrl), commitB, 'the API does not answer with the new commit');
+    // `choiros rebuilds status` names what runs now: the commit and each service's image id.
+    const status = cli(apiUrl, token, ['rebuilds', 'status', '--target', 'choiros', '--json']);
+    assert.equal(await status.done, 0, `choiros rebuilds status: ${status.out()}`);
+    const deployed = deployedViewSchema.parse(JSON.parse(status.out()));
+    assert.equal(deployed.commit, commitB);
+    assert.deepEqual(
+      Object.fromEntries(deployed.services.map((d) => [d.service, d.imageId])),
+      ids2,
+      'rebuilds status does not name the running image ids',
+    );
     const workerStarted = await serviceStartedAt('worker');
     await waitCommitted(apiUrl, token, inflight);
     const finished = (await getRun(apiUrl, token, inflight)).finishedAt ?? '';
@@ -482,9 +514,54 @@ async function main(): Promise<void> {
     );
     pgit('commit', '-q', '-am', 'a broken release: the worker exits at start');
     const t4 = Date.now();
-    const bad = await rebuildUntilApproval(apiUrl, token, 'compose test: broken release');
-    const okBad = await api(apiUrl, approver, 'POST', `/v1/rebuilds/${bad.rebuildId}/approve`, {});
-    assert.equal(okBad.status, 200, `approve by rm2: ${okBad.status} ${JSON.stringify(okBad.json)}`);
+    // As a release manager runs it: `choiros rebuilds start --watch` until the rebuild ends.
+    const watch = cli(apiUrl, token, [
+      'rebuilds',
+      'start',
+      '--target',
+      'choiros',
+      '--ref',
+      'main',
+      '--watch',
+    ]);
+    const badId = (
+      await poll(
+        'choiros rebuilds start to name the rebuild',
+        () => Promise.resolve(/^started (\S+)$/m.exec(watch.out())?.[1] ?? ''),
+        (v) => v !== '',
+        60_000,
+      )
+    ).trim();
+    await poll(
+      `rebuild ${badId} to await approval`,
+      () => getRebuild(apiUrl, token, badId),
+      (v) => v.stage === 'awaiting_approval' || v.finishedAt !== undefined,
+      1_500_000,
+    );
+    const approveBad = cli(apiUrl, approver, ['rebuilds', 'approve', badId]);
+    assert.equal(await approveBad.done, 0, `choiros rebuilds approve: ${approveBad.out()}`);
+    assert.equal(
+      await watch.done,
+      1,
+      'choiros rebuilds start --watch should exit 1 on a rolled-back rebuild',
+    );
+    const watched = watch.out();
+    for (const line of [
+      '[verifying]',
+      '  suite typecheck: pass',
+      '[building]',
+      '  image api: built choiros-api:',
+      '  image worker: built choiros-worker:',
+      '[awaiting_approval]',
+      '  approved by rm2',
+      '  deploy worker:',
+      '  health worker: UNHEALTHY',
+      '  rolled back worker to',
+      '  rolled back api to',
+      '[rolled_back]',
+    ])
+      assert.ok(watched.includes(line), `choiros rebuilds start --watch did not print "${line}"`);
+    const bad = { rebuildId: badId };
     const rolled = await waitRebuildDone(apiUrl, token, bad.rebuildId);
     assert.equal(
       rolled.stage,
