@@ -27,6 +27,8 @@ import { PREVIOUS_IMAGE_LABEL, REBUILD_LABEL } from './docker';
 
 export const COMPOSE_PROJECT_LABEL = 'com.docker.compose.project';
 export const COMPOSE_SERVICE_LABEL = 'com.docker.compose.service';
+/** The image reference the compose file gives the service (e.g. `choiros-api:compose`), kept on each copy. */
+export const COMPOSE_IMAGE_LABEL = 'choiros.deploy.compose-image';
 /** The failure type of the finalize attempt that asked its own container to stop (retried elsewhere). */
 export const PREVIOUS_WORKER_STOPPING = 'previous_worker_stopping';
 
@@ -154,6 +156,10 @@ export class ComposeDeployer implements Deployer {
       filters: { label: [`${COMPOSE_PROJECT_LABEL}=${project}`, `${COMPOSE_SERVICE_LABEL}=${service}`] },
     });
     const names = list.flatMap((c) => (c.Names ?? []).map((n) => n.replace(/^\//, '')));
+    if (names.filter((n) => !n.endsWith('-prev')).length > 1)
+      throw deployFailed(
+        `compose service ${service} of project ${project} has ${names.length} containers; the compose deployer replaces one (scale it to 1 first)`,
+      );
     const prevName = names.find((n) => n.endsWith('-prev'));
     const currentName = names.find((n) => !n.endsWith('-prev')) ?? prevName?.replace(/-prev$/, '');
     const current = currentName ? await this.inspect(currentName) : undefined;
@@ -241,6 +247,7 @@ export class ComposeDeployer implements Deployer {
       [COMMIT_LABEL]: input.commit,
       [REBUILD_LABEL]: input.rebuildId,
       [PREVIOUS_IMAGE_LABEL]: previousImage,
+      [COMPOSE_IMAGE_LABEL]: template.Config.Labels?.[COMPOSE_IMAGE_LABEL] ?? template.Config.Image,
     });
     this.logger.info(
       { event: 'rebuild.deploy.replaced', rebuildId: input.rebuildId, service: s.name, image, previousImage },
@@ -335,12 +342,12 @@ export class ComposeDeployer implements Deployer {
 
   async finalize(input: ServiceDeployInput) {
     const s = input.service;
-    const { prev } = await this.containers(s.name);
+    const { current, prev } = await this.containers(s.name);
     if (!prev) return; // finalized already (a retry on the new worker after the old one stopped)
     // First, so that a later `docker-compose up` keeps this release: the service's image
-    // reference (e.g. choiros-api:compose) now names the new image.
+    // reference in the compose file (e.g. choiros-api:compose) now names the new image.
     const image = input.images[s.image];
-    const ref = prev.Config.Image;
+    const ref = current?.Config.Labels?.[COMPOSE_IMAGE_LABEL] ?? '';
     const colon = ref.lastIndexOf(':');
     if (image && colon > 0 && !ref.startsWith('sha256:') && !ref.includes('@') && ref !== image)
       await this.docker.getImage(image).tag({ repo: ref.slice(0, colon), tag: ref.slice(colon + 1) });

@@ -28,10 +28,11 @@ const docker = new Docker();
 const tags = {
   old: `choiros-ct-${id}:compose`,
   good: `choiros-ct-${id}:good`,
+  good2: `choiros-ct-${id}:good2`,
   broken: `choiros-ct-${id}:broken`,
 };
-const commits = { good: 'a'.repeat(40), broken: 'b'.repeat(40) };
-const imageIds: Record<keyof typeof tags, string> = { old: '', good: '', broken: '' };
+const commits = { good: 'a'.repeat(40), good2: 'd'.repeat(40), broken: 'b'.repeat(40) };
+const imageIds: Record<keyof typeof tags, string> = { old: '', good: '', good2: '', broken: '' };
 
 /** Builds a tiny image FROM the sandbox test image (no context): `docker build -`. */
 function build(tag: string, lines: string[]): string {
@@ -128,6 +129,11 @@ beforeAll(async () => {
     serve,
     `ENV CHOIROS_VERSION=good`,
     `LABEL ${COMMIT_LABEL}=${commits.good}`,
+  ]);
+  imageIds.good2 = build(tags.good2, [
+    serve,
+    `ENV CHOIROS_VERSION=good2`,
+    `LABEL ${COMMIT_LABEL}=${commits.good2}`,
   ]);
   imageIds.broken = build(tags.broken, [
     'CMD ["sh", "-c", "echo deliberately broken; exit 3"]',
@@ -262,6 +268,22 @@ describe('compose deployer', () => {
     // The image reference still names the previous release.
     expect((await docker.getImage(`choiros-ct-${id}:compose`).inspect()).Id).toBe(imageIds.old);
   }, 180_000);
+
+  it('when a release follows a release, then the compose image reference moves again and the earlier release keeps its own tag', async () => {
+    const deployer = new ComposeDeployer(docker, logger, { project, selfHostname: 'elsewhere', pollMs: 200 });
+    for (const [commit, tag] of [
+      [commits.good, tags.good],
+      [commits.good2, tags.good2],
+    ] as const) {
+      const images = { api: tag, worker: tag };
+      await deployer.deploy(input('api', commit, images));
+      expect(await deployer.health(input('api', commit, images))).toMatchObject({ healthy: true });
+      await deployer.finalize(input('api', commit, images));
+    }
+    expect((await current('api')).Image).toBe(imageIds.good2);
+    expect((await docker.getImage(`choiros-ct-${id}:compose`).inspect()).Id).toBe(imageIds.good2);
+    expect((await docker.getImage(tags.good).inspect()).Id).toBe(imageIds.good);
+  }, 120_000);
 
   it('when the project has no container for the service, then the deploy fails with deploy_failed', async () => {
     const deployer = new ComposeDeployer(docker, logger, { project: `${project}-none`, pollMs: 200 });
