@@ -17,6 +17,7 @@ function buildProgress(v: RebuildView): string | undefined {
   const total = typeof p.totalSteps === 'number' ? p.totalSteps : 0;
   const cached = typeof p.cachedSteps === 'number' ? p.cachedSteps : 0;
   const line = typeof p.line === 'string' ? p.line.trim().slice(0, 100) : '';
+  if (total === 0) return `  image ${image}: starting the build`;
   return `  image ${image}: step ${step}/${total} (${cached} cached)${line ? ` ${line}` : ''}`;
 }
 
@@ -28,20 +29,13 @@ export function rebuildWatchLines(prev: RebuildView | undefined, next: RebuildVi
       `rebuild ${next.rebuildId}: target ${next.target} @ ${next.ref}, requested by ${next.requestedBy.userId}`,
     );
   if (next.commit && next.commit !== prev?.commit) out.push(`  commit ${next.commit}`);
-  if (next.stage !== prev?.stage) out.push(`[${next.stage}]`);
   for (const s of next.verify.slice(prev?.verify.length ?? 0))
     out.push(
       `  suite ${s.suite}: ${s.passed ? 'pass' : `FAIL (exit ${s.exitCode}${s.timedOut ? ', timed out' : ''})`} in ${secs(s.durationMs)}`,
     );
-  const progress = buildProgress(next);
-  if (progress && progress !== (prev ? buildProgress(prev) : undefined)) out.push(progress);
   for (const i of next.images.slice(prev?.images.length ?? 0))
     out.push(
       `  image ${i.name}: built ${i.tag} ${short(i.imageId)} in ${secs(i.durationMs)} (${i.cachedSteps}/${i.totalSteps} steps cached)${i.pushed ? `, pushed ${i.pushed}` : ''}`,
-    );
-  if (next.stage === 'awaiting_approval' && prev?.stage !== 'awaiting_approval')
-    out.push(
-      `  waiting for approval (rebuild:approve, not ${next.requestedBy.userId}) before ${next.approvalDeadline ?? '?'}: choiros rebuilds approve ${next.rebuildId}`,
     );
   if (next.approval && JSON.stringify(next.approval) !== JSON.stringify(prev?.approval))
     out.push(
@@ -58,6 +52,14 @@ export function rebuildWatchLines(prev: RebuildView | undefined, next: RebuildVi
     if (d.rolledBack && !before?.rolledBack)
       out.push(`  rolled back ${d.service} to ${d.previousImage ? short(d.previousImage) : 'nothing'}`);
   });
+  // After the facts of the stage that ended, the stage now running.
+  if (next.stage !== prev?.stage) out.push(`[${next.stage}]`);
+  const progress = buildProgress(next);
+  if (progress && progress !== (prev ? buildProgress(prev) : undefined)) out.push(progress);
+  if (next.stage === 'awaiting_approval' && prev?.stage !== 'awaiting_approval')
+    out.push(
+      `  waiting for approval (rebuild:approve, not ${next.requestedBy.userId}) before ${next.approvalDeadline ?? '?'}: choiros rebuilds approve ${next.rebuildId}`,
+    );
   if (next.error && next.error.message !== prev?.error?.message)
     out.push(`  error ${next.error.code}: ${next.error.message}`);
   if (next.finishedAt && !prev?.finishedAt)

@@ -51,8 +51,8 @@ describe('rebuild watch lines', () => {
       },
     });
     expect(rebuildWatchLines(first, building)).toEqual([
-      '[building]',
       '  suite typecheck: pass in 61s',
+      '[building]',
       '  image api: step 3/12 (2 cached) COPY api ./api',
     ]);
     // The same poll twice prints nothing new; the next step prints its line.
@@ -81,8 +81,8 @@ describe('rebuild watch lines', () => {
     });
     const lines = rebuildWatchLines(buildView({ stage: 'building', commit }), built);
     expect(lines).toEqual([
-      '[awaiting_approval]',
       `  image api: built choiros-api:${commit} 0123456789ab in 30s (9/12 steps cached)`,
+      '[awaiting_approval]',
       '  waiting for approval (rebuild:approve, not alice) before 2026-01-01T00:00:00.000Z: choiros rebuilds approve rb_choiros_r1',
     ]);
     const rolled = buildView({
@@ -104,11 +104,11 @@ describe('rebuild watch lines', () => {
       stageMs: { deploying: 40_000 },
     });
     expect(rebuildWatchLines(built, rolled)).toEqual([
-      '[rolled_back]',
       '  approved by bob',
       `  deploy api: aaaaaaaaaaaa -> choiros-api:${commit}`,
       '  health api: UNHEALTHY',
       '  rolled back api to aaaaaaaaaaaa',
+      '[rolled_back]',
       '  error health_check_failed: service api is not healthy',
       'rebuild rb_choiros_r1 rolled_back (deploying 40s)',
     ]);
