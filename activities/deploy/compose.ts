@@ -355,6 +355,15 @@ export class ComposeDeployer implements Deployer {
       // This process runs in the old container: ask it to drain and exit, and let the retry of
       // this attempt (on the new worker, once this one stops polling) remove it.
       await this.docker.getContainer(prev.Id).kill({ signal: 'SIGTERM' });
+      this.logger.info(
+        {
+          event: 'rebuild.deploy.self_stop',
+          rebuildId: input.rebuildId,
+          service: s.name,
+          container: prev.Name,
+        },
+        'this worker is the previous release: stopping it; the new worker finalizes',
+      );
       throw ApplicationFailure.create({
         type: PREVIOUS_WORKER_STOPPING,
         message: `${prev.Name} is this worker: asked it to stop; the new worker removes it`,
@@ -363,5 +372,9 @@ export class ComposeDeployer implements Deployer {
     }
     await this.stop(prev);
     await this.remove(prev.Id);
+    this.logger.info(
+      { event: 'rebuild.deploy.finalized', rebuildId: input.rebuildId, service: s.name, removed: prev.Name },
+      'previous container removed',
+    );
   }
 }

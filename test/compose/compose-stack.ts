@@ -102,6 +102,22 @@ async function compose(env: NodeJS.ProcessEnv, args: string[]): Promise<string> 
   return out;
 }
 
+/** The id of the service's running container. */
+async function containerOf(svc: string): Promise<string> {
+  const { stdout } = await run('docker', [
+    'ps',
+    '--filter',
+    `label=com.docker.compose.project=${PROJECT}`,
+    '--filter',
+    `label=com.docker.compose.service=${svc}`,
+    '--format',
+    '{{.ID}}',
+  ]);
+  const id = stdout.trim().split('\n')[0] ?? '';
+  assert.ok(id, `no running container for ${svc}`);
+  return id;
+}
+
 /** When the service's running container started (ms since the epoch). */
 async function serviceStartedAt(svc: string): Promise<number> {
   const { stdout } = await run('docker', [
@@ -480,6 +496,17 @@ async function main(): Promise<void> {
       'rebuilds status does not name the running image ids',
     );
     const workerStarted = await serviceStartedAt('worker');
+    // The old worker ran the deploy; it could not remove itself: the new worker finalized it.
+    const newWorker = (await containerOf('worker')).slice(0, 12);
+    const logs = execFileSync('docker', ['logs', newWorker], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    assert.match(
+      logs,
+      /"event":"rebuild\.deploy\.finalized"[^\n]*"service":"worker"/,
+      'the new worker did not finalize the old worker container',
+    );
     await waitCommitted(apiUrl, token, inflight);
     const finished = (await getRun(apiUrl, token, inflight)).finishedAt ?? '';
     assert.ok(
