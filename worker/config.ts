@@ -142,6 +142,12 @@ export const workerConfigSchema = z.object({
     .transform((entries) => Object.fromEntries(entries.map(([t = '', n = '0']) => [t, Number(n)]))),
   /** Pool slots made at the same time while the pool refills in the background. */
   CHOIROS_SANDBOX_POOL_REFILL: z.coerce.number().int().min(1).max(16).default(2),
+  /**
+   * Threads that run workflow code (the SDK's workflowThreadPoolSize). Each holds one reused V8
+   * context with its own copy of the workflow bundle (~50 MiB); a run stays on the thread that
+   * started it. More than 1 spreads workflow tasks over more cores (docs/benchmarks.md).
+   */
+  CHOIROS_WORKFLOW_THREADS: z.coerce.number().int().min(1).max(8).default(1),
   /** Maximum age of events in the JetStream stream, in days. */
   CHOIROS_EVENTS_MAX_AGE_DAYS: z.coerce.number().int().min(1).max(3650).default(30),
   /** Maximum size of the event stream in bytes. */
