@@ -1,0 +1,148 @@
+/**
+ * The generated docs (docs/configuration.md, docs/api.md, the decision list of
+ * docs/architecture.md) are what `npm run docs:gen` writes from the code, and every environment
+ * variable the source reads is documented in docs/configuration.md.
+ */
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { z } from 'zod';
+import { generatedDocs } from '../../infra/scripts/gen-docs';
+import { OTHER_VARIABLES, documentedVariables, schemaVariables } from '../../infra/scripts/gen-config-doc';
+import { apiConfigSchema } from '../../api/config';
+import { workerConfigSchema } from '../../worker/config';
+
+const ROOT = join(__dirname, '../..');
+
+/** Files whose environment reads must all be documented: the platform's code, its launcher scripts and the test harness. */
+const SCANNED_DIRS = [
+  'api',
+  'worker',
+  'activities',
+  'workflows',
+  'contracts',
+  'tenancy',
+  'telemetry',
+  'infra',
+  'bin',
+  'test/helpers',
+  'test/faults',
+];
+const SCANNED_SCRIPTS = [
+  'infra/scripts/start.sh',
+  'infra/scripts/test.sh',
+  'infra/scripts/provision.sh',
+  'infra/scripts/node-entry.sh',
+];
+
+function walk(dir: string, keep: (path: string) => boolean): string[] {
+  return readdirSync(dir).flatMap((name) => {
+    const path = join(dir, name);
+    if (name === 'node_modules') return [];
+    if (statSync(path).isDirectory()) return walk(path, keep);
+    return keep(path) ? [path] : [];
+  });
+}
+
+/** The environment variables a TypeScript/JavaScript source reads. */
+export function codeEnvReads(text: string): string[] {
+  const patterns = [
+    /process\.env\.([A-Z][A-Z0-9_]*)/g,
+    /process\.env\[\s*['"]([A-Z][A-Z0-9_]*)['"]\s*\]/g,
+    /\benv\??\.([A-Z][A-Z0-9_]*)\b/g,
+    /\benvInt\(\s*'([A-Z][A-Z0-9_]*)'/g,
+  ];
+  return [...new Set(patterns.flatMap((p) => [...text.matchAll(p)].map((m) => m[1] ?? '')))];
+}
+
+/** The environment variables a shell script takes with a fallback (`${NAME:-…}`). */
+export function shellEnvReads(text: string): string[] {
+  return [...new Set([...text.matchAll(/\$\{([A-Z][A-Z0-9_]*):-/g)].map((m) => m[1] ?? ''))];
+}
+
+const isCode = (p: string): boolean => /\.(ts|js|mjs|cjs)$/.test(p) && !/\.test\.ts$/.test(p);
+
+function scannedReads(): Map<string, string[]> {
+  const reads = new Map<string, string[]>();
+  const add = (names: string[], file: string): void => {
+    for (const n of names) reads.set(n, [...(reads.get(n) ?? []), relative(ROOT, file)]);
+  };
+  for (const dir of SCANNED_DIRS)
+    for (const file of walk(join(ROOT, dir), isCode)) add(codeEnvReads(readFileSync(file, 'utf8')), file);
+  for (const script of SCANNED_SCRIPTS) add(shellEnvReads(readFileSync(join(ROOT, script), 'utf8')), script);
+  return reads;
+}
+
+describe('generated docs', () => {
+  test('when the code they are generated from changes, then the generated docs were regenerated (npm run docs:gen)', () => {
+    const docs = generatedDocs();
+    expect(docs.length).toBeGreaterThanOrEqual(1);
+    for (const [file, text] of docs) {
+      const onDisk = readFileSync(file, 'utf8');
+      if (onDisk !== text) throw new Error(`${relative(ROOT, file)} is stale: run npm run docs:gen`);
+    }
+  });
+});
+
+describe('configuration doc', () => {
+  test('when a config key has no .describe() text, then the generator refuses it, naming the key', () => {
+    const schema = z.object({
+      DOCUMENTED: z.string().default('x').describe('has a text'),
+      UNDOCUMENTED_KEY: z.coerce.number().default(1),
+    });
+    expect(() => schemaVariables(schema)).toThrow(/UNDOCUMENTED_KEY/);
+  });
+
+  test('when the api and worker schemas are read, then every key has a text, and defaults and ranges come from the schema', () => {
+    const api = schemaVariables(apiConfigSchema);
+    const worker = schemaVariables(workerConfigSchema);
+    expect(api.length).toBeGreaterThan(30);
+    expect(worker.length).toBeGreaterThan(30);
+    const port = api.find((r) => r.name === 'API_PORT');
+    expect(port).toMatchObject({ default: '`8080`', accepts: 'integer 0–65535' });
+    expect(api.find((r) => r.name === 'AUTH_ISSUER')?.default).toBe('**required**');
+    expect(worker.find((r) => r.name === 'CHOIROS_SANDBOX_DRIVER')?.accepts).toBe('`docker`, `local`');
+    // A machine-dependent default (the host name, the repository's absolute path) never reaches the doc.
+    expect(worker.find((r) => r.name === 'CHOIROS_HOST_ID')?.default).toBe('the host name');
+    expect(worker.find((r) => r.name === 'CHOIROS_TENANTS_FILE')?.default).toBe(
+      '`infra/tenants.default.yaml`',
+    );
+  });
+
+  test('when the source reads an environment variable, then docs/configuration.md documents it', () => {
+    const documented = documentedVariables();
+    const reads = scannedReads();
+    expect(reads.size).toBeGreaterThan(50);
+    const undocumented = [...reads]
+      .filter(([name]) => !documented.has(name))
+      .map(([n, f]) => `${n} (${f[0]})`);
+    expect(undocumented).toEqual([]);
+  });
+
+  test('when a variable is listed outside a schema, then something still reads it (no stale rows)', () => {
+    const corpus = [
+      ...SCANNED_DIRS.flatMap((d) => walk(join(ROOT, d), isCode)),
+      ...walk(join(ROOT, 'test'), (p) => /\.ts$/.test(p)),
+      ...walk(join(ROOT, 'infra'), (p) => /\.sh$/.test(p)),
+    ]
+      .map((f) => readFileSync(f, 'utf8'))
+      .join('\n');
+    const { tracingLibrary: _readByTheSdk, ...ours } = OTHER_VARIABLES;
+    const listed = Object.values(ours).flatMap((rows) =>
+      rows.flatMap((r) => [...r.name.matchAll(/[A-Z][A-Z0-9_]{2,}/g)].map((m) => m[0])),
+    );
+    const unread = listed.filter((n) => !new RegExp(`\\b${n}\\b`).test(corpus));
+    expect(unread).toEqual([]);
+  });
+
+  test('when a source reads a variable in any of the ways the scan knows, then the scan finds it', () => {
+    const code = [
+      'const a = process.env.ONE_VAR;',
+      "const b = process.env['TWO_VAR'];",
+      'const c = env.THREE_VAR ?? opts.env?.FOUR_VAR;',
+      "const d = envInt('FIVE_VAR', 1);",
+    ].join('\n');
+    expect(codeEnvReads(code).sort()).toEqual(['FIVE_VAR', 'FOUR_VAR', 'ONE_VAR', 'THREE_VAR', 'TWO_VAR']);
+    expect(shellEnvReads('X="${SIX_VAR:-/tmp}"; Y=$OTHER')).toEqual(['SIX_VAR']);
+    expect(documentedVariables().has('ONE_VAR')).toBe(false);
+  });
+});
