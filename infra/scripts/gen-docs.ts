@@ -4,10 +4,14 @@
  * test/unit/docs-generated.test.ts fails while any of them is stale.
  */
 import { writeFile } from 'node:fs/promises';
+import { API_DOC, renderApiDoc } from './gen-api-doc';
 import { CONFIGURATION_DOC, renderConfigurationDoc } from './gen-config-doc';
 
 export function generatedDocs(): [string, string][] {
-  return [[CONFIGURATION_DOC, renderConfigurationDoc()]];
+  return [
+    [CONFIGURATION_DOC, renderConfigurationDoc()],
+    [API_DOC, renderApiDoc()],
+  ];
 }
 
 if (require.main === module) {

@@ -9,6 +9,9 @@ import { z } from 'zod';
 import { generatedDocs } from '../../infra/scripts/gen-docs';
 import { OTHER_VARIABLES, documentedVariables, schemaVariables } from '../../infra/scripts/gen-config-doc';
 import { apiConfigSchema } from '../../api/config';
+import { documentedRoutes } from '../../api/openapi';
+import { API_DOC } from '../../infra/scripts/gen-api-doc';
+import { fillGeneratedBlocks } from '../../infra/scripts/gen-markers';
 import { workerConfigSchema } from '../../worker/config';
 
 const ROOT = join(__dirname, '../..');
@@ -80,6 +83,23 @@ describe('generated docs', () => {
       const onDisk = readFileSync(file, 'utf8');
       if (onDisk !== text) throw new Error(`${relative(ROOT, file)} is stale: run npm run docs:gen`);
     }
+  });
+});
+
+describe('api doc', () => {
+  test('when docs/api.md is read, then every route of the OpenAPI document is in its route table', () => {
+    const text = readFileSync(API_DOC, 'utf8');
+    const routes = documentedRoutes();
+    expect(routes.length).toBeGreaterThan(15);
+    expect(routes.filter((r) => !text.includes(`\`${r}\``))).toEqual([]);
+  });
+
+  test('when a generated block lost its markers, then the generator refuses to write, naming the block', () => {
+    const doc = 'prose\n<!-- BEGIN GENERATED: routes -->\nold\n<!-- END GENERATED: routes -->\nmore prose\n';
+    expect(fillGeneratedBlocks(doc, { routes: 'new' })).toBe(
+      'prose\n<!-- BEGIN GENERATED: routes -->\n\nnew\n\n<!-- END GENERATED: routes -->\nmore prose\n',
+    );
+    expect(() => fillGeneratedBlocks('prose only\n', { routes: 'new' })).toThrow(/routes/);
   });
 });
 
