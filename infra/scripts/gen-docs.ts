@@ -6,11 +6,13 @@
 import { writeFile } from 'node:fs/promises';
 import { API_DOC, renderApiDoc } from './gen-api-doc';
 import { CONFIGURATION_DOC, renderConfigurationDoc } from './gen-config-doc';
+import { ARCHITECTURE_DOC, renderArchitectureDoc } from './gen-decisions';
 
 export function generatedDocs(): [string, string][] {
   return [
     [CONFIGURATION_DOC, renderConfigurationDoc()],
     [API_DOC, renderApiDoc()],
+    [ARCHITECTURE_DOC, renderArchitectureDoc()],
   ];
 }
 

@@ -12,6 +12,7 @@ import { apiConfigSchema } from '../../api/config';
 import { documentedRoutes } from '../../api/openapi';
 import { API_DOC } from '../../infra/scripts/gen-api-doc';
 import { fillGeneratedBlocks } from '../../infra/scripts/gen-markers';
+import { decisionRecords, parseDecision } from '../../infra/scripts/gen-decisions';
 import { workerConfigSchema } from '../../worker/config';
 
 const ROOT = join(__dirname, '../..');
@@ -100,6 +101,30 @@ describe('api doc', () => {
       'prose\n<!-- BEGIN GENERATED: routes -->\n\nnew\n\n<!-- END GENERATED: routes -->\nmore prose\n',
     );
     expect(() => fillGeneratedBlocks('prose only\n', { routes: 'new' })).toThrow(/routes/);
+  });
+});
+
+describe('decision list', () => {
+  test('when a record has a Default line, then the list shows its title and default; without one, it says so', () => {
+    const withDefault = parseDecision(
+      '0099-example.md',
+      '# 0099 — An example\n\n**Default:** the pool is off;\n  on with a size.\n\n## Context\n',
+    );
+    expect(withDefault).toEqual({
+      number: '0099',
+      file: '0099-example.md',
+      title: 'An example',
+      default: 'the pool is off; on with a size.',
+    });
+    expect(parseDecision('0098-x.md', '# 0098 — X\n\n## Context\n').default).toBeUndefined();
+    expect(() => parseDecision('notes.md', '# Notes')).toThrow(/four-digit/);
+  });
+
+  test('when docs/architecture.md is read, then it links every decision record', () => {
+    const records = decisionRecords();
+    expect(records.length).toBeGreaterThanOrEqual(21);
+    const text = readFileSync(join(ROOT, 'docs/architecture.md'), 'utf8');
+    expect(records.filter((r) => !text.includes(`(decisions/${r.file})`)).map((r) => r.file)).toEqual([]);
   });
 });
 
