@@ -249,10 +249,10 @@ export const workerConfigSchema = z.object({
       "Platform-wide execution-lane secrets (every tenant's), by reference: `NAME=env:VAR` (the worker's variable VAR) or `NAME=file:/path`, comma-separated. Values reach only execution-lane containers as `NAME`; never the verifier lane, logs or events. Per-tenant secrets go in the tenants file",
     ),
   CHOIROS_EGRESS_ALLOW_CIDRS: cidrList.describe(
-    "Egress proxy ([egress.md](egress.md)): CIDRs (`a.b.c.d/n`, IPv6 too) a run's proxy may connect to although they are not public addresses, comma-separated. Trusted platform configuration for a known internal service or a test target; empty lets out public addresses only",
+    "Egress proxy ([egress.md](egress.md)): CIDRs (`a.b.c.d/n`, IPv6 too; a bare address is its /32 or /128) a run's proxy may connect to although they are not public addresses, comma-separated. Trusted platform configuration for a known internal service or a test target; empty lets out public addresses only",
   ),
   CHOIROS_EGRESS_DENY_CIDRS: cidrList.describe(
-    "CIDRs every egress proxy refuses even when public, e.g. the Docker host's own public addresses",
+    "CIDRs every egress proxy refuses even when public or allowed. Set it to the Docker host's own public addresses: the proxy reaches the internet through the host, so a name resolving to one of them would otherwise reach services the host exposes there. The `choiros-egress` gateway is always added",
   ),
   CHOIROS_EGRESS_RATE_PER_SECOND: z.coerce
     .number()
