@@ -183,9 +183,9 @@ export const OTHER_VARIABLES = {
     v('CHOIROS_TEMPORAL_UI_PORT', '`8233`', 'Dev server UI port'),
     v('CHOIROS_NATS_PORT', '`4222`', 'NATS port'),
     v('CHOIROS_DEV_ISSUER_PORT', '`8091`', 'Dev issuer (discovery + JWKS) port'),
-    v('API_PORT', '`8080`', 'Checked by the launcher, then passed to the api (see the api table)'),
-    v('GRPC_PORT', '`9090`', 'As `API_PORT`'),
-    v('CHOIROS_METRICS_PORT', '`9464`', 'As `API_PORT`, for the worker'),
+    v('API_PORT', '`8080`', 'Port of the api the launcher starts (1–65535; it waits for `/readyz` there)'),
+    v('GRPC_PORT', '`9090`', 'Port of the api’s gRPC listener the launcher starts'),
+    v('CHOIROS_METRICS_PORT', '`9464`', 'Port of the worker’s `/metrics` the launcher starts'),
     v(
       'CHOIROS_DOCKER_DATA_ROOT',
       '`/var/lib/choiros-docker`',
