@@ -285,6 +285,16 @@ export const OTHER_VARIABLES = {
       "The egress proxy container's settings, set by the Docker driver from the run's policy and the worker's `CHOIROS_EGRESS_*` ([egress.md](egress.md))",
     ),
     v(
+      'BIND_ON_IP, TEMPORAL_BROADCAST_ADDRESS',
+      undefined,
+      'The local Temporal server image’s environment, as upstream’s (`infra/images/temporal/entrypoint.sh`; [production.md](production.md))',
+    ),
+    v(
+      'DEV_ISSUER',
+      undefined,
+      'Set by `npm run compose` itself while it runs the dev issuer (`infra/scripts/compose.sh`)',
+    ),
+    v(
       'GIT_INDEX_FILE',
       undefined,
       'Set per git call for a temporary index (its lock is cleaned like the others)',

@@ -63,6 +63,11 @@ export function shellEnvReads(text: string): string[] {
   return [...new Set([...text.matchAll(/\$\{([A-Z][A-Z0-9_]*):-/g)].map((m) => m[1] ?? ''))];
 }
 
+/** The variables docker-compose.yml interpolates (`${NAME}`, `${NAME:-…}`, `${NAME:?…}`). */
+export function composeEnvReads(text: string): string[] {
+  return [...new Set([...text.matchAll(/\$\{([A-Z][A-Z0-9_]*)(?::?[-?][^}]*)?\}/g)].map((m) => m[1] ?? ''))];
+}
+
 const isCode = (p: string): boolean => /\.(ts|js|mjs|cjs)$/.test(p) && !/\.test\.ts$/.test(p);
 
 function scannedReads(): Map<string, string[]> {
@@ -163,6 +168,22 @@ describe('configuration doc', () => {
     expect(undocumented).toEqual([]);
   });
 
+  test('when the compose stack or an infra script takes a variable, then configuration.md or production.md documents it', () => {
+    const documented = documentedVariables();
+    const production = readFileSync(join(ROOT, 'docs/production.md'), 'utf8');
+    const files = [join(ROOT, 'docker-compose.yml'), ...walk(join(ROOT, 'infra'), (p) => p.endsWith('.sh'))];
+    const taken = files.flatMap((f) => {
+      const text = readFileSync(f, 'utf8');
+      const names = f.endsWith('.yml') ? composeEnvReads(text) : shellEnvReads(text);
+      return names.map((n) => [n, relative(ROOT, f)] as const);
+    });
+    expect(taken.length).toBeGreaterThan(40);
+    const undocumented = taken.filter(
+      ([n]) => !documented.has(n) && !new RegExp(`\\b${n}\\b`).test(production),
+    );
+    expect(undocumented).toEqual([]);
+  });
+
   test('when a variable is listed outside a schema, then something still reads it (no stale rows)', () => {
     const corpus = [
       ...SCANNED_DIRS.flatMap((d) => walk(join(ROOT, d), isCode)),
@@ -188,6 +209,11 @@ describe('configuration doc', () => {
     ].join('\n');
     expect(codeEnvReads(code).sort()).toEqual(['FIVE_VAR', 'FOUR_VAR', 'ONE_VAR', 'THREE_VAR', 'TWO_VAR']);
     expect(shellEnvReads('X="${SIX_VAR:-/tmp}"; Y=$OTHER')).toEqual(['SIX_VAR']);
+    expect(composeEnvReads('image: ${SEVEN_VAR:-x}\n  pw: ${EIGHT_VAR:?set it}\n  t: ${NINE_VAR}')).toEqual([
+      'SEVEN_VAR',
+      'EIGHT_VAR',
+      'NINE_VAR',
+    ]);
     expect(documentedVariables().has('ONE_VAR')).toBe(false);
   });
 });
