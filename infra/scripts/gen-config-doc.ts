@@ -134,6 +134,11 @@ export const OTHER_VARIABLES = {
       'With `HOME`, the only variables of the worker that reach its git child processes (`activities/workspace/git.ts`)',
     ),
     v('HOME', 'the worker’s', 'See `PATH`'),
+    v(
+      'MALLOC_ARENA_MAX',
+      '`2` (set by the launchers)',
+      'glibc malloc arenas of the worker and API processes that `npm start`, the benches and the fault suite start (`infra/stack/process.ts`): fewer arenas hold less freed memory (an idle worker: 313 → 273 MiB). Set it in the environment to override',
+    ),
   ],
   tracingLibrary: [
     v(
