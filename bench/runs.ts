@@ -2,8 +2,9 @@
  * `npm run bench:runs`: runs on one Temporal dev server, loopback only, bounded in count and time.
  *  1. Start latency: `POST /v1/runs` through the gateway (auth, validation, grant check, one start
  *     call; decision 0021) vs `client.workflow.start` of runWorkflow with the equivalent input,
- *     memo and search attributes — alternating, p50/p95 of each and their ratio. Gateway and
- *     client share this process; the worker runs in its own (worker/main.ts), as in production.
+ *     memo and search attributes — alternating, p50/p95 of each and their ratio. As in production,
+ *     the gateway (api/main.ts) and the worker (worker/main.ts) run as processes of their own; the
+ *     bench's process is the caller of both paths.
  *  2. Throughput: N minimal runs (local driver, execute `true`, one trivial verifier) started at
  *     once, time until all have committed: runs/s and per-run latency.
  *  3. A work graph of N independent minimal items (parallelism 8): items/s.
@@ -12,37 +13,26 @@
  * CHOIROS_NATS_SERVER_BIN: `npm run provision`); nothing else is touched.
  */
 import { readFile } from 'node:fs/promises';
-import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { connect, credsAuthenticator } from 'nats';
-import pino from 'pino';
 import {
   TASK_QUEUES,
   WORKFLOW_TYPES,
   canonicalJson,
-  parseVerifierFile,
   runRequestSchema,
   runStartMetadata,
   sha256Hex,
   type RunView,
   type RunWorkflowInput,
   type WorkGraphView,
-  issuersForTenant,
   type TenantsConfig,
 } from '../contracts';
-import { createRepoAccess, writeTenantsConfig } from '../tenancy';
-import { createApp } from '../api/app';
-import { createTokenVerifier } from '../api/auth/token-verifier';
-import { createJetStreamEventSource } from '../api/events/source';
-import { createTemporalWorkGraphService } from '../api/graphs/service';
-import { createTemporalRunService } from '../api/runs/service';
+import { writeTenantsConfig } from '../tenancy';
 import { DEV_AUDIENCE, loadOrCreateDevKey, mintDevToken, serveDevIssuer } from '../infra/dev-issuer/issuer';
 import { startEntry, waitFor } from '../infra/stack/process';
-import { historyShape, pct, startBenchStack } from './util';
+import { historyShape, pct, startApiProcess, startBenchStack } from './util';
 
 const STARTS = Number(process.env.BENCH_STARTS ?? 30);
 const CONCURRENT = Number(process.env.BENCH_CONCURRENT_RUNS ?? 40);
@@ -62,20 +52,20 @@ async function main(): Promise<void> {
   const deadline = (): void => {
     if (performance.now() - started > DEADLINE_MS) throw new Error(`bench exceeded ${DEADLINE_MS / 1000}s`);
   };
-  const logger = pino({ level: 'error' });
   const stack = await startBenchStack('bench:runs', VERIFIERS);
   const { work, temporal, nats: natsServer, repo, verifiersFile, cleanups } = stack;
   try {
     // The worker: the real worker set with the local driver, re-checking the API's grants.
     const tenants: TenantsConfig = { version: 1, tenants: { bench: { repos: [`${dirname(repo)}/`] } } };
     // A worker process of its own, as in production: the gateway's event loop is not the worker's.
+    const tenantsFile = await writeTenantsConfig(join(work, 'tenants.yaml'), tenants);
     const worker = startEntry({
       name: 'worker',
       entry: 'worker/main.ts',
       logFile: join(work, 'worker.log'),
       env: {
         ...process.env,
-        CHOIROS_TENANTS_FILE: await writeTenantsConfig(join(work, 'tenants.yaml'), tenants),
+        CHOIROS_TENANTS_FILE: tenantsFile,
         TEMPORAL_ADDRESS: temporal.address,
         NATS_URL: natsServer.url,
         NATS_CREDS: natsServer.workerCredsFile,
@@ -96,43 +86,19 @@ async function main(): Promise<void> {
       { timeoutMs: 180_000, proc: worker },
     );
 
-    // The gateway: the real app, real token verification against a dev issuer on loopback.
+    // The gateway: the real API process (as in production, its own event loop), real token
+    // verification against a dev issuer on loopback. The bench's client starts directly.
     const key = await loadOrCreateDevKey(join(work, 'issuer'));
     const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
+    cleanups.unshift(() => issuer.close());
+    const { url: api } = await startApiProcess(stack, {
+      issuer: issuer.issuer,
+      audience: DEV_AUDIENCE,
+      tenantsFile,
+    });
     const connection = await Connection.connect({ address: temporal.address });
+    cleanups.unshift(() => connection.close());
     const client = new Client({ connection });
-    const apiNats = await connect({
-      servers: natsServer.url,
-      authenticator: credsAuthenticator(await readFile(natsServer.apiCredsFile)),
-    });
-    const repoAccess = createRepoAccess({ config: tenants, platformPaths: [join(work, 'data')] });
-    const app = createApp({
-      verifyToken: createTokenVerifier({
-        issuers: [{ issuer: issuer.issuer, audience: DEV_AUDIENCE }],
-        algorithms: ['ES256'],
-        clockToleranceSeconds: 5,
-        tenantClaim: 'tenant',
-        defaultTenant: 'default',
-        tenantIssuers: (tenant) => issuersForTenant(tenants, tenant, issuer.issuer),
-      }),
-      runs: createTemporalRunService({ client, logger, repoAccess }),
-      graphs: createTemporalWorkGraphService({ client, logger, repoAccess }),
-      events: createJetStreamEventSource(apiNats),
-      verifiers: parseVerifierFile(VERIFIERS, 'bench verifiers'),
-      readiness: [],
-      logger,
-    });
-    const server: Server = await new Promise((res) => {
-      const s = app.listen(0, '127.0.0.1', () => res(s));
-    });
-    cleanups.unshift(async () => {
-      server.closeAllConnections();
-      await new Promise<void>((r) => server.close(() => r()));
-      await issuer.close();
-      await apiNats.drain();
-      await connection.close();
-    });
-    const api = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     const token = await mintDevToken(
       key,
       { issuer: issuer.issuer, audience: DEV_AUDIENCE },

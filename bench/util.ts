@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Client } from '@temporalio/client';
 import { startNatsServer, type NatsServer } from '../infra/stack/nats';
-import { freePort } from '../infra/stack/process';
+import { freePort, startEntry, waitFor, type ManagedProcess } from '../infra/stack/process';
 import { startTemporalDevServer, type TemporalDevServer } from '../infra/stack/temporal';
 
 /** The p-th percentile (0-100) of a sample, nearest-rank. */
@@ -118,4 +118,42 @@ export async function historyShape(
     }),
   );
   return { events, sandboxReadyMs };
+}
+
+/**
+ * The real API (`api/main.ts`) as a process of its own, as in production: a bench's client and the
+ * gateway do not share an event loop. Token verification against `issuer` (ES256, dev audience).
+ */
+export async function startApiProcess(
+  stack: Pick<BenchStack, 'work' | 'temporal' | 'nats' | 'verifiersFile' | 'cleanups'>,
+  opts: { issuer: string; audience: string; tenantsFile: string; env?: NodeJS.ProcessEnv },
+): Promise<{ url: string; proc: ManagedProcess }> {
+  const port = await freePort();
+  const proc = startEntry({
+    name: 'api',
+    entry: 'api/main.ts',
+    logFile: join(stack.work, 'api.log'),
+    env: {
+      ...process.env,
+      TEMPORAL_ADDRESS: stack.temporal.address,
+      NATS_URL: stack.nats.url,
+      NATS_CREDS: stack.nats.apiCredsFile,
+      NATS_ACCOUNT_SEED_FILE: stack.nats.accountSeedFile,
+      CHOIROS_VERIFIERS_FILE: stack.verifiersFile,
+      CHOIROS_TENANTS_FILE: opts.tenantsFile,
+      CHOIROS_DATA_DIR: join(stack.work, 'data'),
+      AUTH_ISSUER: opts.issuer,
+      AUTH_AUDIENCE: opts.audience,
+      AUTH_ALGORITHMS: 'ES256',
+      API_HOST: '127.0.0.1',
+      API_PORT: String(port),
+      GRPC_PORT: '0',
+      LOG_LEVEL: 'warn',
+      ...opts.env,
+    },
+  });
+  stack.cleanups.unshift(() => proc.stop(30_000));
+  const url = `http://127.0.0.1:${port}`;
+  await waitFor('API', async () => (await fetch(`${url}/readyz`)).ok, { timeoutMs: 120_000, proc });
+  return { url, proc };
 }

@@ -30,17 +30,24 @@ const optionalUrl = z.preprocess(
  * OTEL_TRACES_SAMPLER*, OTEL_BSP_* and OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME.
  */
 export const tracingConfigShape = {
-  /** Tracing: `auto` (on when an OTLP endpoint below is set), `on` (default endpoint http://localhost:4318) or `off`. */
-  CHOIROS_TRACING: z.enum(['auto', 'on', 'off']).default('auto'),
-  /** OTLP/HTTP base URL of a collector; traces go to `<url>/v1/traces`. */
-  OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl,
-  /** OTLP/HTTP URL for traces only (used as is); wins over OTEL_EXPORTER_OTLP_ENDPOINT. */
-  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optionalUrl,
-  /** The OpenTelemetry SDK switch: `true` turns tracing off whatever CHOIROS_TRACING says. */
-  OTEL_SDK_DISABLED: z.preprocess(
-    (v) => (typeof v === 'string' ? v.trim().toLowerCase() || undefined : v),
-    z.enum(['true', 'false']).default('false'),
+  CHOIROS_TRACING: z
+    .enum(['auto', 'on', 'off'])
+    .default('auto')
+    .describe(
+      '`auto`: on when an OTLP endpoint below is set; `on` (default endpoint `http://localhost:4318`); `off`',
+    ),
+  OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl.describe(
+    'OTLP/HTTP base URL (http/https) of a collector; traces go to `<url>/v1/traces`',
   ),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optionalUrl.describe(
+    'OTLP/HTTP URL for traces only, used as is; wins over `OTEL_EXPORTER_OTLP_ENDPOINT`',
+  ),
+  OTEL_SDK_DISABLED: z
+    .preprocess(
+      (v) => (typeof v === 'string' ? v.trim().toLowerCase() || undefined : v),
+      z.enum(['true', 'false']).default('false'),
+    )
+    .describe('The OpenTelemetry SDK switch: `true` turns tracing off whatever `CHOIROS_TRACING` says'),
 };
 
 export type TracingConfig = z.output<z.ZodObject<typeof tracingConfigShape>>;

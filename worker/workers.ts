@@ -289,6 +289,7 @@ export async function createWorkerSet(opts: {
       ...common,
       workflowBundle,
       ...workflowTracingOptions(opts.tracing),
+      workflowThreadPoolSize: config.CHOIROS_WORKFLOW_THREADS,
       taskQueue: TASK_QUEUES.orchestration,
       activities: {
         ...eventActivities,

@@ -6,7 +6,6 @@
  * lane), the unprivileged sandbox uid/gid when the worker is root, a process group per command
  * that a timeout or cancellation kills as a whole.
  */
-import { spawn } from 'node:child_process';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
@@ -15,6 +14,12 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { CommandOutcome, NetworkPolicy } from '../../contracts';
 import type { CommandOptions, SandboxDriver, SandboxLabels } from './driver';
 import { BoundedOutput } from './output';
+import {
+  spawnGroup,
+  type SpawnGroupOptions,
+  type SpawnedExit,
+  type SpawnedGroup,
+} from '../workspace/process-helper';
 
 export interface LocalDriverOptions {
   /** Where the driver remembers each sandbox's workspace (so a restarted worker finds it). */
@@ -26,6 +31,11 @@ export interface LocalDriverOptions {
   /** Environment of the execution lane only (resolved secrets). */
   executionEnv?: Record<string, string>;
   logger: Logger;
+  /**
+   * Starts a command in its own process group. Default: from the worker's process helper, since a
+   * spawn forks its caller and the worker is large (activities/workspace/process-helper.ts).
+   */
+  spawn?: (file: string, args: string[], opts: SpawnGroupOptions) => SpawnedGroup;
 }
 
 const PROGRESS_INTERVAL_MS = 1_000;
@@ -140,33 +150,28 @@ export class LocalSandboxDriver implements SandboxDriver {
     const started = Date.now();
     const output = new BoundedOutput();
     const sink: Writable = output.writable(opts.output);
-    const child = spawn(program, args, {
+    const groups = this.groups.get(name) ?? new Set<number>();
+    this.groups.set(name, groups);
+    // Its own process group, so a timeout kills everything the command started.
+    const child = (this.opts.spawn ?? spawnGroup)(program, args, {
       cwd,
       env,
-      // Its own process group, so a timeout kills everything the command started.
-      detached: true,
-      stdio: ['ignore', 'pipe', 'pipe'],
       ...(asRoot ? { uid, gid } : {}),
+      output: (chunk) =>
+        new Promise<void>((resolve) => (sink.write(chunk) ? resolve() : sink.once('drain', resolve))),
     });
-    const pgid = child.pid;
-    const groups = this.groups.get(name) ?? new Set<number>();
-    if (pgid !== undefined) groups.add(pgid);
-    this.groups.set(name, groups);
-
+    let pgid: number | undefined;
     let timedOut = false;
-    let spawnError: Error | undefined;
-    child.stdout.pipe(sink, { end: false });
-    child.stderr.pipe(sink, { end: false });
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-      child.on('error', (err) => {
-        spawnError = err;
-        resolve({ code: 127, signal: null });
-      });
-      child.on('close', (code, signal) => resolve({ code, signal }));
-    });
     const kill = (): void => {
       if (pgid !== undefined) killGroup(pgid);
     };
+    // Registered as soon as it runs, so a stop() or remove() meanwhile reaches it too.
+    const running = child.pid.then((pid) => {
+      pgid = pid;
+      if (pid !== undefined) groups.add(pid);
+      // Timed out, cancelled or removed before it had a pid: it goes at once.
+      if (timedOut || opts.signal?.aborted || this.groups.get(name) !== groups) kill();
+    });
     const timer = setTimeout(() => {
       timedOut = true;
       kill();
@@ -175,10 +180,11 @@ export class LocalSandboxDriver implements SandboxDriver {
       opts.onProgress?.({ outputBytes: output.bytes, elapsedMs: Date.now() - started });
     }, PROGRESS_INTERVAL_MS);
     opts.signal?.addEventListener('abort', kill, { once: true });
-    let result: { code: number | null; signal: NodeJS.Signals | null };
+    let result: SpawnedExit;
     try {
-      result = await exited;
+      result = await child.exited;
     } finally {
+      await running;
       clearTimeout(timer);
       clearInterval(progress);
       opts.signal?.removeEventListener('abort', kill);
@@ -186,10 +192,11 @@ export class LocalSandboxDriver implements SandboxDriver {
       kill();
       if (pgid !== undefined) groups.delete(pgid);
     }
+    const spawnError = result.spawnError;
     if (spawnError) sink.write(Buffer.from(`cannot run ${program}: ${spawnError.message}\n`));
     await new Promise<void>((resolve) => sink.end(() => resolve()));
     if (opts.signal?.aborted) throw opts.signal.reason ?? new Error('cancelled');
-    const exitCode = timedOut ? 124 : (result.code ?? 128 + signalNumber(result.signal));
+    const exitCode = timedOut ? 124 : spawnError ? 127 : (result.code ?? 128 + signalNumber(result.signal));
     return { exitCode, timedOut, durationMs: Date.now() - started, ...output.finish() };
   }
 }

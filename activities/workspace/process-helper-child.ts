@@ -1,16 +1,42 @@
 /**
  * The process helper (see process-helper.ts): a small child of the worker that runs programs on
- * its behalf and answers over the IPC channel. It ignores SIGINT and SIGTERM, which a terminal or a
+ * its behalf and answers over the IPC channel (a long command's output streams back chunk by
+ * chunk, each read once the worker acknowledged the last). It ignores SIGINT and SIGTERM, which a terminal or a
  * process-group signal sends to the whole group: the worker drains its in-flight activities after
  * such a signal, and they still need git. It ends once the worker is gone (the channel closes) and
  * the programs it was running have finished.
  */
-import { execToReply, HELPER_READY, helperRequestSchema } from './process-helper';
+import {
+  execToReply,
+  HELPER_READY,
+  helperAckSchema,
+  helperRequestSchema,
+  helperSpawnRequestSchema,
+  spawnToEvents,
+} from './process-helper';
 
 process.on('SIGINT', () => undefined);
 process.on('SIGTERM', () => undefined);
 
+/** Spawned commands waiting for the worker to take their last chunk of output. */
+const reading = new Map<number, () => void>();
+
 process.on('message', (msg: unknown) => {
+  const ack = helperAckSchema.safeParse(msg);
+  if (ack.success) {
+    const read = reading.get(ack.data.id);
+    reading.delete(ack.data.id);
+    read?.();
+    return;
+  }
+  const spawnReq = helperSpawnRequestSchema.safeParse(msg);
+  if (spawnReq.success) {
+    spawnToEvents(spawnReq.data, (event, read) => {
+      if (event.event === 'output') reading.set(event.id, read);
+      if (process.connected) process.send?.(event);
+    });
+    return;
+  }
   const parsed = helperRequestSchema.safeParse(msg);
   if (!parsed.success) return;
   void execToReply(parsed.data).then((reply) => {

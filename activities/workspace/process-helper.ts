@@ -1,6 +1,6 @@
 /**
- * Runs the worker's short helper programs (git, chown) from a small, long-lived child process
- * instead of from the worker itself.
+ * Runs the worker's helper programs (git, chown) and the local sandbox driver's commands from a
+ * small, long-lived child process instead of from the worker itself.
  *
  * Why: starting a process forks the caller, and a fork costs in proportion to the caller's memory.
  * The worker holds hundreds of MiB (workflow caches, gRPC, V8 heaps), and every spawn blocks its
@@ -14,7 +14,7 @@
  * started at all (it exits before saying it is ready) is not fatal: the calls waiting for it, and
  * every call for the next minute, run directly from the worker as before, with a process warning.
  */
-import { execFile, fork, type ChildProcess } from 'node:child_process';
+import { execFile, fork, spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { z } from 'zod';
 
@@ -70,6 +70,121 @@ export const helperReplySchema = z.object({
   message: z.string(),
 });
 export type HelperReply = z.infer<typeof helperReplySchema>;
+/**
+ * A long command whose output streams back (the local sandbox driver's commands). It runs in its
+ * own process group (its pid is the group id), so the worker kills the whole group directly.
+ */
+export const helperSpawnRequestSchema = z.object({
+  kind: z.literal('spawn'),
+  id: z.number().int(),
+  file: z.string().min(1),
+  args: z.array(z.string()),
+  cwd: z.string().min(1),
+  env: z.record(z.string(), z.string()),
+  uid: z.number().int().nonnegative().optional(),
+  gid: z.number().int().nonnegative().optional(),
+});
+export type HelperSpawnRequest = z.infer<typeof helperSpawnRequestSchema>;
+/** The worker took a chunk of output: the helper reads the next one (backpressure end to end). */
+export const helperAckSchema = z.object({ kind: z.literal('ack'), id: z.number().int() });
+
+/** What the helper says about a spawned command: started, a chunk of output, exited. */
+export const helperStreamEventSchema = z.discriminatedUnion('event', [
+  z.object({ id: z.number().int(), event: z.literal('started'), pid: z.number().int().positive() }),
+  z.object({
+    id: z.number().int(),
+    event: z.literal('output'),
+    data: z.custom<Uint8Array<ArrayBufferLike>>((v) => v instanceof Uint8Array, 'bytes'),
+  }),
+  z.object({
+    id: z.number().int(),
+    event: z.literal('exit'),
+    code: z.number().int().nullable(),
+    signal: z.string().nullable(),
+    /** Set when the program could not be started (e.g. `ENOENT`). */
+    spawnError: z.object({ message: z.string(), code: z.string().nullable() }).optional(),
+  }),
+]);
+export type HelperStreamEvent = z.infer<typeof helperStreamEventSchema>;
+
+/** How a spawned command ended. */
+export interface SpawnedExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** The program could not be started. */
+  spawnError?: { message: string; code: string | null };
+}
+
+export interface SpawnGroupOptions {
+  cwd: string;
+  env: Record<string, string>;
+  uid?: number;
+  gid?: number;
+  /** Takes each chunk of stdout and stderr (interleaved); the next chunk is read once it settles. */
+  output: (chunk: Buffer) => Promise<void>;
+}
+
+/** A command started in its own process group. */
+export interface SpawnedGroup {
+  /** Its pid, which is also its process group id; undefined when it could not be started. */
+  readonly pid: Promise<number | undefined>;
+  /**
+   * Resolves once it exited and its output was read; rejects (`helper_exited`) when the helper
+   * was lost while it ran: the command's group may still be running then, and the caller kills it.
+   */
+  readonly exited: Promise<SpawnedExit>;
+}
+
+/**
+ * Spawns `file args` in its own process group, with its stdout and stderr read chunk by chunk into
+ * `opts.output` (a chunk is read only after the last one settled). `emit` receives the stream's
+ * events; the helper sends them over IPC, the direct path calls back in-process.
+ */
+export function spawnToEvents(
+  req: HelperSpawnRequest,
+  emit: (event: HelperStreamEvent, read: () => void) => void,
+): void {
+  let child: ChildProcess;
+  const exit = (e: Omit<Extract<HelperStreamEvent, { event: 'exit' }>, 'id' | 'event'>): void =>
+    emit({ id: req.id, event: 'exit', ...e }, () => undefined);
+  try {
+    child = spawn(req.file, req.args, {
+      cwd: req.cwd,
+      env: req.env,
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(req.uid !== undefined ? { uid: req.uid } : {}),
+      ...(req.gid !== undefined ? { gid: req.gid } : {}),
+    });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    exit({ code: null, signal: null, spawnError: { message: e.message, code: e.code ?? null } });
+    return;
+  }
+  let spawnError: NodeJS.ErrnoException | undefined;
+  child.on('error', (err: NodeJS.ErrnoException) => {
+    spawnError = err;
+  });
+  if (child.pid !== undefined) emit({ id: req.id, event: 'started', pid: child.pid }, () => undefined);
+  for (const stream of [child.stdout, child.stderr]) {
+    stream?.on('data', (chunk: Buffer) => {
+      stream.pause();
+      emit({ id: req.id, event: 'output', data: chunk }, () => stream.resume());
+    });
+  }
+  child.on('close', (code, signal) => {
+    exit(
+      spawnError
+        ? {
+            code: null,
+            signal: null,
+            spawnError: { message: spawnError.message, code: spawnError.code ?? null },
+          }
+        : { code, signal },
+    );
+  });
+}
+
 /** The helper's first message. */
 export const HELPER_READY = 'choiros-process-helper-ready';
 
@@ -121,10 +236,22 @@ interface Pending {
   what: string;
 }
 
+interface Stream {
+  req: HelperSpawnRequest;
+  what: string;
+  output: (chunk: Buffer) => Promise<void>;
+  started: (pid: number | undefined) => void;
+  resolve: (exit: SpawnedExit) => void;
+  reject: (e: Error) => void;
+  /** Output still being handed to `output`; the exit waits for it. */
+  writing: Promise<void>;
+}
+
 /** One helper child process and the calls in flight on it. */
 export class ProcessHelper {
   private child: ChildProcess | undefined;
   private readonly pending = new Map<number, Pending>();
+  private readonly streams = new Map<number, Stream>();
   private nextId = 1;
   private started = 0;
   private ready = false;
@@ -192,6 +319,81 @@ export class ProcessHelper {
     });
   }
 
+  /**
+   * Starts a long command in its own process group from the helper (see SpawnedGroup). Without a
+   * helper (it could not start) the command is spawned here directly, with the same semantics.
+   */
+  spawnGroup(file: string, args: string[], opts: SpawnGroupOptions): SpawnedGroup {
+    const req: HelperSpawnRequest = {
+      kind: 'spawn',
+      id: this.nextId++,
+      file,
+      args,
+      cwd: opts.cwd,
+      env: opts.env,
+      uid: opts.uid,
+      gid: opts.gid,
+    };
+    const child = this.ensureChild();
+    let started!: (pid: number | undefined) => void;
+    const pid = new Promise<number | undefined>((r) => (started = r));
+    if (!child) return { pid, exited: spawnDirect(req, opts.output, started) };
+    const exited = new Promise<SpawnedExit>((resolve, reject) => {
+      this.streams.set(req.id, {
+        req,
+        what: `${file} ${args.join(' ')}`.slice(0, 200),
+        output: opts.output,
+        started,
+        resolve: (e) => {
+          started(undefined);
+          resolve(e);
+        },
+        reject: (e) => {
+          started(undefined);
+          reject(e);
+        },
+        writing: Promise.resolve(),
+      });
+      this.updateRef();
+      child.send(req, (err) => {
+        if (err)
+          this.settleStream(req.id, (st) => st.reject(helperLost(st.what, `could not send: ${err.message}`)));
+      });
+    });
+    return { pid, exited };
+  }
+
+  private onStreamEvent(child: ChildProcess, ev: HelperStreamEvent): void {
+    const st = this.streams.get(ev.id);
+    if (!st) return;
+    if (ev.event === 'started') {
+      st.started(ev.pid);
+    } else if (ev.event === 'output') {
+      const chunk = Buffer.from(ev.data.buffer, ev.data.byteOffset, ev.data.byteLength);
+      st.writing = st.writing
+        .then(() => st.output(chunk))
+        .catch(() => undefined)
+        .then(() => {
+          if (this.child === child) child.send({ kind: 'ack', id: ev.id });
+        });
+    } else {
+      const exit: SpawnedExit = {
+        code: ev.code,
+        signal: ev.signal as NodeJS.Signals | null,
+        ...(ev.spawnError ? { spawnError: ev.spawnError } : {}),
+      };
+      void st.writing.then(() => this.settleStream(ev.id, (s) => s.resolve(exit)));
+    }
+  }
+
+  private settleStream(id: number, fn: (st: Stream) => void): void {
+    const st = this.streams.get(id);
+    if (!st) return;
+    this.streams.delete(id);
+    this.updateRef();
+    fn(st);
+  }
+
   /** Stops the helper (calls in flight fail). */
   close(): void {
     const child = this.child;
@@ -222,6 +424,11 @@ export class ProcessHelper {
         this.ready = true;
         return;
       }
+      if (typeof msg === 'object' && msg !== null && 'event' in msg) {
+        const ev = helperStreamEventSchema.safeParse(msg);
+        if (ev.success) this.onStreamEvent(child, ev.data);
+        return;
+      }
       const parsed = helperReplySchema.safeParse(msg);
       if (!parsed.success) return;
       const reply = parsed.data;
@@ -249,6 +456,11 @@ export class ProcessHelper {
           execToReply(p.req).then(replyToResult).then(p.resolve, p.reject);
         });
       }
+      for (const id of [...this.streams.keys()]) {
+        this.settleStream(id, (st) => {
+          spawnDirect(st.req, st.output, st.started).then(st.resolve, st.reject);
+        });
+      }
     };
     child.on('error', (err) => lost(`process helper failed: ${err.message}`));
     child.on('exit', (code, signal) =>
@@ -269,6 +481,8 @@ export class ProcessHelper {
 
   private failAll(why: string): void {
     for (const id of [...this.pending.keys()]) this.settle(id, (p) => p.reject(helperLost(p.what, why)));
+    for (const id of [...this.streams.keys()])
+      this.settleStream(id, (st) => st.reject(helperLost(st.what, why)));
   }
 
   /** The helper keeps the worker alive only while calls are in flight on it. */
@@ -276,7 +490,7 @@ export class ProcessHelper {
     const child = this.child;
     if (!child) return;
     const channel = child.channel as { ref(): void; unref(): void } | null | undefined;
-    if (this.pending.size > 0) {
+    if (this.pending.size > 0 || this.streams.size > 0) {
       child.ref();
       channel?.ref();
     } else {
@@ -284,6 +498,36 @@ export class ProcessHelper {
       channel?.unref();
     }
   }
+}
+
+/** spawnGroup without a helper: the same events, handled in this process. */
+function spawnDirect(
+  req: HelperSpawnRequest,
+  output: (chunk: Buffer) => Promise<void>,
+  started: (pid: number | undefined) => void,
+): Promise<SpawnedExit> {
+  return new Promise((resolve) => {
+    let writing = Promise.resolve();
+    spawnToEvents(req, (ev, read) => {
+      if (ev.event === 'started') started(ev.pid);
+      else if (ev.event === 'output') {
+        const chunk = Buffer.from(ev.data.buffer, ev.data.byteOffset, ev.data.byteLength);
+        writing = writing
+          .then(() => output(chunk))
+          .catch(() => undefined)
+          .then(read);
+      } else {
+        void writing.then(() => {
+          started(undefined);
+          resolve({
+            code: ev.code,
+            signal: ev.signal as NodeJS.Signals | null,
+            ...(ev.spawnError ? { spawnError: ev.spawnError } : {}),
+          });
+        });
+      }
+    });
+  });
 }
 
 const helperLost = (what: string, why: string): ProcessError =>
@@ -302,4 +546,10 @@ export function runProcess(
 ): Promise<RunProcessResult> {
   shared ??= new ProcessHelper();
   return shared.run(file, args, opts);
+}
+
+/** Starts a long command in its own process group through the worker's shared process helper. */
+export function spawnGroup(file: string, args: string[], opts: SpawnGroupOptions): SpawnedGroup {
+  shared ??= new ProcessHelper();
+  return shared.spawnGroup(file, args, opts);
 }

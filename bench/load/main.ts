@@ -33,7 +33,7 @@ import { ensureDockerEngine } from '../../infra/stack/docker';
 import { ensureSandboxImage } from '../../infra/stack/sandbox-image';
 import { writeTenantsFile } from '../../tenancy';
 import { formatProfiles, summariseProfiles } from '../profile';
-import { historyShape, pct, startBenchStack } from '../util';
+import { historyShape, pct, startApiProcess, startBenchStack } from '../util';
 
 const RUNS = intEnv('BENCH_LOAD_RUNS', 200);
 const USERS = intEnv('BENCH_LOAD_USERS', 25);
@@ -166,28 +166,11 @@ async function main(): Promise<void> {
       },
     });
     cleanups.unshift(() => worker.stop(30_000));
-    const apiPort = await freePort();
-    const api = startEntry({
-      name: 'api',
-      entry: 'api/main.ts',
-      logFile: join(work, 'api.log'),
-      env: {
-        ...common,
-        NATS_CREDS: nats.apiCredsFile,
-        NATS_ACCOUNT_SEED_FILE: nats.accountSeedFile,
-        AUTH_ISSUER: issuer.issuer,
-        AUTH_AUDIENCE: DEV_AUDIENCE,
-        AUTH_ALGORITHMS: 'ES256',
-        API_HOST: '127.0.0.1',
-        API_PORT: String(apiPort),
-        GRPC_PORT: '0',
-        CHOIROS_TENANTS_FILE: tenantsFile,
-        CHOIROS_DATA_DIR: join(work, 'data'),
-      },
+    const { url: apiUrl, proc: api } = await startApiProcess(stack, {
+      issuer: issuer.issuer,
+      audience: DEV_AUDIENCE,
+      tenantsFile,
     });
-    cleanups.unshift(() => api.stop(30_000));
-    const apiUrl = `http://127.0.0.1:${apiPort}`;
-    await waitFor('API', async () => (await fetch(`${apiUrl}/readyz`)).ok, { timeoutMs: 120_000, proc: api });
     await waitFor(
       'worker',
       async () => (await readFile(worker.logFile, 'utf8')).includes('"worker.started"'),

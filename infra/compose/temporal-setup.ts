@@ -24,14 +24,30 @@ export class SearchAttributeConflictError extends Error {
 }
 
 export const temporalSetupEnvSchema = z.object({
-  /** Temporal frontend address (host:port). */
-  TEMPORAL_ADDRESS: z.string().min(1).default('127.0.0.1:7233'),
-  /** Namespace to create (when missing) and register the search attributes in. */
-  TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
-  /** Retention of closed workflow histories in a namespace this setup creates, in days. */
-  CHOIROS_TEMPORAL_RETENTION_DAYS: z.coerce.number().int().min(1).max(3650).default(30),
-  /** How long to wait for the frontend and for the attributes to become visible, in seconds. */
-  CHOIROS_TEMPORAL_SETUP_TIMEOUT_SECONDS: z.coerce.number().int().min(1).max(3600).default(300),
+  TEMPORAL_ADDRESS: z
+    .string()
+    .min(1)
+    .default('127.0.0.1:7233')
+    .describe('Temporal frontend address (host:port)'),
+  TEMPORAL_NAMESPACE: z
+    .string()
+    .min(1)
+    .default('default')
+    .describe('Namespace to create (when missing) and register the search attributes in'),
+  CHOIROS_TEMPORAL_RETENTION_DAYS: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(3650)
+    .default(30)
+    .describe('Retention of closed workflow histories in a namespace this setup creates, in days'),
+  CHOIROS_TEMPORAL_SETUP_TIMEOUT_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(3600)
+    .default(300)
+    .describe('How long to wait for the frontend and for the attributes to become visible, in seconds'),
   /** TLS, mTLS and API key for Temporal, as for the API and worker (infra/tls/connections.ts). */
   ...connectionTlsShape,
 });

@@ -3,6 +3,20 @@ import { join } from 'node:path';
 import { SEARCH_ATTRIBUTE_NAMES } from '../../contracts';
 import { startProcess, portOpen, waitFor, type ManagedProcess } from './process';
 
+/**
+ * Server settings the platform relies on: flags of the dev server here, and the compose stack's
+ * dynamic-config file (infra/compose/temporal-dynamic-config.yaml) holds the same values.
+ *
+ * `history.maxBufferedQueryCount`: how many queries the server holds behind a workflow's pending
+ * workflow task (default 1). A run joins its tenant's admission gate by signal plus query
+ * (decision 0015); with the default, a burst of joins has all but one query refused and each of those
+ * runs falls back to waiting for the gate's signal, which puts seconds on the run's first workflow
+ * task. A refused query costs nothing to keep; a buffered one is answered with the gate's next task.
+ */
+export const TEMPORAL_DYNAMIC_CONFIG: Readonly<Record<string, number | boolean | string>> = {
+  'history.MaxBufferedQueryCount': 1000,
+};
+
 export interface TemporalDevServer {
   address: string;
   uiUrl?: string;
@@ -25,6 +39,9 @@ export async function startTemporalDevServer(opts: {
   if (opts.dbFile) args.push('--db-filename', opts.dbFile);
   if (opts.namespace !== 'default') args.push('--namespace', opts.namespace);
   for (const name of SEARCH_ATTRIBUTE_NAMES) args.push('--search-attribute', `${name}=Keyword`);
+  for (const [key, value] of Object.entries(TEMPORAL_DYNAMIC_CONFIG)) {
+    args.push('--dynamic-config-value', `${key}=${JSON.stringify(value)}`);
+  }
   const proc = startProcess({
     name: 'temporal',
     command: opts.binary,

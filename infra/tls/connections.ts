@@ -9,27 +9,49 @@ import { z } from 'zod';
 const file = z.string().min(1);
 
 export const connectionTlsShape = {
-  /** Connect to Temporal over TLS (implied by any TEMPORAL_TLS_* file or TEMPORAL_API_KEY). */
   TEMPORAL_TLS: z
     .enum(['true', 'false', '1', '0'])
     .optional()
-    .transform((v) => v === 'true' || v === '1'),
-  /** PEM CA that signed the Temporal frontend's certificate; unset: the system's roots. */
-  TEMPORAL_TLS_CA_FILE: file.optional(),
-  /** mTLS: this client's PEM certificate (with TEMPORAL_TLS_KEY_FILE). */
-  TEMPORAL_TLS_CERT_FILE: file.optional(),
-  /** mTLS: this client's PEM private key. */
-  TEMPORAL_TLS_KEY_FILE: file.optional(),
-  /** Name the frontend's certificate is checked against, when it is not the host of TEMPORAL_ADDRESS. */
-  TEMPORAL_TLS_SERVER_NAME: z.string().min(1).optional(),
-  /** API key sent as `Authorization: Bearer` on every Temporal call (Temporal Cloud); implies TLS. */
-  TEMPORAL_API_KEY: z.string().min(1).optional(),
-  /** PEM CA that signed the NATS servers' certificates; setting any NATS_TLS_* file turns TLS on. */
-  NATS_TLS_CA_FILE: file.optional(),
-  /** Client certificate, when the NATS servers verify clients (with NATS_TLS_KEY_FILE). */
-  NATS_TLS_CERT_FILE: file.optional(),
-  /** Client private key for NATS_TLS_CERT_FILE. */
-  NATS_TLS_KEY_FILE: file.optional(),
+    .transform((v) => v === 'true' || v === '1')
+    .describe(
+      "Connect to Temporal over TLS with the system's roots (implied by any `TEMPORAL_TLS_*` file or `TEMPORAL_API_KEY`)",
+    ),
+  TEMPORAL_TLS_CA_FILE: file
+    .optional()
+    .describe(
+      "PEM CA that signed the Temporal frontend's certificate (self-hosted Temporal with its own CA); unset: the system's roots",
+    ),
+  TEMPORAL_TLS_CERT_FILE: file
+    .optional()
+    .describe(
+      "mTLS: this client's PEM certificate, with `TEMPORAL_TLS_KEY_FILE` (Temporal Cloud namespaces with CA auth)",
+    ),
+  TEMPORAL_TLS_KEY_FILE: file.optional().describe("mTLS: this client's PEM private key"),
+  TEMPORAL_TLS_SERVER_NAME: z
+    .string()
+    .min(1)
+    .optional()
+    .describe(
+      "Name the frontend's certificate is checked against, when it is not the host of `TEMPORAL_ADDRESS`",
+    ),
+  TEMPORAL_API_KEY: z
+    .string()
+    .min(1)
+    .optional()
+    .describe(
+      'API key sent as `Authorization: Bearer` on every Temporal call (Temporal Cloud API-key namespaces); implies TLS. A secret: keep it out of `.env` files that are shared',
+    ),
+  NATS_TLS_CA_FILE: file
+    .optional()
+    .describe(
+      "PEM CA that signed the NATS servers' certificates; setting any `NATS_TLS_*` file turns TLS on",
+    ),
+  NATS_TLS_CERT_FILE: file
+    .optional()
+    .describe(
+      'Client certificate (PEM), when the NATS servers verify clients (`verify: true`), with `NATS_TLS_KEY_FILE`',
+    ),
+  NATS_TLS_KEY_FILE: file.optional().describe('Client private key (PEM) of `NATS_TLS_CERT_FILE`'),
 };
 
 export const connectionTlsSchema = z.object(connectionTlsShape);

@@ -147,3 +147,121 @@ test('an idle helper does not keep its parent process alive, and exits with it',
   };
   expect(await gone()).toBe(true);
 });
+
+/** Collects a spawned group's output, each chunk taken after `delayMs` (a slow consumer). */
+const collect = (delayMs = 0) => {
+  const chunks: Buffer[] = [];
+  return {
+    output: async (chunk: Buffer): Promise<void> => {
+      chunks.push(chunk);
+      if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
+    },
+    text: () => Buffer.concat(chunks).toString(),
+    bytes: () => chunks.reduce((n, c) => n + c.length, 0),
+    chunks,
+  };
+};
+
+describe('spawnGroup: long commands with streamed output', () => {
+  test('runs in the helper, leads its own process group, and streams stdout and stderr', async () => {
+    const h = helper();
+    const out = collect();
+    const cmd = h.spawnGroup(
+      'sh',
+      ['-c', 'echo "$PPID $$ $(ps -o pgid= -p $$) $ONLY"; echo err >&2; exit 3'],
+      {
+        cwd: '/tmp',
+        env: { ONLY: 'this', PATH: process.env.PATH ?? '' },
+        output: out.output,
+      },
+    );
+    const pid = await cmd.pid;
+    const exit = await cmd.exited;
+    expect(exit).toEqual({ code: 3, signal: null });
+    const [ppid, self, pgid, only] = out.text().split('\n')[0]!.trim().split(/\s+/);
+    expect(Number(ppid)).toBe(h.pid);
+    expect([Number(self), Number(pgid)]).toEqual([pid, pid]);
+    expect(only).toBe('this');
+    expect(out.text()).toContain('err\n');
+  });
+
+  test('a slow consumer gets every byte, in order (the helper reads a chunk only after the last was taken)', async () => {
+    const h = helper();
+    const out = collect(2);
+    const cmd = h.spawnGroup('sh', ['-c', 'seq 1 200000'], {
+      cwd: '/tmp',
+      env: { PATH: process.env.PATH ?? '' },
+      output: out.output,
+    });
+    expect(await cmd.exited).toEqual({ code: 0, signal: null });
+    const lines = out.text().trim().split('\n');
+    expect(lines).toHaveLength(200000);
+    expect(lines[0]).toBe('1');
+    expect(lines[199999]).toBe('200000');
+    expect(out.chunks.length).toBeGreaterThan(1);
+  });
+
+  test('a program that cannot start answers spawnError, and no pid', async () => {
+    const h = helper();
+    const cmd = h.spawnGroup('choiros-no-such-program', [], {
+      cwd: '/tmp',
+      env: {},
+      output: collect().output,
+    });
+    const exit = await cmd.exited;
+    expect(exit.spawnError?.code).toBe('ENOENT');
+    expect(await cmd.pid).toBeUndefined();
+  });
+
+  test('the caller kills the whole group by its pid', async () => {
+    const h = helper();
+    const out = collect();
+    const cmd = h.spawnGroup('sh', ['-c', 'sleep 30 & echo started; wait'], {
+      cwd: '/tmp',
+      env: { PATH: process.env.PATH ?? '' },
+      output: out.output,
+    });
+    const pid = (await cmd.pid)!;
+    while (!out.text().includes('started')) await new Promise((r) => setTimeout(r, 20));
+    process.kill(-pid, 'SIGKILL');
+    expect(await cmd.exited).toEqual({ code: null, signal: 'SIGKILL' });
+  });
+
+  test('a helper lost mid-command fails it with helper_exited; its group is still the caller’s to kill', async () => {
+    const h = helper();
+    const cmd = h.spawnGroup('sleep', ['30'], {
+      cwd: '/tmp',
+      env: { PATH: process.env.PATH ?? '' },
+      output: collect().output,
+    });
+    const pid = (await cmd.pid)!;
+    process.kill(h.pid!, 'SIGKILL');
+    const lost = await failure(cmd.exited);
+    expect(lost.code).toBe('helper_exited');
+    // Detached from the helper: still running until the caller kills its group.
+    expect(() => process.kill(pid, 0)).not.toThrow();
+    process.kill(-pid, 'SIGKILL');
+    // The next command starts a new helper.
+    const out = collect();
+    expect(
+      await h.spawnGroup('echo', ['again'], { cwd: '/tmp', env: {}, output: out.output }).exited,
+    ).toEqual({
+      code: 0,
+      signal: null,
+    });
+    expect(out.text()).toBe('again\n');
+    expect(h.starts).toBe(2);
+  });
+
+  test('without a helper the command is spawned from the caller, with the same answers', async () => {
+    const h = helper({ childModule: join(__dirname, 'no-such-helper-module.ts'), warn: () => undefined });
+    const out = collect();
+    const cmd = h.spawnGroup('sh', ['-c', 'echo $PPID; exit 2'], {
+      cwd: '/tmp',
+      env: { PATH: process.env.PATH ?? '' },
+      output: out.output,
+    });
+    expect(await cmd.exited).toEqual({ code: 2, signal: null });
+    expect(Number(out.text().trim())).toBe(process.pid);
+  });
+});
