@@ -275,7 +275,9 @@ export class ComposeDeployer implements Deployer {
       else if (!current.State.Running || current.RestartCount > 0)
         return {
           healthy: false,
-          detail: `container exited with ${current.State.ExitCode} (restarted ${current.RestartCount} times)`,
+          detail: current.State.Running
+            ? `container exited and was restarted ${current.RestartCount} time(s)`
+            : `container exited with ${current.State.ExitCode}`,
           durationMs: took(),
         };
       else {
