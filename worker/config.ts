@@ -83,6 +83,10 @@ export const workerConfigSchema = z.object({
   CHOIROS_WORKSPACE_QUOTA_MB: z.coerce.number().int().min(0).max(1_048_576).default(1024),
   /** Most entries (files, links, directories) a run's tree may hold when the host reads it. */
   CHOIROS_WORKSPACE_MAX_ENTRIES: z.coerce.number().int().min(100).max(10_000_000).default(100_000),
+  /** The data disk counts as full under this many free MiB: a host step failing then fails `host_disk_full` (decision 0023). */
+  CHOIROS_DISK_MIN_FREE_MB: z.coerce.number().int().min(0).max(1_048_576).default(64),
+  /** How long a host step that ran out of disk space waits for space to come back before the run fails `host_disk_full`. */
+  CHOIROS_DISK_FULL_WAIT_SECONDS: z.coerce.number().int().min(0).max(3600).default(60),
   /** A git lock file older than this, that no live process holds, is stale and removed (locks.ts). */
   CHOIROS_GIT_LOCK_STALE_SECONDS: z.coerce.number().int().min(5).max(86_400).default(60),
   /** Most bytes of file content a run's tree may hold when the host reads it. */
