@@ -7,7 +7,7 @@
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import Docker from 'dockerode';
@@ -76,6 +76,8 @@ export class FaultStack {
   private temporalProxyPort = 0;
   private natsPort = 0;
   apiUrl = '';
+  /** The small filesystem mounted over the worker's data dir (disk-full), while it is. */
+  private dataDisk?: string;
 
   constructor(private readonly opts: StackOptions) {
     this.logDir = join(opts.workDir, 'logs');
@@ -151,8 +153,43 @@ export class FaultStack {
     await this.temporalProxy?.close().catch(() => undefined);
     await this.nats?.process.stop().catch(() => undefined);
     await this.temporal?.process.stop().catch(() => undefined);
+    await this.unmountDataDisk().catch(() => undefined);
     await this.dockerd?.stop(30_000).catch(() => undefined);
     await execFileAsync('ip', ['link', 'del', FAULTS_BRIDGE]).catch(() => undefined);
+  }
+
+  /**
+   * Mounts a fresh `sizeMb` ext4 filesystem (an image file in the work dir, no blocks reserved for
+   * root: the worker is root) over the worker's data dir, hiding what is there until it is unmounted.
+   * Stop the worker first: a running one holds files of the dir it hides.
+   */
+  async mountDataDisk(sizeMb: number): Promise<void> {
+    if (this.dataDisk) throw new Error('the data disk is already mounted');
+    const image = join(this.opts.workDir, 'data-disk.img');
+    await rm(image, { force: true });
+    await execFileAsync('truncate', ['-s', `${sizeMb}M`, image]);
+    await execFileAsync('mkfs.ext4', ['-q', '-F', '-m', '0', '--', image]);
+    await execFileAsync('mount', ['-o', 'loop,nodev,nosuid', '--', image, this.dataDir]);
+    this.dataDisk = image;
+    this.opts.log(`mounted a ${sizeMb} MiB ext4 filesystem over the worker's data dir`);
+  }
+
+  /** Unmounts the data disk (lazily when still busy) and deletes its image; nothing when none is mounted. */
+  async unmountDataDisk(): Promise<void> {
+    const image = this.dataDisk;
+    if (!image) return;
+    // Run trees are loop mounts of their own inside it: they go first.
+    const mounts = (await readFile('/proc/self/mountinfo', 'utf8'))
+      .split('\n')
+      .map((l) => l.split(' ')[4] ?? '')
+      .filter((m) => m.startsWith(`${this.dataDir}/`))
+      .reverse();
+    for (const m of mounts) await execFileAsync('umount', ['-l', '--', m]).catch(() => undefined);
+    await execFileAsync('umount', ['--', this.dataDir]).catch(() =>
+      execFileAsync('umount', ['-l', '--', this.dataDir]),
+    );
+    this.dataDisk = undefined;
+    await rm(image, { force: true });
   }
 
   /**
