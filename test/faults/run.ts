@@ -16,7 +16,14 @@ import { connect, credsAuthenticator } from 'nats';
 import type { RunView } from '../../contracts';
 import { joinOf, localActivities } from '../helpers/history';
 import { expectGapFree, readRunEvents } from '../helpers/runs';
-import { RecordingClient, isDocumented503, isSettled, type Recorded } from './client';
+import {
+  RecordingClient,
+  followEvents,
+  isDocumented503,
+  isSettled,
+  type Recorded,
+  type SseFollow,
+} from './client';
 import { SCENARIOS, type Scenario } from './scenarios';
 import { FaultStack } from './stack';
 
@@ -119,6 +126,12 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
   };
   await Promise.all(Array.from({ length: s.runs }, (_, i) => startOne(i)));
   log(`${s.name}: ${s.runs} runs started`);
+  // SSE clients that follow the first runs' events through the fault, reconnecting as a browser would.
+  const following: Promise<SseFollow>[] = ids
+    .slice(0, s.followEvents ?? 0)
+    .map((id, i) =>
+      followEvents(client, stack.apiUrl, id, tokenOf(i), Date.now() + (s.settleMs ?? SETTLE_DEADLINE_MS)),
+    );
   if (s.injectWhen === 'running') {
     const deadline = Date.now() + START_DEADLINE_MS;
     await Promise.all(
@@ -162,6 +175,21 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
   const recoveryMs = Math.max(...views.map((x) => x.at)) - faultAt;
   done = true;
   await probing;
+
+  // What the SSE clients saw: every event once, in order, through to run.completed.
+  const follows = await Promise.all(following);
+  const sseOk = (f: SseFollow): boolean => f.completed && f.seqs.every((seq, k) => seq === k + 1);
+  for (const f of follows) {
+    if (!f.completed)
+      failures.push(`SSE client of ${f.runId} never saw run.completed (seqs ${f.seqs.join(',')})`);
+    else if (!sseOk(f)) failures.push(`SSE client of ${f.runId} saw seqs ${f.seqs.join(',')}`);
+  }
+  if (follows.length > 0)
+    log(
+      `${s.name}: SSE clients: ${follows.filter(sseOk).length}/${follows.length} saw every event once in order; ` +
+        `connections ${follows.map((f) => f.connections).join('/')}, error frames ${follows.map((f) => f.errors).join('/')}, ` +
+        `longest quiet ${follows.map((f) => (f.longestGapMs / 1000).toFixed(1)).join('/')} s`,
+    );
 
   // Outcomes.
   const outcomes: Record<string, number> = {};
@@ -220,6 +248,9 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
       const carried = (completed?.payload.error as { code?: unknown } | null | undefined)?.code;
       if (completed?.event_type === 'run.completed' && v?.error && carried !== v.error.code)
         problems.push(`run.completed carries error ${String(carried)}, the run view ${v.error.code}`);
+      const seen = follows.find((f) => f.runId === id);
+      if (seen?.completed && seen.seqs.length !== events.length)
+        problems.push(`the SSE client saw ${seen.seqs.length} events, the stream holds ${events.length}`);
       if (problems.length === 0) eventsOk += 1;
       else failures.push(`run ${id} events: ${problems.join('; ')}`);
     }

@@ -34,6 +34,8 @@ export interface Scenario {
   runsDuring: number;
   /** Runs started once the fault is healed (expected: `expect.after`). */
   runsAfter?: number;
+  /** The first this-many runs have an SSE client following their events through the fault. */
+  followEvents?: number;
   /** Users of the scenario's one tenant the runs are spread over (round robin); 2 by default. */
   users?: number;
   /** All runs on one repository (a burst), instead of one repository per run. */
@@ -112,6 +114,9 @@ async function workerLogEvents(stack: FaultStack, event: string): Promise<number
     n += (await readFile(join(stack.logDir, f), 'utf8')).split(`"event":"${event}"`).length - 1;
   return n;
 }
+
+/** How long nats-partition drops NATS's packets (CHOIROS_FAULTS_PARTITION_SECONDS, default 25). */
+const PARTITION_SECONDS = Number(process.env.CHOIROS_FAULTS_PARTITION_SECONDS ?? 25);
 
 /** Size of the filesystem disk-full mounts over the worker's data dir. */
 const DATA_DISK_MB = 128;
@@ -223,6 +228,31 @@ export const SCENARIOS: Scenario[] = [
     async inject(stack) {
       await stack.stopNats();
       return () => stack.startNats();
+    },
+  },
+  {
+    name: 'nats-partition',
+    fault: `every packet into and out of NATS's network namespace dropped (iptables in that namespace) for ${PARTITION_SECONDS} s: no connection is closed, nothing answers`,
+    runs: 8,
+    runsDuring: 2,
+    followEvents: 4,
+    command: WORK,
+    injectWhen: 'running',
+    // Publishes time out and are retried (the workflow's outbox, the steps' carried events), so
+    // histories show the fault; JetStream's Nats-Msg-Id dedup drops what the dead connection
+    // delivers late once the partition heals.
+    expect: { statuses: ['committed'], retried: true },
+    downMs: PARTITION_SECONDS * 1000,
+    async inject(stack) {
+      await stack.partitionNats(true);
+      return () => stack.partitionNats(false);
+    },
+    async verify(stack) {
+      const unpublished = await workerLogEvents(stack, 'events.carried.unpublished');
+      process.stdout.write(
+        `[faults] nats-partition: ${unpublished} step(s) left carried events to the workflow\n`,
+      );
+      return [];
     },
   },
   {
