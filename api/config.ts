@@ -59,6 +59,13 @@ export const apiConfigSchema = z.object({
   NATS_URL: z.string().min(1).default('nats://127.0.0.1:4222'),
   /** Path of the API's NATS credentials file; none for an open server. */
   NATS_CREDS: z.string().optional(),
+  /**
+   * Seconds between the client's PINGs to NATS; two unanswered in a row and the connection counts as
+   * dead and is replaced (a NATS that stops answering without closing, docs/reliability.md
+   * `nats-partition`). nats.js's own default is 120, which left a dead connection in TCP's
+   * retransmission backoff for minutes after the network healed.
+   */
+  NATS_PING_INTERVAL_SECONDS: z.coerce.number().int().min(1).max(600).default(20),
   /** File holding the NATS account seed that signs users' short-lived credentials (`POST /v1/nats/credentials`). */
   NATS_ACCOUNT_SEED_FILE: z.string().optional(),
   /** Lifetime of users' NATS credentials, in seconds. */

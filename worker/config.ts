@@ -47,6 +47,13 @@ export const workerConfigSchema = z.object({
   NATS_URL: z.string().min(1).default('nats://127.0.0.1:4222'),
   /** Path of the worker's NATS credentials file (JWT + nkey seed); none for an open server. */
   NATS_CREDS: z.string().optional(),
+  /**
+   * Seconds between the client's PINGs to NATS; two unanswered in a row and the connection counts as
+   * dead and is replaced (a NATS that stops answering without closing, docs/reliability.md
+   * `nats-partition`). nats.js's own default is 120, which left a dead connection in TCP's
+   * retransmission backoff for minutes after the network healed.
+   */
+  NATS_PING_INTERVAL_SECONDS: z.coerce.number().int().min(1).max(600).default(20),
   /** Directory for worktrees and other worker state. */
   CHOIROS_DATA_DIR: z.string().min(1).default('.data'),
   /** Content-addressed artifact store (command logs, verifier reports); default `<CHOIROS_DATA_DIR>/artifacts`. */
