@@ -427,6 +427,15 @@ export function createApp(deps: AppDeps): express.Express {
   );
 
   v1.get(
+    '/rebuild-targets/:target/deployed',
+    requireAction('rebuilds.read'),
+    route(async (req, res) => {
+      const target = parseRunId(req.params.target, 'target');
+      res.json(await rebuilds().deployed(principalOf(res), target));
+    }),
+  );
+
+  v1.get(
     '/rebuilds/:rebuildId',
     requireAction('rebuilds.read'),
     route(async (req, res) => {

@@ -12,6 +12,7 @@ import {
   rebuildDecisionBodySchema,
   rebuildRequestSchema,
   rebuildViewSchema,
+  deployedViewSchema,
   runListPageSchema,
   runListQuerySchema,
   runRequestSchema,
@@ -160,6 +161,7 @@ export function openApiDocument(): Record<string, unknown> {
         RebuildRequest: json(rebuildRequestSchema, 'input'),
         RebuildDecision: json(rebuildDecisionBodySchema, 'input'),
         RebuildView: json(rebuildViewSchema),
+        DeployedView: json(deployedViewSchema),
       },
     },
     paths: {
@@ -417,6 +419,25 @@ export function openApiDocument(): Record<string, unknown> {
             "A rebuild's stage, progress, verify results, images and deploy (scope rebuild:write or rebuild:approve)",
           parameters: [rebuildIdParam],
           responses: { ...ok('the rebuild', 'RebuildView'), ...problems(400, 401, 403, 404, 429, 503) },
+        },
+      },
+      '/v1/rebuild-targets/{target}/deployed': {
+        get: {
+          ...secured,
+          summary:
+            'What a rebuild target runs now: commit, services and image ids of its last completed rebuild (scope rebuild:write or rebuild:approve)',
+          parameters: [
+            {
+              name: 'target',
+              in: 'path',
+              required: true,
+              schema: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,64}$' },
+            },
+          ],
+          responses: {
+            ...ok('the deployed release', 'DeployedView'),
+            ...problems(400, 401, 403, 404, 429, 503),
+          },
         },
       },
       '/v1/rebuilds/{rebuildId}/approve': {

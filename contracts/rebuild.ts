@@ -91,8 +91,15 @@ export const rebuildServiceSchema = z
     name: idSchema,
     /** `name` of the image (in `images`) the container runs. */
     image: idSchema,
-    /** Container name on the engine; the deployer owns exactly this name (and `<container>-prev`). */
-    container: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/),
+    /**
+     * `docker` deployer: the container name on the engine; the deployer owns exactly this name (and
+     * `<container>-prev`). The `compose` deployer finds the container by its compose labels instead
+     * (`name` is the compose service).
+     */
+    container: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/)
+      .optional(),
     containerPort: z.number().int().min(1).max(65535).optional(),
     /** Published on 127.0.0.1 only. */
     hostPort: z.number().int().min(1).max(65535).optional(),
@@ -119,7 +126,11 @@ export const rebuildServiceSchema = z
     message: 'start-first needs a service without a published port (old and new run side by side)',
   });
 
-export const DEPLOYERS = ['docker', 'noop'] as const;
+/**
+ * `docker`: containers this deployer creates itself; `compose`: the api and worker of the compose
+ * project the worker runs in (docs/production.md, "Upgrades"); `noop`: nothing is deployed.
+ */
+export const DEPLOYERS = ['docker', 'compose', 'noop'] as const;
 export type DeployerKind = (typeof DEPLOYERS)[number];
 
 /** Everything a rebuild of one target needs; captured in the workflow input at request time. */
@@ -161,6 +172,12 @@ export const rebuildTargetSchema = z
   .superRefine((t, ctx) => {
     const images = new Set(t.images.map((i) => i.name));
     for (const [i, s] of t.services.entries()) {
+      if (t.deployer === 'docker' && s.container === undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['services', i, 'container'],
+          message: 'the docker deployer needs a container name',
+        });
       if (!images.has(s.image))
         ctx.addIssue({
           code: 'custom',
@@ -322,6 +339,28 @@ export const rebuildViewSchema = z.object({
   events: z.object({ emitted: z.number().int(), published: z.number().int() }),
 });
 export type RebuildView = z.infer<typeof rebuildViewSchema>;
+
+/**
+ * `GET /v1/rebuild-targets/:target/deployed`: the release a target runs now, from its last
+ * completed rebuild (a rolled-back or rejected rebuild changes nothing).
+ */
+export const deployedViewSchema = z.object({
+  target: z.string(),
+  /** Absent while no rebuild of the target has completed. */
+  rebuildId: z.string().optional(),
+  commit: z.string().optional(),
+  deployedAt: z.string().optional(),
+  services: z.array(
+    z.object({
+      service: z.string(),
+      /** The image tag the service runs (`<image>:<commit>`). */
+      image: z.string(),
+      /** Its image id (content digest, `sha256:...`). */
+      imageId: z.string(),
+    }),
+  ),
+});
+export type DeployedView = z.infer<typeof deployedViewSchema>;
 
 /** The approval decision a principal with `rebuild:approve` sends (by workflow update). */
 export interface RebuildDecision {

@@ -6,17 +6,19 @@ import type { DeployerKind } from '../../contracts';
 import { heartbeatWhile } from '../heartbeat';
 import type { DeployActivities } from '../images/types';
 import type { Deployer } from './deployer';
+import { ComposeDeployer } from './compose';
 import { DockerDeployer } from './docker';
 import { noopDeployer } from './noop';
 
 export function createDeployActivities(deps: {
   docker: Docker;
   logger: Logger;
-  /** Overrides per deployer kind (tests); the docker and noop deployers otherwise. */
+  /** Overrides per deployer kind (tests); the docker, compose and noop deployers otherwise. */
   deployers?: Partial<Record<DeployerKind, Deployer>>;
 }): DeployActivities {
   const deployers: Record<DeployerKind, Deployer> = {
     docker: new DockerDeployer(deps.docker, deps.logger),
+    compose: new ComposeDeployer(deps.docker, deps.logger),
     noop: noopDeployer,
     ...deps.deployers,
   };

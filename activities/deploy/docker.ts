@@ -16,6 +16,11 @@ export const SERVICE_LABEL = 'choiros.deploy.service';
 export const REBUILD_LABEL = 'choiros.deploy.rebuild-id';
 export const PREVIOUS_IMAGE_LABEL = 'choiros.deploy.previous-image';
 
+/** The docker deployer's container name (the targets schema requires one for this deployer). */
+function containerOf(s: ServiceDeployInput['service']): string {
+  return s.container ?? s.name;
+}
+
 function isNotFound(err: unknown): boolean {
   return (err as { statusCode?: number })?.statusCode === 404;
 }
@@ -57,7 +62,7 @@ export class DockerDeployer implements Deployer {
       ([k, v]) => `${k}=${expandTemplate(v, { commit: commitOfImage, images: input.images })}`,
     );
     await this.docker.createContainer({
-      name: s.container,
+      name: containerOf(s),
       Image: image,
       Env: env,
       Labels: {
@@ -84,10 +89,10 @@ export class DockerDeployer implements Deployer {
     const s = input.service;
     const image = input.images[s.image];
     if (!image) throw new Error(`service ${s.name}: no built image ${s.image}`);
-    const current = await this.inspect(s.container);
+    const current = await this.inspect(containerOf(s));
     if (current?.Config.Labels?.[COMMIT_LABEL] === input.commit) {
       // Already deployed by an earlier attempt of this (or an identical) release.
-      if (!current.State.Running) await this.docker.getContainer(s.container).start();
+      if (!current.State.Running) await this.docker.getContainer(containerOf(s)).start();
       return {
         service: s.name,
         image,
@@ -98,17 +103,17 @@ export class DockerDeployer implements Deployer {
     let previousImage: string | null = null;
     if (current) {
       previousImage = current.Config.Image;
-      await this.removeIfExists(`${s.container}-prev`);
+      await this.removeIfExists(`${containerOf(s)}-prev`);
       // start-first: the old container keeps running (it may be the worker running this activity)
       // until the new one is healthy; finalize stops it.
-      if (s.strategy === 'stop-first') await this.stop(s.container);
-      await this.docker.getContainer(s.container).rename({ name: `${s.container}-prev` });
+      if (s.strategy === 'stop-first') await this.stop(containerOf(s));
+      await this.docker.getContainer(containerOf(s)).rename({ name: `${containerOf(s)}-prev` });
     } else {
       // A crash between keeping the old container and starting the new one: the kept one is the previous.
-      previousImage = (await this.inspect(`${s.container}-prev`))?.Config.Image ?? null;
+      previousImage = (await this.inspect(`${containerOf(s)}-prev`))?.Config.Image ?? null;
     }
     await this.create(input, image, previousImage);
-    await this.docker.getContainer(s.container).start();
+    await this.docker.getContainer(containerOf(s)).start();
     this.logger.info(
       { event: 'rebuild.deploy.replaced', rebuildId: input.rebuildId, service: s.name, image, previousImage },
       'service replaced',
@@ -132,7 +137,7 @@ export class DockerDeployer implements Deployer {
     const started = Date.now();
     const until = started + s.health.stableSeconds * 1000;
     while (Date.now() < until && !signal?.aborted) {
-      const c = await this.inspect(s.container);
+      const c = await this.inspect(containerOf(s));
       if (!c?.State.Running)
         return {
           healthy: false,
@@ -165,29 +170,29 @@ export class DockerDeployer implements Deployer {
       ...(signal ? { signal } : {}),
     });
     if (result.healthy) return result;
-    const state = (await this.inspect(s.container))?.State;
+    const state = (await this.inspect(containerOf(s)))?.State;
     const exited = state && !state.Running ? `; container exited with ${state.ExitCode}` : '';
     return { ...result, detail: `${result.detail}${exited}` };
   }
 
   async rollback(input: ServiceDeployInput, previousImage: string | null) {
     const s = input.service;
-    await this.removeIfExists(s.container);
-    const kept = await this.inspect(`${s.container}-prev`);
+    await this.removeIfExists(containerOf(s));
+    const kept = await this.inspect(`${containerOf(s)}-prev`);
     let restored: string | null = null;
     if (kept) {
-      await this.docker.getContainer(`${s.container}-prev`).rename({ name: s.container });
-      if (!kept.State.Running) await this.docker.getContainer(s.container).start();
+      await this.docker.getContainer(`${containerOf(s)}-prev`).rename({ name: containerOf(s) });
+      if (!kept.State.Running) await this.docker.getContainer(containerOf(s)).start();
       restored = kept.Config.Image;
     } else if (previousImage) {
       await this.create(input, previousImage, null);
-      await this.docker.getContainer(s.container).start();
+      await this.docker.getContainer(containerOf(s)).start();
       restored = previousImage;
     }
     if (!restored) return { restoredImage: null, healthy: false };
     const h =
       s.hostPort === undefined
-        ? { healthy: (await this.inspect(s.container))?.State.Running === true }
+        ? { healthy: (await this.inspect(containerOf(s)))?.State.Running === true }
         : await waitHealthy({
             port: s.hostPort,
             path: s.health.path,
@@ -209,7 +214,7 @@ export class DockerDeployer implements Deployer {
   async finalize(input: ServiceDeployInput) {
     // Under start-first this stops the old worker, possibly the one running this activity: the
     // attempt dies with it and the retry on the new worker finds nothing left to do.
-    await this.stop(`${input.service.container}-prev`);
-    await this.removeIfExists(`${input.service.container}-prev`);
+    await this.stop(`${containerOf(input.service)}-prev`);
+    await this.removeIfExists(`${containerOf(input.service)}-prev`);
   }
 }

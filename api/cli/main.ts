@@ -15,17 +15,20 @@
  *   choiros graphs cancel <graphId>
  *   choiros rebuilds start [--target choiros] [--ref main] [--approval-timeout <s>] [--reason <text>] [--watch]
  *   choiros rebuilds status <rebuildId> [--watch]   stage, progress, verify/build/deploy; --watch until it ends
+ *   choiros rebuilds status [--target choiros]      what the target runs now: commit, image ids per service
  *   choiros rebuilds approve|reject <rebuildId> [--reason <text>]
  * Configuration: CHOIROS_API_URL (default http://127.0.0.1:8080) and CHOIROS_TOKEN, or --api / --token.
  */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
+import { deployedLines, rebuildWatchLines } from './rebuild-watch';
 import { sseFrames } from './sse';
 import {
   isTerminalRebuildStage,
   isTerminalStatus,
   runStatusSchema,
   type DeliveryView,
+  type DeployedView,
   type EventEnvelope,
   type RebuildView,
   type RunView,
@@ -49,11 +52,20 @@ const USAGE = `usage:
   choiros graphs cancel <graphId>
   choiros rebuilds start [--target <name>] [--ref <ref>] [--approval-timeout <seconds>] [--reason <text>] [--watch]
   choiros rebuilds status <rebuildId> [--watch]
+  choiros rebuilds status [--target <name>]
   choiros rebuilds approve <rebuildId> [--reason <text>]
   choiros rebuilds reject <rebuildId> [--reason <text>]
 options: --api <url> (CHOIROS_API_URL), --token <jwt> (CHOIROS_TOKEN), --json (raw JSON output)`;
 
-class CliError extends Error {}
+class CliError extends Error {
+  constructor(
+    message: string,
+    /** The HTTP status, when the API answered. */
+    readonly status?: number,
+  ) {
+    super(message);
+  }
+}
 
 interface Ctx {
   api: string;
@@ -82,7 +94,10 @@ async function call(
   const parsed: unknown = text ? JSON.parse(text) : undefined;
   if (!res.ok) {
     const p = parsed as { code?: string; detail?: string } | undefined;
-    throw new CliError(`${method} ${path}: ${res.status} ${p?.code ?? ''} ${p?.detail ?? text}`.trim());
+    throw new CliError(
+      `${method} ${path}: ${res.status} ${p?.code ?? ''} ${p?.detail ?? text}`.trim(),
+      res.status,
+    );
   }
   return parsed;
 }
@@ -114,14 +129,39 @@ function rebuildSummary(v: RebuildView): string {
     .join('\n');
 }
 
-/** Polls a rebuild until it ends, printing each stage change; exit 0 when completed. */
+/** How long `--watch` keeps retrying while the API does not answer (e.g. it is being replaced). */
+const WATCH_UNREACHABLE_MS = 300_000;
+
+/**
+ * Polls a rebuild until it ends, printing what changed as lines (stage, suites, a progress line per
+ * image build step, built images, approval, deploy, health, rollback); exit 0 when completed.
+ */
 async function watchRebuild(ctx: Ctx, rebuildId: string): Promise<number> {
-  let last = '';
+  let prev: RebuildView | undefined;
+  let lastJson = '';
+  let unreachableSince: number | undefined;
   for (;;) {
-    const v = (await call(ctx, 'GET', `/v1/rebuilds/${encodeURIComponent(rebuildId)}`)) as RebuildView;
-    const line = ctx.json ? JSON.stringify(v) : rebuildSummary(v);
-    if (line !== last) ctx.out(line);
-    last = line;
+    let v: RebuildView;
+    try {
+      v = (await call(ctx, 'GET', `/v1/rebuilds/${encodeURIComponent(rebuildId)}`)) as RebuildView;
+      unreachableSince = undefined;
+    } catch (err) {
+      // The deploy may be replacing the API this talks to: wait for it (5 minutes at most).
+      const transient = !(err instanceof CliError) || (err.status !== undefined && err.status >= 502);
+      if (!transient) throw err;
+      if (unreachableSince === undefined) {
+        unreachableSince = Date.now();
+        if (!ctx.json) ctx.out(`  (the API does not answer: ${(err as Error).message}; retrying)`);
+      } else if (Date.now() - unreachableSince > WATCH_UNREACHABLE_MS) throw err;
+      await new Promise((r) => setTimeout(r, 2000));
+      continue;
+    }
+    if (ctx.json) {
+      const line = JSON.stringify(v);
+      if (line !== lastJson) ctx.out(line);
+      lastJson = line;
+    } else for (const line of rebuildWatchLines(prev, v)) ctx.out(line);
+    prev = v;
     if (isTerminalRebuildStage(v.stage)) return v.stage === 'completed' ? 0 : 1;
     await new Promise((r) => setTimeout(r, 2000));
   }
@@ -150,6 +190,13 @@ async function rebuilds(
       return values.watch ? watchRebuild(ctx, v.rebuildId) : 0;
     }
     case 'status': {
+      if (!id) {
+        // No rebuild named: what the target runs now.
+        const target = encodeURIComponent(values.target ?? 'choiros');
+        const d = (await call(ctx, 'GET', `/v1/rebuild-targets/${target}/deployed`)) as DeployedView;
+        ctx.out(ctx.json ? JSON.stringify(d) : deployedLines(d).join('\n'));
+        return 0;
+      }
       if (values.watch) return watchRebuild(ctx, need());
       const v = (await call(ctx, 'GET', `/v1/rebuilds/${need()}`)) as RebuildView;
       ctx.out(ctx.json ? JSON.stringify(v) : rebuildSummary(v));

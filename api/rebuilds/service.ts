@@ -23,6 +23,7 @@ import {
   rebuildTimingsSchema,
   rebuildViewQuery,
   rebuildWorkflowId,
+  type DeployedView,
   type Principal,
   type RebuildRequest,
   type RebuildTimings,
@@ -33,6 +34,8 @@ import {
 export interface RebuildService {
   start(principal: Principal, request: RebuildRequest): Promise<RebuildView>;
   get(principal: Principal, rebuildId: string): Promise<RebuildView>;
+  /** What the target runs now: the services and image ids of its last completed rebuild. */
+  deployed(principal: Principal, target: string): Promise<DeployedView>;
   decide(
     principal: Principal,
     rebuildId: string,
@@ -238,6 +241,33 @@ export function createTemporalRebuildService(deps: {
           stageMs: {},
           events: { emitted: 0, published: 0 },
         };
+      }),
+
+    deployed: (principal, targetName) =>
+      guarded(async () => {
+        check(principal, 'rebuilds.read');
+        const target = deps.targets.get(targetName);
+        if (!target) throw new AppError('unknown_target', `no rebuild target named ${targetName}`);
+        // Newest first; the stage attribute is set by the workflow at each stage change.
+        const query = `WorkflowId = '${rebuildWorkflowId(target.name)}' AND ${SEARCH_ATTRIBUTES.rebuildStage.name} = 'completed'`;
+        for await (const execution of client.workflow.list({ query, pageSize: 1 })) {
+          const view = (await client.workflow
+            .getHandle(execution.workflowId, execution.runId)
+            .result()) as RebuildView;
+          const idOf = new Map(view.images.map((i) => [i.tag, i.imageId]));
+          return {
+            target: target.name,
+            rebuildId: view.rebuildId,
+            ...(view.commit ? { commit: view.commit } : {}),
+            ...(view.finishedAt ? { deployedAt: view.finishedAt } : {}),
+            services: view.deploy.map((d) => ({
+              service: d.service,
+              image: d.image,
+              imageId: idOf.get(d.image) ?? '',
+            })),
+          };
+        }
+        return { target: target.name, services: [] };
       }),
 
     get: (principal, rebuildId) =>

@@ -287,8 +287,13 @@ describe('docker-compose.yml (resolved by the compose CLI)', () => {
         expect.objectContaining({ source: '/var/run/docker.sock', target: '/var/run/docker.sock' }),
       ]),
     );
-    // Every host path the worker sees is at its host path (the host engine resolves bind sources).
-    for (const m of mounts(w).filter((x) => posix.isAbsolute(x.source))) expect(m.target).toBe(m.source);
+    // Every host path the worker hands to sandboxes is at its host path (the host engine resolves
+    // bind sources). The platform repository is the exception: only the worker's own git reads it
+    // (rebuild worktrees live in the data dir), at the fixed path the compose targets file names.
+    const platform = mounts(w).find((m) => m.target === '/srv/choiros/platform');
+    expect(platform).toMatchObject({ source: ROOT, readOnly: false });
+    for (const m of mounts(w).filter((x) => posix.isAbsolute(x.source) && x.target !== platform?.target))
+      expect(m.target).toBe(m.source);
   });
 
   it('wires each service to the NATS files nats-init writes into the volume it shares with it', () => {

@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import Docker from 'dockerode';
 import type { NatsConnection } from 'nats';
 import {
+  deployedViewSchema,
   rebuildDecisionUpdate,
   rebuildWorkflowId,
   parseRebuildId,
@@ -17,6 +18,7 @@ import {
 import {
   connectNats,
   env,
+  poll,
   startTestApi,
   startTestWorker,
   type TestApi,
@@ -195,6 +197,27 @@ describe('self-rebuild pipeline', () => {
     expect(desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.rebuildStage)).toBe('completed');
     expect(desc.typedSearchAttributes.get(SEARCH_ATTRIBUTES.rebuildTarget)).toBe(fx.target.name);
     await recordHistory(rebuildWorkflowId(fx.target.name), 'rebuild-completed', parsed.runId);
+
+    // `choiros rebuilds status --target`: what the target runs now, from its last completed rebuild.
+    const deployed = await poll(
+      async () => {
+        const res = await fetch(`${api.url}/v1/rebuild-targets/${fx.target.name}/deployed`, {
+          headers: { authorization: `Bearer ${await rb.approverToken()}` },
+        });
+        return deployedViewSchema.parse(await res.json());
+      },
+      (d) => d.rebuildId === rebuildId,
+      30_000,
+    );
+    const idOf = (tag: string): string | undefined => done.images.find((i) => i.tag === tag)?.imageId;
+    expect(deployed).toMatchObject({ target: fx.target.name, commit: fx.commits.main });
+    expect(deployed.services).toEqual(
+      done.deploy.map((d) => ({ service: d.service, image: d.image, imageId: idOf(d.image) })),
+    );
+    expect(deployed.services.map((s) => s.imageId)).toEqual([
+      expect.stringMatching(/^sha256:/),
+      expect.stringMatching(/^sha256:/),
+    ]);
   });
 
   test('when a target needs two approvers, then one approval leaves it waiting, the same approver twice is 409, and a second approver lets it through', async () => {

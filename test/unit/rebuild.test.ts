@@ -2,6 +2,7 @@
  * Self-rebuild without services: .dockerignore semantics, rebuild ids and templates, target
  * validation, the rebuild scopes in the policy, and the HTTP routes over a fake rebuild service.
  */
+import { join } from 'node:path';
 import pino from 'pino';
 import request from 'supertest';
 import {
@@ -18,6 +19,7 @@ import {
 import { createApp } from '../../api/app';
 import { authorize } from '../../api/auth/policy';
 import type { RebuildService } from '../../api/rebuilds/service';
+import { loadRebuildTargets } from '../../api/rebuilds/targets';
 import { isIgnored, parseDockerignore } from '../../activities/images/dockerignore';
 import { emptyEventSource, fakeRunService, oneVerifierCatalog, testTokenVerifier } from '../helpers/fakes';
 import { TestIssuer, makeKey, type TestKey } from '../helpers/jwks-server';
@@ -105,8 +107,29 @@ describe('rebuild targets', () => {
     ],
     ['a relative repository', { repo: 'srv/choiros' }],
     ['an image name with a tag', { images: [{ name: 'api', image: 'x:latest', dockerfile: 'D' }] }],
+    [
+      'a docker-deployed service without a container name',
+      { deployer: 'docker', services: [{ name: 'api', image: 'api' }] },
+    ],
   ])('when a target has %s, then it is refused', (_what, patch) => {
     expect(rebuildTargetSchema.safeParse({ ...target, ...patch }).success).toBe(false);
+  });
+
+  test('when the compose stack loads its targets file, then choiros deploys api stop-first, then worker start-first, with the compose deployer', async () => {
+    const targets = await loadRebuildTargets(join(__dirname, '../../infra/compose/rebuild-targets.yaml'));
+    const t = targets.get('choiros');
+    expect(t).toMatchObject({ deployer: 'compose', repo: '/srv/choiros/platform' });
+    expect(t?.services.map((s) => [s.name, s.image, s.strategy, s.container])).toEqual([
+      ['api', 'api', 'stop-first', undefined],
+      ['worker', 'worker', 'start-first', undefined],
+    ]);
+    // The same suites and images as the development target (infra/rebuild-targets.yaml).
+    const dev = (await loadRebuildTargets(join(__dirname, '../../infra/rebuild-targets.yaml'))).get(
+      'choiros',
+    );
+    expect(t?.suites).toEqual(dev?.suites);
+    expect(t?.images).toEqual(dev?.images);
+    expect(dev?.deployer).toBe('noop');
   });
 });
 
@@ -161,6 +184,16 @@ function fakeRebuildService(): RebuildService & { started: RebuildRequest[] } {
       started.push(req);
       return Promise.resolve(view);
     },
+    deployed: (_p, target) =>
+      target === 'choiros'
+        ? Promise.resolve({
+            target,
+            rebuildId: view.rebuildId,
+            commit: 'c'.repeat(40),
+            deployedAt: new Date(0).toISOString(),
+            services: [{ service: 'api', image: `choiros-api:${'c'.repeat(40)}`, imageId: 'sha256:abc' }],
+          })
+        : Promise.reject(new AppError('unknown_target', `no target ${target}`)),
     get: (_p, id) =>
       id === view.rebuildId
         ? Promise.resolve(view)
@@ -264,6 +297,26 @@ describe('rebuild routes', () => {
       .get(`/v1/rebuilds/${rebuildIdOf('other', RUN_ID)}`)
       .set('authorization', `Bearer ${await token('rebuild:approve')}`);
     expect(missing.status).toBe(404);
+  });
+
+  test('when a release manager asks what a target runs, then its deployed commit and image ids; a run-only token is 403', async () => {
+    const app = build(fakeRebuildService());
+    const ok = await request(app)
+      .get('/v1/rebuild-targets/choiros/deployed')
+      .set('authorization', `Bearer ${await token('rebuild:approve')}`);
+    expect(ok.status).toBe(200);
+    expect(ok.body).toMatchObject({
+      target: 'choiros',
+      services: [{ service: 'api', imageId: 'sha256:abc' }],
+    });
+    const denied = await request(app)
+      .get('/v1/rebuild-targets/choiros/deployed')
+      .set('authorization', `Bearer ${await token('runs:read')}`);
+    expect(denied.status).toBe(403);
+    const bad = await request(app)
+      .get('/v1/rebuild-targets/no.such/deployed')
+      .set('authorization', `Bearer ${await token('rebuild:approve')}`);
+    expect(bad.status).toBe(400);
   });
 
   test('when the gateway has no rebuild service, then the routes answer 503', async () => {
