@@ -105,6 +105,15 @@ export const apiConfigSchema = z.object({
     .default('nats://127.0.0.1:4222')
     .describe('NATS server URL(s), comma-separated'),
   NATS_CREDS: z.string().optional().describe("The API's NATS credentials file; unset for an open server"),
+  NATS_PING_INTERVAL_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(600)
+    .default(20)
+    .describe(
+      "Seconds between the client's PINGs to NATS; two unanswered in a row and the connection counts as dead and is replaced (a NATS that stops answering without closing: reliability.md `nats-partition`). nats.js's own default, 120, left a dead connection in TCP's retransmission backoff for minutes after the network healed",
+    ),
   NATS_ACCOUNT_SEED_FILE: z
     .string()
     .optional()

@@ -69,6 +69,8 @@ async function main(): Promise<void> {
       ...natsTlsOptions(config),
       authenticator: config.NATS_CREDS ? credsAuthenticator(await readFile(config.NATS_CREDS)) : undefined,
       maxReconnectAttempts: -1,
+      pingInterval: config.NATS_PING_INTERVAL_SECONDS * 1000,
+      maxPingOut: 2,
     });
     const natsConn = nats;
     const verifiers = parseVerifierFile(await readFile(config.verifiersFile, 'utf8'), config.verifiersFile);

@@ -32,7 +32,7 @@ import {
 import { writeTenantsConfig } from '../tenancy';
 import { DEV_AUDIENCE, loadOrCreateDevKey, mintDevToken, serveDevIssuer } from '../infra/dev-issuer/issuer';
 import { startEntry, waitFor } from '../infra/stack/process';
-import { historyShape, pct, startApiProcess, startBenchStack } from './util';
+import { historyShape, pct, postJson, startApiProcess, startBenchStack } from './util';
 
 const STARTS = Number(process.env.BENCH_STARTS ?? 30);
 const CONCURRENT = Number(process.env.BENCH_CONCURRENT_RUNS ?? 40);
@@ -113,16 +113,12 @@ async function main(): Promise<void> {
     };
     const viaApi = async (i: number): Promise<{ ms: number; runId: string }> => {
       const t = performance.now();
-      const res = await fetch(`${api}/v1/runs`, {
-        method: 'POST',
-        headers: {
-          authorization: `Bearer ${token}`,
-          'content-type': 'application/json',
-          'idempotency-key': `api-${i}`,
-        },
-        body: JSON.stringify(body),
-      });
-      const view = (await res.json()) as RunView;
+      const res = await postJson(
+        `${api}/v1/runs`,
+        { authorization: `Bearer ${token}`, 'idempotency-key': `api-${i}` },
+        body,
+      );
+      const view = res.body as RunView;
       if (res.status !== 201)
         throw new Error(`POST /v1/runs answered ${res.status}: ${JSON.stringify(view)}`);
       return { ms: performance.now() - t, runId: view.runId };

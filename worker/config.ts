@@ -59,6 +59,15 @@ export const workerConfigSchema = z.object({
     .describe(
       "The worker's NATS credentials file (JWT + nkey seed; they may publish and use JetStream); unset for an open server",
     ),
+  NATS_PING_INTERVAL_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(600)
+    .default(20)
+    .describe(
+      "Seconds between the client's PINGs to NATS; two unanswered in a row and the connection counts as dead and is replaced (a NATS that stops answering without closing: reliability.md `nats-partition`). nats.js's own default, 120, left a dead connection in TCP's retransmission backoff for minutes after the network healed",
+    ),
   CHOIROS_DATA_DIR: z
     .string()
     .min(1)
@@ -139,6 +148,24 @@ export const workerConfigSchema = z.object({
     .default(100_000)
     .describe(
       "Most entries (files, links, directories) a run's tree may hold when the host reads it (else `workspace_too_large`)",
+    ),
+  CHOIROS_DISK_MIN_FREE_MB: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(1_048_576)
+    .default(64)
+    .describe(
+      'The data disk counts as full under this many free MiB: a host step failing then fails `host_disk_full` (decision 0023)',
+    ),
+  CHOIROS_DISK_FULL_WAIT_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(3600)
+    .default(60)
+    .describe(
+      'How long a host step that ran out of disk space waits for space to come back before the run fails `host_disk_full` (decision 0023)',
     ),
   CHOIROS_GIT_LOCK_STALE_SECONDS: z.coerce
     .number()

@@ -77,6 +77,8 @@ export async function runWorkerProcess(opts: WorkerProcessOptions): Promise<void
       ...natsTlsOptions(config),
       authenticator: config.NATS_CREDS ? credsAuthenticator(await readFile(config.NATS_CREDS)) : undefined,
       maxReconnectAttempts: -1,
+      pingInterval: config.NATS_PING_INTERVAL_SECONDS * 1000,
+      maxPingOut: 2,
     });
     const docker = new Docker();
     await docker.ping().catch((err: unknown) => {

@@ -187,6 +187,11 @@ export async function createWorkerSet(opts: {
     image: config.CHOIROS_SANDBOX_IMAGE,
     sandboxUser: config.CHOIROS_SANDBOX_USER,
     artifacts: new LocalArtifactStore(config.artifactsDir),
+    disk: {
+      dirs: [join(config.dataDir, 'worktrees'), join(config.dataDir, 'mirrors'), config.artifactsDir],
+      minFreeMb: config.CHOIROS_DISK_MIN_FREE_MB,
+      waitSeconds: config.CHOIROS_DISK_FULL_WAIT_SECONDS,
+    },
     maxLogBytes: config.CHOIROS_MAX_LOG_BYTES,
     logger: logger.child({ component: 'sandbox' }),
     metrics,

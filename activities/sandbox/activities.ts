@@ -30,6 +30,7 @@ import type {
 import type { PoolDriver, SandboxDriver, SandboxLabels } from './driver';
 import { SHARED_LANE, type PoolSlot, type SandboxPool } from './pool';
 import { heartbeatWhile } from '../heartbeat';
+import { guardDisk } from '../workspace/disk-full';
 import { Workspaces, runBranch } from '../workspace/workspace';
 import type { RemoteMirrorOptions } from '../workspace/mirror';
 import { assertRepoAllowed, type RepoAccess } from '../../tenancy';
@@ -83,6 +84,12 @@ export interface SandboxDeps {
   /** Prometheus instruments of the worker process (worker/metrics.ts); nothing is recorded without them. */
   metrics?: SandboxMetrics;
   /**
+   * The data disk running full (decision 0023): host steps that fail for want of space wait up to
+   * `waitSeconds` for it to come back, then fail `host_disk_full`. `dirs` are the data dirs watched
+   * (the worktree and mirror roots when absent; the worker adds its artifact store).
+   */
+  disk?: Partial<DiskLimits>;
+  /**
    * The warm pool (decision 0016): execution lanes of runs with network policy `none` start in one
    * of its containers (of their tenant's lane when it has secrets); others, and every run whose
    * lane is empty, get a lane made for them.
@@ -121,6 +128,15 @@ export interface WorkspaceLimits {
   /** Paths that can never be a run's repository (the platform's checkout, data dir). */
   forbiddenRepoRoots: string[];
 }
+
+/** When the worker's data disk counts as full, and how long a step waits for space (worker settings CHOIROS_DISK_*). */
+export interface DiskLimits {
+  dirs: string[];
+  minFreeMb: number;
+  waitSeconds: number;
+}
+
+export const DISK_DEFAULTS: Omit<DiskLimits, 'dirs'> = { minFreeMb: 64, waitSeconds: 60 };
 
 export const WORKSPACE_DEFAULTS: WorkspaceLimits = {
   quotaMb: 1024,
@@ -179,6 +195,20 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
     ...(deps.remote ? { remote: deps.remote } : {}),
     logger,
   });
+  const diskLimits = { ...DISK_DEFAULTS, dirs: [deps.worktreeRoot, deps.mirrorRoot], ...deps.disk };
+  /** A host step whose failure for want of space becomes host_disk_full (decision 0023). */
+  const guarded = <T>(what: string, fn: () => Promise<T>): Promise<T> =>
+    guardDisk(
+      {
+        dirs: diskLimits.dirs,
+        minFreeBytes: diskLimits.minFreeMb * 1024 * 1024,
+        waitMs: diskLimits.waitSeconds * 1000,
+        logger,
+        heartbeat: (details) => Context.current().heartbeat(details),
+      },
+      what,
+      fn,
+    );
   const record = (sandboxId: string): SandboxRecord => {
     assertId('sandboxId', sandboxId);
     return {
@@ -333,6 +363,158 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
     };
   };
 
+  const execInSandbox = async (input: ExecInput): Promise<CommandOutcome> => {
+    const rec = record(input.sandboxId);
+    const log = logger.child({ runId: rec.runId });
+    log.info(
+      { event: 'sandbox.exec.start', argv0: input.argv[0], args: input.argv.length },
+      'executing work item',
+    );
+    await workspaces.unseal(rec.runId);
+    const outcome = await withStoredLog((output) =>
+      driver.exec(rec.container, input.argv, { ...heartbeatingOptions(input.timeoutSeconds), output }),
+    );
+    // Nothing the command left behind keeps running (best effort here; the seal insists).
+    await driver
+      .stop(rec.container)
+      .catch((err: unknown) =>
+        log.warn(
+          { event: 'sandbox.stop.failed', err },
+          'could not stop the execution lane after its command',
+        ),
+      );
+    const disk = await workspaces.quotaExceeded(rec.runId);
+    if (disk.full) {
+      log.warn({ event: 'workspace.quota.exceeded', ...disk }, 'run filled its workspace');
+      throw ApplicationFailure.create({
+        type: 'disk_quota_exceeded',
+        message: `the work item filled its workspace (${limits.quotaMb} MiB, CHOIROS_WORKSPACE_QUOTA_MB): ${disk.freeBytes} bytes and ${disk.freeInodes} inodes left`,
+        nonRetryable: true,
+      });
+    }
+    log.info(
+      {
+        event: 'sandbox.exec.done',
+        exitCode: outcome.exitCode,
+        timedOut: outcome.timedOut,
+        oomKilled: outcome.oomKilled ?? false,
+        durationMs: outcome.durationMs,
+        log: outcome.log,
+      },
+      'work item executed',
+    );
+    deps.metrics?.workItemDuration.observe(
+      { outcome: commandOutcomeLabel(outcome) },
+      outcome.durationMs / 1000,
+    );
+    return outcome;
+  };
+
+  const runVerifier = async (input: VerifyInput): Promise<VerifierOutcome> => {
+    const rec = record(input.sandboxId);
+    assertId('verifierId', input.verifierId);
+    const spec = deps.verifiers.get(input.verifierId);
+    if (!spec) {
+      // Ids are checked at request time; the allow-list changed since. Report, never run unlisted commands.
+      return {
+        id: input.verifierId,
+        result: 'error',
+        exitCode: -1,
+        timedOut: false,
+        durationMs: 0,
+        outputTail: `verifier ${input.verifierId} is not in the allow-list`,
+        outputSha256: '',
+        outputBytes: 0,
+      };
+    }
+    const log = logger.child({ runId: rec.runId, verifierId: spec.id });
+    for (const k of ['tenant', 'userId', 'workItemId'] as const) assertId(k, input.owner[k]);
+    const labels: SandboxLabels = { ...input.owner, runId: rec.runId, lane: 'verifier' };
+    const outcome = await withStoredLog((output) =>
+      driver.runVerifier(
+        {
+          name: `choiros-verify-${rec.runId}-${spec.id}`,
+          workspace: rec.tree,
+          argv: spec.argv,
+          labels,
+          ...(input.imageId ? { image: input.imageId } : {}),
+        },
+        { ...heartbeatingOptions(spec.timeoutSeconds), output },
+      ),
+    );
+    const result = verdictOf(outcome);
+    const storedLog = outcome.log ?? { digest: outcome.outputSha256, bytes: 0, truncated: true };
+    const report: VerifierReport = {
+      kind: 'choiros.verifier.report',
+      version: 1,
+      runId: rec.runId,
+      verifierId: spec.id,
+      argv: spec.argv,
+      timeoutSeconds: spec.timeoutSeconds,
+      exitCode: outcome.exitCode,
+      timedOut: outcome.timedOut,
+      oomKilled: outcome.oomKilled ?? false,
+      durationMs: Math.round(outcome.durationMs),
+      outputSha256: outcome.outputSha256,
+      outputBytes: outcome.outputBytes,
+      log: storedLog,
+    };
+    const stored = await deps.artifacts.put(Buffer.from(canonicalJson(report)));
+    log.info(
+      {
+        event: 'verifier.done',
+        result,
+        exitCode: outcome.exitCode,
+        oomKilled: report.oomKilled,
+        durationMs: outcome.durationMs,
+        reportDigest: stored.digest,
+      },
+      'verifier finished',
+    );
+    deps.metrics?.verifierDuration.observe({ verifier: spec.id, result }, outcome.durationMs / 1000);
+    return { ...outcome, id: spec.id, result, reportDigest: stored.digest };
+  };
+
+  const planVerifiers = async (input: PlanInput): Promise<VerifierPlan> => {
+    const rec = record(input.sandboxId);
+    await released(rec);
+    const paths = await workspaces.touchedPaths(rec.runId);
+    const plan = selectVerifierPlan(deps.verifiers, {
+      mood: input.mood,
+      required: input.required,
+      touchedPaths: paths,
+      riskTier: input.riskTier,
+    });
+    logger.info(
+      {
+        event: 'verifier.plan',
+        runId: rec.runId,
+        planId: plan.planId,
+        verifierIds: plan.verifierIds,
+        unknownRequired: plan.unknownRequired,
+        touched: paths.length,
+      },
+      'verifier plan selected',
+    );
+    return plan;
+  };
+
+  const commitSandbox = async (input: CommitInput): Promise<CommitResult> => {
+    const rec = record(input.sandboxId);
+    await released(rec);
+    const result = await workspaces.commit(rec.runId, input);
+    logger.info(
+      {
+        event: 'sandbox.commit',
+        runId: rec.runId,
+        commit: result.commit,
+        changed: result.changedPaths.length,
+      },
+      'run committed',
+    );
+    return result;
+  };
+
   return {
     // Heartbeats its phase on a clock: a worker lost mid-creation is noticed within the heartbeat
     // timeout, and the Temporal UI shows where a slow creation is (pending activity details).
@@ -345,161 +527,18 @@ export function createSandboxActivities(deps: SandboxDeps): SandboxActivities {
       return heartbeatWhile(
         () => ({ phase: current }),
         LIVENESS_INTERVAL_MS,
-        () => createSandbox(input, phase),
+        () => guarded('createSandbox', () => createSandbox(input, phase)),
       );
     },
 
-    async execInSandbox(input: ExecInput): Promise<CommandOutcome> {
-      const rec = record(input.sandboxId);
-      const log = logger.child({ runId: rec.runId });
-      log.info(
-        { event: 'sandbox.exec.start', argv0: input.argv[0], args: input.argv.length },
-        'executing work item',
-      );
-      await workspaces.unseal(rec.runId);
-      const outcome = await withStoredLog((output) =>
-        driver.exec(rec.container, input.argv, { ...heartbeatingOptions(input.timeoutSeconds), output }),
-      );
-      // Nothing the command left behind keeps running (best effort here; the seal insists).
-      await driver
-        .stop(rec.container)
-        .catch((err: unknown) =>
-          log.warn(
-            { event: 'sandbox.stop.failed', err },
-            'could not stop the execution lane after its command',
-          ),
-        );
-      const disk = await workspaces.quotaExceeded(rec.runId);
-      if (disk.full) {
-        log.warn({ event: 'workspace.quota.exceeded', ...disk }, 'run filled its workspace');
-        throw ApplicationFailure.create({
-          type: 'disk_quota_exceeded',
-          message: `the work item filled its workspace (${limits.quotaMb} MiB, CHOIROS_WORKSPACE_QUOTA_MB): ${disk.freeBytes} bytes and ${disk.freeInodes} inodes left`,
-          nonRetryable: true,
-        });
-      }
-      log.info(
-        {
-          event: 'sandbox.exec.done',
-          exitCode: outcome.exitCode,
-          timedOut: outcome.timedOut,
-          oomKilled: outcome.oomKilled ?? false,
-          durationMs: outcome.durationMs,
-          log: outcome.log,
-        },
-        'work item executed',
-      );
-      deps.metrics?.workItemDuration.observe(
-        { outcome: commandOutcomeLabel(outcome) },
-        outcome.durationMs / 1000,
-      );
-      return outcome;
-    },
-
-    async runVerifier(input: VerifyInput): Promise<VerifierOutcome> {
-      const rec = record(input.sandboxId);
-      assertId('verifierId', input.verifierId);
-      const spec = deps.verifiers.get(input.verifierId);
-      if (!spec) {
-        // Ids are checked at request time; the allow-list changed since. Report, never run unlisted commands.
-        return {
-          id: input.verifierId,
-          result: 'error',
-          exitCode: -1,
-          timedOut: false,
-          durationMs: 0,
-          outputTail: `verifier ${input.verifierId} is not in the allow-list`,
-          outputSha256: '',
-          outputBytes: 0,
-        };
-      }
-      const log = logger.child({ runId: rec.runId, verifierId: spec.id });
-      for (const k of ['tenant', 'userId', 'workItemId'] as const) assertId(k, input.owner[k]);
-      const labels: SandboxLabels = { ...input.owner, runId: rec.runId, lane: 'verifier' };
-      const outcome = await withStoredLog((output) =>
-        driver.runVerifier(
-          {
-            name: `choiros-verify-${rec.runId}-${spec.id}`,
-            workspace: rec.tree,
-            argv: spec.argv,
-            labels,
-            ...(input.imageId ? { image: input.imageId } : {}),
-          },
-          { ...heartbeatingOptions(spec.timeoutSeconds), output },
-        ),
-      );
-      const result = verdictOf(outcome);
-      const storedLog = outcome.log ?? { digest: outcome.outputSha256, bytes: 0, truncated: true };
-      const report: VerifierReport = {
-        kind: 'choiros.verifier.report',
-        version: 1,
-        runId: rec.runId,
-        verifierId: spec.id,
-        argv: spec.argv,
-        timeoutSeconds: spec.timeoutSeconds,
-        exitCode: outcome.exitCode,
-        timedOut: outcome.timedOut,
-        oomKilled: outcome.oomKilled ?? false,
-        durationMs: Math.round(outcome.durationMs),
-        outputSha256: outcome.outputSha256,
-        outputBytes: outcome.outputBytes,
-        log: storedLog,
-      };
-      const stored = await deps.artifacts.put(Buffer.from(canonicalJson(report)));
-      log.info(
-        {
-          event: 'verifier.done',
-          result,
-          exitCode: outcome.exitCode,
-          oomKilled: report.oomKilled,
-          durationMs: outcome.durationMs,
-          reportDigest: stored.digest,
-        },
-        'verifier finished',
-      );
-      deps.metrics?.verifierDuration.observe({ verifier: spec.id, result }, outcome.durationMs / 1000);
-      return { ...outcome, id: spec.id, result, reportDigest: stored.digest };
-    },
-
-    async planVerifiers(input: PlanInput): Promise<VerifierPlan> {
-      const rec = record(input.sandboxId);
-      await released(rec);
-      const paths = await workspaces.touchedPaths(rec.runId);
-      const plan = selectVerifierPlan(deps.verifiers, {
-        mood: input.mood,
-        required: input.required,
-        touchedPaths: paths,
-        riskTier: input.riskTier,
-      });
-      logger.info(
-        {
-          event: 'verifier.plan',
-          runId: rec.runId,
-          planId: plan.planId,
-          verifierIds: plan.verifierIds,
-          unknownRequired: plan.unknownRequired,
-          touched: paths.length,
-        },
-        'verifier plan selected',
-      );
-      return plan;
-    },
-
-    async commitSandbox(input: CommitInput): Promise<CommitResult> {
-      const rec = record(input.sandboxId);
-      await released(rec);
-      const result = await workspaces.commit(rec.runId, input);
-      logger.info(
-        {
-          event: 'sandbox.commit',
-          runId: rec.runId,
-          commit: result.commit,
-          changed: result.changedPaths.length,
-        },
-        'run committed',
-      );
-      return result;
-    },
+    execInSandbox: (input: ExecInput): Promise<CommandOutcome> =>
+      guarded('execInSandbox', () => execInSandbox(input)),
+    runVerifier: (input: VerifyInput): Promise<VerifierOutcome> =>
+      guarded('runVerifier', () => runVerifier(input)),
+    planVerifiers: (input: PlanInput): Promise<VerifierPlan> =>
+      guarded('planVerifiers', () => planVerifiers(input)),
+    commitSandbox: (input: CommitInput): Promise<CommitResult> =>
+      guarded('commitSandbox', () => commitSandbox(input)),
 
     async findCommit(input: {
       sandboxId: string;

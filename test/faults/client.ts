@@ -119,3 +119,122 @@ export class RecordingClient {
     }
   }
 }
+
+/** What an SSE client following one run saw, across its reconnects. */
+export interface SseFollow {
+  runId: string;
+  /** Event seqs in the order they arrived (a repeat or a gap is a failure). */
+  seqs: number[];
+  /** Connections made (1 when the stream never broke). */
+  connections: number;
+  /** `event: error` frames the API sent before ending a stream. */
+  errors: number;
+  /** The longest wait between two events (or the start and the first). */
+  longestGapMs: number;
+  completed: boolean;
+}
+
+/** One SSE frame's fields (`id`, `event`, `data`); comments (`: ping`) give none. */
+function parseFrame(frame: string): { id?: string; event?: string; data?: string } {
+  const out: { id?: string; event?: string; data?: string } = {};
+  for (const line of frame.split('\n')) {
+    const m = /^(id|event|data): ?(.*)$/.exec(line);
+    if (m) out[m[1] as 'id' | 'event' | 'data'] = m[2];
+  }
+  return out;
+}
+
+/**
+ * Follows a run's events over SSE like a browser's EventSource: on a stream that ends, breaks or
+ * sends `event: error` it reconnects after 2 s (the stream's `retry`) with `Last-Event-ID`, until
+ * `run.completed` or `deadline`. The response status of every connection is recorded (headers must
+ * come within 15 s, like any request); the stream itself may stay quiet for as long as it likes.
+ */
+export async function followEvents(
+  client: RecordingClient,
+  baseUrl: string,
+  runId: string,
+  token: string,
+  deadline: number,
+): Promise<SseFollow> {
+  const f: SseFollow = { runId, seqs: [], connections: 0, errors: 0, longestGapMs: 0, completed: false };
+  let lastId: string | undefined;
+  let lastAt = Date.now();
+  const route = 'GET /v1/runs/:runId/events';
+  while (!f.completed && Date.now() < deadline) {
+    const abort = new AbortController();
+    const headersBy = setTimeout(() => abort.abort(), 15_000);
+    const untilDeadline = setTimeout(() => abort.abort(), Math.max(0, deadline - Date.now()));
+    let answered = false;
+    try {
+      const res = await fetch(`${baseUrl}/v1/runs/${runId}/events`, {
+        headers: {
+          authorization: `Bearer ${token}`,
+          accept: 'text/event-stream',
+          ...(lastId ? { 'last-event-id': lastId } : {}),
+        },
+        signal: abort.signal,
+      });
+      clearTimeout(headersBy);
+      answered = true;
+      f.connections += 1;
+      if (res.status !== 200 || !res.body) {
+        const text = await res.text().catch(() => '');
+        let code: string | undefined;
+        try {
+          code = (JSON.parse(text) as { code?: string }).code;
+        } catch {
+          /* not a problem body */
+        }
+        const retryAfter = res.headers.get('retry-after') ?? undefined;
+        client.responses.push({
+          method: 'GET',
+          route,
+          status: res.status,
+          ...(code ? { code } : {}),
+          ...(retryAfter ? { retryAfter } : {}),
+        });
+      } else {
+        client.responses.push({ method: 'GET', route, status: 200 });
+        const decoder = new TextDecoder();
+        let buf = '';
+        const reader = res.body.getReader();
+        reading: for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          buf += decoder.decode(value, { stream: true });
+          let cut: number;
+          while ((cut = buf.indexOf('\n\n')) >= 0) {
+            const frame = parseFrame(buf.slice(0, cut));
+            buf = buf.slice(cut + 2);
+            if (frame.event === 'error') {
+              f.errors += 1;
+              await reader.cancel().catch(() => undefined);
+              break reading;
+            }
+            if (frame.id === undefined || frame.data === undefined) continue;
+            const event = JSON.parse(frame.data) as { seq: number; event_type: string };
+            const now = Date.now();
+            f.longestGapMs = Math.max(f.longestGapMs, now - lastAt);
+            lastAt = now;
+            lastId = frame.id;
+            f.seqs.push(event.seq);
+            if (event.event_type === 'run.completed') {
+              f.completed = true;
+              await reader.cancel().catch(() => undefined);
+              break reading;
+            }
+          }
+        }
+      }
+    } catch {
+      // No headers in 15 s is a request without an answer; a stream cut later is a reconnect.
+      if (!answered && Date.now() < deadline) client.responses.push({ method: 'GET', route, status: 0 });
+    } finally {
+      clearTimeout(headersBy);
+      clearTimeout(untilDeadline);
+    }
+    if (!f.completed) await new Promise((r) => setTimeout(r, 2000));
+  }
+  return f;
+}

@@ -16,7 +16,14 @@ import { connect, credsAuthenticator } from 'nats';
 import type { RunView } from '../../contracts';
 import { joinOf, localActivities } from '../helpers/history';
 import { expectGapFree, readRunEvents } from '../helpers/runs';
-import { RecordingClient, isDocumented503, isSettled, type Recorded } from './client';
+import {
+  RecordingClient,
+  followEvents,
+  isDocumented503,
+  isSettled,
+  type Recorded,
+  type SseFollow,
+} from './client';
 import { SCENARIOS, type Scenario } from './scenarios';
 import { FaultStack } from './stack';
 
@@ -80,7 +87,7 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
   const tokens = new Map<string, string>();
   for (const u of users) tokens.set(u, await stack.token(u, tenant));
   const repos: string[] = [];
-  const total = s.runs + s.runsDuring;
+  const total = s.runs + s.runsDuring + (s.runsAfter ?? 0);
   for (let i = 0; i < (s.sharedRepo ? 1 : total); i++) {
     await mkdir(join(workDir, 'repos'), { recursive: true });
     const dir = await mkdtemp(join(workDir, 'repos', `${s.name}-${i}-`));
@@ -119,6 +126,12 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
   };
   await Promise.all(Array.from({ length: s.runs }, (_, i) => startOne(i)));
   log(`${s.name}: ${s.runs} runs started`);
+  // SSE clients that follow the first runs' events through the fault, reconnecting as a browser would.
+  const following: Promise<SseFollow>[] = ids
+    .slice(0, s.followEvents ?? 0)
+    .map((id, i) =>
+      followEvents(client, stack.apiUrl, id, tokenOf(i), Date.now() + (s.settleMs ?? SETTLE_DEADLINE_MS)),
+    );
   if (s.injectWhen === 'running') {
     const deadline = Date.now() + START_DEADLINE_MS;
     await Promise.all(
@@ -140,7 +153,7 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
   }
 
   const faultAt = Date.now();
-  const ctx = { tenant, repos, repoArg, runIds: ids.slice(0, s.runs) };
+  const ctx = { tenant, repos, repoArg, runIds: ids.slice(0, s.runs), afterRunIds: [] as string[] };
   const heal = await s.inject(stack, ctx);
   const during = Promise.all(Array.from({ length: s.runsDuring }, (_, j) => startOne(s.runs + j)));
   if (s.downMs > 0) await new Promise((r) => setTimeout(r, s.downMs));
@@ -148,6 +161,10 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
   const outageMs = Date.now() - faultAt;
   log(`${s.name}: healed after ${outageMs} ms`);
   await during;
+  // Runs after the fault: the worker serves again once it is healed.
+  const firstAfter = s.runs + s.runsDuring;
+  await Promise.all(Array.from({ length: s.runsAfter ?? 0 }, (_, j) => startOne(firstAfter + j)));
+  ctx.afterRunIds = ids.slice(firstAfter);
 
   const views = await Promise.all(
     ids.map(async (id, i) => {
@@ -159,10 +176,25 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
   done = true;
   await probing;
 
+  // What the SSE clients saw: every event once, in order, through to run.completed.
+  const follows = await Promise.all(following);
+  const sseOk = (f: SseFollow): boolean => f.completed && f.seqs.every((seq, k) => seq === k + 1);
+  for (const f of follows) {
+    if (!f.completed)
+      failures.push(`SSE client of ${f.runId} never saw run.completed (seqs ${f.seqs.join(',')})`);
+    else if (!sseOk(f)) failures.push(`SSE client of ${f.runId} saw seqs ${f.seqs.join(',')}`);
+  }
+  if (follows.length > 0)
+    log(
+      `${s.name}: SSE clients: ${follows.filter(sseOk).length}/${follows.length} saw every event once in order; ` +
+        `connections ${follows.map((f) => f.connections).join('/')}, error frames ${follows.map((f) => f.errors).join('/')}, ` +
+        `longest quiet ${follows.map((f) => (f.longestGapMs / 1000).toFixed(1)).join('/')} s`,
+    );
+
   // Outcomes.
   const outcomes: Record<string, number> = {};
   let terminal = 0;
-  for (const { id, v } of views) {
+  for (const { id, i, v } of views) {
     const key = v ? `${v.status}${v.error ? `:${v.error.code}` : ''}` : 'unknown';
     outcomes[key] = (outcomes[key] ?? 0) + 1;
     if (!v || !isSettled(v)) {
@@ -172,9 +204,18 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
       continue;
     }
     terminal += 1;
-    if (!s.expect.statuses.includes(v.status))
-      failures.push(`run ${id} ended ${v.status} (${v.error?.code ?? '-'}: ${v.error?.message ?? ''})`);
-    if (s.expect.errorCodes && !s.expect.errorCodes.includes(v.error?.code ?? ''))
+    const after = i >= s.runs + s.runsDuring;
+    const statuses = after ? (s.expect.after ?? ['committed']) : s.expect.statuses;
+    if (!statuses.includes(v.status))
+      failures.push(
+        `run ${id}${after ? ' (after the fault)' : ''} ended ${v.status} (${v.error?.code ?? '-'}: ${v.error?.message ?? ''})`,
+      );
+    if (
+      !after &&
+      v.status !== 'committed' &&
+      s.expect.errorCodes &&
+      !s.expect.errorCodes.includes(v.error?.code ?? '')
+    )
       failures.push(`run ${id} failed with ${v.error?.code ?? 'no error code'}`);
     if (v.status === 'committed' && !v.commit) failures.push(`run ${id} committed without a commit`);
   }
@@ -201,8 +242,15 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
         problems.push(`${events.length} events in the stream, ${v.events.emitted} emitted`);
       if (events.filter((e) => e.event_type === 'run.completed').length !== 1)
         problems.push('not exactly one run.completed');
-      if (events[events.length - 1]?.event_type !== 'run.completed')
-        problems.push('run.completed is not last');
+      const completed = events[events.length - 1];
+      if (completed?.event_type !== 'run.completed') problems.push('run.completed is not last');
+      // The failure a run view shows is the one its events carry (a client may follow either).
+      const carried = (completed?.payload.error as { code?: unknown } | null | undefined)?.code;
+      if (completed?.event_type === 'run.completed' && v?.error && carried !== v.error.code)
+        problems.push(`run.completed carries error ${String(carried)}, the run view ${v.error.code}`);
+      const seen = follows.find((f) => f.runId === id);
+      if (seen?.completed && seen.seqs.length !== events.length)
+        problems.push(`the SSE client saw ${seen.seqs.length} events, the stream holds ${events.length}`);
       if (problems.length === 0) eventsOk += 1;
       else failures.push(`run ${id} events: ${problems.join('; ')}`);
     }
@@ -291,6 +339,7 @@ async function runScenario(stack: FaultStack, s: Scenario, workDir: string): Pro
   }
 
   if (s.verify) failures.push(...(await s.verify(stack, ctx)));
+  if (s.finish) await s.finish(stack);
 
   // API answers.
   const responses: Recorded[] = client.responses;

@@ -3,8 +3,9 @@
  * how its load looks, how the fault is injected and healed, and which outcomes are correct.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, utimesSync, writeFileSync } from 'node:fs';
-import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdir, readFile, readdir, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { mirrorPath } from '../../activities/workspace/mirror';
 import type { RunBudgets, RunStatus } from '../../contracts';
@@ -19,6 +20,8 @@ export interface FaultContext {
   repoArg: (i: number) => string;
   /** Ids of the runs started before the fault. */
   runIds: string[];
+  /** Ids of the runs started once the fault was healed (`runsAfter`); filled in after the heal. */
+  afterRunIds: string[];
 }
 
 export interface Scenario {
@@ -29,6 +32,10 @@ export interface Scenario {
   runs: number;
   /** Runs started while the fault is on (their client retries documented 503s). */
   runsDuring: number;
+  /** Runs started once the fault is healed (expected: `expect.after`). */
+  runsAfter?: number;
+  /** The first this-many runs have an SSE client following their events through the fault. */
+  followEvents?: number;
   /** Users of the scenario's one tenant the runs are spread over (round robin); 2 by default. */
   users?: number;
   /** All runs on one repository (a burst), instead of one repository per run. */
@@ -49,7 +56,10 @@ export interface Scenario {
    */
   expect: {
     statuses: RunStatus[];
+    /** The codes a run that did not commit may fail with. */
     errorCodes?: string[];
+    /** Outcomes of the runs started after the heal; `committed` by default. */
+    after?: RunStatus[];
     retried?: boolean;
     /**
      * Joining the admission queue retried for at most 2 % of the runs (a slow signal-with-start on a
@@ -64,6 +74,8 @@ export interface Scenario {
   prepare?(stack: FaultStack): Promise<void>;
   /** Scenario-specific checks once every run settled; returns failed checks. */
   verify?(stack: FaultStack, ctx: FaultContext): Promise<string[]>;
+  /** After the checks: puts the stack back as the next scenario expects it (e.g. a worker without a hook). */
+  finish?(stack: FaultStack): Promise<void>;
   /** How long the fault stays on before it is healed (an outage length, not a wait for readiness). */
   downMs: number;
 }
@@ -93,6 +105,76 @@ async function removedLocks(stack: FaultStack): Promise<string[]> {
     }
   }
   return out;
+}
+
+/** Lines of the workers' logs (worker-*.log) with this `event`. */
+async function workerLogEvents(stack: FaultStack, event: string): Promise<number> {
+  let n = 0;
+  for (const f of (await readdir(stack.logDir)).filter((x) => /^worker-\d+\.log$/.test(x)))
+    n += (await readFile(join(stack.logDir, f), 'utf8')).split(`"event":"${event}"`).length - 1;
+  return n;
+}
+
+/** How long nats-partition drops NATS's packets (CHOIROS_FAULTS_PARTITION_SECONDS, default 25). */
+const PARTITION_SECONDS = Number(process.env.CHOIROS_FAULTS_PARTITION_SECONDS ?? 25);
+
+/** Size of the filesystem disk-full mounts over the worker's data dir. */
+const DATA_DISK_MB = 128;
+/** Ballast files that fill the data disk (disk-full), removed to heal it. */
+const ballast = (stack: FaultStack): string => join(stack.dataDir, '.faults-ballast');
+
+/** Fills the filesystem of `dir` with preallocated files until not one more block fits; returns the bytes taken. */
+function fillDisk(dir: string, free: () => Promise<number>): Promise<number> {
+  mkdirSync(dir, { recursive: true });
+  return (async () => {
+    let taken = 0;
+    let size = await free();
+    for (let i = 0; size >= 4096; i++) {
+      try {
+        execFileSync('fallocate', ['-l', String(size), join(dir, `fill-${i}`)], { stdio: 'pipe' });
+        taken += size;
+        size = await free();
+      } catch {
+        rmSync(join(dir, `fill-${i}`), { force: true });
+        size = Math.floor(size / 2 / 4096) * 4096;
+      }
+    }
+    return taken;
+  })();
+}
+
+/** `git fsck --strict` of a git dir: undefined when clean, else what it said. */
+function fsck(gitDir: string): string | undefined {
+  try {
+    execFileSync(
+      'git',
+      ['-c', 'safe.directory=*', '--git-dir', gitDir, 'fsck', '--no-progress', '--strict'],
+      {
+        stdio: 'pipe',
+      },
+    );
+    return undefined;
+  } catch (err) {
+    return String((err as { stderr?: unknown }).stderr ?? err).trim();
+  }
+}
+
+/** The artifact store's problems: a blob whose bytes do not hash to its name, a temp file left. */
+async function artifactProblems(root: string): Promise<string[]> {
+  const problems: string[] = [];
+  const fan = await readdir(join(root, 'sha256')).catch(() => [] as string[]);
+  for (const ab of fan) {
+    for (const name of await readdir(join(root, 'sha256', ab))) {
+      const digest = createHash('sha256')
+        .update(await readFile(join(root, 'sha256', ab, name)))
+        .digest('hex');
+      if (digest !== name || !name.startsWith(ab))
+        problems.push(`artifact ${ab}/${name} hashes to ${digest}`);
+    }
+  }
+  for (const t of await readdir(join(root, 'tmp')).catch(() => [] as string[]))
+    problems.push(`artifact temp file left: tmp/${t}`);
+  return problems;
 }
 
 /** Where createSandbox leaves a file per run while it is held (worker-kill-in-create). */
@@ -146,6 +228,31 @@ export const SCENARIOS: Scenario[] = [
     async inject(stack) {
       await stack.stopNats();
       return () => stack.startNats();
+    },
+  },
+  {
+    name: 'nats-partition',
+    fault: `every packet into and out of NATS's network namespace dropped (iptables in that namespace) for ${PARTITION_SECONDS} s: no connection is closed, nothing answers`,
+    runs: 8,
+    runsDuring: 2,
+    followEvents: 4,
+    command: WORK,
+    injectWhen: 'running',
+    // Publishes time out and are retried (the workflow's outbox, the steps' carried events), so
+    // histories show the fault; JetStream's Nats-Msg-Id dedup drops what the dead connection
+    // delivers late once the partition heals.
+    expect: { statuses: ['committed'], retried: true },
+    downMs: PARTITION_SECONDS * 1000,
+    async inject(stack) {
+      await stack.partitionNats(true);
+      return () => stack.partitionNats(false);
+    },
+    async verify(stack) {
+      const unpublished = await workerLogEvents(stack, 'events.carried.unpublished');
+      process.stdout.write(
+        `[faults] nats-partition: ${unpublished} step(s) left carried events to the workflow\n`,
+      );
+      return [];
     },
   },
   {
@@ -285,6 +392,67 @@ export const SCENARIOS: Scenario[] = [
       if (originMain !== mirrorMain)
         failures.push(`the mirror's main ${mirrorMain} is not the origin's ${originMain}`);
       return failures;
+    },
+  },
+  {
+    name: 'disk-full',
+    fault: `the worker's data dir (worktrees, mirrors, artifacts) is a ${DATA_DISK_MB} MiB ext4 filesystem the suite loop-mounts; it is filled (preallocated ballast) while the runs execute, for 30 s, then the ballast is removed`,
+    runs: 4,
+    runsDuring: 2,
+    runsAfter: 2,
+    repoUrls: true,
+    command: WORK,
+    injectWhen: 'running',
+    // Decision 0023: a step that runs out of space waits CHOIROS_DISK_FULL_WAIT_SECONDS (10 s here)
+    // for it, then the run fails host_disk_full; the runs started after the heal commit.
+    expect: { statuses: ['failed'], errorCodes: ['host_disk_full'], retried: true, after: ['committed'] },
+    downMs: 30_000,
+    async prepare(stack) {
+      await stack.stopWorker();
+      await stack.mountDataDisk(DATA_DISK_MB);
+      await stack.startWorker({ CHOIROS_DISK_FULL_WAIT_SECONDS: '10', CHOIROS_DISK_MIN_FREE_MB: '8' });
+    },
+    async inject(stack) {
+      const free = async (): Promise<number> => {
+        const st = await statfs(stack.dataDir);
+        return st.bavail * st.bsize;
+      };
+      const before = await free();
+      const taken = await fillDisk(ballast(stack), free);
+      process.stdout.write(
+        `[faults] disk-full: ${(before / 1048576).toFixed(1)} MiB were free, ballast ${(taken / 1048576).toFixed(1)} MiB, ${await free()} bytes left\n`,
+      );
+      return () => rm(ballast(stack), { recursive: true, force: true });
+    },
+    async verify(stack, ctx) {
+      const failures: string[] = [];
+      // Nothing corrupted: the origins, every mirror of the tenant (on the full disk), the artifact store.
+      for (const repo of ctx.repos) {
+        const bad = fsck(join(repo, '.git'));
+        if (bad) failures.push(`git fsck of ${repo}: ${bad}`);
+      }
+      const mirrors = join(stack.dataDir, 'mirrors', ctx.tenant);
+      const names = await readdir(mirrors).catch(() => [] as string[]);
+      for (const m of names) {
+        if (!existsSync(join(mirrors, m, 'HEAD'))) {
+          failures.push(`left in the mirrors dir: ${m}`);
+          continue;
+        }
+        const bad = fsck(join(mirrors, m));
+        if (bad) failures.push(`git fsck of mirror ${m}: ${bad}`);
+      }
+      if (names.length === 0) failures.push('no mirror was made: the runs never reached the disk');
+      failures.push(...(await artifactProblems(join(stack.dataDir, 'artifacts'))));
+      const gaveUp = await workerLogEvents(stack, 'host.disk.full.gave_up');
+      process.stdout.write(`[faults] disk-full: ${gaveUp} host step(s) gave up on the full disk\n`);
+      if (gaveUp === 0) failures.push('the worker never logged host.disk.full.gave_up');
+      return failures;
+    },
+    async finish(stack) {
+      // The next scenarios run on the data dir as it was, with a worker of the usual settings.
+      await stack.stopWorker();
+      await stack.unmountDataDisk();
+      await stack.startWorker();
     },
   },
   {

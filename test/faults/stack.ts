@@ -7,7 +7,7 @@
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import Docker from 'dockerode';
@@ -32,6 +32,16 @@ const execFileAsync = promisify(execFile);
 /** The suite engine's default bridge (a link the suite creates and deletes), and its address. */
 const FAULTS_BRIDGE = 'choiros-flt0';
 const FAULTS_BRIDGE_CIDR = '10.231.0.1/24';
+/**
+ * NATS runs in a network namespace of the suite's own, reached over a veth pair on a private /30,
+ * so `nats-partition` can drop its packets (iptables inside that namespace) without closing a
+ * connection. Nothing else is routed there; the host's own firewall is never touched.
+ */
+const NATS_NETNS = 'choiros-flt-nats';
+const NATS_VETH_HOST = 'choiros-fltn0';
+const NATS_VETH_NS = 'choiros-fltn1';
+const NATS_HOST_CIDR = '10.231.1.1/30';
+const NATS_NS_IP = '10.231.1.2';
 
 export const ROOT = resolve(__dirname, '../..');
 export const FAULTS_IMAGE = 'choiros-sandbox:faults';
@@ -75,7 +85,11 @@ export class FaultStack {
   temporalProxy?: DelayProxy;
   private temporalProxyPort = 0;
   private natsPort = 0;
+  /** Whether NATS's namespace drops every packet now (nats-partition). */
+  private natsPartitioned = false;
   apiUrl = '';
+  /** The small filesystem mounted over the worker's data dir (disk-full), while it is. */
+  private dataDisk?: string;
 
   constructor(private readonly opts: StackOptions) {
     this.logDir = join(opts.workDir, 'logs');
@@ -127,6 +141,7 @@ export class FaultStack {
     this.temporalProxy = new DelayProxy('127.0.0.1', this.temporalPort);
     this.temporalProxyPort = await this.temporalProxy.listen(0);
     this.natsPort = await freePort();
+    await this.ensureNatsNetns();
     await this.startNats();
     const key = await loadOrCreateDevKey(join(this.opts.workDir, 'issuer'));
     const issuer = await serveDevIssuer({ key, host: '127.0.0.1', port: 0 });
@@ -151,8 +166,87 @@ export class FaultStack {
     await this.temporalProxy?.close().catch(() => undefined);
     await this.nats?.process.stop().catch(() => undefined);
     await this.temporal?.process.stop().catch(() => undefined);
+    await this.unmountDataDisk().catch(() => undefined);
     await this.dockerd?.stop(30_000).catch(() => undefined);
     await execFileAsync('ip', ['link', 'del', FAULTS_BRIDGE]).catch(() => undefined);
+    await this.removeNatsNetns();
+  }
+
+  /** NATS's namespace and the veth pair to it (10.231.1.1 here, 10.231.1.2 there), made fresh. */
+  private async ensureNatsNetns(): Promise<void> {
+    await this.removeNatsNetns(); // an interrupted earlier suite run's
+    const ip = (...args: string[]) => execFileAsync('ip', args);
+    const inNs = (...args: string[]) => execFileAsync('ip', ['netns', 'exec', NATS_NETNS, ...args]);
+    await ip('netns', 'add', NATS_NETNS);
+    await ip('link', 'add', NATS_VETH_HOST, 'type', 'veth', 'peer', 'name', NATS_VETH_NS);
+    await ip('link', 'set', NATS_VETH_NS, 'netns', NATS_NETNS);
+    await ip('addr', 'add', NATS_HOST_CIDR, 'dev', NATS_VETH_HOST);
+    await ip('link', 'set', NATS_VETH_HOST, 'up');
+    await inNs('ip', 'addr', 'add', `${NATS_NS_IP}/30`, 'dev', NATS_VETH_NS);
+    await inNs('ip', 'link', 'set', NATS_VETH_NS, 'up');
+    await inNs('ip', 'link', 'set', 'lo', 'up');
+  }
+
+  /** Deletes NATS's namespace (its end of the veth pair, and so the pair, goes with it). */
+  private async removeNatsNetns(): Promise<void> {
+    await execFileAsync('ip', ['netns', 'del', NATS_NETNS]).catch(() => undefined);
+    await execFileAsync('ip', ['link', 'del', NATS_VETH_HOST]).catch(() => undefined);
+  }
+
+  /**
+   * Drops every packet into and out of NATS's namespace (`on`), or stops dropping: connections stay
+   * open, nothing is answered, nothing is refused. Rules live in that namespace only.
+   */
+  async partitionNats(on: boolean): Promise<void> {
+    if (on === this.natsPartitioned) return;
+    for (const chain of ['INPUT', 'OUTPUT']) {
+      await execFileAsync('ip', [
+        'netns',
+        'exec',
+        NATS_NETNS,
+        'iptables',
+        '-w',
+        on ? '-A' : '-D',
+        chain,
+        '-j',
+        'DROP',
+      ]);
+    }
+    this.natsPartitioned = on;
+  }
+
+  /**
+   * Mounts a fresh `sizeMb` ext4 filesystem (an image file in the work dir, no blocks reserved for
+   * root: the worker is root) over the worker's data dir, hiding what is there until it is unmounted.
+   * Stop the worker first: a running one holds files of the dir it hides.
+   */
+  async mountDataDisk(sizeMb: number): Promise<void> {
+    if (this.dataDisk) throw new Error('the data disk is already mounted');
+    const image = join(this.opts.workDir, 'data-disk.img');
+    await rm(image, { force: true });
+    await execFileAsync('truncate', ['-s', `${sizeMb}M`, image]);
+    await execFileAsync('mkfs.ext4', ['-q', '-F', '-m', '0', '--', image]);
+    await execFileAsync('mount', ['-o', 'loop,nodev,nosuid', '--', image, this.dataDir]);
+    this.dataDisk = image;
+    this.opts.log(`mounted a ${sizeMb} MiB ext4 filesystem over the worker's data dir`);
+  }
+
+  /** Unmounts the data disk (lazily when still busy) and deletes its image; nothing when none is mounted. */
+  async unmountDataDisk(): Promise<void> {
+    const image = this.dataDisk;
+    if (!image) return;
+    // Run trees are loop mounts of their own inside it: they go first.
+    const mounts = (await readFile('/proc/self/mountinfo', 'utf8'))
+      .split('\n')
+      .map((l) => l.split(' ')[4] ?? '')
+      .filter((m) => m.startsWith(`${this.dataDir}/`))
+      .reverse();
+    for (const m of mounts) await execFileAsync('umount', ['-l', '--', m]).catch(() => undefined);
+    await execFileAsync('umount', ['--', this.dataDir]).catch(() =>
+      execFileAsync('umount', ['-l', '--', this.dataDir]),
+    );
+    this.dataDisk = undefined;
+    await rm(image, { force: true });
   }
 
   /**
@@ -248,9 +342,16 @@ export class FaultStack {
   }
 
   async startNats(): Promise<void> {
+    // nats-server started inside its namespace (exec, so the managed pid is the server's own).
+    const wrapper = join(this.opts.workDir, 'nats-in-netns.sh');
+    await writeFile(
+      wrapper,
+      `#!/bin/sh\nexec ip netns exec ${NATS_NETNS} ${JSON.stringify(this.opts.natsBin)} "$@"\n`,
+      { mode: 0o755 },
+    );
     this.nats = await startNatsServer({
-      binary: this.opts.natsBin,
-      host: '127.0.0.1',
+      binary: wrapper,
+      host: NATS_NS_IP,
       port: this.natsPort,
       dir: join(this.opts.workDir, 'nats'),
       logDir: this.logDir,
