@@ -35,6 +35,7 @@ import { startEntry, waitFor } from '../infra/stack/process';
 import { historyShape, pct, postJson, startApiProcess, startBenchStack } from './util';
 
 const STARTS = Number(process.env.BENCH_STARTS ?? 30);
+const WARMUP_STARTS = Number(process.env.BENCH_WARMUP_STARTS ?? 20);
 const CONCURRENT = Number(process.env.BENCH_CONCURRENT_RUNS ?? 40);
 const GRAPH_ITEMS = Number(process.env.BENCH_GRAPH_ITEMS ?? 40);
 const DEADLINE_MS = Number(process.env.BENCH_DEADLINE_SECONDS ?? 300) * 1000;
@@ -150,8 +151,13 @@ async function main(): Promise<void> {
     const waitAll = async (ids: string[]): Promise<RunView[]> =>
       Promise.all(ids.map((id) => client.workflow.getHandle(id).result() as Promise<RunView>));
 
-    // Warm-up: one of each (bundling, first connections), not counted.
-    await waitAll([(await viaApi(-1)).runId, (await direct(-1)).runId]);
+    // Warm-up, not counted: first connections, the worker's bundle, and the gateway's request path
+    // compiled by V8 as in a serving process (BENCH_WARMUP_STARTS of each, alternating).
+    const warm: string[] = [];
+    for (let i = 0; i < WARMUP_STARTS; i++) {
+      warm.push((await viaApi(-1 - i)).runId, (await direct(-1 - i)).runId);
+    }
+    await waitAll(warm);
 
     // 1. Start latency, alternating so both paths see the same load.
     const apiMs: number[] = [];

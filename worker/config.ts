@@ -256,6 +256,15 @@ export const workerConfigSchema = z.object({
     .max(16)
     .default(2)
     .describe('Pool slots made at the same time while the pool refills in the background'),
+  CHOIROS_WORKFLOW_TASK_SLOTS: z.coerce
+    .number()
+    .int()
+    .min(2)
+    .max(10_000)
+    .default(1000)
+    .describe(
+      "Workflow tasks the orchestration worker holds at once (the SDK's `maxConcurrentWorkflowTaskExecutions`, default there 40). A run's first task holds its slot while it joins its tenant's admission gate, and the gate needs a slot to answer: with fewer slots than runs joining at once, the gate waits until joins give up and fall back to signals (decision 0015, addendum). A held slot costs a little memory, no CPU",
+    ),
   CHOIROS_WORKFLOW_THREADS: z.coerce
     .number()
     .int()

@@ -295,6 +295,7 @@ export async function createWorkerSet(opts: {
       workflowBundle,
       ...workflowTracingOptions(opts.tracing),
       workflowThreadPoolSize: config.CHOIROS_WORKFLOW_THREADS,
+      maxConcurrentWorkflowTaskExecutions: config.CHOIROS_WORKFLOW_TASK_SLOTS,
       taskQueue: TASK_QUEUES.orchestration,
       activities: {
         ...eventActivities,
