@@ -465,6 +465,10 @@ export class DockerSandboxDriver implements SandboxDriver {
     // The cgroup counter covers the container's whole life: only a rise during this command counts.
     const oomKilled =
       exitCode === 137 && !result.timedOut ? (await this.cgroupOomKills(name)) - oomBefore : 0;
+    // Nothing the command left running in the lane may go on writing: the lane goes down now, before
+    // the output is stored or anything else is asked (the activity's stop after it is then a no-op).
+    // Only the OOM counter above needed the container's cgroup, which the kill removes.
+    await killContainer();
     const egress = mayHaveProxy ? await this.egressAttempts(name, started) : undefined;
     return {
       ...result,
