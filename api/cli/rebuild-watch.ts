@@ -21,6 +21,12 @@ function buildProgress(v: RebuildView): string | undefined {
   return `  image ${image}: step ${step}/${total} (${cached} cached)${line ? ` ${line}` : ''}`;
 }
 
+/** The stages a rebuild has entered, in order: those it left (their times) and the one it is in. */
+function stagesOf(v: RebuildView): string[] {
+  const stages = Object.keys(v.stageMs);
+  return stages.includes(v.stage) ? stages : [...stages, v.stage];
+}
+
 /** The lines `next` adds to what `prev` (the previous poll, or nothing) showed. */
 export function rebuildWatchLines(prev: RebuildView | undefined, next: RebuildView): string[] {
   const out: string[] = [];
@@ -52,8 +58,10 @@ export function rebuildWatchLines(prev: RebuildView | undefined, next: RebuildVi
     if (d.rolledBack && !before?.rolledBack)
       out.push(`  rolled back ${d.service} to ${d.previousImage ? short(d.previousImage) : 'nothing'}`);
   });
-  // After the facts of the stage that ended, the stage now running.
-  if (next.stage !== prev?.stage) out.push(`[${next.stage}]`);
+  // After the facts of the stage that ended, every stage entered since the last poll, in order: a
+  // stage shorter than the poll interval (an approval given at once) is in the view's stage times.
+  const seen = new Set(prev ? stagesOf(prev) : []);
+  for (const stage of stagesOf(next)) if (!seen.has(stage)) out.push(`[${stage}]`);
   const progress = buildProgress(next);
   if (progress && progress !== (prev ? buildProgress(prev) : undefined)) out.push(progress);
   if (next.stage === 'awaiting_approval' && prev?.stage !== 'awaiting_approval')

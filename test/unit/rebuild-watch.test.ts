@@ -22,6 +22,27 @@ function buildView(overrides: Partial<RebuildView> = {}): RebuildView {
 }
 
 describe('rebuild watch lines', () => {
+  test('when stages pass between two polls (an approval given at once), then each is printed, in order', () => {
+    const building = buildView({ stage: 'building', commit, stageMs: { resolving: 10, verifying: 5_000 } });
+    expect(rebuildWatchLines(undefined, building).filter((l) => l.startsWith('['))).toEqual([
+      '[resolving]',
+      '[verifying]',
+      '[building]',
+    ]);
+    const deploying = buildView({
+      stage: 'deploying',
+      commit,
+      stageMs: { resolving: 10, verifying: 5_000, building: 4_000, awaiting_approval: 900 },
+      approval: { decision: 'approve', by: 'bob', at: new Date(0).toISOString() },
+    });
+    expect(rebuildWatchLines(building, deploying)).toEqual([
+      '  approved by bob',
+      '[awaiting_approval]',
+      '[deploying]',
+    ]);
+    expect(rebuildWatchLines(deploying, deploying)).toEqual([]);
+  });
+
   test('when a rebuild goes from verifying to a build step, then one line per new suite result and one progress line per image step', () => {
     const first = buildView({ stage: 'verifying', commit });
     expect(rebuildWatchLines(undefined, first)).toEqual([
@@ -108,6 +129,8 @@ describe('rebuild watch lines', () => {
       `  deploy api: aaaaaaaaaaaa -> choiros-api:${commit}`,
       '  health api: UNHEALTHY',
       '  rolled back api to aaaaaaaaaaaa',
+      // deploying passed between the two polls: it is named too.
+      '[deploying]',
       '[rolled_back]',
       '  error health_check_failed: service api is not healthy',
       'rebuild rb_choiros_r1 rolled_back (deploying 40s)',
