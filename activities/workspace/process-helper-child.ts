@@ -18,21 +18,25 @@ import {
 process.on('SIGINT', () => undefined);
 process.on('SIGTERM', () => undefined);
 
-/** Spawned commands waiting for the worker to take their last chunk of output. */
-const reading = new Map<number, () => void>();
+/**
+ * Per spawned command, its paused streams (stdout, stderr) in the order their chunks were sent: the
+ * worker acknowledges chunks in that order, and each ack resumes the stream that sent the chunk.
+ */
+const reading = new Map<number, (() => void)[]>();
 
 process.on('message', (msg: unknown) => {
   const ack = helperAckSchema.safeParse(msg);
   if (ack.success) {
-    const read = reading.get(ack.data.id);
-    reading.delete(ack.data.id);
+    const queue = reading.get(ack.data.id);
+    const read = queue?.shift();
+    if (queue?.length === 0) reading.delete(ack.data.id);
     read?.();
     return;
   }
   const spawnReq = helperSpawnRequestSchema.safeParse(msg);
   if (spawnReq.success) {
     spawnToEvents(spawnReq.data, (event, read) => {
-      if (event.event === 'output') reading.set(event.id, read);
+      if (event.event === 'output') reading.set(event.id, [...(reading.get(event.id) ?? []), read]);
       if (process.connected) process.send?.(event);
     });
     return;

@@ -201,6 +201,21 @@ describe('spawnGroup: long commands with streamed output', () => {
     expect(out.chunks.length).toBeGreaterThan(1);
   });
 
+  test('a command writing much to stdout and stderr at once finishes, every byte of both read', async () => {
+    // Both streams are paused while their chunk is with the worker: each ack must resume its own.
+    const h = helper();
+    const out = collect(1);
+    const cmd = h.spawnGroup('sh', ['-c', 'seq 1 100000 >&2 & seq 100001 200000; wait'], {
+      cwd: '/tmp',
+      env: { PATH: process.env.PATH ?? '' },
+      output: out.output,
+    });
+    expect(await cmd.exited).toEqual({ code: 0, signal: null });
+    // Chunks of the two streams interleave (a line may be split between them): count bytes.
+    const expected = Array.from({ length: 200000 }, (_, i) => `${i + 1}\n`).join('').length;
+    expect(out.bytes()).toBe(expected);
+  }, 60_000);
+
   test('a program that cannot start answers spawnError, and no pid', async () => {
     const h = helper();
     const cmd = h.spawnGroup('choiros-no-such-program', [], {
